@@ -1,0 +1,49 @@
+"""`App`: route decorators over the cluster's request dictionaries (seed Homor).
+
+    app = App()
+
+    @app.route('/item/<int:id>', methods=['GET', 'PUT'])
+    def item(req, id):
+        return {'status': 200, 'body': {'id': id}}
+
+A view takes the request dict (with `params` added) and its path parameters as
+keyword arguments; it may be sync or async. It returns a response dict
+(`status`, `headers`, `body`), or just a body: str, bytes, or anything JSON-able.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cluster.routing import Match, Route, compile_route, resolve
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+class App:
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+        self.not_found_view: Callable[..., Any] | None = None
+
+    def route(self, pattern: str, methods: list[str] | None = None) -> Callable[[V], V]:
+        def register(view: V) -> V:
+            self.routes.append(compile_route(pattern, methods, view))
+            return view
+        return register
+
+    def not_found(self, view: V) -> V:
+        """Register the view that answers when no route matches (default: plain 404)."""
+        self.not_found_view = view
+        return view
+
+    def match(self, method: str, path: str) -> Match:
+        return resolve(self.routes, method, path)
+
+    def route_map(self) -> list[tuple[str, str, str]]:
+        """(methods, pattern, view name) for every route, in matching order."""
+        rows = []
+        for r in self.routes:
+            name = f"{getattr(r.view, '__module__', '?')}.{getattr(r.view, '__qualname__', '?')}"
+            rows.append((",".join(sorted(r.methods)), r.pattern, name))
+        return rows

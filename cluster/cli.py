@@ -1,0 +1,136 @@
+"""The commands: `cluster run|routes|coordinator|gateway|worker` and the
+`cluster-coordinator`, `cluster-gateway`, `cluster-worker` scripts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from cluster.config import (
+    Common,
+    CoordinatorConfig,
+    GatewayConfig,
+    RunConfig,
+    WorkerConfig,
+    parse,
+)
+from cluster.errors import ConfigError, HandlerLoadError
+from cluster.lifecycle import setup_logging
+
+USAGE = """usage: cluster COMMAND [flags]
+
+commands:
+  run          start a coordinator, gateways and workers here, supervised
+  routes       print the route map of an App: cluster routes pkg.module:app
+  coordinator  membership and discovery
+  gateway      HTTP front end; dispatches to workers
+  worker       runs a handler: cluster worker --handler pkg.module:fun
+
+`cluster COMMAND --help` lists a command's flags and their CLUSTER_* twins."""
+
+
+def _role(prog: str, description: str, cls: type[Common],
+          serve: Callable[[Common], None], argv: Sequence[str] | None) -> int:
+    try:
+        config = parse(cls, argv, prog, description)
+        setup_logging(config.log_level, prog.removeprefix("cluster-"))
+        serve(config)
+    except (ConfigError, HandlerLoadError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # most often: the port or endpoint is taken
+        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def coordinator_main(argv: Sequence[str] | None = None) -> int:
+    from cluster.coordinator.server import serve
+    return _role("cluster-coordinator", "Cluster coordinator: membership and discovery.",
+                 CoordinatorConfig, serve, argv)  # type: ignore[arg-type]
+
+
+def gateway_main(argv: Sequence[str] | None = None) -> int:
+    from cluster.gateway.server import serve
+    return _role("cluster-gateway", "Cluster gateway: HTTP/1.1 in, workers over ZeroMQ.",
+                 GatewayConfig, serve, argv)  # type: ignore[arg-type]
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    from cluster.worker.runtime import serve
+    return _role("cluster-worker", "Cluster worker: runs --handler for every gateway.",
+                 WorkerConfig, serve, argv)  # type: ignore[arg-type]
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    from cluster.supervisor import Supervisor
+    from cluster.worker.adapters import StateHolder
+    from cluster.worker.loader import load_handler
+    try:
+        config = parse(RunConfig, argv, "cluster run",
+                       "Start coordinator, gateways and workers on this machine.")
+        setup_logging(config.log_level, "cluster")
+        load_handler(config.handler, StateHolder({}))  # a broken handler fails here, once
+    except (ConfigError, HandlerLoadError) as exc:
+        print(f"cluster run: {exc}", file=sys.stderr)
+        return 2
+    return Supervisor(config).run()
+
+
+def routes_main(argv: Sequence[str]) -> int:
+    from cluster.app import App
+    from cluster.worker.loader import import_object
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: cluster routes pkg.module:app", file=sys.stderr)
+        return 2
+    try:
+        app = import_object(argv[0])
+    except HandlerLoadError as exc:
+        print(f"cluster routes: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(app, App):
+        print(f"cluster routes: {argv[0]} is not an App", file=sys.stderr)
+        return 2
+    rows = app.route_map()
+    width_m = max([len(r[0]) for r in rows] + [7])
+    width_p = max([len(r[1]) for r in rows] + [4])
+    print(f"{'METHODS':<{width_m}}  {'PATH':<{width_p}}  VIEW")
+    for methods, pattern, view in rows:
+        print(f"{methods:<{width_m}}  {pattern:<{width_p}}  {view}")
+    if app.not_found_view is not None:
+        nf = app.not_found_view
+        print(f"{'*':<{width_m}}  {'(not found)':<{width_p}}  {nf.__module__}.{nf.__qualname__}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "run": run_main,
+    "routes": routes_main,
+    "coordinator": coordinator_main,
+    "gateway": gateway_main,
+    "worker": worker_main,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    return COMMANDS[args[0]](args[1:])
+
+
+def entry(fn: Callable[[], int]) -> Callable[[], None]:
+    def run() -> None:
+        logging.captureWarnings(True)
+        sys.exit(fn())
+    return run
+
+
+cluster = entry(main)
+cluster_coordinator = entry(coordinator_main)
+cluster_gateway = entry(gateway_main)
+cluster_worker = entry(worker_main)

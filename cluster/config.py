@@ -1,0 +1,182 @@
+"""Configuration: parsed once per process into a frozen dataclass, then passed down.
+
+Every field is a command-line flag and an environment variable of the same name:
+`request_timeout` <-> `--request-timeout` <-> `CLUSTER_REQUEST_TIMEOUT`. A flag wins
+over the environment, which wins over the default. Nothing else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cluster.errors import ConfigError
+
+ENV_PREFIX = "CLUSTER_"
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Common:
+    coordinator: str = opt("tcp://127.0.0.1:5555", "coordinator endpoint to register with")
+    heartbeat_interval: float = opt(1.0, "seconds between heartbeats, every link")
+    heartbeat_liveness: int = opt(3, "missed heartbeats before a peer is dropped")
+    log_level: str = opt("info", "debug, info, warning or error")
+    advertise_host: str = opt("", "host name peers use to reach this process (default: bind host)")
+    max_frame: int = opt(64 * 1024 * 1024, "largest ZeroMQ frame accepted, bytes")
+    ready_fd: int = opt(-1, "write one JSON line with bound addresses to this fd when ready",
+                        hidden=True)
+
+    def validate(self) -> None:
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("--heartbeat-interval must be > 0")
+        if self.heartbeat_liveness < 1:
+            raise ConfigError("--heartbeat-liveness must be >= 1")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"--log-level {self.log_level!r} is not a level")
+
+    @property
+    def peer_expiry(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig(Common):
+    coordinator_bind: str = opt("tcp://127.0.0.1:5555", "endpoint the coordinator binds")
+
+
+@dataclass(frozen=True)
+class GatewayConfig(Common):
+    host: str = opt("127.0.0.1", "HTTP listen address")
+    port: int = opt(8000, "HTTP listen port (0: any free port)")
+    dispatch_bind: str = opt("tcp://127.0.0.1:0", "ZeroMQ endpoint workers connect to (port 0: any)")
+    max_body: int = opt(1024 * 1024, "largest request body, bytes (413 above)")
+    max_request_line: int = opt(8 * 1024, "longest request line, bytes (414 above)")
+    max_header_bytes: int = opt(16 * 1024, "largest header block, bytes (431 above)")
+    max_header_count: int = opt(100, "most header fields (431 above)")
+    request_timeout: float = opt(30.0, "seconds a worker may take before the client gets 504")
+    header_timeout: float = opt(10.0, "seconds to receive a request's headers (408 after)")
+    keepalive_timeout: float = opt(5.0, "seconds an idle keep-alive connection stays open")
+    max_queue: int = opt(4096, "requests waiting for worker credit before 503")
+    max_pipeline: int = opt(32, "pipelined requests in flight per connection before reading pauses")
+    shutdown_grace: float = opt(10.0, "seconds to finish in-flight requests on SIGTERM")
+    local_reply: str = opt("", "answer every request with this text in the gateway itself, "
+                           "no worker (the benchmark's no-hop limit)", hidden=True)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("max_body", "max_request_line", "max_header_bytes", "max_header_count",
+                     "max_queue", "max_pipeline"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("request_timeout", "header_timeout", "keepalive_timeout", "shutdown_grace"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+
+
+@dataclass(frozen=True)
+class WorkerConfig(Common):
+    handler: str = opt("", "the handler to run, as pkg.module:object", required=True)
+    concurrency: int = opt(64, "requests this worker takes at once (its credit per gateway)")
+    threads: int = opt(8, "threads that run synchronous handlers")
+
+    def validate(self) -> None:
+        super().validate()
+        if ":" not in self.handler:
+            raise ConfigError(f"--handler {self.handler!r} must look like pkg.module:object")
+        if self.concurrency < 1 or self.threads < 1:
+            raise ConfigError("--concurrency and --threads must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig(GatewayConfig, WorkerConfig):
+    """`cluster run`: everything a gateway and a worker take, plus the counts."""
+
+    gateways: int = opt(1, "gateway processes (ports PORT .. PORT+N-1)")
+    workers: int = opt(2, "worker processes")
+    coordinator_port: int = opt(0, "coordinator port on 127.0.0.1 (0: any free port)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gateways < 1 or self.workers < 0:
+            raise ConfigError("--gateways must be >= 1 and --workers >= 0")
+
+
+C = TypeVar("C", bound=Common)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float,
+                                                    "str": str, "bool": bool}[str(f.type)]
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{source}: {raw!r} is not a valid {kind.__name__}") from None
+
+
+def build_parser(cls: type[Common], prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for f in dataclasses.fields(cls):
+        help_text = argparse.SUPPRESS if f.metadata.get("hidden") else (
+            f"{f.metadata['help']} [env {env_name(f.name)}, default {f.default!r}]")
+        parser.add_argument(flag(f.name), dest=f.name, default=None, help=help_text,
+                            metavar=f.name.upper())
+    return parser
+
+
+def parse(cls: type[C], argv: Sequence[str] | None, prog: str, description: str,
+          environ: Mapping[str, str] | None = None) -> C:
+    """Flags, then environment, then defaults -> a validated frozen `cls`."""
+    environ = os.environ if environ is None else environ
+    args = build_parser(cls, prog, description).parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw = getattr(args, f.name)
+        if raw is not None:
+            values[f.name] = _convert(f, raw, flag(f.name))
+        elif env_name(f.name) in environ:
+            values[f.name] = _convert(f, environ[env_name(f.name)], env_name(f.name))
+        elif f.metadata.get("required"):
+            raise ConfigError(f"{flag(f.name)} (or {env_name(f.name)}) is required")
+    config = cls(**values)
+    config.validate()
+    return config
+
+
+def subset(config: Common, cls: type[C], **overrides: Any) -> C:
+    """The fields of `config` that `cls` also has, with overrides: for child processes."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k in names}
+    values.update(overrides)
+    return cls(**values)
+
+
+def to_argv(config: Common) -> list[str]:
+    """Flags that rebuild `config` in a child process."""
+    argv: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value != f.default:
+            argv += [flag(f.name), str(value)]
+    return argv

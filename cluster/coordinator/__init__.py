@@ -1,0 +1,1 @@
+"""The coordinator: membership and discovery (shared state arrives with its own issue)."""

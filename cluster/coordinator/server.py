@@ -1,0 +1,116 @@
+"""The coordinator process: a ROUTER that members register and heartbeat with.
+
+Members (gateways, workers) connect a DEALER and send REGISTER; the coordinator
+answers with MEMBERS (the whole table and its sequence number) and sends MEMBERS
+again to every member whenever the table changes. Heartbeat replies carry the
+sequence number, so a member that missed an update notices and sends SYNC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from cluster import wire
+from cluster.config import CoordinatorConfig
+from cluster.coordinator.membership import Membership
+from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.zmqio import Pump
+
+log = logging.getLogger("cluster.coordinator")
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.config = config
+        self.membership = Membership(config.peer_expiry)
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame)
+        self.sock.bind(config.coordinator_bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.routes: dict[str, bytes] = {}  # member id -> ROUTER identity
+        self.pump: Pump | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.pump = Pump(loop, self.sock, self.on_messages, routed=True,
+                         max_frame=self.config.max_frame)
+        loop.create_task(self.expire_loop())
+        log.info("coordinator listening on %s", self.endpoint)
+
+    def on_messages(self, peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        assert peer is not None  # a routed Pump always names the peer
+        now = time.monotonic()
+        changed = False
+        for msg in messages:
+            kind = msg["k"]
+            member_id = msg["id"] if kind != wire.WHO else ""
+            if kind == wire.HEARTBEAT:
+                if self.membership.heartbeat(member_id, now):
+                    self.routes[member_id] = peer
+                    self.send(peer, wire.envelope(wire.HEARTBEAT, id="coordinator",
+                                                  seq=self.membership.seq))
+                else:
+                    self.send(peer, wire.envelope(wire.WHO))
+            elif kind == wire.REGISTER:
+                self.routes[member_id] = peer
+                if self.membership.register(member_id, msg["role"], msg["info"], now):
+                    log.info("%s %s joined", msg["role"], member_id)
+                    changed = True
+                else:
+                    self.send_members(peer)
+            elif kind == wire.SYNC:
+                self.send_members(peer)
+            elif kind == wire.BYE:
+                if self.membership.leave(member_id):
+                    log.info("%s left", member_id)
+                    self.routes.pop(member_id, None)
+                    changed = True
+            else:
+                log.warning("unexpected %s from a member; ignored", kind)
+        if changed:
+            self.publish()
+
+    def send(self, peer: bytes, msg: dict[str, Any]) -> None:
+        assert self.pump is not None
+        self.pump.post(msg, to=peer)
+
+    def send_members(self, peer: bytes) -> None:
+        self.send(peer, wire.envelope(wire.MEMBERS, seq=self.membership.seq,
+                                      members=self.membership.snapshot()))
+
+    def publish(self) -> None:
+        """Send the whole table to every member (tables are small; full copies are simple)."""
+        for member_id in self.membership.members:
+            peer = self.routes.get(member_id)
+            if peer is not None:
+                self.send_members(peer)
+
+    async def expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval / 2)
+            gone = self.membership.expire(time.monotonic())
+            for member in gone:
+                self.routes.pop(member.id, None)
+                log.warning("%s %s missed its heartbeats; dropped", member.role, member.id)
+            if gone:
+                self.publish()
+
+
+def serve(config: CoordinatorConfig) -> None:
+    async def main(stop: asyncio.Event) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        coordinator = Coordinator(config, ctx)
+        coordinator.start(asyncio.get_running_loop())
+        report_ready(config.ready_fd, {"role": "coordinator", "endpoint": coordinator.endpoint})
+        await stop.wait()
+        if coordinator.pump is not None:
+            coordinator.pump.close()
+        ctx.term()
+
+    run_until_signalled(main)

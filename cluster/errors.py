@@ -1,0 +1,26 @@
+"""The one exception tree of `cluster`.
+
+    ClusterError
+    ├── ConfigError          bad flag or environment value; raised once, at start
+    ├── HandlerLoadError     --handler names nothing loadable
+    └── WireError            untrusted bytes from a peer are not a valid envelope
+
+HTTP parse failures are not exceptions that cross modules: the gateway's HTTP
+core turns them into a status (400, 408, 413, 414, 431) at the point of failure.
+"""
+
+
+class ClusterError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(ClusterError):
+    """A flag or its environment twin has a value we cannot use."""
+
+
+class HandlerLoadError(ClusterError):
+    """`--handler pkg:obj` could not be imported or is not a handler."""
+
+
+class WireError(ClusterError):
+    """A ZeroMQ frame is not a valid msgpack envelope of our protocol."""

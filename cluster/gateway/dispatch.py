@@ -1,0 +1,226 @@
+"""Credit-based dispatch from one gateway to the workers connected to it.
+
+Theory of operation
+-------------------
+Each worker connects a DEALER to this gateway's ROUTER and says HELLO with a credit:
+how many requests it will take from us at once. A request goes only to a worker
+with credit, the one with the fewest requests in flight first; a final response
+gives the credit back. When no worker has credit, requests wait in a bounded queue.
+
+Every request gets exactly one answer. The table of pending ids is ordered by
+dispatch time and all share one timeout, so expiry is a scan from the front.
+- Worker silent for heartbeat_interval x liveness, or unreachable on send: it is
+  dropped; its GET/HEAD requests whose response has not started are sent once more
+  to another worker, all others get 502.
+- No worker known: 503 with Retry-After at once. Queue full or queued too long: 503.
+- No final response within request_timeout: 504; a late reply is discarded but
+  still returns the worker's credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from cluster import wire
+from cluster.gateway.exchange import Exchange
+from cluster.zmqio import Pump
+
+log = logging.getLogger("cluster.gateway.dispatch")
+
+RETRY_AFTER = [("retry-after", "1")]
+
+
+class WorkerLink:
+    __slots__ = ("ident", "name", "credit", "inflight", "last_seen")
+
+    def __init__(self, ident: bytes, name: str, credit: int, now: float) -> None:
+        self.ident = ident
+        self.name = name
+        self.credit = credit
+        self.inflight = 0
+        self.last_seen = now
+
+
+class Dispatcher:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gateway_id: str, *,
+                 request_timeout: float, peer_expiry: float, max_queue: int) -> None:
+        self.loop = loop
+        self.gateway_id = gateway_id
+        self.request_timeout = request_timeout
+        self.peer_expiry = peer_expiry
+        self.max_queue = max_queue
+        self.pump: Pump | None = None
+        self.workers: dict[bytes, WorkerLink] = {}
+        self.pending: dict[int, Exchange] = {}
+        self.waiting: deque[Exchange] = deque()
+        self._next_id = 0
+        self.late_replies = 0
+
+    # -- from the HTTP side ------------------------------------------------
+    def submit(self, ex: Exchange) -> None:
+        if not self.workers:
+            ex.sink.deliver_error(ex, 503, RETRY_AFTER)
+            return
+        link = self._pick()
+        if link is not None and not self.waiting:
+            self._send(ex, link)
+        elif len(self.waiting) >= self.max_queue:
+            log.warning("dispatch queue full (%d); 503", self.max_queue)
+            ex.sink.deliver_error(ex, 503, RETRY_AFTER)
+        else:
+            ex.deadline = self.loop.time() + self.request_timeout
+            self.waiting.append(ex)
+
+    def _pick(self) -> WorkerLink | None:
+        best: WorkerLink | None = None
+        for link in self.workers.values():
+            if link.credit > 0 and (best is None or link.inflight < best.inflight):
+                best = link
+        return best
+
+    def _send(self, ex: Exchange, link: WorkerLink) -> None:
+        self._next_id += 1
+        ex.id = self._next_id
+        ex.worker = link.ident
+        ex.deadline = self.loop.time() + self.request_timeout
+        link.credit -= 1
+        link.inflight += 1
+        self.pending[ex.id] = ex
+        env = ex.envelope
+        env["id"] = ex.id
+        assert self.pump is not None
+        self.pump.post(env, to=link.ident)
+
+    def _drain_waiting(self) -> None:
+        waiting = self.waiting
+        while waiting:
+            ex = waiting[0]
+            if ex.sink.closed:
+                waiting.popleft()
+                continue
+            link = self._pick()
+            if link is None:
+                return
+            waiting.popleft()
+            self._send(ex, link)
+
+    # -- from the workers --------------------------------------------------
+    def on_messages(self, peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        assert peer is not None  # the dispatch Pump is routed
+        link = self.workers.get(peer)
+        now = self.loop.time()
+        if link is not None:
+            link.last_seen = now
+        returned = False
+        for msg in messages:
+            kind = msg["k"]
+            if kind == wire.RESPONSE:
+                ex = self.pending.get(msg["id"])
+                final = not msg["more"]
+                if ex is None or ex.worker != peer:
+                    if final and link is not None:
+                        # A late reply (after 504) or a worker we gave up on.
+                        self.late_replies += 1
+                        link.credit += 1
+                        link.inflight -= 1
+                        returned = True
+                    continue
+                if final:
+                    del self.pending[ex.id]
+                    if link is not None:
+                        link.credit += 1
+                        link.inflight -= 1
+                        returned = True
+                ex.sink.deliver(ex, msg)
+            elif kind == wire.HEARTBEAT:
+                if link is None:
+                    self._post(peer, wire.envelope(wire.WHO))
+            elif kind == wire.HELLO:
+                self._hello(peer, msg, now)
+                returned = True
+            else:
+                log.warning("unexpected %s from worker; ignored", kind)
+        if returned and self.waiting:
+            self._drain_waiting()
+
+    def _hello(self, peer: bytes, msg: dict[str, Any], now: float) -> None:
+        link = self.workers.get(peer)
+        credit = max(0, msg["credit"])
+        if link is None:
+            self.workers[peer] = WorkerLink(peer, msg["id"], credit, now)
+            log.info("worker %s connected with credit %d", msg["id"], credit)
+        else:
+            link.credit = credit - link.inflight
+        self._post(peer, wire.envelope(wire.WELCOME, id=self.gateway_id))
+
+    def _post(self, peer: bytes, msg: dict[str, Any]) -> None:
+        assert self.pump is not None
+        self.pump.post(msg, to=peer)
+
+    def on_send_error(self, peer: bytes | None, _msgs: list[dict[str, Any]]) -> None:
+        """The ROUTER could not reach `peer`: it is gone (or hopelessly behind)."""
+        if peer is not None and peer in self.workers:
+            self.drop_worker(peer, "unreachable")
+
+    # -- time ----------------------------------------------------------------
+    def heartbeat(self) -> None:
+        """Every interval: ping each worker, drop the silent ones."""
+        now = self.loop.time()
+        for link in list(self.workers.values()):
+            if now - link.last_seen > self.peer_expiry:
+                self.drop_worker(link.ident, "missed its heartbeats")
+            else:
+                self._post(link.ident, wire.envelope(wire.HEARTBEAT, id=self.gateway_id))
+
+    def probe(self) -> None:
+        """A peer disconnected: ping everyone now, so a send error names the dead one."""
+        for link in self.workers.values():
+            self._post(link.ident, wire.envelope(wire.HEARTBEAT, id=self.gateway_id))
+        if self.pump is not None:
+            self.pump.flush()
+
+    def expire(self) -> None:
+        """Answer every request past its deadline (called several times a second)."""
+        now = self.loop.time()
+        expired: list[Exchange] = []
+        for ex in self.pending.values():
+            if ex.deadline > now:
+                break
+            expired.append(ex)
+        for ex in expired:
+            del self.pending[ex.id]
+            log.warning("request %d: no response from worker within %.1fs; 504",
+                        ex.id, self.request_timeout)
+            ex.sink.deliver_error(ex, 504)
+        waiting = self.waiting
+        while waiting and waiting[0].deadline <= now:
+            ex = waiting.popleft()
+            ex.sink.deliver_error(ex, 503, RETRY_AFTER)
+
+    def drop_worker(self, ident: bytes, why: str) -> None:
+        link = self.workers.pop(ident, None)
+        if link is None:
+            return
+        log.warning("worker %s %s; dropped from dispatch", link.name, why)
+        lost = [ex for ex in self.pending.values() if ex.worker == ident]
+        for ex in lost:
+            del self.pending[ex.id]
+            if ex.sink.closed:
+                continue
+            if ex.retryable and self.workers:
+                ex.retried = True
+                log.info("request %d: retrying %s on another worker", ex.id, ex.method)
+                self.submit(ex)
+            else:
+                ex.sink.deliver_error(ex, 502)
+
+    def fail_all(self, status: int) -> None:
+        for ex in list(self.pending.values()):
+            ex.sink.deliver_error(ex, status)
+        self.pending.clear()
+        while self.waiting:
+            ex = self.waiting.popleft()
+            ex.sink.deliver_error(ex, status)

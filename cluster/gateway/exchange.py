@@ -1,0 +1,44 @@
+"""One request/response exchange as the gateway tracks it, from parse to last byte."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+IDEMPOTENT_RETRY = frozenset({"GET", "HEAD"})
+
+
+class ResponseSink(Protocol):
+    """Where an exchange's response goes: the HTTP connection that asked."""
+
+    closed: bool
+
+    def deliver(self, exchange: Exchange, part: dict[str, Any]) -> None: ...
+
+    def deliver_error(self, exchange: Exchange, status: int,
+                      headers: list[tuple[str, str]] | None = None) -> None: ...
+
+
+class Exchange:
+    __slots__ = ("envelope", "method", "version", "keep_alive", "sink", "id", "worker",
+                 "retried", "deadline", "started", "done", "parts", "chunked", "head_only")
+
+    def __init__(self, envelope: dict[str, Any], method: str, version: str,
+                 keep_alive: bool, sink: ResponseSink) -> None:
+        self.envelope = envelope
+        self.method = method
+        self.version = version
+        self.keep_alive = keep_alive
+        self.sink = sink
+        self.id = 0
+        self.worker: bytes | None = None
+        self.retried = False
+        self.deadline = 0.0
+        self.started = False  # response head written (or buffered) to the client
+        self.done = False
+        self.parts: list[dict[str, Any]] | None = None  # waiting behind earlier responses
+        self.chunked = False
+        self.head_only = False
+
+    @property
+    def retryable(self) -> bool:
+        return not self.retried and not self.started and self.method in IDEMPOTENT_RETRY

@@ -1,0 +1,304 @@
+"""The asyncio side of one HTTP/1.1 client connection.
+
+Per-connection state lives here (transport, pipeline, flow control, timers); each
+request's state lives in its `Exchange`. Bytes go to the sans-I/O `HttpCore`; every
+complete request becomes an Exchange handed to the dispatcher. Responses may come
+back in any order and in several parts: the one at the head of the pipeline is
+written as it arrives, later ones wait in their exchange until it is their turn.
+
+Timers are not per request: the gateway sweeps every connection a few times a
+second (`check_timeouts`) for an idle keep-alive or a header block that is late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from cluster import wire
+from cluster.gateway import http_core
+from cluster.gateway.exchange import Exchange
+from cluster.gateway.http_core import (
+    CONTINUE_RESPONSE,
+    LAST_CHUNK,
+    BadResponseHeader,
+    ContinueExpected,
+    HttpCore,
+    HttpLimits,
+    ProtocolError,
+    Request,
+)
+
+log = logging.getLogger("cluster.gateway.http")
+
+
+class ConnectionContext:
+    """What all connections of one gateway share."""
+
+    def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
+                 header_timeout: float, keepalive_timeout: float, max_pipeline: int) -> None:
+        self.limits = limits
+        self.submit = submit
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_pipeline = max_pipeline
+        self.date = b""
+        self.connections: set[HttpConnection] = set()
+        self.next_conn = 0
+        self.errors_by_status: dict[int, int] = {}
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, ctx: ConnectionContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctx = ctx
+        self.loop = loop
+        self.core = HttpCore(ctx.limits)
+        self.transport: asyncio.Transport | None = None
+        self.exchanges: deque[Exchange] = deque()
+        self.closed = False
+        self.closing = False  # answer what is in flight, then close
+        self.reading_paused = False
+        self.writing_paused = False
+        self.last_activity = 0.0
+        self.request_began = 0.0
+        ctx.next_conn += 1
+        self.conn_id = ctx.next_conn
+        self.addr: list[Any] = ["", 0]
+
+    # -- asyncio callbacks ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.addr = [str(peer[0]), int(peer[1])]
+        self.last_activity = self.loop.time()
+        self.ctx.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        self.exchanges.clear()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        self.last_activity = now
+        core = self.core
+        if not core.mid_request:
+            self.request_began = now
+        for event in core.receive_data(data):
+            if type(event) is Request:
+                self._on_request(event)
+            elif type(event) is ContinueExpected:
+                # Only when nothing is ahead of it, or 100 would split a response.
+                if not self.exchanges and self.transport is not None:
+                    self.transport.write(CONTINUE_RESPONSE)
+            elif isinstance(event, ProtocolError):
+                self._on_protocol_error(event)
+        if core.upgraded and not self.closing:
+            # No protocol switch here: answer the request, then close.
+            self.closing = True
+            if self.exchanges:
+                self.exchanges[-1].keep_alive = False
+            else:
+                self._close()
+
+    def _on_request(self, request: Request) -> None:
+        if self.closing:
+            return
+        env = wire.envelope(
+            wire.REQUEST, id=0, conn=self.conn_id, method=request.method,
+            target=request.target, version=request.version, headers=request.headers,
+            body=request.body, addr=self.addr)
+        keep_alive = request.keep_alive and not request.upgrade
+        ex = Exchange(env, request.method, request.version, keep_alive, self)
+        if not keep_alive:
+            self.closing = True  # nothing after this request will be read
+        self.exchanges.append(ex)
+        self._update_reading()
+        self.ctx.submit(ex)
+
+    def _on_protocol_error(self, error: ProtocolError) -> None:
+        log.info("client %s:%s: %d %s", self.addr[0], self.addr[1], error.status, error.reason)
+        counts = self.ctx.errors_by_status
+        counts[error.status] = counts.get(error.status, 0) + 1
+        self.closing = True
+        # Answer after the responses already owed, in order: a placeholder exchange.
+        env: dict[str, Any] = {}
+        ex = Exchange(env, "GET", "1.1", False, self)
+        self.exchanges.append(ex)
+        self.deliver_error(ex, error.status)
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        want_pause = self.writing_paused or len(self.exchanges) >= self.ctx.max_pipeline \
+            or self.closing
+        if want_pause and not self.reading_paused:
+            self.reading_paused = True
+            transport.pause_reading()
+        elif not want_pause and self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    # -- responses -----------------------------------------------------------
+    def deliver(self, ex: Exchange, part: dict[str, Any]) -> None:
+        if self.closed or ex.done:
+            return
+        if self.exchanges and self.exchanges[0] is ex:
+            self._write_part(ex, part)
+            if ex.done:
+                self._advance()
+        elif ex.parts is None:
+            ex.parts = [part]
+        else:
+            ex.parts.append(part)
+
+    def deliver_error(self, ex: Exchange, status: int,
+                      headers: list[tuple[str, str]] | None = None) -> None:
+        if ex.started:
+            # Part of the response is already on the wire; the status cannot change.
+            # Closing tells the client the body is incomplete.
+            ex.keep_alive = False
+            self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
+                              "abort": True})
+            return
+        hdrs = [("content-type", "text/plain; charset=utf-8")] + (headers or [])
+        self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False, "status": status,
+                          "headers": hdrs, "body": http_core.status_body(status)})
+
+    def _advance(self) -> None:
+        """The head exchange finished: write the next ones that already have parts."""
+        exchanges = self.exchanges
+        while exchanges and exchanges[0].done:
+            done = exchanges.popleft()
+            if not done.keep_alive:
+                self._close()
+                return
+            if not exchanges:
+                break
+            head = exchanges[0]
+            if head.parts:
+                parts, head.parts = head.parts, None
+                for part in parts:
+                    self._write_part(head, part)
+        self.last_activity = self.loop.time()
+        self._update_reading()
+
+    def _write_part(self, ex: Exchange, part: dict[str, Any]) -> None:
+        transport = self.transport
+        assert transport is not None
+        more = part["more"]
+        body = part.get("body", b"")
+        if not isinstance(body, bytes):
+            body = b""
+        if part.get("abort"):
+            ex.done = True
+            ex.keep_alive = False
+            return
+        if not ex.started:
+            ex.started = True
+            try:
+                head = self._head(ex, part, body, more)
+            except BadResponseHeader as exc:
+                log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc)
+                head = http_core.error_response(502, self.ctx.date, version=ex.version)
+                ex.keep_alive = False
+                ex.head_only = True
+                transport.write(head)
+                ex.done = True
+                return
+            if ex.head_only or not body:
+                transport.write(head)
+            elif not ex.chunked:
+                transport.write(head + body)
+            else:
+                transport.write(head + http_core.encode_chunk(body))
+        elif body and not ex.head_only:
+            transport.write(http_core.encode_chunk(body) if ex.chunked else body)
+        if not more:
+            if ex.chunked and not ex.head_only:
+                transport.write(LAST_CHUNK)
+            ex.done = True
+
+    def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool) -> bytes:
+        status = part.get("status", 200)
+        headers = part.get("headers") or []
+        if not isinstance(status, int) or not 100 <= status <= 999 or \
+                not isinstance(headers, list):
+            raise BadResponseHeader(f"status {status!r} or headers not a list")
+        pairs = [tuple(h) for h in headers if isinstance(h, (list, tuple)) and len(h) == 2]
+        if len(pairs) != len(headers):
+            raise BadResponseHeader("a header is not a [name, value] pair")
+        no_body = status in (204, 304) or status < 200
+        ex.head_only = no_body or ex.method == "HEAD"
+        content_length: int | None = None
+        if no_body:
+            pass
+        elif not more:
+            content_length = len(body)
+        else:
+            declared = _declared_length(pairs)
+            if declared is not None:
+                content_length = declared
+            elif ex.version == "1.1":
+                ex.chunked = True
+            else:
+                ex.keep_alive = False  # HTTP/1.0 stream: the body ends when we close
+        if ex.head_only and ex.method == "HEAD" and more and content_length is None:
+            ex.chunked = False
+        return http_core.encode_head(
+            ex.version, status, pairs,  # type: ignore[arg-type]
+            content_length=content_length, chunked=ex.chunked,
+            keep_alive=ex.keep_alive, date=self.ctx.date)
+
+    # -- timers and shutdown ---------------------------------------------------
+    def check_timeouts(self, now: float) -> None:
+        if self.closed:
+            return
+        if self.core.awaiting_headers:
+            if now - self.request_began > self.ctx.header_timeout and not self.closing:
+                log.info("client %s:%s: headers not complete within %.0fs; 408",
+                         self.addr[0], self.addr[1], self.ctx.header_timeout)
+                self.core.failed = True
+                self._on_protocol_error(ProtocolError(408, "header timeout"))
+        elif not self.exchanges and not self.core.mid_request and \
+                now - self.last_activity > self.ctx.keepalive_timeout:
+            self._close()
+
+    def shutdown(self) -> None:
+        """Stop taking requests; close once what is in flight is answered."""
+        self.closing = True
+        if self.exchanges:
+            self.exchanges[-1].keep_alive = False
+            self._update_reading()
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.ctx.connections.discard(self)
+
+
+def _declared_length(pairs: list[tuple[Any, ...]]) -> int | None:
+    for name, value in pairs:
+        if isinstance(name, str) and name.lower() == "content-length":
+            try:
+                length = int(value)
+            except (TypeError, ValueError):
+                return None
+            return length if length >= 0 else None
+    return None

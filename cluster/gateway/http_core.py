@@ -1,0 +1,277 @@
+"""HTTP/1.1 server protocol core, sans-I/O: bytes in, events out; responses to bytes.
+
+Theory of operation
+-------------------
+`HttpCore.receive_data(data)` feeds llhttp (through httptools) and returns the events
+that data completed: `Request` for every whole request (pipelined ones in order),
+`ContinueExpected` when a client waits for ``100 Continue`` before sending a body, and
+at most one `ProtocolError` carrying the status to answer with. After an error the
+core refuses all further input; the connection answers and closes.
+
+llhttp already rejects what RFC 9112 says a server must (Content-Length with
+Transfer-Encoding, differing Content-Lengths, obs-fold, NUL or bare CR in a field,
+bad chunk sizes). This core adds the size limits, which llhttp does not keep, and
+counts them while bytes stream in, so nothing over a limit is ever buffered.
+
+Nothing here reads a clock or touches a socket; timeouts live in the asyncio layer,
+which asks `awaiting_headers` to know whether a request has started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import httptools
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100
+    max_body: int = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    version: str  # "1.1" or "1.0"
+    headers: list[tuple[str, str]]  # names lower-cased, as received, in order
+    body: bytes = b""
+    keep_alive: bool = True
+    upgrade: bool = False  # an Upgrade request the core cannot continue past
+
+
+@dataclass(frozen=True, slots=True)
+class ContinueExpected:
+    """The client sent `Expect: 100-continue` and waits before sending its body."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    status: int
+    reason: str  # for the log only; the client gets the status's phrase
+
+
+Event = Request | ContinueExpected | ProtocolError
+
+
+class _LimitExceeded(Exception):
+    """Raised inside a parser callback to stop llhttp at once."""
+
+
+@dataclass
+class _Partial:
+    url: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    header_bytes: int = 0
+    body: list[bytes] = field(default_factory=list)
+    body_bytes: int = 0
+    headers_done: bool = False
+    request: Request | None = None
+
+
+class HttpCore:
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._partial: _Partial | None = None
+        self.failed = False
+        self.upgraded = False
+
+    @property
+    def awaiting_headers(self) -> bool:
+        """A request has begun and its header block is not complete yet."""
+        return self._partial is not None and not self._partial.headers_done
+
+    @property
+    def mid_request(self) -> bool:
+        return self._partial is not None
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.failed or self.upgraded:
+            return []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The request is complete; what follows belongs to another protocol.
+            self.upgraded = True
+        except _LimitExceeded:
+            pass  # the callback recorded the ProtocolError
+        except httptools.HttpParserError as exc:
+            if not self.failed:
+                cause = exc.__context__
+                if isinstance(cause, _LimitExceeded):
+                    pass
+                else:
+                    self._fail(400, f"malformed request: {exc}")
+        events, self._events = self._events, []
+        return events
+
+    def _fail(self, status: int, reason: str) -> None:
+        self.failed = True
+        self._partial = None
+        self._events.append(ProtocolError(status, reason))
+
+    def _limit(self, status: int, reason: str) -> None:
+        self._fail(status, reason)
+        raise _LimitExceeded(reason)
+
+    # -- httptools callbacks -------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._partial = _Partial()
+
+    def on_url(self, url: bytes) -> None:
+        partial = self._partial
+        assert partial is not None  # llhttp calls on_message_begin first
+        partial.url += url
+        if len(partial.url) > self.limits.max_request_line:
+            self._limit(414, f"request target over {self.limits.max_request_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        partial = self._partial
+        assert partial is not None
+        partial.header_bytes += len(name) + len(value)
+        if partial.header_bytes > self.limits.max_header_bytes:
+            self._limit(431, f"header block over {self.limits.max_header_bytes} bytes")
+        if partial.headers_done:
+            return  # a trailer field: counted against the limit, not kept
+        partial.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if len(partial.headers) > self.limits.max_header_count:
+            self._limit(431, f"more than {self.limits.max_header_count} header fields")
+
+    def on_headers_complete(self) -> None:
+        partial = self._partial
+        assert partial is not None
+        partial.headers_done = True
+        parser = self._parser
+        version = parser.get_http_version()
+        request = Request(
+            method=parser.get_method().decode("ascii"),
+            target=partial.url.decode("latin-1"),
+            version=version,
+            headers=partial.headers,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=parser.should_upgrade(),
+        )
+        partial.request = request
+        expect_continue = False
+        for name, value in partial.headers:
+            if name == "content-length":
+                # llhttp has validated the digits; only the size is ours to judge.
+                if int(value) > self.limits.max_body:
+                    self._limit(413, f"Content-Length {value} over {self.limits.max_body}")
+            elif name == "expect" and value.lower() == "100-continue":
+                expect_continue = version == "1.1"
+        if expect_continue:
+            self._events.append(ContinueExpected())
+
+    def on_body(self, body: bytes) -> None:
+        partial = self._partial
+        assert partial is not None
+        partial.body_bytes += len(body)
+        if partial.body_bytes > self.limits.max_body:
+            self._limit(413, f"body over {self.limits.max_body} bytes")
+        partial.body.append(body)
+
+    def on_message_complete(self) -> None:
+        partial = self._partial
+        assert partial is not None and partial.request is not None
+        request = partial.request
+        request.body = b"".join(partial.body) if partial.body else b""
+        self._partial = None
+        self._events.append(request)
+
+
+# -- responses ---------------------------------------------------------------
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(version: str, status: int) -> bytes:
+    key = status if version == "1.1" else -status
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        line = f"HTTP/{version} {status} {phrase}\r\n".encode("latin-1")
+        _STATUS_LINES[key] = line
+    return line
+
+
+class BadResponseHeader(Exception):
+    """A handler gave a header that would split or corrupt the response."""
+
+
+# Headers the gateway owns; a handler's values for these are replaced, not repeated.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "date"})
+
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def body_forbidden(status: int, method: str) -> bool:
+    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
+
+
+def encode_head(version: str, status: int, headers: list[list[str]] | list[tuple[str, str]],
+                *, content_length: int | None, chunked: bool, keep_alive: bool,
+                date: bytes, server: bytes = b"cluster") -> bytes:
+    """Status line and header block. `content_length=None, chunked=False` means
+    the body runs until the connection closes (HTTP/1.0 streaming)."""
+    out = [status_line(version, status), b"server: ", server, b"\r\ndate: ", date, b"\r\n"]
+    for name, value in headers:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise BadResponseHeader("header names and values must be str")
+        lname = name.lower()
+        if lname in FRAMING_HEADERS:
+            continue
+        if "\r" in value or "\n" in value or "\0" in value or not name or any(
+                c in name for c in " \t\r\n:\0"):
+            raise BadResponseHeader(f"invalid header {name!r}")
+        out.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+    if content_length is not None:
+        out.append(b"content-length: %d\r\n" % content_length)
+    elif chunked:
+        out.append(b"transfer-encoding: chunked\r\n")
+    if not keep_alive:
+        out.append(b"connection: close\r\n")
+    elif version == "1.0":
+        out.append(b"connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    if not data:
+        return b""  # an empty chunk would end the body
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def status_body(status: int) -> bytes:
+    """The generic body of a response the gateway makes itself: never any detail."""
+    try:
+        return HTTPStatus(status).phrase.encode() + b"\n"
+    except ValueError:
+        return b"error\n"
+
+
+def error_response(status: int, date: bytes, *, version: str = "1.1",
+                   extra: list[tuple[str, str]] | None = None,
+                   keep_alive: bool = False, head_only: bool = False,
+                   body: bytes | None = None) -> bytes:
+    """A complete small response the gateway writes by itself (4xx, 5xx)."""
+    if body is None:
+        body = status_body(status)
+    headers: list[tuple[str, str]] = [("content-type", "text/plain; charset=utf-8")]
+    headers += extra or []
+    head = encode_head(version, status, headers, content_length=len(body), chunked=False,
+                       keep_alive=keep_alive, date=date)
+    return head if head_only else head + body

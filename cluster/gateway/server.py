@@ -1,0 +1,165 @@
+"""The gateway process: HTTP listener, dispatch ROUTER, coordinator link, sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+import zmq
+
+from cluster.config import GatewayConfig
+from cluster.gateway.dispatch import Dispatcher
+from cluster.gateway.exchange import Exchange
+from cluster.gateway.http_connection import ConnectionContext, HttpConnection
+from cluster.gateway.http_core import HttpLimits
+from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.registry import CoordinatorLink
+from cluster.zmqio import Pump
+
+log = logging.getLogger("cluster.gateway")
+
+SWEEP_INTERVAL = 0.1
+
+
+def advertised(endpoint: str, advertise_host: str) -> str:
+    """The endpoint peers should connect to, for one we bound (maybe on a wildcard)."""
+    scheme, _, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    if advertise_host:
+        host = advertise_host
+    elif host in ("0.0.0.0", "*", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{scheme}://{host}:{port}"
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop,
+                 ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.config = config
+        self.loop = loop
+        self.ctx = ctx
+        self.id = f"gw-{uuid.uuid4().hex[:12]}"
+        self.dispatcher = Dispatcher(loop, self.id, request_timeout=config.request_timeout,
+                                     peer_expiry=config.peer_expiry, max_queue=config.max_queue)
+        limits = HttpLimits(config.max_request_line, config.max_header_bytes,
+                            config.max_header_count, config.max_body)
+        submit = self.dispatcher.submit if not config.local_reply else self._answer_locally
+        self.http = ConnectionContext(limits, submit, config.header_timeout,
+                                      config.keepalive_timeout, config.max_pipeline)
+        self._update_date()
+        self.server: asyncio.AbstractServer | None = None
+        self.coordinator: CoordinatorLink | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> dict[str, Any]:
+        config = self.config
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sends to a vanished worker fail loudly
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.bind(config.dispatch_bind)
+        endpoint = advertised(sock.getsockopt_string(zmq.LAST_ENDPOINT), config.advertise_host)
+        self.dispatcher.pump = Pump(self.loop, sock, self.dispatcher.on_messages, routed=True,
+                                    max_frame=config.max_frame,
+                                    on_send_error=self.dispatcher.on_send_error)
+        self._watch_disconnects(sock)
+
+        self.server = await self.loop.create_server(
+            lambda: HttpConnection(self.http, self.loop), config.host, config.port,
+            backlog=2048, reuse_address=True)
+        port = self.server.sockets[0].getsockname()[1]
+        info = {"endpoint": endpoint, "http": f"{config.host}:{port}", "pid": os.getpid()}
+        self.coordinator = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
+                                           lambda _members: None)
+        self.coordinator.start(self.loop)
+        self._tasks = [self.loop.create_task(self._sweep()),
+                       self.loop.create_task(self._heartbeat())]
+        log.info("gateway %s: http on %s:%d, workers connect to %s",
+                 self.id, config.host, port, endpoint)
+        return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint}
+
+    def _watch_disconnects(self, sock: zmq.Socket[bytes]) -> None:
+        """A TCP disconnect from a worker (kill -9) triggers an immediate probe, so its
+        requests fail over now rather than after the heartbeat expiry."""
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        fd = monitor.getsockopt(zmq.FD)
+
+        def readable() -> None:
+            seen = False
+            while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                monitor.recv_multipart(zmq.NOBLOCK)
+                seen = True
+            if seen:
+                self.dispatcher.probe()
+
+        self.loop.add_reader(fd, readable)
+        self._monitor = monitor
+
+    def _answer_locally(self, ex: Exchange) -> None:
+        body = self.config.local_reply.encode()
+        ex.sink.deliver(ex, {"more": False, "status": 200, "body": body, "headers": [
+            ["content-type", "text/plain; charset=utf-8"], ["x-worker", self.id]]})
+
+    def _update_date(self) -> None:
+        self.http.date = email.utils.formatdate(usegmt=True).encode()
+
+    async def _sweep(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            ticks += 1
+            now = self.loop.time()
+            self.dispatcher.expire()
+            if ticks % 5 == 0:
+                self._update_date()
+                for conn in list(self.http.connections):
+                    conn.check_timeouts(now)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            self.dispatcher.heartbeat()
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, finish in-flight requests within the grace, close."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.http.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + self.config.shutdown_grace
+        while (self.http.connections or self.dispatcher.pending) and \
+                self.loop.time() < deadline:
+            await asyncio.sleep(0.05)  # poll: bounded by the grace period
+        self.dispatcher.fail_all(503)
+        for conn in list(self.http.connections):
+            conn._close()
+        for task in self._tasks:
+            task.cancel()
+        if self.coordinator is not None:
+            self.coordinator.close()
+        if self.dispatcher.pump is not None:
+            self.dispatcher.pump.close()
+        self.loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+        self._monitor.close(linger=0)
+
+
+def serve(config: GatewayConfig) -> None:
+    async def main(stop: asyncio.Event) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        gateway = Gateway(config, asyncio.get_running_loop(), ctx)
+        info = await gateway.start()
+        report_ready(config.ready_fd, info)
+        await stop.wait()
+        log.info("gateway %s: stopping", gateway.id)
+        await gateway.stop()
+        ctx.term()
+
+    run_until_signalled(main)

@@ -1,0 +1,108 @@
+"""A member's link to the coordinator: register, heartbeat, follow membership.
+
+Used by gateways and workers alike. While the coordinator is away the member keeps
+the last table it saw and keeps serving; when the coordinator answers again (a new
+process knows nobody and says WHO) the member registers again by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from cluster import wire
+from cluster.config import Common
+from cluster.zmqio import Pump
+
+log = logging.getLogger("cluster.registry")
+
+MembersHandler = Callable[[list[dict[str, Any]]], None]
+
+
+class CoordinatorLink:
+    def __init__(self, config: Common, ctx: zmq.Context[zmq.Socket[bytes]], member_id: str,
+                 role: str, info: dict[str, Any], on_members: MembersHandler) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.member_id = member_id
+        self.role = role
+        self.info = info
+        self.on_members = on_members
+        self.seq = -1
+        self.members: list[dict[str, Any]] = []
+        self.last_heard = 0.0
+        self.registered = asyncio.Event()
+        self.pump: Pump | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame)
+        # Heartbeats are worthless once stale: never queue them toward a dead peer.
+        sock.setsockopt(zmq.SNDHWM, 16)
+        sock.connect(self.config.coordinator)
+        self.pump = Pump(loop, sock, self._on_messages, routed=False,
+                         max_frame=self.config.max_frame)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._connect(loop)
+        self._register()
+        self._task = loop.create_task(self._heartbeat_loop())
+
+    @property
+    def connected(self) -> bool:
+        return time.monotonic() - self.last_heard <= self.config.peer_expiry
+
+    def _register(self) -> None:
+        assert self.pump is not None
+        self.pump.post(wire.envelope(wire.REGISTER, id=self.member_id, role=self.role,
+                                     info=self.info))
+
+    def _on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        self.last_heard = time.monotonic()
+        assert self.pump is not None
+        for msg in messages:
+            kind = msg["k"]
+            if kind == wire.MEMBERS:
+                if msg["seq"] != self.seq:
+                    self.seq = msg["seq"]
+                    self.members = [m for m in msg["members"] if isinstance(m, dict)]
+                    self.on_members(self.members)
+                self.registered.set()
+            elif kind == wire.HEARTBEAT:
+                if msg.get("seq") != self.seq:
+                    self.pump.post(wire.envelope(wire.SYNC, id=self.member_id))
+            elif kind == wire.WHO:
+                log.info("coordinator does not know us (it restarted?); registering again")
+                self._register()
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        was_connected = True
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            assert self.pump is not None
+            if not self.connected:
+                if was_connected:
+                    log.warning("coordinator silent; serving with the membership we know")
+                was_connected = False
+                # A fresh socket drops whatever queued toward the dead peer.
+                self.pump.close()
+                self._connect(loop)
+                self._register()
+            else:
+                was_connected = True
+            self.pump.post(wire.envelope(wire.HEARTBEAT, id=self.member_id))
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.pump is not None:
+            self.pump.post(wire.envelope(wire.BYE, id=self.member_id))
+            self.pump.close()

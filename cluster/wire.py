@@ -1,0 +1,130 @@
+"""The wire format: every ZeroMQ frame between cluster processes is one msgpack map.
+
+Theory of operation
+-------------------
+An envelope is a map ``{"v": VERSION, "k": KIND, ...fields}``. Several envelopes
+travelling the same way in one event-loop pass are packed into one frame of kind
+``batch`` (``{"v": 1, "k": "batch", "m": [envelope, ...]}``): one ZeroMQ send and
+one wake-up carry many requests, which is what makes the extra hop cheap.
+
+`decode_frame` is the only door for untrusted bytes. It checks size, version, kind
+and the type of every required field, and raises `WireError` for anything else, so
+a process receiving a broken frame can count it, log one line and keep going.
+Encoding and decoding are pure functions with no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from cluster.errors import WireError
+
+VERSION = 1
+
+# Coordinator <-> member (gateway, worker)
+REGISTER = "reg"  # member -> coordinator: join, with a description of itself
+HEARTBEAT = "hb"  # both ways; the coordinator's carries the membership sequence
+WHO = "who"  # "I do not know you": re-register / re-hello
+MEMBERS = "members"  # coordinator -> member: full membership at a sequence number
+SYNC = "sync"  # member -> coordinator: send me MEMBERS, I missed an update
+BYE = "bye"  # orderly leave
+
+# Worker <-> gateway dispatch link
+HELLO = "hello"  # worker -> gateway: I am here with this much credit
+WELCOME = "welcome"  # gateway -> worker: hello accepted
+REQUEST = "req"  # gateway -> worker: one request to handle
+RESPONSE = "res"  # worker -> gateway: a response, whole or one part of a stream
+
+BATCH = "batch"
+
+_STR = (str,)
+_INT = (int,)
+_BOOL = (bool,)
+_BYTES = (bytes,)
+_LIST = (list,)
+_MAP = (dict,)
+
+# Required fields and their types, per kind. Optional fields are checked where used.
+SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    REGISTER: {"id": _STR, "role": _STR, "info": _MAP},
+    HEARTBEAT: {"id": _STR},
+    WHO: {},
+    MEMBERS: {"seq": _INT, "members": _LIST},
+    SYNC: {"id": _STR},
+    BYE: {"id": _STR},
+    HELLO: {"id": _STR, "credit": _INT},
+    WELCOME: {"id": _STR},
+    REQUEST: {
+        "id": _INT,
+        "conn": _INT,
+        "method": _STR,
+        "target": _STR,
+        "version": _STR,
+        "headers": _LIST,
+        "body": _BYTES,
+        "addr": _LIST,
+    },
+    RESPONSE: {"id": _INT, "more": _BOOL},
+}
+
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def envelope(kind: str, **fields: Any) -> dict[str, Any]:
+    """Build an envelope of `kind`; the version is added by `encode`."""
+    fields["k"] = kind
+    return fields
+
+
+def encode(messages: list[dict[str, Any]]) -> bytes:
+    """Pack one or more envelopes into one frame (a batch when more than one)."""
+    if len(messages) == 1:
+        msg = messages[0]
+        msg["v"] = VERSION
+        return _packer.pack(msg)
+    return _packer.pack({"v": VERSION, "k": BATCH, "m": messages})
+
+
+def encode_one(kind: str, **fields: Any) -> bytes:
+    fields["k"] = kind
+    fields["v"] = VERSION
+    return _packer.pack(fields)
+
+
+def _check(msg: object) -> dict[str, Any]:
+    if not isinstance(msg, dict):
+        raise WireError("envelope is not a map")
+    kind = msg.get("k")
+    schema = SCHEMA.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise WireError(f"unknown kind {kind!r}")
+    for field, types in schema.items():
+        value = msg.get(field)
+        # bool is an int subclass; an int field must not accept True/False
+        if not isinstance(value, types) or (types is _INT and isinstance(value, bool)):
+            raise WireError(f"{kind}: field {field!r} missing or of the wrong type")
+    return msg
+
+
+def decode_frame(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[dict[str, Any]]:
+    """Decode one frame into its envelopes, or raise `WireError`."""
+    if len(data) > max_frame:
+        raise WireError(f"frame of {len(data)} bytes exceeds {max_frame}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise WireError(f"not msgpack: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise WireError("frame is not a map")
+    if obj.get("v") != VERSION:
+        raise WireError(f"unsupported version {obj.get('v')!r}")
+    if obj.get("k") == BATCH:
+        items = obj.get("m")
+        if not isinstance(items, list):
+            raise WireError("batch without a list of messages")
+        return [_check(item) for item in items]
+    return [_check(obj)]

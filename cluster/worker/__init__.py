@@ -1,0 +1,1 @@
+"""The worker: loads the user's handler and runs it for requests from any gateway."""

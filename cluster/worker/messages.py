@@ -1,0 +1,143 @@
+"""Between the wire and the handler: request dicts in, response envelopes out.
+
+`build_request` turns a REQUEST envelope into the seed-style dict a handler gets.
+`normalize` turns whatever a handler returned into (status, headers, body), where
+body is bytes or an iterator of chunks for a streamed response; anything it cannot
+turn into a valid response raises `BadResponse`, which the worker answers with 500.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from cluster import wire
+
+
+class BadResponse(Exception):
+    """The handler's return value is not a response we can send."""
+
+
+def build_request(env: dict[str, Any], gateway_id: str) -> dict[str, Any]:
+    target: str = env["target"]
+    raw_path, _, query_string = target.partition("?")
+    headers: dict[str, str] = {}
+    for pair in env["headers"]:
+        name, value = pair[0], pair[1]
+        if name in headers:
+            headers[name] += ("; " if name == "cookie" else ", ") + value
+        else:
+            headers[name] = value
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        query.setdefault(key, value)  # the first value wins, as in most frameworks
+    addr = env["addr"]
+    return {
+        "type": "http",
+        "id": f"{gateway_id}/{env['id']}",
+        "conn": f"{gateway_id}/{env['conn']}",
+        "addr": (addr[0], addr[1]) if len(addr) == 2 else ("", 0),
+        "method": env["method"],
+        "target": target,
+        "path": unquote(raw_path),
+        "query_string": query_string,
+        "query": query,
+        "version": "HTTP/" + env["version"],
+        "headers": headers,
+        "raw_headers": env["headers"],
+        "body": env["body"],
+    }
+
+
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
+_BINARY = "application/octet-stream"
+
+Body = bytes | Iterator[Any] | AsyncIterator[Any]
+
+
+def _headers(raw: Any) -> list[list[str]]:
+    if raw is None:
+        return []
+    items = raw.items() if isinstance(raw, dict) else raw
+    out = []
+    try:
+        for name, value in items:
+            out.append([str(name), str(value)])
+    except (TypeError, ValueError):
+        raise BadResponse("headers must be a dict or a list of (name, value) pairs") from None
+    return out
+
+
+def _has(headers: list[list[str]], name: str) -> bool:
+    return any(h[0].lower() == name for h in headers)
+
+
+def encode_body(body: Any, headers: list[list[str]]) -> Body:
+    """bytes as they are, str as UTF-8 text, iterators streamed, the rest as JSON."""
+    if body is None:
+        return b""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        if not _has(headers, "content-type"):
+            headers.append(["content-type", _BINARY])
+        return bytes(body)
+    if isinstance(body, str):
+        if not _has(headers, "content-type"):
+            headers.append(["content-type", _TEXT])
+        return body.encode("utf-8")
+    if inspect.isasyncgen(body) or hasattr(body, "__anext__"):
+        return body  # type: ignore[no-any-return]
+    if inspect.isgenerator(body) or (hasattr(body, "__next__") and hasattr(body, "__iter__")):
+        return body  # type: ignore[no-any-return]
+    try:
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise BadResponse(f"body of type {type(body).__name__} is not JSON-able: {exc}") from None
+    if not _has(headers, "content-type"):
+        headers.append(["content-type", _JSON])
+    return data
+
+
+RESPONSE_KEYS = frozenset({"status", "headers", "body"})
+
+
+def normalize(msg: Any) -> tuple[int, list[list[str]], Body]:
+    if msg is None:
+        return 204, [], b""
+    if isinstance(msg, dict) and msg.keys() <= RESPONSE_KEYS and msg:
+        status = msg.get("status", 200)
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 999:
+            raise BadResponse(f"status {status!r} is not an HTTP status code")
+        headers = _headers(msg.get("headers"))
+        return status, headers, encode_body(msg.get("body"), headers)
+    headers = []
+    return 200, headers, encode_body(msg, headers)
+
+
+def chunk_bytes(chunk: Any) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8")
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise BadResponse(f"a streamed chunk of type {type(chunk).__name__}; bytes or str expected")
+
+
+def response(req_id: int, status: int, headers: list[list[str]], body: bytes,
+             more: bool = False) -> dict[str, Any]:
+    return wire.envelope(wire.RESPONSE, id=req_id, status=status, headers=headers, body=body,
+                         more=more)
+
+
+def part(req_id: int, body: bytes, more: bool) -> dict[str, Any]:
+    return wire.envelope(wire.RESPONSE, id=req_id, body=body, more=more)
+
+
+def server_error(req_id: int, req_label: str) -> dict[str, Any]:
+    """500 naming the request id, so a user can find the traceback in the worker log."""
+    return response(req_id, 500, [["content-type", _TEXT]],
+                    f"Internal Server Error (request {req_label})\n".encode())

@@ -1,0 +1,326 @@
+"""The worker process: a link to every gateway, credit, and the handler's execution.
+
+Theory of operation
+-------------------
+The coordinator tells the worker which gateways exist. For each one the worker
+connects a DEALER (its identity is the worker id) and says HELLO with its credit,
+`--concurrency`. The gateway sends REQUESTs only against that credit; each final
+RESPONSE gives one back. Requests run as coroutines on the loop (async handlers),
+on the thread pool (sync handlers), or inline (ready answers such as 404). At most
+`--concurrency` run at once; any excess (several gateways each using their full
+credit) waits in a local queue, which the credit keeps bounded.
+
+Heartbeats go both ways on every link; a gateway silent for the expiry is sent
+HELLO again until it answers (a restarted gateway learns of us that way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from functools import partial
+from typing import Any
+
+import zmq
+
+from cluster import wire
+from cluster.config import WorkerConfig
+from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.registry import CoordinatorLink
+from cluster.worker.adapters import Adapter, Invocation, StateHolder
+from cluster.worker.loader import load_handler
+from cluster.worker.messages import (
+    BadResponse,
+    build_request,
+    chunk_bytes,
+    normalize,
+    part,
+    response,
+    server_error,
+)
+from cluster.worker.threadpool import Emit, ThreadPool
+from cluster.zmqio import Pump
+
+log = logging.getLogger("cluster.worker")
+
+Outgoing = tuple["GatewayLink", dict[str, Any]]
+
+
+class GatewayLink:
+    def __init__(self, worker: Worker, gateway_id: str, endpoint: str) -> None:
+        self.worker = worker
+        self.gateway_id = gateway_id
+        self.endpoint = endpoint
+        self.closed = False
+        self.welcomed = False
+        self.last_heard = time.monotonic()
+        sock = worker.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt_string(zmq.IDENTITY, worker.id)
+        sock.setsockopt(zmq.MAXMSGSIZE, worker.config.max_frame)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.connect(endpoint)
+        self.pump = Pump(worker.loop, sock, self.on_messages, routed=False,
+                         max_frame=worker.config.max_frame)
+        self.hello()
+
+    def hello(self) -> None:
+        credit = 0 if self.worker.stopping else self.worker.config.concurrency
+        self.post(wire.envelope(wire.HELLO, id=self.worker.id, credit=credit))
+
+    def post(self, msg: dict[str, Any]) -> None:
+        if not self.closed:
+            self.pump.post(msg)
+
+    def on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        self.last_heard = time.monotonic()
+        for msg in messages:
+            kind = msg["k"]
+            if kind == wire.REQUEST:
+                self.worker.accept(self, msg)
+            elif kind == wire.WELCOME:
+                if not self.welcomed:
+                    log.info("connected to gateway %s at %s", self.gateway_id, self.endpoint)
+                self.welcomed = True
+            elif kind == wire.WHO:
+                self.welcomed = False
+                self.hello()
+            elif kind != wire.HEARTBEAT:
+                log.warning("unexpected %s from gateway; ignored", kind)
+
+    def heartbeat(self) -> None:
+        if time.monotonic() - self.last_heard > self.worker.config.peer_expiry:
+            if self.welcomed:
+                log.warning("gateway %s silent; saying hello until it answers", self.gateway_id)
+            self.welcomed = False
+        if self.welcomed:
+            self.post(wire.envelope(wire.HEARTBEAT, id=self.worker.id))
+        else:
+            self.hello()
+
+    def close(self) -> None:
+        self.closed = True
+        self.pump.close()
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, loop: asyncio.AbstractEventLoop,
+                 ctx: zmq.Context[zmq.Socket[bytes]], adapter: Adapter,
+                 holder: StateHolder, worker_id: str) -> None:
+        self.config = config
+        self.loop = loop
+        self.ctx = ctx
+        self.adapter = adapter
+        self.holder = holder
+        self.id = worker_id
+        self.links: dict[str, GatewayLink] = {}
+        self.running = 0
+        self.backlog: deque[tuple[GatewayLink, dict[str, Any]]] = deque()
+        self.stopping = False
+        self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self._emitted)
+        self.coordinator = CoordinatorLink(config, ctx, self.id, "worker",
+                                           {"pid": os.getpid(), "handler": config.handler},
+                                           self.on_members)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def start(self) -> None:
+        self.coordinator.start(self.loop)
+        self._tasks.append(self.loop.create_task(self._heartbeat()))
+
+    async def connected(self, timeout: float) -> bool:
+        """Wait until registered and welcomed by every gateway we know, or timeout."""
+        deadline = self.loop.time() + timeout
+        try:
+            await asyncio.wait_for(self.coordinator.registered.wait(), timeout)
+        except TimeoutError:
+            return False
+        while not all(link.welcomed for link in self.links.values()):
+            if self.loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.02)  # poll: bounded by the deadline
+        return True
+
+    # -- membership ------------------------------------------------------------
+    def on_members(self, members: list[dict[str, Any]]) -> None:
+        gateways = {m["id"]: m.get("endpoint") for m in members
+                    if m.get("role") == "gateway" and isinstance(m.get("endpoint"), str)}
+        for gid, link in list(self.links.items()):
+            if gid not in gateways:
+                log.info("gateway %s left the cluster", gid)
+                link.close()
+                del self.links[gid]
+        for gid, endpoint in gateways.items():
+            if gid not in self.links and endpoint:
+                self.links[gid] = GatewayLink(self, gid, endpoint)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            for link in list(self.links.values()):
+                link.heartbeat()
+
+    # -- requests --------------------------------------------------------------
+    def accept(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        if self.running >= self.config.concurrency:
+            self.backlog.append((link, env))
+            return
+        self._start(link, env)
+
+    def _start(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        self.running += 1
+        rid: int = env["id"]
+        try:
+            req = build_request(env, link.gateway_id)
+            inv = self.adapter.prepare(req)
+        except Exception:
+            log.exception("request %s/%s could not be prepared", link.gateway_id, rid)
+            self._send(link, server_error(rid, f"{link.gateway_id}/{rid}"))
+            return
+        if inv.inline:
+            self._run_sync(link, rid, req, inv, self._send_pair)
+        elif inv.is_async:
+            self.loop.create_task(self._run_async(link, rid, req, inv))
+        else:
+            self.pool.submit(partial(self._run_sync, link, rid, req, inv))
+
+    def _run_sync(self, link: GatewayLink, rid: int, req: dict[str, Any], inv: Invocation,
+                  emit: Emit[Outgoing]) -> None:
+        """Runs in a pool thread (or inline for ready answers)."""
+        try:
+            result = inv.fn(*inv.args, **inv.kwargs)
+            msg = inv.finish(result) if inv.finish is not None else result
+            status, headers, body = normalize(msg)
+        except Exception as exc:
+            self._log_failure(req, exc)
+            emit((link, server_error(rid, req["id"])))
+            return
+        if isinstance(body, bytes):
+            emit((link, response(rid, status, headers, body)))
+        elif hasattr(body, "__anext__"):
+            # An async generator from a sync handler: it can only run on the loop.
+            emit((link, {"k": "_stream", "id": rid, "status": status, "headers": headers,
+                         "body": body, "req": req}))
+        else:
+            started = False
+            try:
+                for chunk in body:  # type: ignore[union-attr]
+                    data = chunk_bytes(chunk)
+                    emit((link, part(rid, data, True) if started else
+                          response(rid, status, headers, data, more=True)))
+                    started = True
+            except Exception as exc:
+                self._log_failure(req, exc)
+                emit((link, _aborted(rid) if started else server_error(rid, req["id"])))
+                return
+            emit((link, part(rid, b"", False) if started else
+                  response(rid, status, headers, b"")))
+
+    async def _run_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
+                         inv: Invocation) -> None:
+        try:
+            result = await inv.fn(*inv.args, **inv.kwargs)
+            msg = inv.finish(result) if inv.finish is not None else result
+            status, headers, body = normalize(msg)
+        except Exception as exc:
+            self._log_failure(req, exc)
+            self._send(link, server_error(rid, req["id"]))
+            return
+        if isinstance(body, bytes):
+            self._send(link, response(rid, status, headers, body))
+        else:
+            await self._stream_async(link, rid, req, status, headers, body)
+
+    async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
+                            status: int, headers: list[list[str]], body: Any) -> None:
+        started = False
+        try:
+            if hasattr(body, "__anext__"):
+                async for chunk in body:
+                    data = chunk_bytes(chunk)
+                    self._send(link, part(rid, data, True) if started else
+                               response(rid, status, headers, data, more=True))
+                    started = True
+            else:
+                for chunk in body:
+                    data = chunk_bytes(chunk)
+                    self._send(link, part(rid, data, True) if started else
+                               response(rid, status, headers, data, more=True))
+                    started = True
+        except Exception as exc:
+            self._log_failure(req, exc)
+            self._send(link, _aborted(rid) if started else server_error(rid, req["id"]))
+            return
+        self._send(link, part(rid, b"", False) if started else
+                   response(rid, status, headers, b""))
+
+    def _log_failure(self, req: dict[str, Any], exc: Exception) -> None:
+        if isinstance(exc, BadResponse):
+            log.error("request %s: handler returned a bad response: %s", req["id"], exc)
+        else:
+            log.error("request %s: handler raised", req["id"], exc_info=exc)
+
+    # -- responses -------------------------------------------------------------
+    def _emitted(self, batch: list[Outgoing]) -> None:
+        for link, env in batch:
+            if env["k"] == "_stream":
+                self.loop.create_task(self._stream_async(
+                    link, env["id"], env["req"], env["status"], env["headers"], env["body"]))
+            else:
+                self._send(link, env)
+
+    def _send_pair(self, pair: Outgoing) -> None:
+        self._send(pair[0], pair[1])
+
+    def _send(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        link.post(env)
+        if not env["more"]:
+            self.running -= 1
+            if self.backlog and self.running < self.config.concurrency:
+                self._start(*self.backlog.popleft())
+
+    async def stop(self) -> None:
+        """Take no more requests, finish the running ones within the grace period."""
+        self.stopping = True
+        for link in self.links.values():
+            link.hello()  # credit 0
+        deadline = self.loop.time() + 10.0
+        while (self.running or self.backlog) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)  # poll: bounded by the grace period
+        for task in self._tasks:
+            task.cancel()
+        for link in self.links.values():
+            link.close()
+        self.coordinator.close()
+        self.pool.shutdown(timeout=1.0)
+
+
+def _aborted(rid: int) -> dict[str, Any]:
+    """A stream failed after its head was sent: tell the gateway to cut the connection."""
+    return wire.envelope(wire.RESPONSE, id=rid, more=False, abort=True)
+
+
+def serve(config: WorkerConfig) -> None:
+    holder = StateHolder({})
+    adapter = load_handler(config.handler, holder)  # fails before any socket is opened
+    worker_id = f"wk-{uuid.uuid4().hex[:12]}"
+    holder.state["WORKER"] = worker_id
+
+    async def main(stop: asyncio.Event) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        worker = Worker(config, asyncio.get_running_loop(), ctx, adapter, holder, worker_id)
+        worker.start()
+        if not await worker.connected(timeout=5.0):
+            log.warning("not yet registered with every gateway; serving as they answer")
+        report_ready(config.ready_fd, {"role": "worker", "id": worker.id,
+                                       "handler": adapter.kind})
+        log.info("worker %s running %s (%s)", worker.id, config.handler, adapter.kind)
+        await stop.wait()
+        await worker.stop()
+        ctx.term()
+
+    run_until_signalled(main)

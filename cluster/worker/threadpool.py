@@ -1,0 +1,76 @@
+"""A thread pool for synchronous handlers that wakes the event loop once per batch.
+
+`run_in_executor` costs a future and a loop wake-up per call. Here threads take
+jobs from one queue and put results on a deque; the first result after a drain
+schedules one `call_soon_threadsafe`, and that drain takes every result ready by
+then. A slow handler holds only its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+Emit = Callable[[T], None]
+Job = Callable[[Emit[T]], None]
+
+log = logging.getLogger("cluster.worker.pool")
+
+
+class ThreadPool(Generic[T]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int,
+                 on_results: Callable[[list[T]], None]) -> None:
+        self.loop = loop
+        self.on_results = on_results
+        self._jobs: queue.SimpleQueue[Job[T] | None] = queue.SimpleQueue()
+        self._results: deque[T] = deque()
+        self._wake_pending = False
+        self._threads = [threading.Thread(target=self._work, name=f"handler-{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Job[T]) -> None:
+        self._jobs.put(job)
+
+    def emit(self, result: T) -> None:
+        """From a pool thread: hand a result to the loop."""
+        self._results.append(result)
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: we are shutting down
+                pass
+
+    def _drain(self) -> None:
+        # Reset first: a result appended from now on schedules another drain.
+        self._wake_pending = False
+        results = self._results
+        batch = []
+        while results:
+            batch.append(results.popleft())
+        if batch:
+            self.on_results(batch)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job(self.emit)
+            except Exception:  # a job reports its own errors; this is the last guard
+                log.exception("handler job failed outside its own error handling")
+
+    def shutdown(self, timeout: float) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout)

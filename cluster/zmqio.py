@@ -1,0 +1,174 @@
+"""Drive a non-blocking ZeroMQ socket from an asyncio loop, batching per loop pass.
+
+Theory of operation
+-------------------
+`zmq.asyncio` creates a future per receive, which halves throughput. Instead the
+loop watches the socket's file descriptor with `add_reader`. That descriptor is
+edge-triggered and says only "look at ZMQ_EVENTS", so each wake-up drains every
+frame that is ready (up to `max_batch`, then yields the loop and continues).
+
+Outgoing envelopes are queued per destination and flushed once, at the end of the
+current loop pass, each destination's queue packed into a single frame. A send can
+consume the read edge, so after every flush the socket's EVENTS are checked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from cluster import wire
+from cluster.errors import WireError
+
+log = logging.getLogger("cluster.zmq")
+
+# One frame carries at most this many envelopes and about this many payload bytes,
+# so a burst never builds one huge frame.
+MAX_FRAME_MESSAGES = 512
+MAX_FRAME_BYTES = 1 << 20
+
+FrameHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
+SendErrorHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
+
+
+class Pump:
+    """Reads and writes one ZeroMQ socket on the loop; `routed` for ROUTER sockets."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: zmq.Socket[bytes],
+        on_messages: FrameHandler,
+        *,
+        routed: bool,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        on_send_error: SendErrorHandler | None = None,
+        on_bad_frame: Callable[[], None] | None = None,
+        max_batch: int = 1024,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.on_messages = on_messages
+        self.routed = routed
+        self.max_frame = max_frame
+        self.on_send_error = on_send_error
+        self.on_bad_frame = on_bad_frame
+        self.max_batch = max_batch
+        self.bad_frames = 0
+        self._outbox: dict[bytes | None, list[dict[str, Any]]] = {}
+        self._outbox_bytes = 0
+        self._flush_scheduled = False
+        self._closed = False
+        self._fd = sock.getsockopt(zmq.FD)
+        loop.add_reader(self._fd, self._on_readable)
+        # Frames may already be waiting (the edge fired before we watched it).
+        loop.call_soon(self._on_readable)
+
+    # -- receiving ---------------------------------------------------------
+    def _on_readable(self) -> None:
+        if self._closed:
+            return
+        sock = self.sock
+        for _ in range(self.max_batch):
+            try:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                if self._closed:
+                    return
+                log.warning("zmq receive failed: %s", exc)
+                return
+            self._deliver(parts)
+            if self._closed:
+                return
+        # More may be waiting: let other callbacks run, then continue draining.
+        self.loop.call_soon(self._on_readable)
+
+    def _deliver(self, parts: list[bytes]) -> None:
+        if self.routed:
+            if len(parts) != 2:
+                self._bad(f"{len(parts)} parts on a routed socket")
+                return
+            peer: bytes | None = parts[0]
+            payload = parts[1]
+        else:
+            if len(parts) != 1:
+                self._bad(f"{len(parts)} parts")
+                return
+            peer = None
+            payload = parts[0]
+        try:
+            messages = wire.decode_frame(payload, self.max_frame)
+        except WireError as exc:
+            self._bad(str(exc))
+            return
+        self.on_messages(peer, messages)
+
+    def _bad(self, why: str) -> None:
+        self.bad_frames += 1
+        log.warning("dropped a malformed frame: %s", why)
+        if self.on_bad_frame is not None:
+            self.on_bad_frame()
+
+    # -- sending -----------------------------------------------------------
+    def post(self, msg: dict[str, Any], to: bytes | None = None) -> None:
+        """Queue one envelope for `to` (the peer identity on a ROUTER)."""
+        if self._closed:
+            return
+        box = self._outbox.get(to)
+        if box is None:
+            self._outbox[to] = box = []
+        box.append(msg)
+        body = msg.get("body")
+        if body is not None:
+            self._outbox_bytes += len(body)
+        if len(box) >= MAX_FRAME_MESSAGES or self._outbox_bytes >= MAX_FRAME_BYTES:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed or not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, {}
+        self._outbox_bytes = 0
+        sock = self.sock
+        for to, msgs in outbox.items():
+            frame = wire.encode(msgs)
+            try:
+                if to is None:
+                    sock.send(frame, zmq.NOBLOCK)
+                else:
+                    sock.send_multipart((to, frame), zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                # EHOSTUNREACH (ROUTER_MANDATORY, peer gone) or EAGAIN (peer not
+                # keeping up): the caller decides what failing these means.
+                log.debug("send to %r failed: %s", to, exc)
+                if self.on_send_error is not None:
+                    self.on_send_error(to, msgs)
+        # Sending may have consumed the read edge; look again.
+        try:
+            if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self.loop.call_soon(self._on_readable)
+        except zmq.ZMQError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        try:
+            self.loop.remove_reader(self._fd)
+        except (ValueError, OSError):
+            pass
+        self.sock.close(linger=0)
