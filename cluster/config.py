@@ -56,7 +56,8 @@ class CoordinatorConfig(Common):
 class GatewayConfig(Common):
     host: str = opt("127.0.0.1", "HTTP listen address")
     port: int = opt(8000, "HTTP listen port (0: any free port)")
-    dispatch_bind: str = opt("tcp://127.0.0.1:0", "ZeroMQ endpoint workers connect to (port 0: any)")
+    dispatch_bind: str = opt("tcp://127.0.0.1:0",
+                             "ZeroMQ endpoint workers connect to (port 0: any)")
     max_body: int = opt(1024 * 1024, "largest request body, bytes (413 above)")
     max_request_line: int = opt(8 * 1024, "longest request line, bytes (414 above)")
     max_header_bytes: int = opt(16 * 1024, "largest header block, bytes (431 above)")
@@ -76,7 +77,8 @@ class GatewayConfig(Common):
                      "max_queue", "max_pipeline"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("request_timeout", "header_timeout", "keepalive_timeout", "shutdown_grace"):
+        for name in ("request_timeout", "header_timeout", "keepalive_timeout",
+                     "shutdown_grace"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
 

@@ -40,7 +40,8 @@ class Route:
 def compile_route(pattern: str, methods: list[str] | None, view: Callable[..., Any]) -> Route:
     if not pattern.startswith("/"):
         raise RouteError(f"route {pattern!r} must start with '/'")
-    regex, pos, convs = "", 0, []
+    regex, pos = "", 0
+    convs: list[tuple[str, Callable[[str], Any]]] = []
     for m in _PARAM.finditer(pattern):
         regex += re.escape(pattern[pos:m.start()])
         conv_name = m.group("conv") or "str"

@@ -58,7 +58,7 @@ class Child:
 
     def spawn(self, wait_ready: bool) -> None:
         read_fd, write_fd = os.pipe()
-        argv = self.argv + ["--ready-fd", str(write_fd)]
+        argv = [*self.argv, "--ready-fd", str(write_fd)]
         self.proc = subprocess.Popen(argv, pass_fds=(write_fd,))
         os.close(write_fd)
         self.started_at = time.monotonic()

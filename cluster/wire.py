@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from cluster.errors import WireError
 
@@ -85,14 +85,14 @@ def encode(messages: list[dict[str, Any]]) -> bytes:
     if len(messages) == 1:
         msg = messages[0]
         msg["v"] = VERSION
-        return _packer.pack(msg)
-    return _packer.pack({"v": VERSION, "k": BATCH, "m": messages})
+        return bytes(_packer.pack(msg))
+    return bytes(_packer.pack({"v": VERSION, "k": BATCH, "m": messages}))
 
 
 def encode_one(kind: str, **fields: Any) -> bytes:
     fields["k"] = kind
     fields["v"] = VERSION
-    return _packer.pack(fields)
+    return bytes(_packer.pack(fields))
 
 
 def _check(msg: object) -> dict[str, Any]:

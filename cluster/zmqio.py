@@ -15,6 +15,7 @@ consume the read edge, so after every flush the socket's EVENTS are checked agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,13 +27,25 @@ from cluster.errors import WireError
 
 log = logging.getLogger("cluster.zmq")
 
-# One frame carries at most this many envelopes and about this many payload bytes,
-# so a burst never builds one huge frame.
-MAX_FRAME_MESSAGES = 512
+# One frame carries at most this many envelopes and about this many payload bytes.
+# 32 measured best with 64 HTTP connections: smaller frames let the peer start on
+# the first ones while we still read; the byte cap keeps a burst of large bodies
+# from building one huge frame.
+MAX_FRAME_MESSAGES = 32
 MAX_FRAME_BYTES = 1 << 20
 
 FrameHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
 SendErrorHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
+
+
+def fd_of(sock: zmq.Socket[bytes]) -> int:
+    """The socket's notification descriptor, for `loop.add_reader`."""
+    return int(sock.getsockopt(zmq.FD))
+
+
+def has_input(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a frame can be received now (the FD only says "look again")."""
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 class Pump:
@@ -59,11 +72,15 @@ class Pump:
         self.on_bad_frame = on_bad_frame
         self.max_batch = max_batch
         self.bad_frames = 0
+        self.frames_in = 0
+        self.messages_in = 0
+        self.frames_out = 0
+        self.messages_out = 0
         self._outbox: dict[bytes | None, list[dict[str, Any]]] = {}
         self._outbox_bytes = 0
         self._flush_scheduled = False
         self._closed = False
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = fd_of(sock)
         loop.add_reader(self._fd, self._on_readable)
         # Frames may already be waiting (the edge fired before we watched it).
         loop.call_soon(self._on_readable)
@@ -75,7 +92,7 @@ class Pump:
         sock = self.sock
         for _ in range(self.max_batch):
             try:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not has_input(sock):
                     return
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -109,6 +126,8 @@ class Pump:
         except WireError as exc:
             self._bad(str(exc))
             return
+        self.frames_in += 1
+        self.messages_in += len(messages)
         self.on_messages(peer, messages)
 
     def _bad(self, why: str) -> None:
@@ -144,6 +163,8 @@ class Pump:
         sock = self.sock
         for to, msgs in outbox.items():
             frame = wire.encode(msgs)
+            self.frames_out += 1
+            self.messages_out += len(msgs)
             try:
                 if to is None:
                     sock.send(frame, zmq.NOBLOCK)
@@ -157,7 +178,7 @@ class Pump:
                     self.on_send_error(to, msgs)
         # Sending may have consumed the read edge; look again.
         try:
-            if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if has_input(self.sock):
                 self.loop.call_soon(self._on_readable)
         except zmq.ZMQError:
             pass
@@ -166,9 +187,9 @@ class Pump:
         if self._closed:
             return
         self.flush()
+        log.debug("closing: in %d frames/%d messages, out %d frames/%d messages",
+                 self.frames_in, self.messages_in, self.frames_out, self.messages_out)
         self._closed = True
-        try:
+        with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self._fd)
-        except (ValueError, OSError):
-            pass
         self.sock.close(linger=0)

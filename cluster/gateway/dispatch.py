@@ -34,7 +34,7 @@ RETRY_AFTER = [("retry-after", "1")]
 
 
 class WorkerLink:
-    __slots__ = ("ident", "name", "credit", "inflight", "last_seen")
+    __slots__ = ("credit", "ident", "inflight", "last_seen", "name")
 
     def __init__(self, ident: bytes, name: str, credit: int, now: float) -> None:
         self.ident = ident

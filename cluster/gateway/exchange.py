@@ -19,8 +19,22 @@ class ResponseSink(Protocol):
 
 
 class Exchange:
-    __slots__ = ("envelope", "method", "version", "keep_alive", "sink", "id", "worker",
-                 "retried", "deadline", "started", "done", "parts", "chunked", "head_only")
+    __slots__ = (
+        "chunked",
+        "deadline",
+        "done",
+        "envelope",
+        "head_only",
+        "id",
+        "keep_alive",
+        "method",
+        "parts",
+        "retried",
+        "sink",
+        "started",
+        "version",
+        "worker",
+    )
 
     def __init__(self, envelope: dict[str, Any], method: str, version: str,
                  keep_alive: bool, sink: ResponseSink) -> None:

@@ -259,7 +259,7 @@ class HttpConnection(asyncio.Protocol):
         if ex.head_only and ex.method == "HEAD" and more and content_length is None:
             ex.chunked = False
         return http_core.encode_head(
-            ex.version, status, pairs,  # type: ignore[arg-type]
+            ex.version, status, pairs,
             content_length=content_length, chunked=ex.chunked,
             keep_alive=ex.keep_alive, date=self.ctx.date)
 

@@ -19,7 +19,7 @@ from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.registry import CoordinatorLink
-from cluster.zmqio import Pump
+from cluster.zmqio import Pump, fd_of, has_input
 
 log = logging.getLogger("cluster.gateway")
 
@@ -90,11 +90,11 @@ class Gateway:
         """A TCP disconnect from a worker (kill -9) triggers an immediate probe, so its
         requests fail over now rather than after the heartbeat expiry."""
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        fd = monitor.getsockopt(zmq.FD)
+        fd = fd_of(monitor)
 
         def readable() -> None:
             seen = False
-            while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while has_input(monitor):
                 monitor.recv_multipart(zmq.NOBLOCK)
                 seen = True
             if seen:
@@ -147,7 +147,7 @@ class Gateway:
             self.coordinator.close()
         if self.dispatcher.pump is not None:
             self.dispatcher.pump.close()
-        self.loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+        self.loop.remove_reader(fd_of(self._monitor))
         self._monitor.close(linger=0)
 
 

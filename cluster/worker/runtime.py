@@ -208,7 +208,7 @@ class Worker:
         else:
             started = False
             try:
-                for chunk in body:  # type: ignore[union-attr]
+                for chunk in body:
                     data = chunk_bytes(chunk)
                     emit((link, part(rid, data, True) if started else
                           response(rid, status, headers, data, more=True)))

@@ -9,6 +9,7 @@ then. A slow handler holds only its own thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -44,10 +45,8 @@ class ThreadPool(Generic[T]):
         self._results.append(result)
         if not self._wake_pending:
             self._wake_pending = True
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: shutting down
                 self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: we are shutting down
-                pass
 
     def _drain(self) -> None:
         # Reset first: a result appended from now on schedules another drain.
