@@ -1,0 +1,144 @@
+"""Real processes for the tests: start a role, wait for its ready line, stop it.
+
+Every process is the real command (`python -m cluster ROLE`) on ephemeral ports on
+127.0.0.1; every wait has a deadline; every process started is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--heartbeat-interval", "0.25"]
+
+
+class Proc:
+    def __init__(self, role: str, argv: list[str], env: dict[str, str] | None,
+                 wait_ready: bool, timeout: float) -> None:
+        self.role = role
+        self.log_path = Path(tempfile.mkstemp(prefix=f"cluster-{role}-", suffix=".log")[1])
+        read_fd, write_fd = os.pipe()
+        full_env = {**os.environ, **(env or {})}
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "cluster", role, *argv, "--ready-fd", str(write_fd)],
+            pass_fds=(write_fd,), cwd=ROOT, env=full_env,
+            stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"))
+        os.close(write_fd)
+        self.ready: dict[str, Any] = {}
+        try:
+            if wait_ready:
+                self.ready = read_ready(read_fd, self.popen, timeout, self.log_path)
+        finally:
+            os.close(read_fd)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        return wait_for(lambda: text in self.log(), timeout, f"{text!r} in {self.role} log") \
+            and self.log()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+
+def read_ready(fd: int, popen: subprocess.Popen[bytes], timeout: float,
+               log_path: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or popen.poll() is not None:
+            popen.kill()
+            raise AssertionError(f"process not ready; log:\n{log_path.read_text()}")
+        readable, _, _ = select.select([fd], [], [], min(left, 0.1))
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                popen.wait(5)
+                raise AssertionError(f"process exited; log:\n{log_path.read_text()}")
+            data += chunk
+    result: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
+    return result
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `predicate` until it is truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)  # poll
+
+
+class Cluster:
+    """A coordinator, gateways and workers started one by one, stopped together."""
+
+    def __init__(self, interval: list[str] | None = None) -> None:
+        self.procs: list[Proc] = []
+        self.interval = FAST if interval is None else interval
+        self.coordinator = self.start("coordinator", "--coordinator-bind", "tcp://127.0.0.1:0")
+        self.endpoint = self.coordinator.ready["endpoint"]
+
+    def start(self, role: str, *argv: str, env: dict[str, str] | None = None,
+              wait_ready: bool = True, timeout: float = 15.0) -> Proc:
+        args = list(argv) + self.interval
+        if role != "coordinator":
+            args += ["--coordinator", self.endpoint]
+        proc = Proc(role, args, env, wait_ready, timeout)
+        self.procs.append(proc)
+        return proc
+
+    def gateway(self, *argv: str, **kw: Any) -> Proc:
+        return self.start("gateway", "--port", "0", *argv, **kw)
+
+    def worker(self, handler: str, *argv: str, **kw: Any) -> Proc:
+        return self.start("worker", "--handler", handler, *argv, **kw)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextmanager
+def cluster(interval: list[str] | None = None) -> Iterator[Cluster]:
+    c = Cluster(interval)
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cluster import App
+from cluster.routing import RouteError, compile_route
+from cluster.worker.adapters import AppHandler
+
+
+def view(req: dict[str, Any], **kw: Any) -> Any:
+    return kw
+
+
+def test_typed_parameters() -> None:
+    route = compile_route("/a/<b>/c/<int:n>/<float:f>/<path:rest>", None, view)
+    assert route.match("/a/x/c/-3/1.5/d/e") == {"b": "x", "n": -3, "f": 1.5, "rest": "d/e"}
+    assert route.match("/a/x/c/nope/1.5/d") is None
+    assert route.match("/a/x/y/c/1/1/d") is None  # str stops at '/'
+
+
+def test_literal_parts_are_escaped() -> None:
+    route = compile_route("/v1.0/<x>", None, view)
+    assert route.match("/v1.0/a") == {"x": "a"} and route.match("/v100/a") is None
+
+
+@pytest.mark.parametrize("pattern", ["nope", "/<bad:x>", "/<x>/<x>"])
+def test_bad_patterns_fail_at_import(pattern: str) -> None:
+    with pytest.raises(RouteError):
+        compile_route(pattern, None, view)
+
+
+def test_get_implies_head() -> None:
+    assert compile_route("/", ["get"], view).methods == {"GET", "HEAD"}
+    assert compile_route("/", ["POST"], view).methods == {"POST"}
+
+
+def make_app() -> App:
+    app = App()
+
+    @app.route("/items/<int:id>", methods=["GET", "PUT"])
+    def item(req: dict[str, Any], id: int) -> Any:
+        return id
+
+    @app.route("/items/<int:id>", methods=["DELETE"])
+    def delete(req: dict[str, Any], id: int) -> Any:
+        return -id
+
+    return app
+
+
+def req(method: str, path: str) -> dict[str, Any]:
+    return {"method": method, "path": path}
+
+
+def test_app_dispatch_405_and_404() -> None:
+    handler = AppHandler(make_app())
+    inv = handler.prepare(req("PUT", "/items/4"))
+    assert inv.kwargs == {"id": 4} and not inv.inline
+    assert handler.prepare(req("DELETE", "/items/4")).fn(*inv.args, id=4) == -4
+    inv = handler.prepare(req("POST", "/items/4"))
+    msg = inv.fn(*inv.args)
+    assert inv.inline and msg["status"] == 405
+    assert msg["headers"]["allow"] == "DELETE, GET, HEAD, PUT"
+    inv = handler.prepare(req("GET", "/other"))
+    assert inv.fn(*inv.args)["status"] == 404
+
+
+def test_custom_not_found_and_route_map() -> None:
+    app = make_app()
+
+    @app.not_found
+    def missing(req: dict[str, Any]) -> str:
+        return "custom"
+
+    inv = AppHandler(app).prepare(req("GET", "/zzz"))
+    assert inv.fn(*inv.args) == "custom"
+    rows = app.route_map()
+    assert rows[0][:2] == ("GET,HEAD,PUT", "/items/<int:id>")
+    assert rows[1][2].endswith("make_app.<locals>.delete")

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+from cluster.config import GatewayConfig, RunConfig, WorkerConfig, parse, subset, to_argv
+from cluster.errors import ConfigError
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {"CLUSTER_PORT": "9000", "CLUSTER_MAX_BODY": "10"}
+    config = parse(GatewayConfig, ["--port", "9001"], "t", "", env)
+    assert config.port == 9001 and config.max_body == 10 and config.request_timeout == 30.0
+
+
+def test_every_field_has_an_env_twin() -> None:
+    config = parse(WorkerConfig, [], "t", "", {"CLUSTER_HANDLER": "a:b",
+                                                "CLUSTER_HEARTBEAT_INTERVAL": "0.5"})
+    assert config.handler == "a:b" and config.heartbeat_interval == 0.5
+
+
+@pytest.mark.parametrize("argv,env,message", [
+    (["--port", "x"], {}, "not a valid int"),
+    (["--max-body", "0"], {}, "--max-body"),
+    (["--request-timeout", "-1"], {}, "--request-timeout"),
+    ([], {"CLUSTER_HEARTBEAT_INTERVAL": "0"}, "--heartbeat-interval"),
+    (["--log-level", "loud"], {}, "--log-level"),
+])
+def test_invalid_values(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(GatewayConfig, argv, "t", "", env)
+
+
+def test_worker_requires_a_handler() -> None:
+    with pytest.raises(ConfigError, match="--handler"):
+        parse(WorkerConfig, [], "t", "", {})
+    with pytest.raises(ConfigError, match="pkg.module:object"):
+        parse(WorkerConfig, ["--handler", "nocolon"], "t", "", {})
+
+
+def test_config_is_frozen_and_passes_to_children() -> None:
+    run = parse(RunConfig, ["--handler", "a:b", "--max-body", "5", "--workers", "3"], "t", "", {})
+    with pytest.raises(AttributeError):
+        run.port = 1  # type: ignore[misc]
+    gateway = subset(run, GatewayConfig, port=0)
+    assert gateway.max_body == 5 and not hasattr(gateway, "workers")
+    assert parse(GatewayConfig, to_argv(gateway), "t", "", {}) == gateway

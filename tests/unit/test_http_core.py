@@ -1,0 +1,239 @@
+"""The HTTP/1.1 core, byte by byte: no sockets, no loop, no clock."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import pytest
+
+from cluster.gateway.http_core import (
+    LAST_CHUNK,
+    BadResponseHeader,
+    ContinueExpected,
+    HttpCore,
+    HttpLimits,
+    ProtocolError,
+    Request,
+    encode_chunk,
+    encode_head,
+    error_response,
+)
+
+LIMITS = HttpLimits(max_request_line=64, max_header_bytes=200, max_header_count=5,
+                    max_body=100)
+
+
+def feed(*chunks: bytes, limits: HttpLimits = LIMITS) -> list[object]:
+    core = HttpCore(limits)
+    events: list[object] = []
+    for chunk in chunks:
+        events += core.receive_data(chunk)
+    return events
+
+
+def requests(*chunks: bytes) -> list[Request]:
+    events = feed(*chunks)
+    assert all(isinstance(e, Request) for e in events), events
+    return events  # type: ignore[return-value]
+
+
+def error_of(*chunks: bytes, limits: HttpLimits = LIMITS) -> int:
+    events = feed(*chunks, limits=limits)
+    errors = [e for e in events if isinstance(e, ProtocolError)]
+    assert len(errors) == 1, events
+    return errors[0].status
+
+
+def test_simple_get() -> None:
+    [req] = requests(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Thing: Yes\r\n\r\n")
+    assert (req.method, req.target, req.version) == ("GET", "/a?b=1", "1.1")
+    assert req.headers == [("host", "x"), ("x-thing", "Yes")]
+    assert req.body == b"" and req.keep_alive
+
+
+def test_request_split_at_every_byte() -> None:
+    raw = b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+    [req] = requests(*[raw[i:i + 1] for i in range(len(raw))])
+    assert req.body == b"hello"
+
+
+def test_pipelined_requests_in_order() -> None:
+    reqs = requests(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
+    assert [r.target for r in reqs] == ["/1", "/2", "/3"]
+
+
+def test_chunked_body_with_extension_and_trailer() -> None:
+    [req] = requests(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer-X: t\r\n\r\n")
+    assert req.body == b"abcde"
+    assert ("trailer-x", "t") not in req.headers
+
+
+def test_http10_closes_unless_keep_alive() -> None:
+    [req] = requests(b"GET / HTTP/1.0\r\n\r\n")
+    assert req.version == "1.0" and not req.keep_alive
+    [req] = requests(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert req.keep_alive
+
+
+def test_connection_close() -> None:
+    [req] = requests(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert not req.keep_alive
+
+
+def test_expect_continue_before_body() -> None:
+    core = HttpCore(LIMITS)
+    events = core.receive_data(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n"
+                               b"Content-Length: 2\r\n\r\n")
+    assert events == [ContinueExpected()]
+    [req] = core.receive_data(b"ok")
+    assert isinstance(req, Request) and req.body == b"ok"
+
+
+def test_expect_continue_ignored_for_http10() -> None:
+    events = feed(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n")
+    assert not any(isinstance(e, ContinueExpected) for e in events)
+
+
+def test_awaiting_headers_tracks_a_started_request() -> None:
+    core = HttpCore(LIMITS)
+    assert not core.awaiting_headers
+    core.receive_data(b"GET / HTTP/1.1\r\nHo")
+    assert core.awaiting_headers
+    core.receive_data(b"st: x\r\n\r\n")
+    assert not core.awaiting_headers and not core.mid_request
+
+
+def test_limits_exactly_at_the_bound_pass() -> None:
+    target = b"/" + b"a" * (LIMITS.max_request_line - 1)
+    [req] = requests(b"GET " + target + b" HTTP/1.1\r\n\r\n")
+    assert req.target.encode() == target
+    body = b"b" * LIMITS.max_body
+    [req] = requests(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + body)
+    assert req.body == body
+
+
+def test_request_line_over_limit_is_414() -> None:
+    assert error_of(b"GET /" + b"a" * LIMITS.max_request_line + b" HTTP/1.1\r\n\r\n") == 414
+
+
+def test_request_line_over_limit_detected_before_it_ends() -> None:
+    # No CRLF ever arrives: the limit must trip on the partial line.
+    assert error_of(b"GET /" + b"a" * 40, b"a" * 40) == 414
+
+
+def test_header_block_over_limit_is_431() -> None:
+    assert error_of(b"GET / HTTP/1.1\r\nX: " + b"v" * 250 + b"\r\n\r\n") == 431
+
+
+def test_too_many_header_fields_is_431() -> None:
+    fields = b"".join(b"H%d: v\r\n" % i for i in range(6))
+    assert error_of(b"GET / HTTP/1.1\r\n" + fields + b"\r\n") == 431
+
+
+def test_content_length_over_max_body_is_413_before_the_body() -> None:
+    core = HttpCore(LIMITS)
+    [err] = core.receive_data(b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n")
+    assert err == ProtocolError(413, err.reason)  # type: ignore[union-attr]
+
+
+def test_chunked_body_over_max_body_is_413() -> None:
+    chunk = b"%x\r\n%s\r\n" % (60, b"c" * 60)
+    assert error_of(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    chunk, chunk) == 413
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    b"NOT HTTP AT ALL\r\n\r\n",
+    b"GET / HTTP/9.9\r\n\r\n",
+], ids=["cl-and-te", "differing-cl", "obs-fold", "nul", "bare-cr", "bad-chunk-size",
+        "negative-cl", "garbage", "bad-version"])
+def test_malformed_requests_are_400(raw: bytes) -> None:
+    assert error_of(raw) == 400
+
+
+def test_after_an_error_input_is_refused() -> None:
+    core = HttpCore(LIMITS)
+    assert isinstance(core.receive_data(b"BAD\r\n\r\n")[0], ProtocolError)
+    assert core.receive_data(b"GET / HTTP/1.1\r\n\r\n") == []
+
+
+def test_requests_before_an_error_are_kept() -> None:
+    events = feed(b"GET /ok HTTP/1.1\r\n\r\nBAD\r\n\r\n")
+    assert isinstance(events[0], Request) and events[0].target == "/ok"
+    assert isinstance(events[1], ProtocolError) and events[1].status == 400
+
+
+def test_upgrade_stops_parsing() -> None:
+    core = HttpCore(LIMITS)
+    events = core.receive_data(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+                               b"\x00\x01binary")
+    assert isinstance(events[0], Request) and events[0].upgrade
+    assert core.upgraded and core.receive_data(b"more") == []
+
+
+# -- responses ---------------------------------------------------------------
+
+DATE = b"Sat, 21 Nov 2026 12:00:00 GMT"
+
+
+def test_encode_head_with_length() -> None:
+    head = encode_head("1.1", 200, [("X-A", "b")], content_length=5, chunked=False,
+                       keep_alive=True, date=DATE)
+    assert head == (b"HTTP/1.1 200 OK\r\nserver: cluster\r\ndate: " + DATE +
+                    b"\r\nX-A: b\r\ncontent-length: 5\r\n\r\n")
+
+
+def test_encode_head_chunked_and_close() -> None:
+    head = encode_head("1.1", 201, [], content_length=None, chunked=True, keep_alive=False,
+                       date=DATE)
+    assert head.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert head.endswith(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+
+
+def test_encode_head_http10_keep_alive_is_explicit() -> None:
+    head = encode_head("1.0", 200, [], content_length=0, chunked=False, keep_alive=True,
+                       date=DATE)
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n") and b"connection: keep-alive\r\n" in head
+
+
+def test_handler_framing_headers_are_replaced_not_repeated() -> None:
+    head = encode_head("1.1", 200, [("Content-Length", "999"), ("Transfer-Encoding", "gzip"),
+                                    ("Date", "x")], content_length=3, chunked=False,
+                       keep_alive=True, date=DATE)
+    assert head.count(b"content-length") == 1 and b"999" not in head
+    assert b"Transfer-Encoding" not in head and head.count(b"date:") == 1
+
+
+@pytest.mark.parametrize("name,value", [("X", "a\r\nb"), ("X", "a\nb"), ("X", "a\0b"),
+                                        ("X Y", "v"), ("X:Y", "v"), ("", "v")])
+def test_header_injection_is_refused(name: str, value: str) -> None:
+    with pytest.raises(BadResponseHeader):
+        encode_head("1.1", 200, [(name, value)], content_length=0, chunked=False,
+                    keep_alive=True, date=DATE)
+
+
+def test_unknown_status_has_empty_phrase() -> None:
+    assert encode_head("1.1", 599, [], content_length=0, chunked=False, keep_alive=True,
+                       date=DATE).startswith(b"HTTP/1.1 599 \r\n")
+
+
+def test_chunks() -> None:
+    assert encode_chunk(b"hello") == b"5\r\nhello\r\n"
+    assert encode_chunk(b"") == b""  # never the terminating chunk by accident
+    assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+def test_error_response_is_generic() -> None:
+    phrase = HTTPStatus(413).phrase.encode()
+    head, body = error_response(413, DATE).split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 413 " + phrase + b"\r\n")
+    assert body == phrase + b"\n"
+    assert b"content-length: %d" % len(body) in head and b"connection: close" in head

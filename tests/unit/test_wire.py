@@ -1,0 +1,83 @@
+"""Envelopes: round trips, batches, and every way a frame can be wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from cluster import wire
+from cluster.errors import WireError
+
+
+def req(**over: Any) -> dict[str, Any]:
+    msg = wire.envelope(wire.REQUEST, id=1, conn=2, method="GET", target="/", version="1.1",
+                        headers=[["host", "x"]], body=b"", addr=["127.0.0.1", 5])
+    msg.update(over)
+    return msg
+
+
+def test_single_round_trip() -> None:
+    [back] = wire.decode_frame(wire.encode([req()]))
+    assert back["k"] == wire.REQUEST and back["v"] == wire.VERSION and back["body"] == b""
+
+
+def test_batch_round_trip_keeps_order() -> None:
+    frame = wire.encode([req(id=i) for i in range(5)])
+    assert [m["id"] for m in wire.decode_frame(frame)] == [0, 1, 2, 3, 4]
+
+
+def test_encode_one() -> None:
+    [back] = wire.decode_frame(wire.encode_one(wire.HEARTBEAT, id="w"))
+    assert back == {"k": wire.HEARTBEAT, "v": 1, "id": "w"}
+
+
+def bad(obj: Any) -> bytes:
+    return bytes(msgpack.packb(obj, use_bin_type=True))
+
+
+@pytest.mark.parametrize("frame", [
+    b"",
+    b"\xc1",  # never used in msgpack
+    b"\x92\x01",  # truncated array
+    bad([1, 2]),
+    bad({"v": 2, "k": "hb", "id": "x"}),
+    bad({"k": "hb", "id": "x"}),
+    bad({"v": 1, "k": "nope"}),
+    bad({"v": 1, "k": 5}),
+    bad({"v": 1, "k": "hb"}),
+    bad({"v": 1, "k": "hb", "id": 7}),
+    bad({"v": 1, "k": "res", "id": True, "more": False}),
+    bad({"v": 1, "k": "res", "id": 1, "more": 0}),
+    bad({"v": 1, "k": "batch", "m": "x"}),
+    bad({"v": 1, "k": "batch", "m": [{"k": "hb", "id": "a"}, 3]}),
+    bad({1: 2}),
+], ids=["empty", "reserved-byte", "truncated", "array", "version", "no-version",
+        "unknown-kind", "kind-not-str", "missing-field", "field-type", "bool-as-int",
+        "int-as-bool", "batch-not-list", "batch-item", "int-key"])
+def test_bad_frames_raise_wire_error_only(frame: bytes) -> None:
+    with pytest.raises(WireError):
+        wire.decode_frame(frame)
+
+
+def test_frame_size_limit() -> None:
+    frame = wire.encode([req(body=b"x" * 1000)])
+    wire.decode_frame(frame, max_frame=len(frame))
+    with pytest.raises(WireError, match="exceeds"):
+        wire.decode_frame(frame, max_frame=len(frame) - 1)
+
+
+def test_random_bytes_never_escape_as_another_exception() -> None:
+    import random
+    rng = random.Random(1234)
+    good = wire.encode([req(), req(id=2)])
+    for _ in range(3000):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        cut = rng.randint(0, len(data))
+        try:
+            wire.decode_frame(bytes(data[:cut]))
+        except WireError:
+            pass
