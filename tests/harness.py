@@ -27,14 +27,16 @@ class Proc:
     def __init__(self, role: str, argv: list[str], env: dict[str, str] | None,
                  wait_ready: bool, timeout: float) -> None:
         self.role = role
-        self.log_path = Path(tempfile.mkstemp(prefix=f"cluster-{role}-", suffix=".log")[1])
+        log_fd, log_name = tempfile.mkstemp(prefix=f"cluster-{role}-", suffix=".log")
+        self.log_path = Path(log_name)
         read_fd, write_fd = os.pipe()
         full_env = {**os.environ, **(env or {})}
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "cluster", role, *argv, "--ready-fd", str(write_fd)],
             pass_fds=(write_fd,), cwd=ROOT, env=full_env,
-            stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"))
+            stdout=subprocess.DEVNULL, stderr=log_fd)
         os.close(write_fd)
+        os.close(log_fd)  # the child has its own copy
         self.ready: dict[str, Any] = {}
         try:
             if wait_ready:

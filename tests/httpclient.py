@@ -47,9 +47,13 @@ class _Collector:
         self.done.append(self.current)
 
 
+OPEN: list[Conn] = []  # closed after every test by the autouse fixture in conftest
+
+
 class Conn:
     def __init__(self, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        OPEN.append(self)
         self.timeout = timeout
         self._collector = _Collector()
         self._parser = httptools.HttpResponseParser(self._collector)
