@@ -48,8 +48,13 @@ def pid(req: dict[str, Any]) -> dict[str, Any]:
 
 @app.route("/sleep/<float:seconds>", methods=["GET", "POST"])
 def sleep(req: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Blocks its thread; reports how many ran at once in this worker at the peak."""
+    """Blocks its thread; reports how many ran at once in this worker at the peak.
+    With ?mark=PATH it creates PATH once it runs, so a test can wait for that."""
     global _running, _peak
+    mark = req["query"].get("mark")
+    if mark:
+        with open(mark, "a") as f:
+            f.write(f"{os.getpid()}\n")
     with _lock:
         _running += 1
         _peak = max(_peak, _running)
