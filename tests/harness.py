@@ -144,3 +144,52 @@ def cluster(interval: list[str] | None = None) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+class Probe:
+    """A raw ZeroMQ member of the cluster, for watching or faking membership."""
+
+    def __init__(self, endpoint: str, role: str = "probe",
+                 info: dict[str, Any] | None = None) -> None:
+        import zmq
+
+        from cluster import wire
+        self.wire = wire
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.id = f"probe-{os.getpid()}-{id(self)}"
+        self.members: list[dict[str, Any]] = []
+        self.sock.send(wire.encode_one(wire.REGISTER, id=self.id, role=role, info=info or {}))
+
+    def poll(self, seconds: float) -> None:
+        """Receive membership updates (and heartbeat) for up to `seconds`."""
+        deadline = time.monotonic() + seconds
+        self.sock.send(self.wire.encode_one(self.wire.HEARTBEAT, id=self.id))
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000) + 1):
+                break
+            for msg in self.wire.decode_frame(self.sock.recv()):
+                if msg["k"] == self.wire.MEMBERS:
+                    self.members = msg["members"]
+                elif msg["k"] == self.wire.HEARTBEAT and msg.get("seq") is not None:
+                    self.sock.send(self.wire.encode_one(self.wire.SYNC, id=self.id))
+                elif msg["k"] == self.wire.WHO:
+                    self.sock.send(self.wire.encode_one(self.wire.REGISTER, id=self.id,
+                                                        role="probe", info={}))
+            break
+
+    def wait_members(self, predicate: Callable[[list[dict[str, Any]]], bool],
+                     timeout: float, what: str) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.members):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
+                                     f"members: {self.members}")
+            self.poll(0.1)
+        return self.members
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()

@@ -56,6 +56,8 @@ class Dispatcher:
         self.workers: dict[bytes, WorkerLink] = {}
         self.pending: dict[int, Exchange] = {}
         self.waiting: deque[Exchange] = deque()
+        self._links: list[WorkerLink] = []  # self.workers' values, for rotation
+        self._turn = 0
         self._next_id = 0
         self.late_replies = 0
 
@@ -75,8 +77,17 @@ class Dispatcher:
             self.waiting.append(ex)
 
     def _pick(self) -> WorkerLink | None:
+        """The worker with credit and the fewest requests in flight; ties rotate, so
+        sequential traffic spreads and a newly joined worker is used at once."""
+        links = self._links
+        count = len(links)
+        if count == 1:
+            only = links[0]
+            return only if only.credit > 0 else None
+        self._turn = (self._turn + 1) % count if count else 0
         best: WorkerLink | None = None
-        for link in self.workers.values():
+        for i in range(count):
+            link = links[(self._turn + i) % count]
             if link.credit > 0 and (best is None or link.inflight < best.inflight):
                 best = link
         return best
@@ -151,6 +162,7 @@ class Dispatcher:
         credit = max(0, msg["credit"])
         if link is None:
             self.workers[peer] = WorkerLink(peer, msg["id"], credit, now)
+            self._links = list(self.workers.values())
             log.info("worker %s connected with credit %d", msg["id"], credit)
         else:
             link.credit = credit - link.inflight
@@ -204,6 +216,7 @@ class Dispatcher:
         link = self.workers.pop(ident, None)
         if link is None:
             return
+        self._links = list(self.workers.values())
         log.warning("worker %s %s; dropped from dispatch", link.name, why)
         lost = [ex for ex in self.pending.values() if ex.worker == ident]
         for ex in lost:
