@@ -117,9 +117,12 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if args and args[0] in ("-h", "--help") else 2
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if not args or args[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        return 2
     return COMMANDS[args[0]](args[1:])
 
 

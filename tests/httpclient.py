@@ -5,6 +5,7 @@ Responses are parsed by httptools' response parser (llhttp), not by hand.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from dataclasses import dataclass, field
@@ -69,10 +70,8 @@ class Conn:
         self.raw += chunk
         if not chunk:
             self.eof = True
-            try:
+            with contextlib.suppress(httptools.HttpParserError):
                 self._parser.feed_data(b"")  # close-delimited body ends here
-            except httptools.HttpParserError:
-                pass
             return
         collector = self._collector
         self._parser.feed_data(chunk)

@@ -159,7 +159,7 @@ def test_large_response(app_cluster: Fixture) -> None:
 
 def test_handler_exception_is_a_generic_500_and_the_worker_survives(
         app_cluster: Fixture) -> None:
-    c, gw = app_cluster
+    c, _gw = app_cluster
     resp = get(port(app_cluster), "/boom")
     assert resp.status == 500
     assert resp.body.startswith(b"Internal Server Error (request gw-")

@@ -33,7 +33,7 @@ def test_invalid_values(argv: list[str], env: dict[str, str], message: str) -> N
 def test_worker_requires_a_handler() -> None:
     with pytest.raises(ConfigError, match="--handler"):
         parse(WorkerConfig, [], "t", "", {})
-    with pytest.raises(ConfigError, match="pkg.module:object"):
+    with pytest.raises(ConfigError, match=r"pkg\.module:object"):
         parse(WorkerConfig, ["--handler", "nocolon"], "t", "", {})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgpack
@@ -77,7 +78,5 @@ def test_random_bytes_never_escape_as_another_exception() -> None:
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         cut = rng.randint(0, len(data))
-        try:
+        with contextlib.suppress(WireError):
             wire.decode_frame(bytes(data[:cut]))
-        except WireError:
-            pass

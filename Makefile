@@ -1,0 +1,42 @@
+# Everything a fresh machine with python3 needs: a venv in .venv, the package, its tools.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HANDLER ?= examples.hello:fun
+PORT    ?= 8000
+
+.PHONY: run test lint typecheck unit integration bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+## make run: start the embedded cluster (coordinator, 1 gateway, 2 workers) on an example
+run: $(STAMP)
+	$(BIN)/cluster run --handler $(HANDLER) --port $(PORT)
+
+## make test: lint, type-check, then every test (real processes on 127.0.0.1)
+test: lint typecheck
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check cluster tests examples loadtests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+## make bench: the side-by-side benchmarks (installs wrk with apt-get when missing)
+bench: $(STAMP)
+	$(BIN)/python -m loadtests.bench.http
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,211 @@
+"""The commands as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT, wait_for
+from tests.httpclient import get
+
+APP = "tests.apps.handlers:app"
+
+
+def cluster_cmd(*args: str, env: dict[str, str] | None = None,
+                timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cluster", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+class Running:
+    def __init__(self, popen: subprocess.Popen[bytes], log: Path) -> None:
+        self.popen = popen
+        self.log_path = log
+        self.banner = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self, name: str) -> list[int]:
+        return [int(p) for p in re.findall(rf"started {name} pid (\d+)", self.log())]
+
+
+@contextmanager
+def cluster_run(*args: str, env: dict[str, str] | None = None) -> Iterator[Running]:
+    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log")
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "run", "--handler", APP, "--port", "0",
+         "--heartbeat-interval", "0.25", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log_fd, env={**os.environ, **(env or {})})
+    os.close(log_fd)
+    running = Running(popen, Path(log_name))
+    try:
+        assert popen.stdout is not None
+        os.set_blocking(popen.stdout.fileno(), False)
+        deadline = time.monotonic() + 30
+        while "\n" not in running.banner:
+            assert time.monotonic() < deadline, f"no banner; log:\n{running.log()}"
+            assert popen.poll() is None, f"exited; log:\n{running.log()}"
+            running.banner += (popen.stdout.read() or b"").decode()
+            time.sleep(0.02)  # poll
+        yield running
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(30)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        if popen.stdout is not None:
+            popen.stdout.close()
+
+
+def ports_of(banner: str) -> list[int]:
+    return [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", banner)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive: it only waits for its parent to reap it.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cluster_run_supervises_and_stops_everything() -> None:
+    with cluster_run("--gateways", "2", "--workers", "2") as run:
+        ports = ports_of(run.banner)
+        assert len(ports) == 2 and "2 gateways, 2 workers" in run.banner
+        for port in ports:
+            assert get(port, "/").status == 200
+        served = {int(get(ports[0], "/pid").header("x-pid") or 0) for _ in range(8)}
+        assert served == set(run.pids("worker-1") + run.pids("worker-2"))
+
+        # A crashed worker is restarted; a crashed gateway comes back on its port.
+        os.kill(run.pids("worker-1")[0], signal.SIGKILL)
+        wait_for(lambda: len(run.pids("worker-1")) == 2, 10, "worker-1 restarted")
+        os.kill(run.pids("gateway-1")[0], signal.SIGKILL)
+        wait_for(lambda: len(run.pids("gateway-1")) == 2, 10, "gateway-1 restarted")
+        wait_for(lambda: _status(ports[0]) == 200, 10, "gateway-1 serving again")
+        new_worker = run.pids("worker-1")[1]
+        wait_for(lambda: any(int(get(ports[0], "/pid").header("x-pid") or 0) == new_worker
+                             for _ in range(4)), 10, "the restarted worker serving")
+
+        children = [p for name in ("coordinator", "gateway-1", "gateway-2", "worker-1",
+                                   "worker-2") for p in run.pids(name)[-1:]]
+        run.popen.send_signal(signal.SIGTERM)
+        assert run.popen.wait(30) == 0
+        for pid in children:
+            wait_for(lambda p=pid: not alive(p), 5, f"child {pid} to exit")
+
+
+def _status(port: int) -> int:
+    try:
+        return get(port, "/", timeout=2).status
+    except OSError:
+        return 0
+
+
+def test_sigint_stops_cleanly() -> None:
+    with cluster_run("--workers", "1") as run:
+        run.popen.send_signal(signal.SIGINT)
+        assert run.popen.wait(30) == 0
+        assert "stopping" in run.log()
+
+
+def test_flags_have_environment_twins() -> None:
+    with cluster_run(env={"CLUSTER_WORKERS": "3", "CLUSTER_MAX_BODY": "10"}) as run:
+        assert "3 workers" in run.banner
+        port = ports_of(run.banner)[0]
+        assert get(port, "/post-only", method="POST", body=b"x" * 11).status == 413
+
+
+def test_broken_handler_is_one_line_and_nonzero() -> None:
+    for spec, message in [("nosuchmodule:app", "cannot import"),
+                          ("tests.apps.handlers:nothere", "has no attribute"),
+                          ("tests.apps.handlers:not_a_handler", "not an App or a function"),
+                          ("tests.apps.handlers:three_args", "ASGI"),
+                          ("nocolon", "pkg.module:object")]:
+        for command in (["run"], ["worker"]):
+            result = cluster_cmd(*command, "--handler", spec)
+            assert result.returncode == 2, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_bad_flag_value_is_one_line() -> None:
+    result = cluster_cmd("gateway", "--port", "notaport")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "not a valid int" in result.stderr
+
+
+def test_port_in_use_is_one_line() -> None:
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cluster_cmd("gateway", "--port", str(port), "--coordinator",
+                             "tcp://127.0.0.1:1")
+    assert result.returncode == 1 and "cannot start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_routes_prints_the_route_map() -> None:
+    result = cluster_cmd("routes", "examples.routes:app")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["METHODS", "PATH", "VIEW"]
+    assert any("/items/<int:item_id>" in line and "DELETE,GET,HEAD,PUT" in line
+               for line in lines)
+    assert lines[-1].split()[:3] == ["*", "(not", "found)"]
+
+
+def test_routes_refuses_a_function() -> None:
+    result = cluster_cmd("routes", "examples.hello:fun")
+    assert result.returncode == 2 and "not an App" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["nope"]])
+def test_usage(args: list[str]) -> None:
+    result = cluster_cmd(*args)
+    assert result.returncode == 2 and "usage: cluster COMMAND" in result.stderr
+
+
+def test_help_lists_env_twins() -> None:
+    result = cluster_cmd("gateway", "--help")
+    assert result.returncode == 0 and "CLUSTER_REQUEST_TIMEOUT" in result.stdout
+    assert "--ready-fd" not in result.stdout
+
+
+def test_hello_example_names_its_worker() -> None:
+    popen = subprocess.Popen([sys.executable, "-m", "cluster", "run", "--handler",
+                              "examples.hello:fun", "--port", "0"], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert popen.stdout is not None
+        banner = popen.stdout.readline()
+        port = ports_of(banner)[0]
+        resp = get(port, "/")
+        assert resp.body == b"hello\n" and (resp.header("x-worker") or "").startswith("wk-")
+    finally:
+        popen.send_signal(signal.SIGTERM)
+        popen.wait(30)
+        if popen.stdout is not None:
+            popen.stdout.close()
