@@ -65,15 +65,16 @@ class Child:
         log.info("started %s pid %d", self.name, self.proc.pid)
         if wait_ready:
             try:
-                self.ready = _read_ready(read_fd, self.proc, READY_TIMEOUT, self.name)
+                self.ready = read_ready(read_fd, self.proc, READY_TIMEOUT, self.name)
             finally:
                 os.close(read_fd)
         else:
             os.close(read_fd)
 
 
-def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float,
-                name: str) -> dict[str, Any]:
+def read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float,
+               name: str) -> dict[str, Any]:
+    """The JSON line a child writes on `fd` once it listens (see `--ready-fd`)."""
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:

@@ -6,9 +6,7 @@ Every process is the real command (`python -m cluster ROLE`) on ephemeral ports 
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -18,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cluster.supervisor import ChildFailed, read_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--heartbeat-interval", "0.25"]
@@ -40,7 +40,11 @@ class Proc:
         self.ready: dict[str, Any] = {}
         try:
             if wait_ready:
-                self.ready = read_ready(read_fd, self.popen, timeout, self.log_path)
+                self.ready = read_ready(read_fd, self.popen, timeout, role)
+        except ChildFailed as exc:
+            self.popen.kill()
+            self.popen.wait(10)
+            raise AssertionError(f"{exc}; log:\n{self.log()}") from None
         finally:
             os.close(read_fd)
 
@@ -68,26 +72,6 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-
-
-def read_ready(fd: int, popen: subprocess.Popen[bytes], timeout: float,
-               log_path: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0 or popen.poll() is not None:
-            popen.kill()
-            raise AssertionError(f"process not ready; log:\n{log_path.read_text()}")
-        readable, _, _ = select.select([fd], [], [], min(left, 0.1))
-        if readable:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                popen.wait(5)
-                raise AssertionError(f"process exited; log:\n{log_path.read_text()}")
-            data += chunk
-    result: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
-    return result
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -8,6 +8,7 @@ import pytest
 
 from tests.harness import Cluster, Proc, cluster
 from tests.httpclient import Conn, get
+from tests.malformed import MALFORMED
 
 APP = "tests.apps.handlers:app"
 
@@ -82,14 +83,7 @@ def test_chunked_body_over_max_body_is_413(strict: tuple[Cluster, Proc]) -> None
     assert answer(strict, raw) == (413, True)
 
 
-@pytest.mark.parametrize("raw", [
-    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-    b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-], ids=["cl-and-te", "differing-cl", "obs-fold", "nul", "cr", "bad-chunk"])
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_is_400_and_close(strict: tuple[Cluster, Proc], raw: bytes) -> None:
     assert answer(strict, raw) == (400, True)
     still_serving(strict)

@@ -18,6 +18,7 @@ from cluster.gateway.http_core import (
     encode_head,
     error_response,
 )
+from tests.malformed import MALFORMED
 
 LIMITS = HttpLimits(max_request_line=64, max_header_bytes=200, max_header_count=5,
                     max_body=100)
@@ -143,18 +144,7 @@ def test_chunked_body_over_max_body_is_413() -> None:
                     chunk, chunk) == 413
 
 
-@pytest.mark.parametrize("raw", [
-    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-    b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-    b"NOT HTTP AT ALL\r\n\r\n",
-    b"GET / HTTP/9.9\r\n\r\n",
-], ids=["cl-and-te", "differing-cl", "obs-fold", "nul", "bare-cr", "bad-chunk-size",
-        "negative-cl", "garbage", "bad-version"])
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_requests_are_400(raw: bytes) -> None:
     assert error_of(raw) == 400
 
