@@ -67,13 +67,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
 def run_main(argv: Sequence[str] | None = None) -> int:
     from cluster.supervisor import Supervisor
-    from cluster.worker.adapters import StateHolder
     from cluster.worker.loader import load_handler
     try:
         config = parse(RunConfig, argv, "cluster run",
                        "Start coordinator, gateways and workers on this machine.")
         setup_logging(config.log_level, "cluster")
-        load_handler(config.handler, StateHolder({}))  # a broken handler fails here, once
+        load_handler(config.handler)  # a broken handler fails here, once
     except (ConfigError, HandlerLoadError) as exc:
         print(f"cluster run: {exc}", file=sys.stderr)
         return 2

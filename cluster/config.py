@@ -50,6 +50,20 @@ class Common:
 @dataclass(frozen=True)
 class CoordinatorConfig(Common):
     coordinator_bind: str = opt("tcp://127.0.0.1:5555", "endpoint the coordinator binds")
+    state_bind: str = opt("", "endpoint of the state update publisher "
+                          "(default: the coordinator's host, any port)")
+    data_dir: str = opt("", "directory for the state log and snapshots (empty: memory only)")
+    fsync: str = opt("batch", "always (each write) or batch (group commit per loop pass)")
+    snapshot_every: int = opt(10_000, "log records between snapshots")
+    max_value: int = opt(1024 * 1024, "largest state value, bytes (msgpack-encoded)")
+    max_keys: int = opt(1_000_000, "most keys in the shared state")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.fsync not in ("always", "batch"):
+            raise ConfigError("--fsync must be always or batch")
+        if self.snapshot_every < 1 or self.max_value < 1 or self.max_keys < 1:
+            raise ConfigError("--snapshot-every, --max-value and --max-keys must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class WorkerConfig(Common):
     handler: str = opt("", "the handler to run, as pkg.module:object", required=True)
     concurrency: int = opt(64, "requests this worker takes at once (its credit per gateway)")
     threads: int = opt(8, "threads that run synchronous handlers")
+    state_timeout: float = opt(3.0, "seconds a state write waits for the coordinator")
 
     def validate(self) -> None:
         super().validate()
@@ -95,10 +110,12 @@ class WorkerConfig(Common):
             raise ConfigError(f"--handler {self.handler!r} must look like pkg.module:object")
         if self.concurrency < 1 or self.threads < 1:
             raise ConfigError("--concurrency and --threads must be >= 1")
+        if self.state_timeout <= 0:
+            raise ConfigError("--state-timeout must be > 0")
 
 
 @dataclass(frozen=True)
-class RunConfig(GatewayConfig, WorkerConfig):
+class RunConfig(GatewayConfig, WorkerConfig, CoordinatorConfig):
     """`cluster run`: everything a gateway and a worker take, plus the counts."""
 
     gateways: int = opt(1, "gateway processes (ports PORT .. PORT+N-1)")

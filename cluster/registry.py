@@ -22,17 +22,20 @@ from cluster.zmqio import Pump
 log = logging.getLogger("cluster.registry")
 
 MembersHandler = Callable[[list[dict[str, Any]]], None]
+MessageHandler = Callable[[dict[str, Any]], None]
 
 
 class CoordinatorLink:
     def __init__(self, config: Common, ctx: zmq.Context[zmq.Socket[bytes]], member_id: str,
-                 role: str, info: dict[str, Any], on_members: MembersHandler) -> None:
+                 role: str, info: dict[str, Any], on_members: MembersHandler,
+                 on_other: MessageHandler | None = None) -> None:
         self.config = config
         self.ctx = ctx
         self.member_id = member_id
         self.role = role
         self.info = info
         self.on_members = on_members
+        self.on_other = on_other  # MEMBERS too, after on_members, and every other kind
         self.seq = -1
         self.members: list[dict[str, Any]] = []
         self.last_heard = 0.0
@@ -75,12 +78,16 @@ class CoordinatorLink:
                     self.members = [m for m in msg["members"] if isinstance(m, dict)]
                     self.on_members(self.members)
                 self.registered.set()
+                if self.on_other is not None:
+                    self.on_other(msg)
             elif kind == wire.HEARTBEAT:
                 if msg.get("seq") != self.seq:
                     self.pump.post(wire.envelope(wire.SYNC, id=self.member_id))
             elif kind == wire.WHO:
                 log.info("coordinator does not know us (it restarted?); registering again")
                 self._register()
+            elif self.on_other is not None:
+                self.on_other(msg)
 
     async def _heartbeat_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,6 +106,10 @@ class CoordinatorLink:
             else:
                 was_connected = True
             self.pump.post(wire.envelope(wire.HEARTBEAT, id=self.member_id))
+
+    def post(self, msg: dict[str, Any]) -> None:
+        if self.pump is not None:
+            self.pump.post(msg)
 
     def close(self) -> None:
         if self._task is not None:

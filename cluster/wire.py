@@ -37,6 +37,14 @@ WELCOME = "welcome"  # gateway -> worker: hello accepted
 REQUEST = "req"  # gateway -> worker: one request to handle
 RESPONSE = "res"  # worker -> gateway: a response, whole or one part of a stream
 
+# Shared state (Clone pattern): requests on the coordinator link, updates on its PUB
+STATE_OP = "sop"  # worker -> coordinator: a batch of operations, applied atomically
+STATE_ACK = "sack"  # coordinator -> worker: results, once the change is in the log
+SNAPSHOT_REQUEST = "snap"  # worker -> coordinator: send me the whole store
+SNAPSHOT = "snapshot"  # coordinator -> worker: one part of the store at a sequence
+UPDATE = "upd"  # coordinator PUB: the changes of one sequence number
+STATE_HEARTBEAT = "shb"  # coordinator PUB: the current sequence number
+
 BATCH = "batch"
 
 _STR = (str,)
@@ -67,6 +75,12 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "addr": _LIST,
     },
     RESPONSE: {"id": _INT, "more": _BOOL},
+    STATE_OP: {"id": _STR, "rid": _INT, "ops": _LIST},
+    STATE_ACK: {"rid": _INT, "ok": _BOOL},
+    SNAPSHOT_REQUEST: {"id": _STR, "rid": _INT},
+    SNAPSHOT: {"rid": _INT, "epoch": _STR, "seq": _INT, "entries": _LIST, "last": _BOOL},
+    UPDATE: {"epoch": _STR, "seq": _INT, "changes": _LIST},
+    STATE_HEARTBEAT: {"epoch": _STR, "seq": _INT},
 }
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,17 @@ MAX_FRAME_BYTES = 1 << 20
 
 FrameHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
 SendErrorHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
+
+
+def advertised(endpoint: str, advertise_host: str) -> str:
+    """The endpoint peers should connect to, for one we bound (maybe on a wildcard)."""
+    scheme, _, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    if advertise_host:
+        host = advertise_host
+    elif host in ("0.0.0.0", "*", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{scheme}://{host}:{port}"
 
 
 def fd_of(sock: zmq.Socket[bytes]) -> int:

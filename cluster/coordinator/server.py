@@ -18,6 +18,7 @@ import zmq
 from cluster import wire
 from cluster.config import CoordinatorConfig
 from cluster.coordinator.membership import Membership
+from cluster.coordinator.state_service import StateService
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.zmqio import Pump
 
@@ -36,8 +37,12 @@ class Coordinator:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.routes: dict[str, bytes] = {}  # member id -> ROUTER identity
         self.pump: Pump | None = None
+        self.ctx = ctx
+        self.state: StateService | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        host = self.endpoint.rpartition(":")[0]
+        self.state = StateService(self.config, self.ctx, loop, self.send, host)
         self.pump = Pump(loop, self.sock, self.on_messages, routed=True,
                          max_frame=self.config.max_frame)
         loop.create_task(self.expire_loop())
@@ -64,6 +69,12 @@ class Coordinator:
                     changed = True
                 else:
                     self.send_members(peer)
+            elif kind == wire.STATE_OP:
+                assert self.state is not None
+                self.state.on_op(peer, msg)
+            elif kind == wire.SNAPSHOT_REQUEST:
+                assert self.state is not None
+                self.state.on_snapshot_request(peer, msg)
             elif kind == wire.SYNC:
                 self.send_members(peer)
             elif kind == wire.BYE:
@@ -81,8 +92,10 @@ class Coordinator:
         self.pump.post(msg, to=peer)
 
     def send_members(self, peer: bytes) -> None:
+        assert self.state is not None
         self.send(peer, wire.envelope(wire.MEMBERS, seq=self.membership.seq,
-                                      members=self.membership.snapshot()))
+                                      members=self.membership.snapshot(),
+                                      state=self.state.info()))
 
     def publish(self) -> None:
         """Send the whole table to every member (tables are small; full copies are simple)."""
@@ -92,9 +105,13 @@ class Coordinator:
                 self.send_members(peer)
 
     async def expire_loop(self) -> None:
+        ticks = 0
         while True:
             # A quarter interval: a dead member is dropped at most that late.
             await asyncio.sleep(self.config.heartbeat_interval / 4)
+            ticks += 1
+            if ticks % 4 == 0 and self.state is not None:
+                self.state.tick()
             gone = self.membership.expire(time.monotonic())
             for member in gone:
                 self.routes.pop(member.id, None)
@@ -112,6 +129,8 @@ def serve(config: CoordinatorConfig) -> None:
         await stop.wait()
         if coordinator.pump is not None:
             coordinator.pump.close()
+        if coordinator.state is not None:
+            coordinator.state.close()
         ctx.term()
 
     run_until_signalled(main)

@@ -6,7 +6,6 @@ import asyncio
 import email.utils
 import logging
 import os
-import socket
 import uuid
 from typing import Any
 
@@ -19,22 +18,11 @@ from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.registry import CoordinatorLink
-from cluster.zmqio import Pump, fd_of, has_input
+from cluster.zmqio import Pump, advertised, fd_of, has_input
 
 log = logging.getLogger("cluster.gateway")
 
 SWEEP_INTERVAL = 0.1
-
-
-def advertised(endpoint: str, advertise_host: str) -> str:
-    """The endpoint peers should connect to, for one we bound (maybe on a wildcard)."""
-    scheme, _, rest = endpoint.partition("://")
-    host, _, port = rest.rpartition(":")
-    if advertise_host:
-        host = advertise_host
-    elif host in ("0.0.0.0", "*", "[::]", "::"):
-        host = socket.gethostname()
-    return f"{scheme}://{host}:{port}"
 
 
 class Gateway:

@@ -2,8 +2,9 @@
 
 The worker's runtime does not care what kind of handler it runs: it asks the
 adapter what to call, calls it (on the loop if it is a coroutine function, on the
-thread pool if not, inline if it is a ready answer) and hands the result to
-`finish`, which returns the response message.
+thread pool if not, inline if it is a ready answer), passes the result through
+`finish` (which returns the response message) and then commits the writes buffered
+in the call's `state` view before it answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.app import App
+from cluster.state import Backend, SharedState
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +25,8 @@ class Invocation:
     kwargs: dict[str, Any]
     is_async: bool
     inline: bool = False  # a ready answer: no need to go to a thread
-    finish: Callable[[Any], Any] | None = None
+    finish: Callable[[Any, SharedState], Any] | None = None
+    state: SharedState | None = None  # this call's view; its writes commit on return
 
 
 def _constant(msg: Any) -> Any:
@@ -34,11 +37,14 @@ def ready(msg: Any) -> Invocation:
     return Invocation(_constant, (msg,), {}, False, inline=True)
 
 
-class StateHolder:
-    """The worker-local state dict; a handler may return a new one (seed Asynsrv)."""
-
-    def __init__(self, initial: dict[str, Any]) -> None:
-        self.state = initial
+def split_state(result: Any, view: SharedState) -> Any:
+    """`(msg, state)` as the seed returns it: a new dict's differences become writes."""
+    if isinstance(result, tuple) and len(result) == 2:
+        msg, new_state = result
+        if isinstance(new_state, dict) and new_state is not view:
+            view.absorb(new_state)
+        return msg
+    return result
 
 
 class FunctionHandler:
@@ -46,29 +52,23 @@ class FunctionHandler:
 
     kind = "function"
 
-    def __init__(self, fn: Callable[..., Any], holder: StateHolder) -> None:
+    def __init__(self, fn: Callable[..., Any], backend: Backend) -> None:
         self.fn = fn
-        self.holder = holder
+        self.backend = backend
         self.is_async = inspect.iscoroutinefunction(fn)
 
     def prepare(self, req: dict[str, Any]) -> Invocation:
-        return Invocation(self.fn, (req, self.holder.state), {}, self.is_async,
-                          finish=self._finish)
-
-    def _finish(self, result: Any) -> Any:
-        if isinstance(result, tuple) and len(result) == 2:
-            msg, new_state = result
-            if isinstance(new_state, dict) and new_state is not self.holder.state:
-                self.holder.state = new_state  # one rebinding: atomic under the GIL
-            return msg
-        return result
+        view = SharedState(self.backend)
+        return Invocation(self.fn, (req, view), {}, self.is_async, finish=split_state,
+                          state=view)
 
 
 class AppHandler:
     kind = "app"
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, backend: Backend) -> None:
         self.app = app
+        self.backend = backend
         self._async: dict[Callable[..., Any], bool] = {}
 
     def _is_async(self, view: Callable[..., Any]) -> bool:
@@ -81,16 +81,18 @@ class AppHandler:
         match = self.app.match(req["method"], req["path"])
         if match.route is not None:
             req["params"] = match.params
+            req["state"] = state = SharedState(self.backend)
             view = match.route.view
-            return Invocation(view, (req,), match.params, self._is_async(view))
+            return Invocation(view, (req,), match.params, self._is_async(view), state=state)
         if match.allowed:
             allow = ", ".join(sorted(match.allowed))
             return ready({"status": 405, "headers": {"allow": allow},
                           "body": "Method Not Allowed\n"})
         if self.app.not_found_view is not None:
             req["params"] = {}
+            req["state"] = state = SharedState(self.backend)
             view = self.app.not_found_view
-            return Invocation(view, (req,), {}, self._is_async(view))
+            return Invocation(view, (req,), {}, self._is_async(view), state=state)
         return ready({"status": 404, "body": "Not Found\n"})
 
 

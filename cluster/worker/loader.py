@@ -6,11 +6,13 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from cluster.app import App
 from cluster.errors import HandlerLoadError
-from cluster.worker.adapters import Adapter, AppHandler, FunctionHandler, StateHolder
+from cluster.state import Backend
+from cluster.worker.adapters import Adapter, AppHandler, FunctionHandler
 
 
 def import_object(spec: str) -> Any:
@@ -42,17 +44,24 @@ def positional_count(fn: Any) -> int | None:
     return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def load_handler(spec: str, holder: StateHolder) -> Adapter:
+def load_handler(spec: str) -> App | Callable[..., Any]:
+    """Import and check `spec`: an App or a `fun(req, state)`; HandlerLoadError if not."""
     obj = import_object(spec)
     if isinstance(obj, App):
-        return AppHandler(obj)
+        return obj
     if callable(obj):
         count = positional_count(obj)
         if count == 2:
-            return FunctionHandler(obj, holder)
+            return obj  # type: ignore[no-any-return]
         if count == 3:
             raise HandlerLoadError(
                 f"{spec} looks like an ASGI application; ASGI support is not built yet")
         raise HandlerLoadError(
             f"{spec} takes {count} positional arguments; a handler takes (req, state)")
     raise HandlerLoadError(f"{spec} is a {type(obj).__name__}, not an App or a function")
+
+
+def make_adapter(handler: App | Callable[..., Any], backend: Backend) -> Adapter:
+    if isinstance(handler, App):
+        return AppHandler(handler, backend)
+    return FunctionHandler(handler, backend)

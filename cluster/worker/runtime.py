@@ -22,17 +22,20 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import zmq
 
 from cluster import wire
+from cluster.app import App
 from cluster.config import WorkerConfig
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.registry import CoordinatorLink
-from cluster.worker.adapters import Adapter, Invocation, StateHolder
-from cluster.worker.loader import load_handler
+from cluster.state import StateError, StateUnavailable
+from cluster.worker.adapters import Invocation
+from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.messages import (
     BadResponse,
     build_request,
@@ -42,6 +45,7 @@ from cluster.worker.messages import (
     response,
     server_error,
 )
+from cluster.worker.state_client import StateClient
 from cluster.worker.threadpool import Emit, ThreadPool
 from cluster.zmqio import Pump
 
@@ -110,14 +114,14 @@ class GatewayLink:
 
 class Worker:
     def __init__(self, config: WorkerConfig, loop: asyncio.AbstractEventLoop,
-                 ctx: zmq.Context[zmq.Socket[bytes]], adapter: Adapter,
-                 holder: StateHolder, worker_id: str) -> None:
+                 ctx: zmq.Context[zmq.Socket[bytes]], handler: App | Callable[..., Any],
+                 worker_id: str) -> None:
         self.config = config
         self.loop = loop
         self.ctx = ctx
-        self.adapter = adapter
-        self.holder = holder
         self.id = worker_id
+        # Framework keys of the state (upper case, read-only), kept from membership.
+        self.framework: dict[str, Any] = {"WORKER": worker_id, "GATEWAYS": [], "WORKERS": []}
         self.links: dict[str, GatewayLink] = {}
         self.running = 0
         self.backlog: deque[tuple[GatewayLink, dict[str, Any]]] = deque()
@@ -125,18 +129,26 @@ class Worker:
         self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self._emitted)
         self.coordinator = CoordinatorLink(config, ctx, self.id, "worker",
                                            {"pid": os.getpid(), "handler": config.handler},
-                                           self.on_members)
+                                           self.on_members, self._on_coordinator)
+        self.state = StateClient(loop, ctx, self.coordinator, config.state_timeout,
+                                 self.framework)
+        self.adapter = make_adapter(handler, self.state)
         self._tasks: list[asyncio.Task[Any]] = []
 
     def start(self) -> None:
         self.coordinator.start(self.loop)
         self._tasks.append(self.loop.create_task(self._heartbeat()))
 
+    def _on_coordinator(self, msg: dict[str, Any]) -> None:
+        self.state.on_coordinator(msg)
+
     async def connected(self, timeout: float) -> bool:
-        """Wait until registered and welcomed by every gateway we know, or timeout."""
+        """Wait until registered, holding the state, and welcomed by every gateway we
+        know; or until `timeout`."""
         deadline = self.loop.time() + timeout
         try:
             await asyncio.wait_for(self.coordinator.registered.wait(), timeout)
+            await asyncio.wait_for(self.state.synced.wait(), deadline - self.loop.time())
         except TimeoutError:
             return False
         while not all(link.welcomed for link in self.links.values()):
@@ -149,6 +161,8 @@ class Worker:
     def on_members(self, members: list[dict[str, Any]]) -> None:
         gateways = {m["id"]: m.get("endpoint") for m in members
                     if m.get("role") == "gateway" and isinstance(m.get("endpoint"), str)}
+        self.framework["GATEWAYS"] = sorted(gateways)
+        self.framework["WORKERS"] = sorted(m["id"] for m in members if m.get("role") == "worker")
         for gid, link in list(self.links.items()):
             if gid not in gateways:
                 log.info("gateway %s left the cluster", gid)
@@ -193,11 +207,16 @@ class Worker:
         """Runs in a pool thread (or inline for ready answers)."""
         try:
             result = inv.fn(*inv.args, **inv.kwargs)
-            msg = inv.finish(result) if inv.finish is not None else result
+            msg = result
+            if inv.state is not None:
+                if inv.finish is not None:
+                    msg = inv.finish(result, inv.state)
+                ops = inv.state.take_batch()
+                if ops:
+                    self.state.call(ops)  # the answer waits until the writes are durable
             status, headers, body = normalize(msg)
         except Exception as exc:
-            self._log_failure(req, exc)
-            emit((link, server_error(rid, req["id"])))
+            emit((link, self._failure(rid, req, exc)))
             return
         if isinstance(body, bytes):
             emit((link, response(rid, status, headers, body)))
@@ -224,11 +243,16 @@ class Worker:
                          inv: Invocation) -> None:
         try:
             result = await inv.fn(*inv.args, **inv.kwargs)
-            msg = inv.finish(result) if inv.finish is not None else result
+            msg = result
+            if inv.state is not None:
+                if inv.finish is not None:
+                    msg = inv.finish(result, inv.state)
+                ops = inv.state.take_batch()
+                if ops:
+                    await self.state.acall(ops)
             status, headers, body = normalize(msg)
         except Exception as exc:
-            self._log_failure(req, exc)
-            self._send(link, server_error(rid, req["id"]))
+            self._send(link, self._failure(rid, req, exc))
             return
         if isinstance(body, bytes):
             self._send(link, response(rid, status, headers, body))
@@ -258,8 +282,19 @@ class Worker:
         self._send(link, part(rid, b"", False) if started else
                    response(rid, status, headers, b""))
 
+    def _failure(self, rid: int, req: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        """The response for a handler that failed: 503 when the shared state is out
+        of reach (the client may retry), 500 for everything else."""
+        if isinstance(exc, StateUnavailable):
+            log.warning("request %s: shared state unavailable: %s; 503", req["id"], exc)
+            return response(rid, 503, [["content-type", "text/plain; charset=utf-8"],
+                                       ["retry-after", "1"]],
+                            b"Service Unavailable: shared state unreachable\n")
+        self._log_failure(req, exc)
+        return server_error(rid, req["id"])
+
     def _log_failure(self, req: dict[str, Any], exc: Exception) -> None:
-        if isinstance(exc, BadResponse):
+        if isinstance(exc, (BadResponse, StateError)):
             log.error("request %s: handler returned a bad response: %s", req["id"], exc)
         else:
             log.error("request %s: handler raised", req["id"], exc_info=exc)
@@ -295,6 +330,7 @@ class Worker:
             task.cancel()
         for link in self.links.values():
             link.close()
+        self.state.close()
         self.coordinator.close()
         self.pool.shutdown(timeout=1.0)
 
@@ -305,20 +341,18 @@ def _aborted(rid: int) -> dict[str, Any]:
 
 
 def serve(config: WorkerConfig) -> None:
-    holder = StateHolder({})
-    adapter = load_handler(config.handler, holder)  # fails before any socket is opened
+    handler = load_handler(config.handler)  # fails before any socket is opened
     worker_id = f"wk-{uuid.uuid4().hex[:12]}"
-    holder.state["WORKER"] = worker_id
 
     async def main(stop: asyncio.Event) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        worker = Worker(config, asyncio.get_running_loop(), ctx, adapter, holder, worker_id)
+        worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id)
         worker.start()
         if not await worker.connected(timeout=5.0):
             log.warning("not yet registered with every gateway; serving as they answer")
         report_ready(config.ready_fd, {"role": "worker", "id": worker.id,
-                                       "handler": adapter.kind})
-        log.info("worker %s running %s (%s)", worker.id, config.handler, adapter.kind)
+                                       "handler": worker.adapter.kind})
+        log.info("worker %s running %s (%s)", worker.id, config.handler, worker.adapter.kind)
         await stop.wait()
         await worker.stop()
         ctx.term()

@@ -1,0 +1,142 @@
+"""The coordinator's half of shared state: apply, log, acknowledge, publish.
+
+Operations arrive on the coordinator's ROUTER (STATE_OP) and are applied at once to
+the store, in arrival order; their log records are written, and at the end of the
+loop pass one commit step fsyncs (group commit) and then, in sequence order, sends
+the acknowledgements and publishes the updates on the PUB socket. Nobody, reader or
+writer, sees a change before it is durable. A heartbeat with the current sequence
+goes out on the PUB every interval, so a replica that lost an update notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from cluster import wire
+from cluster.config import CoordinatorConfig
+from cluster.coordinator.store import StateStore, StoreLimits
+from cluster.coordinator.wal import WriteAheadLog
+from cluster.state import StateError
+from cluster.zmqio import advertised
+
+log = logging.getLogger("cluster.coordinator.state")
+
+SNAPSHOT_CHUNK = 2000  # entries per SNAPSHOT frame
+
+
+class StateService:
+    def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]],
+                 loop: asyncio.AbstractEventLoop,
+                 reply: Any, pub_host: str) -> None:
+        self.config = config
+        self.loop = loop
+        self.reply = reply  # (peer, envelope) -> None, through the coordinator's ROUTER
+        self.store = StateStore(StoreLimits(max_value=config.max_value,
+                                            max_keys=config.max_keys))
+        self.wal: WriteAheadLog | None = None
+        self.epoch = uuid.uuid4().hex
+        if config.data_dir:
+            self.wal = WriteAheadLog(Path(config.data_dir), config.fsync)
+            self._recover(Path(config.data_dir))
+        else:
+            log.warning("no --data-dir: shared state lives in memory and dies with this process")
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.bind(config.state_bind or f"{pub_host}:0")
+        self.pub_endpoint = advertised(self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
+                                       config.advertise_host)
+        # (peer or None for our own expiries, rid, results, seq or 0, changes)
+        self._pending: list[tuple[bytes | None, int, list[Any], int, list[Any]]] = []
+        self._commit_scheduled = False
+        self.ops_total = 0
+
+    def _recover(self, directory: Path) -> None:
+        assert self.wal is not None
+        epoch_file = directory / "epoch"
+        directory.mkdir(parents=True, exist_ok=True)
+        if epoch_file.exists():
+            self.epoch = epoch_file.read_text().strip()
+        else:
+            epoch_file.write_text(self.epoch)
+        recovered = self.wal.open()
+        self.store.commit(recovered.entries)
+        self.store.seq = recovered.seq
+        for seq, changes in recovered.records:
+            self.store.commit(changes)
+            self.store.seq = seq
+        log.info("state recovered: %d keys at seq %d (snapshot seq %d + %d log records)",
+                 len(self.store.data), self.store.seq, recovered.seq, len(recovered.records))
+
+    # -- requests ------------------------------------------------------------------
+    def on_op(self, peer: bytes, msg: dict[str, Any]) -> None:
+        rid = msg["rid"]
+        try:
+            results, changes = self.store.apply(msg["ops"], time.time())
+        except StateError as exc:
+            self.reply(peer, wire.envelope(wire.STATE_ACK, rid=rid, ok=False, error=str(exc)))
+            return
+        self.ops_total += len(msg["ops"])
+        seq = self.store.seq
+        if changes and self.wal is not None:
+            self.wal.append(seq, changes)
+        self._pending.append((peer, rid, results, seq if changes else 0, changes))
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            self.loop.call_soon(self.commit)
+
+    def commit(self) -> None:
+        """One fsync for the loop pass, then acks and updates, in sequence order."""
+        self._commit_scheduled = False
+        if self.wal is not None:
+            self.wal.sync()
+        pending, self._pending = self._pending, []
+        for peer, rid, results, seq, changes in pending:
+            if changes:
+                self._publish(seq, changes)
+            if peer is not None:
+                self.reply(peer, wire.envelope(wire.STATE_ACK, rid=rid, ok=True, results=results,
+                                           seq=seq, changes=changes, epoch=self.epoch))
+        if self.wal is not None and self.wal.records_since_snapshot >= \
+                self.config.snapshot_every:
+            self.wal.snapshot(self.store.seq, self.store.entries())
+
+    def _publish(self, seq: int, changes: list[Any]) -> None:
+        self.pub.send(wire.encode_one(wire.UPDATE, epoch=self.epoch, seq=seq, changes=changes))
+
+    def on_snapshot_request(self, peer: bytes, msg: dict[str, Any]) -> None:
+        entries = self.store.entries()
+        seq = self.store.seq
+        chunks = [entries[i:i + SNAPSHOT_CHUNK]
+                  for i in range(0, len(entries), SNAPSHOT_CHUNK)] or [[]]
+        for i, chunk in enumerate(chunks):
+            self.reply(peer, wire.envelope(wire.SNAPSHOT, rid=msg["rid"], epoch=self.epoch,
+                                           seq=seq, entries=chunk, last=i == len(chunks) - 1))
+
+    # -- time ------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Every interval: expire keys, then tell replicas where the sequence is."""
+        gone = self.store.expire(time.time())
+        if gone:
+            if self.wal is not None:
+                self.wal.append(self.store.seq, gone)
+            self._pending.append((None, 0, [], self.store.seq, gone))
+        self.commit()  # in order with any writes of this pass, before the heartbeat
+        self.pub.send(wire.encode_one(wire.STATE_HEARTBEAT, epoch=self.epoch,
+                                      seq=self.store.seq))
+
+    def info(self) -> dict[str, Any]:
+        return {"pub": self.pub_endpoint, "epoch": self.epoch}
+
+    def close(self) -> None:
+        self.commit()
+        if self.wal is not None:
+            self.wal.close()
+        self.pub.close(linger=0)
