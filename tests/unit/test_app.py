@@ -7,6 +7,7 @@ import pytest
 from cluster import App
 from cluster.routing import RouteError, compile_route
 from cluster.worker.adapters import AppHandler
+from tests.unit.store_backend import StoreBackend
 
 
 def view(req: dict[str, Any], **kw: Any) -> Any:
@@ -55,7 +56,7 @@ def req(method: str, path: str) -> dict[str, Any]:
 
 
 def test_app_dispatch_405_and_404() -> None:
-    handler = AppHandler(make_app())
+    handler = AppHandler(make_app(), StoreBackend())
     inv = handler.prepare(req("PUT", "/items/4"))
     assert inv.kwargs == {"id": 4} and not inv.inline
     assert handler.prepare(req("DELETE", "/items/4")).fn(*inv.args, id=4) == -4
@@ -74,7 +75,7 @@ def test_custom_not_found_and_route_map() -> None:
     def missing(req: dict[str, Any]) -> str:
         return "custom"
 
-    inv = AppHandler(app).prepare(req("GET", "/zzz"))
+    inv = AppHandler(app, StoreBackend()).prepare(req("GET", "/zzz"))
     assert inv.fn(*inv.args) == "custom"
     rows = app.route_map()
     assert rows[0][:2] == ("GET,HEAD,PUT", "/items/<int:id>")

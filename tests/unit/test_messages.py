@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from cluster.worker.adapters import FunctionHandler, StateHolder
 from cluster.worker.messages import BadResponse, build_request, chunk_bytes, normalize
 
 
@@ -78,14 +77,3 @@ def test_build_request() -> None:
     assert req["body"] == b"data" and req["type"] == "http"
 
 
-def test_function_state_tuple_and_replacement() -> None:
-    holder = StateHolder({"n": 0})
-
-    def fun(req: dict[str, Any], state: dict[str, Any]) -> Any:
-        return "ok", {"n": state["n"] + 1}
-
-    handler = FunctionHandler(fun, holder)
-    inv = handler.prepare({})
-    assert inv.finish is not None and inv.finish(inv.fn(*inv.args)) == "ok"
-    assert holder.state == {"n": 1}
-    assert inv.finish("just a message") == "just a message"
