@@ -62,11 +62,13 @@ class StateService:
         assert self.wal is not None
         epoch_file = directory / "epoch"
         directory.mkdir(parents=True, exist_ok=True)
-        if epoch_file.exists():
+        recovered = self.wal.open()
+        if epoch_file.exists() and not recovered.cut_bytes:
             self.epoch = epoch_file.read_text().strip()
         else:
+            # A first start, or a log that lost its damaged tail: a new history.
+            # Replicas that saw the lost records notice the new epoch and re-sync.
             epoch_file.write_text(self.epoch)
-        recovered = self.wal.open()
         self.store.commit(recovered.entries)
         self.store.seq = recovered.seq
         for seq, changes in recovered.records:

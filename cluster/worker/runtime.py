@@ -61,6 +61,7 @@ class GatewayLink:
         self.endpoint = endpoint
         self.closed = False
         self.welcomed = False
+        self.orphaned = False  # gone from membership; closed once it is silent too
         self.last_heard = time.monotonic()
         sock = worker.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -97,8 +98,12 @@ class GatewayLink:
             elif kind != wire.HEARTBEAT:
                 log.warning("unexpected %s from gateway; ignored", kind)
 
+    @property
+    def silent(self) -> bool:
+        return time.monotonic() - self.last_heard > self.worker.config.peer_expiry
+
     def heartbeat(self) -> None:
-        if time.monotonic() - self.last_heard > self.worker.config.peer_expiry:
+        if self.silent:
             if self.welcomed:
                 log.warning("gateway %s silent; saying hello until it answers", self.gateway_id)
             self.welcomed = False
@@ -163,11 +168,11 @@ class Worker:
                     if m.get("role") == "gateway" and isinstance(m.get("endpoint"), str)}
         self.framework["GATEWAYS"] = sorted(gateways)
         self.framework["WORKERS"] = sorted(m["id"] for m in members if m.get("role") == "worker")
-        for gid, link in list(self.links.items()):
-            if gid not in gateways:
-                log.info("gateway %s left the cluster", gid)
-                link.close()
-                del self.links[gid]
+        # A gateway missing from the table is not proof of death: a restarted
+        # coordinator lists members as they re-register. Its link closes only once
+        # the link's own heartbeats are silent too (see _heartbeat).
+        for gid, link in self.links.items():
+            link.orphaned = gid not in gateways
         for gid, endpoint in gateways.items():
             if gid not in self.links and endpoint:
                 self.links[gid] = GatewayLink(self, gid, endpoint)
@@ -175,8 +180,13 @@ class Worker:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
-            for link in list(self.links.values()):
-                link.heartbeat()
+            for gid, link in list(self.links.items()):
+                if link.orphaned and link.silent:
+                    log.info("gateway %s left the cluster", gid)
+                    link.close()
+                    del self.links[gid]
+                else:
+                    link.heartbeat()
 
     # -- requests --------------------------------------------------------------
     def accept(self, link: GatewayLink, env: dict[str, Any]) -> None:

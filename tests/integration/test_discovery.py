@@ -97,6 +97,9 @@ def test_serving_survives_the_coordinator_and_everyone_re_registers() -> None:
         finally:
             probe.close()
         assert get(port, "/pid").status == 200
+        # Membership churn while everyone re-registers must not cut worker links.
+        assert "dropped from dispatch" not in gw.log()
+        assert "left the cluster" not in worker.log()
 
 
 def test_malformed_frames_are_dropped_counted_and_logged_everywhere() -> None:
