@@ -34,9 +34,11 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
-## make bench: the side-by-side benchmarks (installs wrk with apt-get when missing)
+## make bench: the side-by-side benchmarks (installs wrk and redis-server with apt-get
+## when missing)
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench.http
+	$(BIN)/python -m loadtests.bench.state
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -53,7 +53,9 @@ class CoordinatorConfig(Common):
     state_bind: str = opt("", "endpoint of the state update publisher "
                           "(default: the coordinator's host, any port)")
     data_dir: str = opt("", "directory for the state log and snapshots (empty: memory only)")
-    fsync: str = opt("batch", "always (each write) or batch (group commit per loop pass)")
+    fsync: str = opt("batch", "always: every ack waits for an fsync covering it; batch: "
+                     "written before the ack, fsynced every --fsync-interval")
+    fsync_interval: float = opt(0.01, "seconds between fsyncs with --fsync batch")
     snapshot_every: int = opt(10_000, "log records between snapshots")
     max_value: int = opt(1024 * 1024, "largest state value, bytes (msgpack-encoded)")
     max_keys: int = opt(1_000_000, "most keys in the shared state")
@@ -62,6 +64,8 @@ class CoordinatorConfig(Common):
         super().validate()
         if self.fsync not in ("always", "batch"):
             raise ConfigError("--fsync must be always or batch")
+        if self.fsync_interval <= 0:
+            raise ConfigError("--fsync-interval must be > 0")
         if self.snapshot_every < 1 or self.max_value < 1 or self.max_keys < 1:
             raise ConfigError("--snapshot-every, --max-value and --max-keys must be >= 1")
 

@@ -1,11 +1,13 @@
 """The coordinator's half of shared state: apply, log, acknowledge, publish.
 
 Operations arrive on the coordinator's ROUTER (STATE_OP) and are applied at once to
-the store, in arrival order; their log records are written, and at the end of the
-loop pass one commit step fsyncs (group commit) and then, in sequence order, sends
-the acknowledgements and publishes the updates on the PUB socket. Nobody, reader or
-writer, sees a change before it is durable. A heartbeat with the current sequence
-goes out on the PUB every interval, so a replica that lost an update notices.
+the store, in arrival order, and their log records buffered. At the end of the loop
+pass one commit step writes the records to the log (and with `--fsync always`
+fsyncs them: group commit), then, in sequence order, publishes the updates on the
+PUB socket as one frame and sends the acknowledgements. Nobody, reader or writer,
+sees a change before it is in the log. With `--fsync batch` an fsync follows within
+`--fsync-interval`. A heartbeat with the current sequence goes out on the PUB every
+interval, so a replica that lost an update notices.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class StateService:
         # (peer or None for our own expiries, rid, results, seq or 0, changes)
         self._pending: list[tuple[bytes | None, int, list[Any], int, list[Any]]] = []
         self._commit_scheduled = False
+        self._fsync_scheduled = False
         self.ops_total = 0
 
     def _recover(self, directory: Path) -> None:
@@ -95,14 +98,23 @@ class StateService:
             self.loop.call_soon(self.commit)
 
     def commit(self) -> None:
-        """One fsync for the loop pass, then acks and updates, in sequence order."""
+        """The loop pass's records into the log, then updates and acks, in order."""
         self._commit_scheduled = False
-        if self.wal is not None:
-            self.wal.sync()
+        wal = self.wal
+        if wal is not None:
+            if self.config.fsync == "always":
+                wal.sync()
+            else:
+                wal.flush()
+                if wal.unsynced and not self._fsync_scheduled:
+                    self._fsync_scheduled = True
+                    self.loop.call_later(self.config.fsync_interval, self._fsync)
         pending, self._pending = self._pending, []
+        updates = [wire.envelope(wire.UPDATE, epoch=self.epoch, seq=seq, changes=changes)
+                   for _, _, _, seq, changes in pending if changes]
+        if updates:
+            self.pub.send(wire.encode(updates))
         for peer, rid, results, seq, changes in pending:
-            if changes:
-                self._publish(seq, changes)
             if peer is not None:
                 self.reply(peer, wire.envelope(wire.STATE_ACK, rid=rid, ok=True, results=results,
                                            seq=seq, changes=changes, epoch=self.epoch))
@@ -110,8 +122,10 @@ class StateService:
                 self.config.snapshot_every:
             self.wal.snapshot(self.store.seq, self.store.entries())
 
-    def _publish(self, seq: int, changes: list[Any]) -> None:
-        self.pub.send(wire.encode_one(wire.UPDATE, epoch=self.epoch, seq=seq, changes=changes))
+    def _fsync(self) -> None:
+        self._fsync_scheduled = False
+        if self.wal is not None:
+            self.wal.sync()
 
     def on_snapshot_request(self, peer: bytes, msg: dict[str, Any]) -> None:
         entries = self.store.entries()
