@@ -304,8 +304,10 @@ class Worker:
         return server_error(rid, req["id"])
 
     def _log_failure(self, req: dict[str, Any], exc: Exception) -> None:
-        if isinstance(exc, (BadResponse, StateError)):
+        if isinstance(exc, BadResponse):
             log.error("request %s: handler returned a bad response: %s", req["id"], exc)
+        elif isinstance(exc, StateError):
+            log.error("request %s: state operation refused: %s", req["id"], exc)
         else:
             log.error("request %s: handler raised", req["id"], exc_info=exc)
 
