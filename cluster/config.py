@@ -86,17 +86,25 @@ class GatewayConfig(Common):
     max_queue: int = opt(4096, "requests waiting for worker credit before 503")
     max_pipeline: int = opt(32, "pipelined requests in flight per connection before reading pauses")
     shutdown_grace: float = opt(10.0, "seconds to finish in-flight requests on SIGTERM")
+    ws_ping_interval: float = opt(20.0, "seconds between WebSocket keepalive pings")
+    ws_ping_timeout: float = opt(20.0, "seconds to wait for a pong before closing")
+    ws_deflate: bool = opt(True, "negotiate permessage-deflate")
+    ws_max_size: int = opt(1024 * 1024, "largest incoming WebSocket message, bytes, after "
+                           "decompression (1009 above)")
+    ws_max_queue: int = opt(1024 * 1024, "bytes waiting to be sent to one WebSocket client "
+                            "before it is closed as too slow (1013)")
+    ws_origins: str = opt("", "comma-separated Origin allow-list (empty: any); others get 403")
     local_reply: str = opt("", "answer every request with this text in the gateway itself, "
                            "no worker (the benchmark's no-hop limit)", hidden=True)
 
     def validate(self) -> None:
         super().validate()
         for name in ("max_body", "max_request_line", "max_header_bytes", "max_header_count",
-                     "max_queue", "max_pipeline"):
+                     "max_queue", "max_pipeline", "ws_max_size", "ws_max_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         for name in ("request_timeout", "header_timeout", "keepalive_timeout",
-                     "shutdown_grace"):
+                     "shutdown_grace", "ws_ping_interval", "ws_ping_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
 

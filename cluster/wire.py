@@ -45,6 +45,14 @@ SNAPSHOT = "snapshot"  # coordinator -> worker: one part of the store at a seque
 UPDATE = "upd"  # coordinator PUB: the changes of one sequence number
 STATE_HEARTBEAT = "shb"  # coordinator PUB: the current sequence number
 
+# WebSocket, gateway <-> worker
+WS_OPEN = "wso"  # gateway -> worker: a client asks to connect (ws.connect)
+WS_MESSAGE = "wsi"  # gateway -> worker: a message from a client (ws.message)
+WS_CLOSED = "wsc"  # gateway -> worker: the connection closed (ws.close)
+WS_ACTIONS = "wsa"  # worker -> gateway: accept/reject, send, close, join, leave, broadcast
+WS_QUERY = "wsq"  # worker -> gateway: who is in this group here?
+WS_QUERY_REPLY = "wsqr"  # gateway -> worker: the connection ids in that group
+
 BATCH = "batch"
 
 _STR = (str,)
@@ -81,6 +89,13 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     SNAPSHOT: {"rid": _INT, "epoch": _STR, "seq": _INT, "entries": _LIST, "last": _BOOL},
     UPDATE: {"epoch": _STR, "seq": _INT, "changes": _LIST},
     STATE_HEARTBEAT: {"epoch": _STR, "seq": _INT},
+    WS_OPEN: {"conn": _INT, "target": _STR, "headers": _LIST, "subprotocols": _LIST,
+              "addr": _LIST},
+    WS_MESSAGE: {"conn": _INT},
+    WS_CLOSED: {"conn": _INT, "code": _INT, "reason": _STR},
+    WS_ACTIONS: {"actions": _LIST},
+    WS_QUERY: {"rid": _INT, "group": _STR},
+    WS_QUERY_REPLY: {"rid": _INT, "conns": _LIST},
 }
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024

@@ -26,6 +26,7 @@ from typing import Any
 
 from cluster import wire
 from cluster.gateway.exchange import Exchange
+from cluster.gateway.ws_hub import WebSocketHub
 from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.gateway.dispatch")
@@ -60,6 +61,7 @@ class Dispatcher:
         self._turn = 0
         self._next_id = 0
         self.late_replies = 0
+        self.hub: WebSocketHub | None = None
 
     # -- from the HTTP side ------------------------------------------------
     def submit(self, ex: Exchange) -> None:
@@ -75,6 +77,12 @@ class Dispatcher:
         else:
             ex.deadline = self.loop.time() + self.request_timeout
             self.waiting.append(ex)
+
+    def live_workers(self) -> list[tuple[bytes, str]]:
+        return [(link.ident, link.name) for link in self._links]
+
+    def post_to(self, ident: bytes, msg: dict[str, Any]) -> None:
+        self._post(ident, msg)
 
     def _pick(self) -> WorkerLink | None:
         """The worker with credit and the fewest requests in flight; ties rotate, so
@@ -152,6 +160,11 @@ class Dispatcher:
             elif kind == wire.HELLO:
                 self._hello(peer, msg, now)
                 returned = True
+            elif kind == wire.WS_ACTIONS and self.hub is not None:
+                self.hub.on_actions(peer, msg)
+            elif kind == wire.WS_QUERY and self.hub is not None:
+                self._post(peer, wire.envelope(wire.WS_QUERY_REPLY, rid=msg["rid"],
+                                               conns=self.hub.members(msg["group"])))
             else:
                 log.warning("unexpected %s from worker; ignored", kind)
         if returned and self.waiting:
@@ -218,6 +231,8 @@ class Dispatcher:
             return
         self._links = list(self.workers.values())
         log.warning("worker %s %s; dropped from dispatch", link.name, why)
+        if self.hub is not None:
+            self.hub.worker_gone(ident)
         lost = [ex for ex in self.pending.values() if ex.worker == ident]
         for ex in lost:
             del self.pending[ex.id]

@@ -31,6 +31,8 @@ from cluster.gateway.http_core import (
     ProtocolError,
     Request,
 )
+from cluster.gateway.ws_core import WebSocketCore, WsOptions, is_websocket_upgrade
+from cluster.gateway.ws_hub import Session, WebSocketHub
 
 log = logging.getLogger("cluster.gateway.http")
 
@@ -39,8 +41,11 @@ class ConnectionContext:
     """What all connections of one gateway share."""
 
     def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
-                 header_timeout: float, keepalive_timeout: float, max_pipeline: int) -> None:
+                 header_timeout: float, keepalive_timeout: float, max_pipeline: int,
+                 ws_options: WsOptions, hub: WebSocketHub | None = None) -> None:
         self.limits = limits
+        self.ws_options = ws_options
+        self.hub = hub
         self.submit = submit
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -67,6 +72,7 @@ class HttpConnection(asyncio.Protocol):
         ctx.next_conn += 1
         self.conn_id = ctx.next_conn
         self.addr: list[Any] = ["", 0]
+        self.ws: Session | None = None  # set once this connection became a WebSocket
 
     # -- asyncio callbacks ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,6 +84,8 @@ class HttpConnection(asyncio.Protocol):
         self.ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ws is not None and self.ctx.hub is not None:
+            self.ctx.hub.connection_lost(self.ws)
         self.closed = True
         self.ctx.connections.discard(self)
         self.exchanges.clear()
@@ -93,6 +101,10 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
         self.last_activity = now
+        if self.ws is not None:
+            if self.ws.accepted and self.ctx.hub is not None:
+                self.ctx.hub.on_events(self.ws, self.ws.core.receive_data(data))
+            return  # before the worker accepts, a client must not send frames
         core = self.core
         if not core.mid_request:
             self.request_began = now
@@ -105,7 +117,7 @@ class HttpConnection(asyncio.Protocol):
                     self.transport.write(CONTINUE_RESPONSE)
             elif isinstance(event, ProtocolError):
                 self._on_protocol_error(event)
-        if core.upgraded and not self.closing:
+        if core.upgraded and not self.closing and self.ws is None:
             # No protocol switch here: answer the request, then close.
             self.closing = True
             if self.exchanges:
@@ -115,6 +127,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _on_request(self, request: Request) -> None:
         if self.closing:
+            return
+        if request.upgrade and is_websocket_upgrade(request):
+            self._upgrade(request)
             return
         env = wire.envelope(
             wire.REQUEST, id=0, conn=self.conn_id, method=request.method,
@@ -127,6 +142,40 @@ class HttpConnection(asyncio.Protocol):
         self.exchanges.append(ex)
         self._update_reading()
         self.ctx.submit(ex)
+
+    def _upgrade(self, request: Request) -> None:
+        """Hand a WebSocket upgrade to the hub, which asks the connection's worker."""
+        hub = self.ctx.hub
+        transport = self.transport
+        assert transport is not None
+        if hub is None or self.exchanges:
+            # Upgrading behind pipelined requests is not supported: refuse it cleanly.
+            self._on_protocol_error(ProtocolError(400, "WebSocket upgrade while requests "
+                                                       "are in flight"))
+            return
+        core = WebSocketCore(self.ctx.ws_options)
+        refusal = core.open_handshake(request)
+        if refusal is not None:
+            log.info("client %s:%s: bad WebSocket handshake; %d", self.addr[0], self.addr[1],
+                     refusal)
+            extra = [("sec-websocket-version", "13")] if refusal == 426 else []
+            transport.write(http_core.error_response(refusal, self.ctx.date, extra=extra))
+            self._close()
+            return
+        fields = {"target": request.target, "headers": request.headers,
+                  "subprotocols": core.offered, "addr": self.addr}
+        if not hub.open(self.conn_id, core, transport, fields, self._ws_done):
+            transport.write(http_core.error_response(503, self.ctx.date,
+                                                     extra=[("retry-after", "1")]))
+            self._close()
+            return
+        self.ws = hub.sessions[self.conn_id]
+        self.ctx.connections.discard(self)  # no HTTP timeouts from now on
+        self.closing = False
+        self._update_reading()
+
+    def _ws_done(self) -> None:
+        """The hub let go of this connection's session (closed, rejected, or lost)."""
 
     def _on_protocol_error(self, error: ProtocolError) -> None:
         log.info("client %s:%s: %d %s", self.addr[0], self.addr[1], error.status, error.reason)

@@ -16,6 +16,8 @@ from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
+from cluster.gateway.ws_core import WsOptions
+from cluster.gateway.ws_hub import WebSocketHub
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.registry import CoordinatorLink
 from cluster.zmqio import Pump, advertised, fd_of, has_input
@@ -37,8 +39,19 @@ class Gateway:
         limits = HttpLimits(config.max_request_line, config.max_header_bytes,
                             config.max_header_count, config.max_body)
         submit = self.dispatcher.submit if not config.local_reply else self._answer_locally
+        self.hub = WebSocketHub(loop, self.id, self.dispatcher.post_to,
+                                self.dispatcher.live_workers, lambda: self.http.date,
+                                max_queue=config.ws_max_queue,
+                                ping_interval=config.ws_ping_interval,
+                                ping_timeout=config.ws_ping_timeout,
+                                open_timeout=config.request_timeout)
+        self.dispatcher.hub = self.hub
+        ws_options = WsOptions(max_size=config.ws_max_size, deflate=config.ws_deflate,
+                               origins=tuple(o.strip() for o in config.ws_origins.split(",")
+                                             if o.strip()))
         self.http = ConnectionContext(limits, submit, config.header_timeout,
-                                      config.keepalive_timeout, config.max_pipeline)
+                                      config.keepalive_timeout, config.max_pipeline,
+                                      ws_options, self.hub)
         self._update_date()
         self.server: asyncio.AbstractServer | None = None
         self.coordinator: CoordinatorLink | None = None
@@ -107,6 +120,7 @@ class Gateway:
             now = self.loop.time()
             self.dispatcher.expire()
             if ticks % 5 == 0:
+                self.hub.tick(now)
                 self._update_date()
                 for conn in list(self.http.connections):
                     conn.check_timeouts(now)
@@ -120,6 +134,7 @@ class Gateway:
         """Drain: stop accepting, finish in-flight requests within the grace, close."""
         if self.server is not None:
             self.server.close()
+        self.hub.shutdown()
         for conn in list(self.http.connections):
             conn.shutdown()
         deadline = self.loop.time() + self.config.shutdown_grace

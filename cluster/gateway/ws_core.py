@@ -1,0 +1,197 @@
+"""WebSocket (RFC 6455) for one connection, sans-I/O, on websockets' protocol core.
+
+Theory of operation
+-------------------
+The HTTP core has already parsed the upgrade request. `open_handshake` rebuilds its
+head for websockets' `ServerProtocol`, which checks it (key, version, origin) and
+negotiates permessage-deflate and the subprotocol; a bad handshake becomes an HTTP
+refusal (400, 403, 426) with no WebSocket started. After the application accepts,
+`receive_data` turns bytes into whole messages (`Text`, `Binary`) and `Closed`.
+
+Framing, masking, control-frame rules, the close handshake, answers to pings, and
+the message size limit (enforced on the decompressed size, and during
+decompression, so a deflate bomb costs at most `max_size`) are websockets'.
+This module adds message assembly with strict UTF-8 for text (1007 on error) and
+keeps nothing else. Close codes for protocol errors come from websockets: 1002 for
+violations, 1007 for bad UTF-8, 1009 for too big.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Origin, Subprotocol
+
+from cluster.gateway.http_core import Request
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    code: int
+    reason: str
+
+
+Event = Text | Binary | Closed
+
+
+@dataclass(frozen=True)
+class WsOptions:
+    max_size: int = 1024 * 1024
+    deflate: bool = True
+    origins: tuple[str, ...] = ()  # empty: any origin
+
+
+def is_websocket_upgrade(request: Request) -> bool:
+    for name, value in request.headers:
+        if name == "upgrade" and value.lower() == "websocket":
+            return True
+    return False
+
+
+class WebSocketCore:
+    def __init__(self, options: WsOptions) -> None:
+        origins: list[Origin | None] | None = None
+        if options.origins:
+            origins = [Origin(o) for o in options.origins]
+        self.protocol = ServerProtocol(
+            origins=origins,
+            extensions=[ServerPerMessageDeflateFactory()] if options.deflate else None,
+            max_size=options.max_size,
+            select_subprotocol=self._select,
+        )
+        self.offered: list[str] = []
+        self._chosen: str | None = None
+        self._parts: list[bytes] = []
+        self._text: bool | None = None  # type of the message being assembled
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._closed_reported = False
+        self.pongs = 0  # answers to our keepalive pings
+        self.handshake_request: WsRequest | None = None
+
+    # -- handshake -------------------------------------------------------------
+    def open_handshake(self, request: Request) -> int | None:
+        """Check the upgrade request; None when valid, else the status to refuse with."""
+        headers = Headers()
+        for name, value in request.headers:
+            headers[name] = value
+        self.offered = [p.strip() for v in headers.get_all("sec-websocket-protocol")
+                        for p in v.split(",") if p.strip()]
+        if request.method != "GET" or request.version != "1.1":
+            return 400
+        version = headers.get("sec-websocket-version")
+        if version is not None and version != "13":
+            return 426
+        self.handshake_request = WsRequest(request.target, headers)
+        return None
+
+    def accept(self, subprotocol: str | None,
+               extra_headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+        """The 101 (or the refusal websockets decides on) as bytes to send."""
+        assert self.handshake_request is not None  # open_handshake ran and passed
+        self._chosen = subprotocol if subprotocol in self.offered else None
+        response = self.protocol.accept(self.handshake_request)
+        if response.status_code == 101:
+            for name, value in extra_headers:
+                response.headers[name] = value
+        self.protocol.send_response(response)
+        return response.status_code, b"".join(self.protocol.data_to_send())
+
+    def _select(self, _protocol: ServerProtocol,
+                _offered: object) -> Subprotocol | None:
+        return Subprotocol(self._chosen) if self._chosen else None
+
+    # -- frames ------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Event]:
+        self.protocol.receive_data(data)
+        return self._events()
+
+    def receive_eof(self) -> list[Event]:
+        self.protocol.receive_eof()
+        return self._events()
+
+    def _events(self) -> list[Event]:
+        out: list[Event] = []
+        for frame in self.protocol.events_received():
+            if not isinstance(frame, Frame):
+                continue
+            op = frame.opcode
+            if op is Opcode.PONG:
+                self.pongs += 1
+            if op is Opcode.TEXT or op is Opcode.BINARY:
+                self._text = op is Opcode.TEXT
+                self._parts = []
+                self._decoder.reset()
+            if op in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT) and \
+                    not self._add(bytes(frame.data), frame.fin, out):
+                break
+        if self.protocol.state is State.CLOSED or self.protocol.close_rcvd is not None or \
+                self.protocol.close_sent is not None:
+            self._report_close(out)
+        return out
+
+    def _add(self, data: bytes, fin: bool, out: list[Event]) -> bool:
+        if self._text:
+            try:
+                self._decoder.decode(data, final=fin)
+            except UnicodeDecodeError:
+                self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                return False
+        self._parts.append(data)
+        if fin:
+            payload = b"".join(self._parts)
+            self._parts = []
+            out.append(Text(payload.decode("utf-8")) if self._text else Binary(payload))
+            self._text = None
+        return True
+
+    def _report_close(self, out: list[Event]) -> None:
+        if self._closed_reported:
+            return
+        close: Close | None = self.protocol.close_rcvd or self.protocol.close_sent
+        if close is None and self.protocol.state is not State.CLOSED:
+            return
+        self._closed_reported = True
+        out.append(Closed(close.code if close else CloseCode.ABNORMAL_CLOSURE,
+                          close.reason if close else ""))
+
+    # -- sending -------------------------------------------------------------------
+    @property
+    def open(self) -> bool:
+        return self.protocol.state is State.OPEN
+
+    def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self.protocol.send_text(data.encode("utf-8"))
+        else:
+            self.protocol.send_binary(data)
+
+    def ping(self, data: bytes) -> None:
+        self.protocol.send_ping(data)
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+
+    def data_to_send(self) -> bytes:
+        return b"".join(self.protocol.data_to_send())
+
+    @property
+    def close_expected(self) -> bool:
+        return self.protocol.close_expected()

@@ -1,0 +1,314 @@
+"""WebSocket sessions at one gateway: their workers, their groups, their output.
+
+Theory of operation
+-------------------
+Every event of one connection goes to one worker, chosen when it opens by
+rendezvous hashing of the connection id over the live workers (so a worker that
+leaves moves only its own connections), and handled there in order. Workers answer
+with actions: accept or reject a connection, send to one, close one, join or leave a
+group, broadcast to a group. Group membership lives here, with the connections; a
+broadcast from any worker is one message to each gateway, fanned out here. A
+worker that dies takes its connections with it: they are closed with 1012 (service
+restart) so clients reconnect and land on a live worker.
+
+Output per connection is bounded: a client whose unsent bytes pass `--ws-max-queue`
+is closed with 1013 and counted, so a slow reader cannot grow our memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cluster import wire
+from cluster.gateway.http_core import error_response
+from cluster.gateway.ws_core import Binary, Closed, Event, Text, WebSocketCore
+
+log = logging.getLogger("cluster.gateway.ws")
+
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_GOING_AWAY = 1001
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
+class Session:
+    """One accepted (or accepting) WebSocket connection."""
+
+    __slots__ = (
+        "accepted",
+        "closed",
+        "conn",
+        "core",
+        "groups",
+        "next_ping",
+        "on_done",
+        "opened_at",
+        "ping_sent",
+        "pongs_seen",
+        "transport",
+        "worker",
+    )
+
+    def __init__(self, conn: int, core: WebSocketCore, transport: Transport,
+                 worker: bytes, on_done: Callable[[], None], now: float) -> None:
+        self.conn = conn
+        self.core = core
+        self.transport = transport
+        self.worker = worker
+        self.groups: set[str] = set()
+        self.accepted = False
+        self.on_done = on_done
+        self.opened_at = now
+        self.ping_sent = 0.0  # when our unanswered ping went out; 0: none pending
+        self.next_ping = 0.0  # set on accept
+        self.pongs_seen = 0
+        self.closed = False
+
+
+def rendezvous(conn_key: str, workers: list[tuple[bytes, str]]) -> bytes | None:
+    """Highest-random-weight choice: stable while the worker set is."""
+    best: bytes | None = None
+    best_weight = -1
+    for ident, name in workers:
+        weight = zlib.crc32(f"{conn_key}|{name}".encode())
+        if weight > best_weight:
+            best, best_weight = ident, weight
+    return best
+
+
+class WebSocketHub:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gateway_id: str,
+                 post: Callable[[bytes, dict[str, Any]], None],
+                 workers: Callable[[], list[tuple[bytes, str]]],
+                 date: Callable[[], bytes], *, max_queue: int, ping_interval: float,
+                 ping_timeout: float, open_timeout: float) -> None:
+        self.loop = loop
+        self.gateway_id = gateway_id
+        self.post = post
+        self.workers = workers
+        self.date = date
+        self.max_queue = max_queue
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.sessions: dict[int, Session] = {}
+        self.groups: dict[str, set[int]] = {}
+        self.slow_closes = 0
+        self.push_missing = 0
+
+    # -- from client connections ------------------------------------------------
+    def open(self, conn: int, core: WebSocketCore, transport: Transport,
+             request_fields: dict[str, Any], on_done: Callable[[], None]) -> bool:
+        """Ask the connection's worker whether to accept; False: no worker at all."""
+        worker = rendezvous(f"{self.gateway_id}/{conn}", self.workers())
+        if worker is None:
+            return False
+        session = Session(conn, core, transport, worker, on_done, self.loop.time())
+        self.sessions[conn] = session
+        self.post(worker, wire.envelope(wire.WS_OPEN, conn=conn, **request_fields))
+        return True
+
+    def on_events(self, session: Session, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Text):
+                self.post(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
+                                                        text=event.data))
+            elif isinstance(event, Binary):
+                self.post(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
+                                                        bytes=event.data))
+            elif isinstance(event, Closed):
+                self._finish(session, event.code, event.reason)
+        self.flush(session)
+
+    def connection_lost(self, session: Session) -> None:
+        if not session.closed:
+            self._finish(session, 1006, "")
+
+    # -- from workers -------------------------------------------------------------
+    def on_actions(self, peer: bytes, msg: dict[str, Any]) -> None:
+        touched: set[int] = set()
+        for action in msg["actions"]:
+            if not isinstance(action, list) or not action or not isinstance(action[0], str):
+                log.warning("malformed WebSocket action from a worker; ignored")
+                continue
+            try:
+                self._act(peer, action, touched)
+            except (TypeError, ValueError, IndexError) as exc:
+                log.warning("bad WebSocket action %r: %s", action[0], exc)
+        for conn in touched:
+            session = self.sessions.get(conn)
+            if session is not None:
+                self.flush(session)
+
+    def _act(self, peer: bytes, action: list[Any], touched: set[int]) -> None:
+        name = action[0]
+        if name == "broadcast":
+            group, data, exclude = action[1], action[2], action[3]
+            for conn in list(self.groups.get(group, ())):
+                if conn != exclude:
+                    self._send(conn, data, touched)
+            return
+        conn = action[1]
+        if not isinstance(conn, int):
+            raise TypeError("connection id must be an int")
+        session = self.sessions.get(conn)
+        if session is None or session.closed:
+            if name == "send":
+                self.push_missing += 1
+                log.info("push to connection %s/%s, which is gone (%d so far)",
+                         self.gateway_id, conn, self.push_missing)
+            return
+        if name == "accept":
+            self._accept(session, action[2], action[3])
+        elif name == "reject":
+            self._reject(session, int(action[2]), action[3])
+        elif name == "send":
+            self._send(conn, action[2], touched)
+        elif name == "close":
+            session.core.close(int(action[2]), str(action[3])[:120])
+            touched.add(conn)
+        elif name == "join":
+            self.groups.setdefault(str(action[2]), set()).add(conn)
+            session.groups.add(str(action[2]))
+        elif name == "leave":
+            group = str(action[2])
+            session.groups.discard(group)
+            members = self.groups.get(group)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del self.groups[group]
+        else:
+            raise ValueError(f"unknown action {name!r}")
+
+    def _accept(self, session: Session, subprotocol: Any, headers: Any) -> None:
+        if session.accepted:
+            return
+        pairs = [(str(h[0]), str(h[1])) for h in headers or []]
+        status, data = session.core.accept(subprotocol if isinstance(subprotocol, str)
+                                           else None, pairs)
+        session.transport.write(data)
+        if status != 101:
+            # websockets refused the handshake itself (origin, key): it wrote why.
+            log.info("WebSocket handshake refused with %d", status)
+            self._drop(session)
+            session.transport.close()
+            return
+        session.accepted = True
+        session.next_ping = self.loop.time() + self.ping_interval
+
+    def _reject(self, session: Session, status: int, body: Any) -> None:
+        text = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) \
+            else None
+        session.transport.write(error_response(status if 400 <= status <= 599 else 403,
+                                               self.date(), body=text))
+        self._drop(session)
+        session.transport.close()
+
+    def _send(self, conn: int, data: Any, touched: set[int]) -> None:
+        session = self.sessions.get(conn)
+        if session is None or not session.accepted or not session.core.open:
+            return
+        if not isinstance(data, (str, bytes)):
+            raise TypeError("WebSocket data must be str or bytes")
+        session.core.send(data)
+        touched.add(conn)
+
+    def flush(self, session: Session) -> None:
+        data = session.core.data_to_send()
+        if data and not session.transport.is_closing():
+            session.transport.write(data)
+            if session.transport.get_write_buffer_size() > self.max_queue and \
+                    session.core.open:
+                self.slow_closes += 1
+                log.info("WebSocket %s/%s reads too slowly (over %d bytes queued); 1013",
+                         self.gateway_id, session.conn, self.max_queue)
+                session.core.close(CLOSE_TRY_AGAIN_LATER, "too slow")
+                # Its output cannot drain: drop it rather than wait for a close handshake.
+                self._finish(session, CLOSE_TRY_AGAIN_LATER, "too slow")
+                session.transport.close()
+                return
+        if session.core.close_expected and not session.transport.is_closing():
+            session.transport.close()
+
+    # -- endings --------------------------------------------------------------------
+    def _finish(self, session: Session, code: int, reason: str) -> None:
+        if session.closed:
+            return
+        was_accepted = session.accepted
+        self._drop(session)
+        if was_accepted:
+            self.post(session.worker, wire.envelope(wire.WS_CLOSED, conn=session.conn,
+                                                    code=code, reason=reason))
+
+    def _drop(self, session: Session) -> None:
+        session.closed = True
+        self.sessions.pop(session.conn, None)
+        for group in session.groups:
+            members = self.groups.get(group)
+            if members is not None:
+                members.discard(session.conn)
+                if not members:
+                    del self.groups[group]
+        session.groups.clear()
+        session.on_done()
+
+    def worker_gone(self, ident: bytes) -> None:
+        """Its connections cannot go on in order elsewhere: 1012, the client reconnects."""
+        for session in [s for s in self.sessions.values() if s.worker == ident]:
+            if session.accepted:
+                session.core.close(CLOSE_SERVICE_RESTART, "worker restarting")
+                self.flush(session)
+            else:
+                self._reject(session, 502, None)
+                continue
+            self._drop(session)
+
+    def members(self, group: str) -> list[int]:
+        return sorted(self.groups.get(group, ()))
+
+    def tick(self, now: float) -> None:
+        """Keepalive pings, closing unanswered ones; handshakes no worker decided."""
+        for session in list(self.sessions.values()):
+            if not session.accepted:
+                if now - session.opened_at > self.open_timeout:
+                    log.warning("WebSocket %s: no decision from the worker; 504", session.conn)
+                    self._reject(session, 504, None)
+                continue
+            if session.ping_sent:
+                if session.core.pongs > session.pongs_seen:
+                    session.pongs_seen = session.core.pongs
+                    session.ping_sent = 0.0
+                    session.next_ping = now + self.ping_interval
+                elif now - session.ping_sent > self.ping_timeout:
+                    log.info("WebSocket %s: no pong within %.1fs; closing 1011", session.conn,
+                             self.ping_timeout)
+                    session.core.close(1011, "keepalive ping timeout")
+                    self.flush(session)
+                    self._finish(session, 1011, "keepalive ping timeout")
+                    session.transport.close()
+            elif now >= session.next_ping:
+                session.core.ping(b"")
+                session.ping_sent = now
+                self.flush(session)
+
+    def shutdown(self) -> None:
+        for session in list(self.sessions.values()):
+            if session.accepted:
+                session.core.close(CLOSE_GOING_AWAY, "server shutting down")
+                self.flush(session)
+
+
