@@ -5,6 +5,9 @@ coordinator code.
 """
 
 from cluster.app import App
+from cluster.realtime import broadcast, close, join, leave, members, push
+from cluster.state import StateError, StateUnavailable
 
-__all__ = ["App", "__version__"]
+__all__ = ["App", "StateError", "StateUnavailable", "__version__", "broadcast", "close",
+           "join", "leave", "members", "push"]
 __version__ = "0.1.0"

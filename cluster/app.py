@@ -24,6 +24,7 @@ V = TypeVar("V", bound=Callable[..., Any])
 class App:
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        self.ws_routes: list[Route] = []
         self.not_found_view: Callable[..., Any] | None = None
 
     def route(self, pattern: str, methods: list[str] | None = None) -> Callable[[V], V]:
@@ -31,6 +32,17 @@ class App:
             self.routes.append(compile_route(pattern, methods, view))
             return view
         return register
+
+    def websocket(self, pattern: str) -> Callable[[V], V]:
+        """A view for every event of WebSocket connections to `pattern`: it gets
+        `req['type']` ws.connect, ws.message or ws.close, and the path parameters."""
+        def register(view: V) -> V:
+            self.ws_routes.append(compile_route(pattern, ["GET"], view))
+            return view
+        return register
+
+    def match_ws(self, path: str) -> Match:
+        return resolve(self.ws_routes, "GET", path)
 
     def not_found(self, view: V) -> V:
         """Register the view that answers when no route matches (default: plain 404)."""
@@ -43,7 +55,8 @@ class App:
     def route_map(self) -> list[tuple[str, str, str]]:
         """(methods, pattern, view name) for every route, in matching order."""
         rows = []
-        for r in self.routes:
+        for r in self.routes + self.ws_routes:
             name = f"{getattr(r.view, '__module__', '?')}.{getattr(r.view, '__qualname__', '?')}"
-            rows.append((",".join(sorted(r.methods)), r.pattern, name))
+            methods = "WS" if r in self.ws_routes else ",".join(sorted(r.methods))
+            rows.append((methods, r.pattern, name))
         return rows

@@ -19,9 +19,9 @@ violations, 1007 for bad UTF-8, 1009 for too big.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
@@ -74,7 +74,7 @@ class WebSocketCore:
             origins=origins,
             extensions=[ServerPerMessageDeflateFactory()] if options.deflate else None,
             max_size=options.max_size,
-            select_subprotocol=self._select,
+            select_subprotocol=self._selector(),
         )
         self.offered: list[str] = []
         self._chosen: str | None = None
@@ -88,17 +88,23 @@ class WebSocketCore:
     # -- handshake -------------------------------------------------------------
     def open_handshake(self, request: Request) -> int | None:
         """Check the upgrade request; None when valid, else the status to refuse with."""
-        headers = Headers()
-        for name, value in request.headers:
-            headers[name] = value
-        self.offered = [p.strip() for v in headers.get_all("sec-websocket-protocol")
-                        for p in v.split(",") if p.strip()]
+        self.offered = [p.strip() for name, v in request.headers
+                        if name == "sec-websocket-protocol" for p in v.split(",") if p.strip()]
         if request.method != "GET" or request.version != "1.1":
             return 400
-        version = headers.get("sec-websocket-version")
-        if version is not None and version != "13":
+        versions = [v for name, v in request.headers if name == "sec-websocket-version"]
+        if versions and versions != ["13"]:
             return 426
-        self.handshake_request = WsRequest(request.target, headers)
+        # websockets' parser must see the request itself to move on to frames: give it
+        # the head again, as llhttp already validated it.
+        head = [f"GET {request.target} HTTP/1.1\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in request.headers]
+        head.append("\r\n")
+        self.protocol.receive_data("".join(head).encode("latin-1"))
+        parsed = [e for e in self.protocol.events_received() if isinstance(e, WsRequest)]
+        if not parsed:
+            return 400
+        self.handshake_request = parsed[0]
         return None
 
     def accept(self, subprotocol: str | None,
@@ -113,9 +119,13 @@ class WebSocketCore:
         self.protocol.send_response(response)
         return response.status_code, b"".join(self.protocol.data_to_send())
 
-    def _select(self, _protocol: ServerProtocol,
-                _offered: object) -> Subprotocol | None:
-        return Subprotocol(self._chosen) if self._chosen else None
+    def _selector(self) -> Callable[[ServerProtocol, Sequence[Subprotocol]],
+                                    Subprotocol | None]:
+        """websockets binds this to its protocol: a plain function, reading our choice."""
+        def select(_protocol: ServerProtocol,
+                   _offered: Sequence[Subprotocol]) -> Subprotocol | None:
+            return Subprotocol(self._chosen) if self._chosen else None
+        return select
 
     # -- frames ------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:

@@ -62,6 +62,10 @@ class FunctionHandler:
         return Invocation(self.fn, (req, view), {}, self.is_async, finish=split_state,
                           state=view)
 
+    def prepare_ws(self, req: dict[str, Any]) -> Invocation:
+        """The same function gets WebSocket events; `req['type']` tells them apart."""
+        return self.prepare(req)
+
 
 class AppHandler:
     kind = "app"
@@ -94,6 +98,15 @@ class AppHandler:
             view = self.app.not_found_view
             return Invocation(view, (req,), {}, self._is_async(view), state=state)
         return ready({"status": 404, "body": "Not Found\n"})
+
+    def prepare_ws(self, req: dict[str, Any]) -> Invocation:
+        match = self.app.match_ws(req["path"])
+        if match.route is None:
+            return ready({"status": 404})  # refuses a connect; later events: nothing
+        req["params"] = match.params
+        req["state"] = state = SharedState(self.backend)
+        view = match.route.view
+        return Invocation(view, (req,), match.params, self._is_async(view), state=state)
 
 
 Adapter = FunctionHandler | AppHandler

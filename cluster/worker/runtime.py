@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import deque
@@ -28,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from cluster import wire
+from cluster import realtime, wire
 from cluster.app import App
 from cluster.config import WorkerConfig
 from cluster.lifecycle import report_ready, run_until_signalled
@@ -47,11 +48,16 @@ from cluster.worker.messages import (
 )
 from cluster.worker.state_client import StateClient
 from cluster.worker.threadpool import Emit, ThreadPool
+from cluster.worker.ws import ConnectionQueues, build_ws_request, reply_actions
+from cluster.worker.ws import connect_info as connect_ws_info
 from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.worker")
 
 Outgoing = tuple["GatewayLink", dict[str, Any]]
+
+WS_KINDS = {wire.WS_OPEN: "ws.connect", wire.WS_MESSAGE: "ws.message",
+            wire.WS_CLOSED: "ws.close"}
 
 
 class GatewayLink:
@@ -88,6 +94,10 @@ class GatewayLink:
             kind = msg["k"]
             if kind == wire.REQUEST:
                 self.worker.accept(self, msg)
+            elif kind in WS_KINDS:
+                self.worker.ws_event(self, msg)
+            elif kind == wire.WS_QUERY_REPLY:
+                self.worker.on_query_reply(self.gateway_id, msg)
             elif kind == wire.WELCOME:
                 if not self.welcomed:
                     log.info("connected to gateway %s at %s", self.gateway_id, self.endpoint)
@@ -138,6 +148,11 @@ class Worker:
         self.state = StateClient(loop, ctx, self.coordinator, config.state_timeout,
                                  self.framework)
         self.adapter = make_adapter(handler, self.state)
+        self.ws_info: dict[str, dict[str, Any]] = {}  # per open connection, from its connect
+        self.ws_queues = ConnectionQueues(self._run_ws, loop.create_task)
+        self.loop_thread = threading.get_ident()
+        self._queries: dict[int, tuple[asyncio.Future[list[str]], set[str], list[str]]] = {}
+        self._query_rid = 0
         self._tasks: list[asyncio.Task[Any]] = []
 
     def start(self) -> None:
@@ -330,6 +345,104 @@ class Worker:
             if self.backlog and self.running < self.config.concurrency:
                 self._start(*self.backlog.popleft())
 
+    # -- WebSocket -------------------------------------------------------------
+    def ws_event(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        self.ws_queues.submit(f"{link.gateway_id}/{env['conn']}", (link, env))
+
+    async def _run_ws(self, item: tuple[GatewayLink, dict[str, Any]]) -> None:
+        link, env = item
+        number: int = env["conn"]
+        key = f"{link.gateway_id}/{number}"
+        kind = WS_KINDS[env["k"]]
+        if kind == "ws.connect":
+            self.ws_info[key] = connect_ws_info(env)
+        info = self.ws_info.get(key)
+        if info is None:
+            return  # an event after the close of a connection we never accepted
+        req = build_ws_request(kind, key, info, env)
+        try:
+            inv = self.adapter.prepare_ws(req)
+            if inv.is_async:
+                result = await inv.fn(*inv.args, **inv.kwargs)
+            elif inv.inline:
+                result = inv.fn(*inv.args, **inv.kwargs)
+            else:
+                result = await self.loop.run_in_executor(
+                    None, partial(inv.fn, *inv.args, **inv.kwargs))
+            msg = result
+            if inv.state is not None:
+                if inv.finish is not None:
+                    msg = inv.finish(result, inv.state)
+                ops = inv.state.take_batch()
+                if ops:
+                    await self.state.acall(ops)
+            actions = reply_actions(kind, number, msg)
+        except Exception as exc:
+            self._log_failure(req, exc)
+            # 1011 after a connection was accepted; a refusal before.
+            actions = [["reject", number, 500, None]] if kind == "ws.connect" else \
+                [["close", number, 1011, "internal error"]]
+        if kind == "ws.close" or (actions and actions[0][0] == "reject"):
+            self.ws_info.pop(key, None)
+        if actions:
+            link.post(wire.envelope(wire.WS_ACTIONS, actions=actions))
+
+    # -- cluster.push runtime ------------------------------------------------------
+    def act(self, gateway_id: str | None, action: list[Any]) -> bool:
+        """Send one WebSocket action: to a gateway, or to all (broadcasts)."""
+        if threading.get_ident() != self.loop_thread:
+            self.loop.call_soon_threadsafe(self._act, gateway_id, action)
+            return gateway_id is None or gateway_id in self.links
+        return self._act(gateway_id, action)
+
+    def _act(self, gateway_id: str | None, action: list[Any]) -> bool:
+        if gateway_id is None:
+            for gid, link in self.links.items():
+                if action[0] == "broadcast-except":
+                    _, group, data, ex_gateway, ex_number = action
+                    one = ["broadcast", group, data, ex_number if gid == ex_gateway else None]
+                else:
+                    one = action
+                link.post(wire.envelope(wire.WS_ACTIONS, actions=[one]))
+            return True
+        target = self.links.get(gateway_id)
+        if target is None:
+            log.info("push to a connection of gateway %s, which this worker does not know",
+                     gateway_id)
+            return False
+        target.post(wire.envelope(wire.WS_ACTIONS, actions=[action]))
+        return True
+
+    async def members(self, group: str) -> list[str]:
+        if threading.get_ident() != self.loop_thread:
+            raise RuntimeError("await members() on the worker's loop (an async handler)")
+        self._query_rid += 1
+        rid = self._query_rid
+        fut: asyncio.Future[list[str]] = self.loop.create_future()
+        waiting = set(self.links)
+        self._queries[rid] = (fut, waiting, [])
+        for link in self.links.values():
+            link.post(wire.envelope(wire.WS_QUERY, rid=rid, group=group))
+        if not waiting:
+            fut.set_result([])
+        try:
+            return await asyncio.wait_for(fut, self.config.state_timeout)
+        except TimeoutError:
+            # A gateway that does not answer: report who did answer.
+            return sorted(self._queries[rid][2])
+        finally:
+            self._queries.pop(rid, None)
+
+    def on_query_reply(self, gateway_id: str, msg: dict[str, Any]) -> None:
+        query = self._queries.get(msg["rid"])
+        if query is None:
+            return
+        fut, waiting, found = query
+        found.extend(f"{gateway_id}/{n}" for n in msg["conns"] if isinstance(n, int))
+        waiting.discard(gateway_id)
+        if not waiting and not fut.done():
+            fut.set_result(sorted(found))
+
     async def stop(self) -> None:
         """Take no more requests, finish the running ones within the grace period."""
         self.stopping = True
@@ -360,6 +473,7 @@ def serve(config: WorkerConfig) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id)
         worker.start()
+        realtime.install(worker)
         if not await worker.connected(timeout=5.0):
             log.warning("not yet registered with every gateway; serving as they answer")
         report_ready(config.ready_fd, {"role": "worker", "id": worker.id,

@@ -1,0 +1,95 @@
+"""Reach WebSocket clients on any gateway from anywhere in a worker.
+
+    from cluster import push, broadcast, join, leave, close, members
+
+    push(conn, "hello")                 # conn ids look like 'gw-3f2a.../17'
+    broadcast("room:1", {"msg": "hi"}, exclude=conn)
+    join(conn, "room:1"); leave(conn, "room:1")
+    close(conn, 1000, "bye")
+    who = await members("room:1")       # {'count': 2, 'conns': [...]}, every gateway
+
+Data is sent as a text frame when it is `str`, binary when `bytes`, and as JSON text
+otherwise. The functions work from sync handlers (threads), async handlers and any
+other code running in a worker process; outside one they raise `RuntimeError`.
+`push` returns False when the connection's gateway is not known to this worker; a
+push to a connection that has gone away is counted and logged by its gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+
+class PushRuntime(Protocol):
+    def act(self, gateway_id: str | None, action: list[Any]) -> bool: ...
+
+    async def members(self, group: str) -> list[str]: ...
+
+
+_runtime: PushRuntime | None = None
+
+
+def install(runtime: PushRuntime | None) -> None:
+    """Called by the worker runtime; not for handlers."""
+    global _runtime
+    _runtime = runtime
+
+
+def _rt() -> PushRuntime:
+    if _runtime is None:
+        raise RuntimeError("push, broadcast, join, leave, close and members work inside a "
+                           "cluster worker process")
+    return _runtime
+
+
+def frame_data(data: Any) -> str | bytes:
+    if isinstance(data, (str, bytes)):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def split_conn(conn: str) -> tuple[str, int]:
+    gateway, _, number = conn.rpartition("/")
+    if not gateway or not number.isdigit():
+        raise ValueError(f"{conn!r} is not a connection id")
+    return gateway, int(number)
+
+
+def push(conn: str, data: Any) -> bool:
+    gateway, number = split_conn(conn)
+    return _rt().act(gateway, ["send", number, frame_data(data)])
+
+
+def broadcast(group: str, data: Any, exclude: str | None = None) -> None:
+    """One message to each gateway; each fans out to its members of `group`."""
+    payload = frame_data(data)
+    if exclude is None:
+        _rt().act(None, ["broadcast", group, payload, None])
+        return
+    ex_gateway, ex_number = split_conn(exclude)
+    rt = _rt()
+    rt.act(None, ["broadcast-except", group, payload, ex_gateway, ex_number])
+
+
+def join(conn: str, group: str) -> bool:
+    gateway, number = split_conn(conn)
+    return _rt().act(gateway, ["join", number, group])
+
+
+def leave(conn: str, group: str) -> bool:
+    gateway, number = split_conn(conn)
+    return _rt().act(gateway, ["leave", number, group])
+
+
+def close(conn: str, code: int = 1000, reason: str = "") -> bool:
+    gateway, number = split_conn(conn)
+    return _rt().act(gateway, ["close", number, code, reason])
+
+
+async def members(group: str) -> dict[str, Any]:
+    """Cluster-wide presence: the connection ids in `group` on every gateway."""
+    conns = await _rt().members(group)
+    return {"count": len(conns), "conns": conns}

@@ -1,0 +1,128 @@
+"""WebSocket events in a worker: in order per connection, answered with actions.
+
+Every event of a connection arrives here (the gateway hashes connections to
+workers), and they run one after another per connection, so a handler sees a
+connection's messages in the order the client sent them. The handler gets a
+request dict with `type` ws.connect / ws.message / ws.close and answers with a
+dict; `reply_actions` turns that into gateway actions:
+
+    ws.connect: {'accept': True, 'subprotocol': 'chat', 'headers': {...}}
+                or {'status': 403} / None: refused
+    any event:  'send': data or [data, ...]       to this connection
+                'join' / 'leave': group or [group, ...]
+                'broadcast': {group: data, ...}    to every member, every gateway
+                'close': code or [code, reason]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from cluster.realtime import frame_data
+
+log = logging.getLogger("cluster.worker.ws")
+
+
+def build_ws_request(kind: str, conn_key: str, info: dict[str, Any],
+                     env: dict[str, Any]) -> dict[str, Any]:
+    req = {"type": kind, "id": conn_key, "conn": conn_key, **info}
+    if kind == "ws.message":
+        req["text"] = env.get("text") if isinstance(env.get("text"), str) else None
+        req["bytes"] = env.get("bytes") if isinstance(env.get("bytes"), bytes) else None
+    elif kind == "ws.close":
+        req["code"] = env["code"]
+        req["reason"] = env["reason"]
+    return req
+
+
+def connect_info(env: dict[str, Any]) -> dict[str, Any]:
+    """What every later event of the connection also carries."""
+    target: str = env["target"]
+    raw_path, _, query_string = target.partition("?")
+    headers: dict[str, str] = {}
+    for pair in env["headers"]:
+        if isinstance(pair, list) and len(pair) == 2:
+            name, value = str(pair[0]), str(pair[1])
+            headers[name] = headers[name] + ", " + value if name in headers else value
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        query.setdefault(key, value)
+    addr = env["addr"]
+    return {"target": target, "path": unquote(raw_path), "query": query,
+            "query_string": query_string, "headers": headers,
+            "subprotocols": [s for s in env["subprotocols"] if isinstance(s, str)],
+            "addr": (addr[0], addr[1]) if len(addr) == 2 else ("", 0)}
+
+
+def _many(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def reply_actions(kind: str, number: int, msg: Any) -> list[list[Any]]:
+    """The gateway actions a handler's answer asks for."""
+    actions: list[list[Any]] = []
+    if kind == "ws.connect":
+        if isinstance(msg, dict) and msg.get("accept") is True:
+            headers = msg.get("headers") or {}
+            pairs = [[str(k), str(v)] for k, v in
+                     (headers.items() if isinstance(headers, dict) else headers)]
+            actions.append(["accept", number, msg.get("subprotocol"), pairs])
+        else:
+            status = msg.get("status", 403) if isinstance(msg, dict) else 403
+            body = msg.get("body") if isinstance(msg, dict) else None
+            return [["reject", number, status if isinstance(status, int) else 403,
+                     body if isinstance(body, (str, bytes)) else None]]
+    if not isinstance(msg, dict):
+        return actions
+    for group in _many(msg.get("join")):
+        actions.append(["join", number, str(group)])
+    for group in _many(msg.get("leave")):
+        actions.append(["leave", number, str(group)])
+    send = msg.get("send")
+    for data in (send if isinstance(send, list) else _many(send)):
+        actions.append(["send", number, frame_data(data)])
+    broadcasts = msg.get("broadcast")
+    if isinstance(broadcasts, dict):
+        for group, data in broadcasts.items():
+            actions.append(["broadcast", str(group), frame_data(data), None])
+    close = msg.get("close")
+    if close is not None:
+        code, reason = (close[0], close[1]) if isinstance(close, (list, tuple)) else (close, "")
+        actions.append(["close", number, int(code), str(reason)])
+    return actions
+
+
+class ConnectionQueues:
+    """Runs each connection's events one at a time, in arrival order."""
+
+    def __init__(self, run: Callable[[Any], Awaitable[None]],
+                 spawn: Callable[[Coroutine[Any, Any, None]], Any]) -> None:
+        self.run = run
+        self.spawn = spawn
+        self.queues: dict[str, deque[Any]] = {}
+
+    def submit(self, key: str, item: Any) -> None:
+        queue = self.queues.get(key)
+        if queue is not None:
+            queue.append(item)
+            return
+        self.queues[key] = deque([item])
+        self.spawn(self._drain(key))
+
+    async def _drain(self, key: str) -> None:
+        queue = self.queues[key]
+        try:
+            while queue:
+                try:
+                    await self.run(queue[0])
+                except Exception:  # one event's failure must not stop the next
+                    log.exception("WebSocket event for %s failed", key)
+                queue.popleft()
+        finally:
+            del self.queues[key]
