@@ -93,7 +93,8 @@ class GatewayConfig(Common):
                            "decompression (1009 above)")
     ws_max_queue: int = opt(1024 * 1024, "bytes waiting to be sent to one WebSocket client "
                             "before it is closed as too slow (1013)")
-    ws_origins: str = opt("", "comma-separated Origin allow-list (empty: any); others get 403")
+    ws_origins: str = opt("", "comma-separated Origin allow-list (empty: any); a browser "
+                          "sending another gets 403; clients sending none are let in")
     local_reply: str = opt("", "answer every request with this text in the gateway itself, "
                            "no worker (the benchmark's no-hop limit)", hidden=True)
 

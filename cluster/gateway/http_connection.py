@@ -192,8 +192,11 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
-        want_pause = self.writing_paused or len(self.exchanges) >= self.ctx.max_pipeline \
-            or self.closing
+        # A WebSocket's output is bounded by --ws-max-queue instead (the hub closes a
+        # client that lets it fill with 1013): it keeps reading under write pressure.
+        want_pause = self.ws is None and (
+            self.writing_paused or len(self.exchanges) >= self.ctx.max_pipeline
+            or self.closing)
         if want_pause and not self.reading_paused:
             self.reading_paused = True
             transport.pause_reading()

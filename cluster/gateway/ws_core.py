@@ -69,7 +69,9 @@ class WebSocketCore:
     def __init__(self, options: WsOptions) -> None:
         origins: list[Origin | None] | None = None
         if options.origins:
-            origins = [Origin(o) for o in options.origins]
+            # The allow-list guards against pages on other sites, and browsers always
+            # send Origin; a client without one (not a browser) is not refused.
+            origins = [Origin(o) for o in options.origins] + [None]
         self.protocol = ServerProtocol(
             origins=origins,
             extensions=[ServerPerMessageDeflateFactory()] if options.deflate else None,
