@@ -5,9 +5,9 @@ coordinator code.
 """
 
 from cluster.app import App
-from cluster.realtime import broadcast, close, join, leave, members, push
+from cluster.realtime import DEFER, broadcast, close, join, leave, members, push, reply
 from cluster.state import StateError, StateUnavailable
 
-__all__ = ["App", "StateError", "StateUnavailable", "__version__", "broadcast", "close",
-           "join", "leave", "members", "push"]
+__all__ = ["DEFER", "App", "StateError", "StateUnavailable", "__version__", "broadcast",
+           "close", "join", "leave", "members", "push", "reply"]
 __version__ = "0.1.0"

@@ -86,6 +86,7 @@ class GatewayConfig(Common):
     max_queue: int = opt(4096, "requests waiting for worker credit before 503")
     max_pipeline: int = opt(32, "pipelined requests in flight per connection before reading pauses")
     shutdown_grace: float = opt(10.0, "seconds to finish in-flight requests on SIGTERM")
+    defer_timeout: float = opt(60.0, "seconds a deferred request waits for reply() (504 after)")
     ws_ping_interval: float = opt(20.0, "seconds between WebSocket keepalive pings")
     ws_ping_timeout: float = opt(20.0, "seconds to wait for a pong before closing")
     ws_deflate: bool = opt(True, "negotiate permessage-deflate")
@@ -105,7 +106,8 @@ class GatewayConfig(Common):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         for name in ("request_timeout", "header_timeout", "keepalive_timeout",
-                     "shutdown_grace", "ws_ping_interval", "ws_ping_timeout"):
+                     "shutdown_grace", "ws_ping_interval", "ws_ping_timeout",
+                     "defer_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
 

@@ -13,6 +13,9 @@ otherwise. The functions work from sync handlers (threads), async handlers and a
 other code running in a worker process; outside one they raise `RuntimeError`.
 `push` returns False when the connection's gateway is not known to this worker; a
 push to a connection that has gone away is counted and logged by its gateway.
+
+Deferred replies (seed Homor's suspended requests): a handler returns `DEFER`, and
+later any worker calls `reply(req['id'], msg)`; see `examples/longpoll.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,19 @@ from typing import Any, Protocol
 class PushRuntime(Protocol):
     def act(self, gateway_id: str | None, action: list[Any]) -> bool: ...
 
+    def reply(self, gateway_id: str, number: int, msg: Any) -> bool: ...
+
     async def members(self, group: str) -> list[str]: ...
+
+
+class _Defer:
+    """The answer a handler gives when it will reply later, with `reply()`."""
+
+    def __repr__(self) -> str:
+        return "DEFER"
+
+
+DEFER: Any = _Defer()
 
 
 _runtime: PushRuntime | None = None
@@ -87,6 +102,14 @@ def leave(conn: str, group: str) -> bool:
 def close(conn: str, code: int = 1000, reason: str = "") -> bool:
     gateway, number = split_conn(conn)
     return _rt().act(gateway, ["close", number, code, reason])
+
+
+def reply(request_id: str, msg: Any) -> bool:
+    """Answer a request whose handler returned DEFER; from any worker, at any time
+    before the gateway's --defer-timeout. `msg` is what a handler would return.
+    False when the request's gateway is not known here."""
+    gateway, number = split_conn(request_id)
+    return _rt().reply(gateway, number, msg)
 
 
 async def members(group: str) -> dict[str, Any]:

@@ -53,6 +53,10 @@ WS_ACTIONS = "wsa"  # worker -> gateway: accept/reject, send, close, join, leave
 WS_QUERY = "wsq"  # worker -> gateway: who is in this group here?
 WS_QUERY_REPLY = "wsqr"  # gateway -> worker: the connection ids in that group
 
+# Deferred replies (seed Homor's suspended requests)
+DEFERRED = "dfr"  # worker -> gateway: this request is answered later; my credit is free
+DEFERRED_REPLY = "drep"  # any worker -> gateway: the answer to a deferred request
+
 BATCH = "batch"
 
 _STR = (str,)
@@ -94,6 +98,8 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     WS_MESSAGE: {"conn": _INT},
     WS_CLOSED: {"conn": _INT, "code": _INT, "reason": _STR},
     WS_ACTIONS: {"actions": _LIST},
+    DEFERRED: {"id": _INT},
+    DEFERRED_REPLY: {"id": _INT, "status": _INT, "headers": _LIST, "body": _BYTES},
     WS_QUERY: {"rid": _INT, "group": _STR},
     WS_QUERY_REPLY: {"rid": _INT, "conns": _LIST},
 }

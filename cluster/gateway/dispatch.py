@@ -47,7 +47,8 @@ class WorkerLink:
 
 class Dispatcher:
     def __init__(self, loop: asyncio.AbstractEventLoop, gateway_id: str, *,
-                 request_timeout: float, peer_expiry: float, max_queue: int) -> None:
+                 request_timeout: float, peer_expiry: float, max_queue: int,
+                 defer_timeout: float = 60.0) -> None:
         self.loop = loop
         self.gateway_id = gateway_id
         self.request_timeout = request_timeout
@@ -56,6 +57,9 @@ class Dispatcher:
         self.pump: Pump | None = None
         self.workers: dict[bytes, WorkerLink] = {}
         self.pending: dict[int, Exchange] = {}
+        # Deferred requests: answered later by any worker; ordered by deadline too.
+        self.deferred: dict[int, Exchange] = {}
+        self.defer_timeout = defer_timeout
         self.waiting: deque[Exchange] = deque()
         self._links: list[WorkerLink] = []  # self.workers' values, for rotation
         self._turn = 0
@@ -160,6 +164,26 @@ class Dispatcher:
             elif kind == wire.HELLO:
                 self._hello(peer, msg, now)
                 returned = True
+            elif kind == wire.DEFERRED:
+                ex = self.pending.get(msg["id"])
+                if ex is not None and ex.worker == peer:
+                    # The worker is done with it: its credit comes back now.
+                    del self.pending[ex.id]
+                    ex.deadline = now + self.defer_timeout
+                    self.deferred[ex.id] = ex
+                    if link is not None:
+                        link.credit += 1
+                        link.inflight -= 1
+                        returned = True
+            elif kind == wire.DEFERRED_REPLY:
+                ex = self.deferred.pop(msg["id"], None)
+                if ex is None:
+                    log.info("reply to request %d, which is not waiting (answered, timed "
+                             "out or unknown); dropped", msg["id"])
+                else:
+                    ex.sink.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
+                                         "status": msg["status"], "headers": msg["headers"],
+                                         "body": msg["body"]})
             elif kind == wire.WS_ACTIONS and self.hub is not None:
                 self.hub.on_actions(peer, msg)
             elif kind == wire.WS_QUERY and self.hub is not None:
@@ -220,6 +244,16 @@ class Dispatcher:
             log.warning("request %d: no response from worker within %.1fs; 504",
                         ex.id, self.request_timeout)
             ex.sink.deliver_error(ex, 504)
+        late = []
+        for ex in self.deferred.values():
+            if ex.deadline > now:
+                break
+            late.append(ex)
+        for ex in late:
+            del self.deferred[ex.id]
+            log.warning("deferred request %d: no reply within %.0fs; 504", ex.id,
+                        self.defer_timeout)
+            ex.sink.deliver_error(ex, 504)
         waiting = self.waiting
         while waiting and waiting[0].deadline <= now:
             ex = waiting.popleft()
@@ -246,9 +280,10 @@ class Dispatcher:
                 ex.sink.deliver_error(ex, 502)
 
     def fail_all(self, status: int) -> None:
-        for ex in list(self.pending.values()):
+        for ex in [*self.pending.values(), *self.deferred.values()]:
             ex.sink.deliver_error(ex, status)
         self.pending.clear()
+        self.deferred.clear()
         while self.waiting:
             ex = self.waiting.popleft()
             ex.sink.deliver_error(ex, status)

@@ -35,7 +35,8 @@ class Gateway:
         self.ctx = ctx
         self.id = f"gw-{uuid.uuid4().hex[:12]}"
         self.dispatcher = Dispatcher(loop, self.id, request_timeout=config.request_timeout,
-                                     peer_expiry=config.peer_expiry, max_queue=config.max_queue)
+                                     peer_expiry=config.peer_expiry, max_queue=config.max_queue,
+                                     defer_timeout=config.defer_timeout)
         limits = HttpLimits(config.max_request_line, config.max_header_bytes,
                             config.max_header_count, config.max_body)
         submit = self.dispatcher.submit if not config.local_reply else self._answer_locally
@@ -138,7 +139,7 @@ class Gateway:
         for conn in list(self.http.connections):
             conn.shutdown()
         deadline = self.loop.time() + self.config.shutdown_grace
-        while (self.http.connections or self.dispatcher.pending) and \
+        while (self.http.connections or self.dispatcher.pending or self.dispatcher.deferred) and \
                 self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # poll: bounded by the grace period
         self.dispatcher.fail_all(503)

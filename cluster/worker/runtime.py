@@ -239,6 +239,9 @@ class Worker:
                 ops = inv.state.take_batch()
                 if ops:
                     self.state.call(ops)  # the answer waits until the writes are durable
+            if msg is realtime.DEFER:
+                emit((link, wire.envelope(wire.DEFERRED, id=rid)))
+                return
             status, headers, body = normalize(msg)
         except Exception as exc:
             emit((link, self._failure(rid, req, exc)))
@@ -275,6 +278,9 @@ class Worker:
                 ops = inv.state.take_batch()
                 if ops:
                     await self.state.acall(ops)
+            if msg is realtime.DEFER:
+                self._send(link, wire.envelope(wire.DEFERRED, id=rid))
+                return
             status, headers, body = normalize(msg)
         except Exception as exc:
             self._send(link, self._failure(rid, req, exc))
@@ -340,7 +346,7 @@ class Worker:
 
     def _send(self, link: GatewayLink, env: dict[str, Any]) -> None:
         link.post(env)
-        if not env["more"]:
+        if not env.get("more"):  # a final response, or DEFERRED: the call is over
             self.running -= 1
             if self.backlog and self.running < self.config.concurrency:
                 self._start(*self.backlog.popleft())
@@ -411,6 +417,26 @@ class Worker:
                      gateway_id)
             return False
         target.post(wire.envelope(wire.WS_ACTIONS, actions=[action]))
+        return True
+
+    def reply(self, gateway_id: str, number: int, msg: Any) -> bool:
+        """cluster.reply: the answer to a deferred request, whole (no streaming)."""
+        status, headers, body = normalize(msg)
+        if not isinstance(body, bytes):
+            raise BadResponse("a deferred reply cannot be streamed")
+        env = wire.envelope(wire.DEFERRED_REPLY, id=number, status=status, headers=headers,
+                            body=body)
+        if threading.get_ident() != self.loop_thread:
+            self.loop.call_soon_threadsafe(self._post_to_gateway, gateway_id, env)
+            return gateway_id in self.links
+        return self._post_to_gateway(gateway_id, env)
+
+    def _post_to_gateway(self, gateway_id: str, env: dict[str, Any]) -> bool:
+        link = self.links.get(gateway_id)
+        if link is None:
+            log.info("reply for gateway %s, which this worker does not know", gateway_id)
+            return False
+        link.post(env)
         return True
 
     async def members(self, group: str) -> list[str]:
