@@ -340,3 +340,23 @@ def test_gateway_shutdown_closes_1001() -> None:
                 assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         run(go())
         wait_for(lambda: gw.popen.poll() is not None, 15, "the gateway to exit")
+
+
+def test_publisher_from_outside_reaches_every_gateway(ws_cluster: Fixture) -> None:
+    from cluster.publisher import Publisher
+    c, (g1, g2) = ws_cluster
+
+    async def go() -> None:
+        async with connect(url(g1, "/room/pub")) as a, connect(url(g2, "/room/pub")) as b, \
+                connect(url(g2, "/echo")) as e:
+            await a.send("who")  # in the group once the worker answered
+            assert (await recv_json(a))["count"] == 2
+            await e.send("whoami")
+            target = (await recv_json(e))["conn"]
+            with Publisher(c.endpoint) as pub:
+                assert await asyncio.to_thread(pub.broadcast, "room:pub", {"n": 1}) == 2
+                assert await asyncio.to_thread(pub.push, target, "direct")
+                assert not await asyncio.to_thread(pub.push, "gw-nowhere/1", "x")
+            assert await recv_json(a) == {"n": 1} and await recv_json(b) == {"n": 1}
+            assert await e.recv() == "direct"
+    run(go())

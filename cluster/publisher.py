@@ -1,0 +1,113 @@
+"""Publish to WebSocket clients from outside the workers: a script, a cron job,
+another service.
+
+    from cluster.publisher import Publisher
+
+    with Publisher("tcp://coordinator:5555") as pub:
+        pub.broadcast("room:lobby", {"notice": "maintenance at 18:00"})
+        pub.push("gw-3f2a.../17", "just for you")
+
+The publisher registers with the coordinator (role "publisher"), learns every
+gateway from it, and sends its actions straight to them, as a worker would: a
+broadcast is one message per gateway. It is synchronous and thread-safe per call;
+it has no event loop of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from cluster import wire
+from cluster.realtime import frame_data, split_conn
+
+
+class PublisherError(Exception):
+    """The coordinator could not be reached, or knows no gateway."""
+
+
+class Publisher:
+    def __init__(self, coordinator: str, timeout: float = 5.0) -> None:
+        self.id = f"pub-{uuid.uuid4().hex[:12]}"
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._coord = self._ctx.socket(zmq.DEALER)
+        self._coord.setsockopt(zmq.LINGER, 0)
+        self._coord.connect(coordinator)
+        self._gateways: dict[str, zmq.Socket[bytes]] = {}
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Ask the coordinator for the membership; connect to new gateways."""
+        self._coord.send(wire.encode_one(wire.REGISTER, id=self.id, role="publisher",
+                                         info={}))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._coord.poll(int(left * 1000)):
+                raise PublisherError("no answer from the coordinator")
+            for msg in wire.decode_frame(self._coord.recv()):
+                if msg["k"] == wire.MEMBERS:
+                    self._connect({m["id"]: m["endpoint"] for m in msg["members"]
+                                   if isinstance(m, dict) and m.get("role") == "gateway"
+                                   and isinstance(m.get("endpoint"), str)})
+                    # We only publish; leave the membership at once.
+                    self._coord.send(wire.encode_one(wire.BYE, id=self.id))
+                    return
+
+    def _connect(self, gateways: dict[str, str]) -> None:
+        for gid in list(self._gateways):
+            if gid not in gateways:
+                self._gateways.pop(gid).close(linger=0)
+        for gid, endpoint in gateways.items():
+            if gid not in self._gateways:
+                sock = self._ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 1000)  # let queued actions go out on close
+                sock.connect(endpoint)
+                self._gateways[gid] = sock
+
+    def _send(self, sock: zmq.Socket[bytes], action: list[Any]) -> None:
+        sock.send(wire.encode_one(wire.WS_ACTIONS, actions=[action]))
+
+    def broadcast(self, group: str, data: Any) -> int:
+        """Send to every member of `group` on every gateway; returns gateways reached."""
+        with self._lock:
+            self._refresh()
+            if not self._gateways:
+                raise PublisherError("the cluster has no gateway")
+            for sock in self._gateways.values():
+                self._send(sock, ["broadcast", group, frame_data(data), None])
+            return len(self._gateways)
+
+    def push(self, conn: str, data: Any) -> bool:
+        """Send to one connection; False when its gateway is not in the cluster."""
+        gateway, number = split_conn(conn)
+        with self._lock:
+            if gateway not in self._gateways:
+                self._refresh()
+            sock = self._gateways.get(gateway)
+            if sock is None:
+                return False
+            self._send(sock, ["send", number, frame_data(data)])
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._gateways.values():
+                sock.close()
+            self._gateways.clear()
+            self._coord.close(linger=0)
+            self._ctx.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None
+                 ) -> None:
+        self.close()
