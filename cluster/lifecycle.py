@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -20,6 +22,14 @@ def setup_logging(level: str, role: str) -> None:
         format=f"%(asctime)s {role}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def raise_fd_limit() -> None:
+    """Servers hold a socket per client: let the soft limit go up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def report_ready(fd: int, info: dict[str, Any]) -> None:
@@ -43,4 +53,5 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
+    raise_fd_limit()
     uvloop.run(runner())

@@ -22,7 +22,7 @@ import codecs
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
@@ -65,6 +65,16 @@ def is_websocket_upgrade(request: Request) -> bool:
     return False
 
 
+class _ServerProtocol(ServerProtocol):
+    def recv_frame(self, frame: Frame) -> None:
+        # RFC 6455 5.4: control frames may come between the fragments of a message.
+        # A close there ends the connection normally; the unfinished message is
+        # dropped (websockets would answer 1002; Autobahn case 7.1.5 expects 1000).
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
 class WebSocketCore:
     def __init__(self, options: WsOptions) -> None:
         origins: list[Origin | None] | None = None
@@ -72,9 +82,11 @@ class WebSocketCore:
             # The allow-list guards against pages on other sites, and browsers always
             # send Origin; a client without one (not a browser) is not refused.
             origins = [Origin(o) for o in options.origins] + [None]
-        self.protocol = ServerProtocol(
+        self.protocol = _ServerProtocol(
             origins=origins,
-            extensions=[ServerPerMessageDeflateFactory()] if options.deflate else None,
+            # websockets' memory-conscious settings (12-bit windows, memLevel 5): the
+            # zlib state is most of what an idle connection costs.
+            extensions=enable_server_permessage_deflate(None) if options.deflate else None,
             max_size=options.max_size,
             select_subprotocol=self._selector(),
         )
