@@ -234,23 +234,11 @@ class Dispatcher:
     def expire(self) -> None:
         """Answer every request past its deadline (called several times a second)."""
         now = self.loop.time()
-        expired: list[Exchange] = []
-        for ex in self.pending.values():
-            if ex.deadline > now:
-                break
-            expired.append(ex)
-        for ex in expired:
-            del self.pending[ex.id]
+        for ex in _take_due(self.pending, now):
             log.warning("request %d: no response from worker within %.1fs; 504",
                         ex.id, self.request_timeout)
             ex.sink.deliver_error(ex, 504)
-        late = []
-        for ex in self.deferred.values():
-            if ex.deadline > now:
-                break
-            late.append(ex)
-        for ex in late:
-            del self.deferred[ex.id]
+        for ex in _take_due(self.deferred, now):
             log.warning("deferred request %d: no reply within %.0fs; 504", ex.id,
                         self.defer_timeout)
             ex.sink.deliver_error(ex, 504)
@@ -287,3 +275,16 @@ class Dispatcher:
         while self.waiting:
             ex = self.waiting.popleft()
             ex.sink.deliver_error(ex, status)
+
+
+def _take_due(table: dict[int, Exchange], now: float) -> list[Exchange]:
+    """Remove and return the exchanges past their deadline. Tables are kept in
+    deadline order (one timeout each), so the scan stops at the first one not due."""
+    due: list[Exchange] = []
+    for ex in table.values():
+        if ex.deadline > now:
+            break
+        due.append(ex)
+    for ex in due:
+        del table[ex.id]
+    return due

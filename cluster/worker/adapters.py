@@ -29,6 +29,15 @@ class Invocation:
     state: SharedState | None = None  # this call's view; its writes commit on return
 
 
+def settle(inv: Invocation, result: Any) -> tuple[Any, list[list[Any]]]:
+    """What the handler answered, and the state writes its call buffered (to commit
+    before that answer goes out)."""
+    if inv.state is None:
+        return result, []
+    msg = inv.finish(result, inv.state) if inv.finish is not None else result
+    return msg, inv.state.take_batch()
+
+
 def _constant(msg: Any) -> Any:
     return msg
 

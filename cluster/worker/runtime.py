@@ -35,7 +35,7 @@ from cluster.config import WorkerConfig
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.registry import CoordinatorLink
 from cluster.state import StateError, StateUnavailable
-from cluster.worker.adapters import Invocation
+from cluster.worker.adapters import Invocation, settle
 from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.messages import (
     BadResponse,
@@ -231,14 +231,9 @@ class Worker:
                   emit: Emit[Outgoing]) -> None:
         """Runs in a pool thread (or inline for ready answers)."""
         try:
-            result = inv.fn(*inv.args, **inv.kwargs)
-            msg = result
-            if inv.state is not None:
-                if inv.finish is not None:
-                    msg = inv.finish(result, inv.state)
-                ops = inv.state.take_batch()
-                if ops:
-                    self.state.call(ops)  # the answer waits until the writes are durable
+            msg, ops = settle(inv, inv.fn(*inv.args, **inv.kwargs))
+            if ops:
+                self.state.call(ops)  # the answer waits until the writes are durable
             if msg is realtime.DEFER:
                 emit((link, wire.envelope(wire.DEFERRED, id=rid)))
                 return
@@ -270,14 +265,9 @@ class Worker:
     async def _run_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
                          inv: Invocation) -> None:
         try:
-            result = await inv.fn(*inv.args, **inv.kwargs)
-            msg = result
-            if inv.state is not None:
-                if inv.finish is not None:
-                    msg = inv.finish(result, inv.state)
-                ops = inv.state.take_batch()
-                if ops:
-                    await self.state.acall(ops)
+            msg, ops = settle(inv, await inv.fn(*inv.args, **inv.kwargs))
+            if ops:
+                await self.state.acall(ops)
             if msg is realtime.DEFER:
                 self._send(link, wire.envelope(wire.DEFERRED, id=rid))
                 return
@@ -375,13 +365,9 @@ class Worker:
             else:
                 result = await self.loop.run_in_executor(
                     None, partial(inv.fn, *inv.args, **inv.kwargs))
-            msg = result
-            if inv.state is not None:
-                if inv.finish is not None:
-                    msg = inv.finish(result, inv.state)
-                ops = inv.state.take_batch()
-                if ops:
-                    await self.state.acall(ops)
+            msg, ops = settle(inv, result)
+            if ops:
+                await self.state.acall(ops)
             actions = reply_actions(kind, number, msg)
         except Exception as exc:
             self._log_failure(req, exc)
