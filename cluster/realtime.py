@@ -7,6 +7,7 @@
     join(conn, "room:1"); leave(conn, "room:1")
     close(conn, 1000, "bye")
     who = await members("room:1")       # {'count': 2, 'conns': [...]}, every gateway
+                                        # (in a sync handler: members("room:1"))
 
 Data is sent as a text frame when it is `str`, binary when `bytes`, and as JSON text
 otherwise. The functions work from sync handlers (threads), async handlers and any
@@ -29,7 +30,11 @@ class PushRuntime(Protocol):
 
     def reply(self, gateway_id: str, number: int, msg: Any) -> bool: ...
 
+    def on_loop(self) -> bool: ...
+
     async def members(self, group: str) -> list[str]: ...
+
+    def members_blocking(self, group: str) -> list[str]: ...
 
 
 class _Defer:
@@ -112,7 +117,18 @@ def reply(request_id: str, msg: Any) -> bool:
     return _rt().reply(gateway, number, msg)
 
 
-async def members(group: str) -> dict[str, Any]:
-    """Cluster-wide presence: the connection ids in `group` on every gateway."""
-    conns = await _rt().members(group)
+def members(group: str) -> Any:
+    """Cluster-wide presence: `{'count': n, 'conns': [ids]}` over every gateway.
+
+    In async code `await members(group)`; in a sync handler (a pool thread) call it
+    plainly: it waits for the gateways' answers and returns the dict."""
+    rt = _rt()
+    if rt.on_loop():
+        return _members_async(rt, group)
+    conns = rt.members_blocking(group)
+    return {"count": len(conns), "conns": conns}
+
+
+async def _members_async(rt: PushRuntime, group: str) -> dict[str, Any]:
+    conns = await rt.members(group)
     return {"count": len(conns), "conns": conns}

@@ -425,9 +425,15 @@ class Worker:
         link.post(env)
         return True
 
+    def on_loop(self) -> bool:
+        return threading.get_ident() == self.loop_thread
+
+    def members_blocking(self, group: str) -> list[str]:
+        """From a handler thread: ask on the loop, wait here."""
+        future = asyncio.run_coroutine_threadsafe(self.members(group), self.loop)
+        return future.result(self.config.state_timeout + 1.0)
+
     async def members(self, group: str) -> list[str]:
-        if threading.get_ident() != self.loop_thread:
-            raise RuntimeError("await members() on the worker's loop (an async handler)")
         self._query_rid += 1
         rid = self._query_rid
         fut: asyncio.Future[list[str]] = self.loop.create_future()

@@ -52,6 +52,16 @@ async def room(req: dict[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
+@app.websocket("/sync-room/<name>")
+def sync_room(req: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A sync handler (pool thread) using presence: members() blocks and answers."""
+    if req["type"] == "ws.connect":
+        return {"accept": True, "join": f"room:{name}"}
+    if req["type"] == "ws.message":
+        return {"send": members(f"room:{name}")}
+    return None
+
+
 @app.websocket("/deny")
 def deny(req: dict[str, Any]) -> dict[str, Any]:
     return {"status": 403, "body": "no"}

@@ -107,6 +107,16 @@ def test_broadcast_and_presence_across_gateways(ws_cluster: Fixture) -> None:
     run(go())
 
 
+def test_presence_from_a_sync_handler(ws_cluster: Fixture) -> None:
+    g1, g2 = ws_cluster[1]
+
+    async def go() -> None:
+        async with connect(url(g1, "/sync-room/s")) as a, connect(url(g2, "/room/s")):
+            await a.send("who")
+            assert (await recv_json(a))["count"] == 2
+    run(go())
+
+
 def test_push_to_a_connection_on_another_gateway(ws_cluster: Fixture) -> None:
     g1, g2 = ws_cluster[1]
 
