@@ -20,7 +20,9 @@ def test_autobahn_sections_1_to_7_and_10(tmp_path: Path) -> None:
     kosoku = shutil.which("kosoku", path=str(Path(sys.executable).parent))
     assert kosoku, "kosoku is a test dependency: make test installs it"
     with cluster() as c:
-        gw = c.gateway("--ws-max-size", "20000000")
+        # No keepalive pings during the run: kosoku abandons a case that receives an
+        # unsolicited ping (RFC-legal), and a slow case on a loaded machine would.
+        gw = c.gateway("--ws-max-size", "20000000", "--ws-ping-interval", "3600")
         c.worker("tests.apps.autobahn_echo:echo")
         args = [kosoku, "-m", "fuzzingclient", "-p", "4", "-o", str(tmp_path)]
         for section in SECTIONS:
