@@ -164,7 +164,7 @@ class HttpConnection(asyncio.Protocol):
             return
         fields = {"target": request.target, "headers": request.headers,
                   "subprotocols": core.offered, "addr": self.addr}
-        if not hub.open(self.conn_id, core, transport, fields, self._ws_done):
+        if not hub.open(self.conn_id, core, transport, fields):
             transport.write(http_core.error_response(503, self.ctx.date,
                                                      extra=[("retry-after", "1")]))
             self._close()
@@ -173,9 +173,6 @@ class HttpConnection(asyncio.Protocol):
         self.ctx.connections.discard(self)  # no HTTP timeouts from now on
         self.closing = False
         self._update_reading()
-
-    def _ws_done(self) -> None:
-        """The hub let go of this connection's session (closed, rejected, or lost)."""
 
     def _on_protocol_error(self, error: ProtocolError) -> None:
         log.info("client %s:%s: %d %s", self.addr[0], self.addr[1], error.status, error.reason)

@@ -54,7 +54,6 @@ class Session:
         "core",
         "groups",
         "next_ping",
-        "on_done",
         "opened_at",
         "ping_sent",
         "pongs_seen",
@@ -63,14 +62,13 @@ class Session:
     )
 
     def __init__(self, conn: int, core: WebSocketCore, transport: Transport,
-                 worker: bytes, on_done: Callable[[], None], now: float) -> None:
+                 worker: bytes, now: float) -> None:
         self.conn = conn
         self.core = core
         self.transport = transport
         self.worker = worker
         self.groups: set[str] = set()
         self.accepted = False
-        self.on_done = on_done
         self.opened_at = now
         self.ping_sent = 0.0  # when our unanswered ping went out; 0: none pending
         self.next_ping = 0.0  # set on accept
@@ -111,12 +109,12 @@ class WebSocketHub:
 
     # -- from client connections ------------------------------------------------
     def open(self, conn: int, core: WebSocketCore, transport: Transport,
-             request_fields: dict[str, Any], on_done: Callable[[], None]) -> bool:
+             request_fields: dict[str, Any]) -> bool:
         """Ask the connection's worker whether to accept; False: no worker at all."""
         worker = rendezvous(f"{self.gateway_id}/{conn}", self.workers())
         if worker is None:
             return False
-        session = Session(conn, core, transport, worker, on_done, self.loop.time())
+        session = Session(conn, core, transport, worker, self.loop.time())
         self.sessions[conn] = session
         self.post(worker, wire.envelope(wire.WS_OPEN, conn=conn, **request_fields))
         return True
@@ -264,7 +262,6 @@ class WebSocketHub:
                 if not members:
                     del self.groups[group]
         session.groups.clear()
-        session.on_done()
 
     def worker_gone(self, ident: bytes) -> None:
         """Its connections cannot go on in order elsewhere: 1012, the client reconnects."""
