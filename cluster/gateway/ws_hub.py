@@ -11,8 +11,9 @@ broadcast from any worker is one message to each gateway, fanned out here. A
 worker that dies takes its connections with it: they are closed with 1012 (service
 restart) so clients reconnect and land on a live worker.
 
-Output per connection is bounded: a client whose unsent bytes pass `--ws-max-queue`
-is closed with 1013 and counted, so a slow reader cannot grow our memory.
+Output per connection is bounded: a client that still has more than `--ws-max-queue`
+unsent bytes when more output comes is closed with 1013 and counted, so a slow
+reader costs at most that queue plus one batch of output.
 """
 
 from __future__ import annotations
@@ -228,9 +229,11 @@ class WebSocketHub:
     def flush(self, session: Session) -> None:
         data = session.core.data_to_send()
         if data and not session.transport.is_closing():
+            # Judge the backlog the client has not drained yet, before this write:
+            # one message larger than the queue is fine for a client that reads.
+            backlog = session.transport.get_write_buffer_size()
             session.transport.write(data)
-            if session.transport.get_write_buffer_size() > self.max_queue and \
-                    session.core.open:
+            if backlog > self.max_queue and session.core.open:
                 self.slow_closes += 1
                 log.info("WebSocket %s/%s reads too slowly (over %d bytes queued); 1013",
                          self.gateway_id, session.conn, self.max_queue)
