@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HANDLER ?= examples.hello:fun
 PORT    ?= 8000
 
-.PHONY: run test lint typecheck unit integration bench clean
+.PHONY: run test lint typecheck unit integration conformance bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
+
+## make conformance: Autobahn sections 12 and 13 (compression; about 7 minutes)
+conformance: $(STAMP)
+	$(BIN)/python -m loadtests.autobahn 12 13
 
 ## make bench: the side-by-side benchmarks (installs wrk and redis-server with apt-get
 ## when missing)
