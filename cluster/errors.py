@@ -3,7 +3,12 @@
     ClusterError
     ├── ConfigError          bad flag or environment value; raised once, at start
     ├── HandlerLoadError     --handler names nothing loadable
-    └── WireError            untrusted bytes from a peer are not a valid envelope
+    ├── WireError            untrusted bytes from a peer are not a valid envelope
+    ├── StateError           (cluster.state) a state operation was refused: a limit,
+    │   │                    a bad argument; uncaught in a handler: 500
+    │   ├── ReadOnlyKey      an upper-case (framework) key was written
+    │   └── StateUnavailable the coordinator cannot be reached; uncaught: 503
+    └── PublisherError       (cluster.publisher) no coordinator, or no gateway
 
 HTTP parse failures are not exceptions that cross modules: the gateway's HTTP
 core turns them into a status (400, 408, 413, 414, 431) at the point of failure.

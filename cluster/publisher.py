@@ -24,10 +24,11 @@ from typing import Any
 import zmq
 
 from cluster import wire
+from cluster.errors import ClusterError
 from cluster.realtime import frame_data, split_conn
 
 
-class PublisherError(Exception):
+class PublisherError(ClusterError):
     """The coordinator could not be reached, or knows no gateway."""
 
 
