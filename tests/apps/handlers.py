@@ -32,7 +32,7 @@ def echo(req: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], di
 
 
 async def async_echo(req: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a handler's own await, not a test wait
     return {"status": 200, "body": {"path": req["path"], "async": True}}
 
 
@@ -59,7 +59,7 @@ def sleep(req: dict[str, Any], seconds: float) -> dict[str, Any]:
         _running += 1
         _peak = max(_peak, _running)
     try:
-        time.sleep(seconds)
+        time.sleep(seconds)  # the handler's simulated work, not a test wait
     finally:
         with _lock:
             _running -= 1
@@ -69,7 +69,7 @@ def sleep(req: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 @app.route("/asleep/<float:seconds>")
 async def asleep(req: dict[str, Any], seconds: float) -> dict[str, Any]:
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # the handler's simulated work, not a test wait
     return {"status": 200, "body": {"slept": seconds, "pid": os.getpid()}}
 
 
@@ -126,7 +126,7 @@ def stream(req: dict[str, Any]) -> dict[str, Any]:
 async def astream(req: dict[str, Any]) -> dict[str, Any]:
     async def parts() -> AsyncIterator[bytes]:
         for i in range(3):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a slow stream, on purpose
             yield f"apart {i}\n".encode()
     return {"status": 200, "body": parts()}
 

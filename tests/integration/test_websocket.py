@@ -141,7 +141,6 @@ def test_leaving_a_group_on_close(ws_cluster: Fixture) -> None:
         async with connect(url(g1, "/room/c")) as a:
             async with connect(url(g1, "/room/c")):
                 pass
-            await asyncio.sleep(0)
             for _ in range(50):
                 await a.send("who")
                 if (await recv_json(a))["count"] == 1:
@@ -284,7 +283,9 @@ def test_answered_pings_keep_the_connection() -> None:
 
         async def go() -> None:
             async with connect(url(gw, "/echo"), ping_interval=None) as ws:
-                await asyncio.sleep(1.5)  # poll-free: the client answers pings by itself
+                # poll: a duration check, not a wait for an event: the connection must
+                # outlive several ping intervals (the client answers pings by itself).
+                await asyncio.sleep(1.5)
                 await ws.send("still here")
                 assert await ws.recv() == "still here"
         run(go())
