@@ -147,16 +147,12 @@ class Dispatcher:
                     if final and link is not None:
                         # A late reply (after 504) or a worker we gave up on.
                         self.late_replies += 1
-                        link.credit += 1
-                        link.inflight -= 1
-                        returned = True
+                        returned = _give_back(link)
                     continue
                 if final:
                     del self.pending[ex.id]
                     if link is not None:
-                        link.credit += 1
-                        link.inflight -= 1
-                        returned = True
+                        returned = _give_back(link)
                 ex.sink.deliver(ex, msg)
             elif kind == wire.HEARTBEAT:
                 if link is None:
@@ -172,9 +168,7 @@ class Dispatcher:
                     ex.deadline = now + self.defer_timeout
                     self.deferred[ex.id] = ex
                     if link is not None:
-                        link.credit += 1
-                        link.inflight -= 1
-                        returned = True
+                        returned = _give_back(link)
             elif kind == wire.DEFERRED_REPLY:
                 ex = self.deferred.pop(msg["id"], None)
                 if ex is None:
@@ -275,6 +269,14 @@ class Dispatcher:
         while self.waiting:
             ex = self.waiting.popleft()
             ex.sink.deliver_error(ex, status)
+
+
+def _give_back(link: WorkerLink) -> bool:
+    """A request the worker held is over for it: one credit back. True, for the caller
+    to note that credit returned (queued requests may go now)."""
+    link.credit += 1
+    link.inflight -= 1
+    return True
 
 
 def _take_due(table: dict[int, Exchange], now: float) -> list[Exchange]:

@@ -185,11 +185,7 @@ class WebSocketHub:
         elif name == "leave":
             group = str(action[2])
             session.groups.discard(group)
-            members = self.groups.get(group)
-            if members is not None:
-                members.discard(conn)
-                if not members:
-                    del self.groups[group]
+            self._remove_member(group, conn)
         else:
             raise ValueError(f"unknown action {name!r}")
 
@@ -259,12 +255,16 @@ class WebSocketHub:
         session.closed = True
         self.sessions.pop(session.conn, None)
         for group in session.groups:
-            members = self.groups.get(group)
-            if members is not None:
-                members.discard(session.conn)
-                if not members:
-                    del self.groups[group]
+            self._remove_member(group, session.conn)
         session.groups.clear()
+
+    def _remove_member(self, group: str, conn: int) -> None:
+        """Take `conn` out of `group`; a group left empty is forgotten."""
+        members = self.groups.get(group)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self.groups[group]
 
     def worker_gone(self, ident: bytes) -> None:
         """Its connections cannot go on in order elsewhere: 1012, the client reconnects."""
