@@ -21,12 +21,16 @@ class BadResponse(Exception):
     """The handler's return value is not a response we can send."""
 
 
-def build_request(env: dict[str, Any], gateway_id: str) -> dict[str, Any]:
+def target_fields(env: dict[str, Any]) -> dict[str, Any]:
+    """What an HTTP request and a WebSocket connect share: path, query, headers, addr.
+    Repeated headers are joined with ', ' (cookies with '; ')."""
     target: str = env["target"]
     raw_path, _, query_string = target.partition("?")
     headers: dict[str, str] = {}
     for pair in env["headers"]:
-        name, value = pair[0], pair[1]
+        if not (isinstance(pair, list) and len(pair) == 2):
+            continue  # only a broken frame has these; the gateway sends pairs
+        name, value = str(pair[0]), str(pair[1])
         if name in headers:
             headers[name] += ("; " if name == "cookie" else ", ") + value
         else:
@@ -36,17 +40,23 @@ def build_request(env: dict[str, Any], gateway_id: str) -> dict[str, Any]:
         query.setdefault(key, value)  # the first value wins, as in most frameworks
     addr = env["addr"]
     return {
-        "type": "http",
-        "id": f"{gateway_id}/{env['id']}",
-        "conn": f"{gateway_id}/{env['conn']}",
-        "addr": (addr[0], addr[1]) if len(addr) == 2 else ("", 0),
-        "method": env["method"],
         "target": target,
         "path": unquote(raw_path),
         "query_string": query_string,
         "query": query,
-        "version": "HTTP/" + env["version"],
         "headers": headers,
+        "addr": (addr[0], addr[1]) if len(addr) == 2 else ("", 0),
+    }
+
+
+def build_request(env: dict[str, Any], gateway_id: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "id": f"{gateway_id}/{env['id']}",
+        "conn": f"{gateway_id}/{env['conn']}",
+        "method": env["method"],
+        "version": "HTTP/" + env["version"],
+        **target_fields(env),
         "raw_headers": env["headers"],
         "body": env["body"],
     }
@@ -135,6 +145,38 @@ def response(req_id: int, status: int, headers: list[list[str]], body: bytes,
 
 def part(req_id: int, body: bytes, more: bool) -> dict[str, Any]:
     return wire.envelope(wire.RESPONSE, id=req_id, body=body, more=more)
+
+
+def aborted(req_id: int) -> dict[str, Any]:
+    """A stream failed after its head was sent: the gateway cuts the connection."""
+    return wire.envelope(wire.RESPONSE, id=req_id, more=False, abort=True)
+
+
+class StreamEnvelopes:
+    """The envelopes of one streamed response: the first chunk carries the status and
+    headers, later ones are parts; then the end, or a failure (a 500 while nothing
+    went out, an abort after)."""
+
+    def __init__(self, req_id: int, status: int, headers: list[list[str]]) -> None:
+        self.req_id = req_id
+        self.status = status
+        self.headers = headers
+        self.started = False
+
+    def chunk(self, chunk: Any) -> dict[str, Any]:
+        data = chunk_bytes(chunk)
+        if self.started:
+            return part(self.req_id, data, True)
+        self.started = True
+        return response(self.req_id, self.status, self.headers, data, more=True)
+
+    def end(self) -> dict[str, Any]:
+        if self.started:
+            return part(self.req_id, b"", False)
+        return response(self.req_id, self.status, self.headers, b"")
+
+    def failed(self, req_label: str) -> dict[str, Any]:
+        return aborted(self.req_id) if self.started else server_error(self.req_id, req_label)
 
 
 def server_error(req_id: int, req_label: str) -> dict[str, Any]:

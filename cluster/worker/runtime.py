@@ -39,10 +39,9 @@ from cluster.worker.adapters import Invocation, settle
 from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.messages import (
     BadResponse,
+    StreamEnvelopes,
     build_request,
-    chunk_bytes,
     normalize,
-    part,
     response,
     server_error,
 )
@@ -248,19 +247,15 @@ class Worker:
             emit((link, {"k": "_stream", "id": rid, "status": status, "headers": headers,
                          "body": body, "req": req}))
         else:
-            started = False
+            stream = StreamEnvelopes(rid, status, headers)
             try:
                 for chunk in body:
-                    data = chunk_bytes(chunk)
-                    emit((link, part(rid, data, True) if started else
-                          response(rid, status, headers, data, more=True)))
-                    started = True
+                    emit((link, stream.chunk(chunk)))
             except Exception as exc:
                 self._log_failure(req, exc)
-                emit((link, _aborted(rid) if started else server_error(rid, req["id"])))
+                emit((link, stream.failed(req["id"])))
                 return
-            emit((link, part(rid, b"", False) if started else
-                  response(rid, status, headers, b"")))
+            emit((link, stream.end()))
 
     async def _run_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
                          inv: Invocation) -> None:
@@ -282,26 +277,19 @@ class Worker:
 
     async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
                             status: int, headers: list[list[str]], body: Any) -> None:
-        started = False
+        stream = StreamEnvelopes(rid, status, headers)
         try:
             if hasattr(body, "__anext__"):
                 async for chunk in body:
-                    data = chunk_bytes(chunk)
-                    self._send(link, part(rid, data, True) if started else
-                               response(rid, status, headers, data, more=True))
-                    started = True
+                    self._send(link, stream.chunk(chunk))
             else:
                 for chunk in body:
-                    data = chunk_bytes(chunk)
-                    self._send(link, part(rid, data, True) if started else
-                               response(rid, status, headers, data, more=True))
-                    started = True
+                    self._send(link, stream.chunk(chunk))
         except Exception as exc:
             self._log_failure(req, exc)
-            self._send(link, _aborted(rid) if started else server_error(rid, req["id"]))
+            self._send(link, stream.failed(req["id"]))
             return
-        self._send(link, part(rid, b"", False) if started else
-                   response(rid, status, headers, b""))
+        self._send(link, stream.end())
 
     def _failure(self, rid: int, req: dict[str, Any], exc: Exception) -> dict[str, Any]:
         """The response for a handler that failed: 503 when the shared state is out
@@ -476,11 +464,6 @@ class Worker:
         self.state.close()
         self.coordinator.close()
         self.pool.shutdown(timeout=1.0)
-
-
-def _aborted(rid: int) -> dict[str, Any]:
-    """A stream failed after its head was sent: tell the gateway to cut the connection."""
-    return wire.envelope(wire.RESPONSE, id=rid, more=False, abort=True)
 
 
 def serve(config: WorkerConfig) -> None:

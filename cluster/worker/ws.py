@@ -20,9 +20,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 from cluster.realtime import frame_data
+from cluster.worker.messages import target_fields
 
 log = logging.getLogger("cluster.worker.ws")
 
@@ -41,21 +41,8 @@ def build_ws_request(kind: str, conn_key: str, info: dict[str, Any],
 
 def connect_info(env: dict[str, Any]) -> dict[str, Any]:
     """What every later event of the connection also carries."""
-    target: str = env["target"]
-    raw_path, _, query_string = target.partition("?")
-    headers: dict[str, str] = {}
-    for pair in env["headers"]:
-        if isinstance(pair, list) and len(pair) == 2:
-            name, value = str(pair[0]), str(pair[1])
-            headers[name] = headers[name] + ", " + value if name in headers else value
-    query: dict[str, str] = {}
-    for key, value in parse_qsl(query_string, keep_blank_values=True):
-        query.setdefault(key, value)
-    addr = env["addr"]
-    return {"target": target, "path": unquote(raw_path), "query": query,
-            "query_string": query_string, "headers": headers,
-            "subprotocols": [s for s in env["subprotocols"] if isinstance(s, str)],
-            "addr": (addr[0], addr[1]) if len(addr) == 2 else ("", 0)}
+    return {**target_fields(env),
+            "subprotocols": [s for s in env["subprotocols"] if isinstance(s, str)]}
 
 
 def _many(value: Any) -> list[Any]:
