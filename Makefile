@@ -14,12 +14,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
+# Programs the tests run for real: Prometheus and promtool (the dashboard and the
+# metrics are checked against them) and docker-compose (validates the compose file
+# without an engine). Debian packages, installed once when missing.
+TOOLS := $(VENV)/.tools
+$(TOOLS): $(STAMP)
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || \
+	    ! command -v docker-compose >/dev/null; then \
+	  echo "installing prometheus and docker-compose with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    prometheus docker-compose >/dev/null; \
+	fi
+	touch $(TOOLS)
+
 ## make run: start the embedded cluster (coordinator, 1 gateway, 2 workers) on an example
 run: $(STAMP)
 	$(BIN)/cluster run --handler $(HANDLER) --port $(PORT)
 
 ## make test: lint, type-check, then every test (real processes on 127.0.0.1)
-test: lint typecheck
+test: lint typecheck $(TOOLS)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -31,7 +44,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(TOOLS)
 	$(BIN)/pytest -q tests/integration
 
 ## make conformance: Autobahn sections 12 and 13 (compression; about 7 minutes)
@@ -43,6 +56,7 @@ conformance: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench.http
 	$(BIN)/python -m loadtests.bench.state
+	$(BIN)/python -m loadtests.bench.broadcast
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

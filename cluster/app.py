@@ -41,6 +41,16 @@ class App:
             return view
         return register
 
+    def include(self, other: App, prefix: str = "") -> None:
+        """Serve `other`'s HTTP and WebSocket routes here too, under `prefix` (which
+        starts with '/' and does not end with one); its not-found view is not taken."""
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError(f"prefix {prefix!r} must start with '/' and not end with one")
+        for r in other.routes:
+            self.routes.append(compile_route(prefix + r.pattern, sorted(r.methods), r.view))
+        for r in other.ws_routes:
+            self.ws_routes.append(compile_route(prefix + r.pattern, ["GET"], r.view))
+
     def match_ws(self, path: str) -> Match:
         return resolve(self.ws_routes, "GET", path)
 

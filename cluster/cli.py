@@ -15,7 +15,7 @@ from cluster.config import (
     WorkerConfig,
     parse,
 )
-from cluster.errors import ConfigError, HandlerLoadError
+from cluster.errors import ConfigError, CoordinatorUnreachable, HandlerLoadError
 from cluster.lifecycle import setup_logging
 
 USAGE = """usage: cluster COMMAND [flags]
@@ -34,11 +34,14 @@ def _role(prog: str, description: str, cls: type[Common],
           serve: Callable[[Common], None], argv: Sequence[str] | None) -> int:
     try:
         config = parse(cls, argv, prog, description)
-        setup_logging(config.log_level, prog.removeprefix("cluster-"))
+        setup_logging(config.log_level, prog.removeprefix("cluster-"), config.log_format)
         serve(config)
     except (ConfigError, HandlerLoadError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    except CoordinatorUnreachable as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # most often: the port or endpoint is taken
         print(f"{prog}: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -71,7 +74,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse(RunConfig, argv, "cluster run",
                        "Start coordinator, gateways and workers on this machine.")
-        setup_logging(config.log_level, "cluster")
+        setup_logging(config.log_level, "cluster", config.log_format)
         load_handler(config.handler)  # a broken handler fails here, once
     except (ConfigError, HandlerLoadError) as exc:
         print(f"cluster run: {exc}", file=sys.stderr)

@@ -29,18 +29,30 @@ class Common:
     heartbeat_interval: float = opt(1.0, "seconds between heartbeats, every link")
     heartbeat_liveness: int = opt(3, "missed heartbeats before a peer is dropped")
     log_level: str = opt("info", "debug, info, warning or error")
+    log_format: str = opt("text", "text or json: one line per event either way")
+    metrics_host: str = opt("127.0.0.1", "address the Prometheus /metrics endpoint binds")
+    metrics_port: int = opt(0, "port of /metrics (0: any free port; the coordinator's "
+                            "discovery endpoint lists it; -1: no endpoint)")
     advertise_host: str = opt("", "host name peers use to reach this process (default: bind host)")
     max_frame: int = opt(64 * 1024 * 1024, "largest ZeroMQ frame accepted, bytes")
+    start_timeout: float = opt(10.0, "seconds a gateway or worker waits for the coordinator "
+                               "when it starts before it gives up (exit 1)")
     ready_fd: int = opt(-1, "write one JSON line with bound addresses to this fd when ready",
                         hidden=True)
 
     def validate(self) -> None:
         if self.heartbeat_interval <= 0:
             raise ConfigError("--heartbeat-interval must be > 0")
+        if self.start_timeout <= 0:
+            raise ConfigError("--start-timeout must be > 0")
         if self.heartbeat_liveness < 1:
             raise ConfigError("--heartbeat-liveness must be >= 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"--log-level {self.log_level!r} is not a level")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format {self.log_format!r}: text or json")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError("--metrics-port must be a port, 0 (any) or -1 (off)")
 
     @property
     def peer_expiry(self) -> float:
@@ -96,6 +108,8 @@ class GatewayConfig(Common):
                             "before it is closed as too slow (1013)")
     ws_origins: str = opt("", "comma-separated Origin allow-list (empty: any); a browser "
                           "sending another gets 403; clients sending none are let in")
+    access_log: bool = opt(False, "log one line per HTTP response (method, target, status, "
+                           "duration, request id)")
     local_reply: str = opt("", "answer every request with this text in the gateway itself, "
                            "no worker (the benchmark's no-hop limit)", hidden=True)
 

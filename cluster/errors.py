@@ -3,6 +3,7 @@
     ClusterError
     ├── ConfigError          bad flag or environment value; raised once, at start
     ├── HandlerLoadError     --handler names nothing loadable
+    ├── CoordinatorUnreachable  no answer from --coordinator at start
     ├── WireError            untrusted bytes from a peer are not a valid envelope
     ├── StateError           (cluster.state) a state operation was refused: a limit,
     │   │                    a bad argument; uncaught in a handler: 500
@@ -25,6 +26,10 @@ class ConfigError(ClusterError):
 
 class HandlerLoadError(ClusterError):
     """`--handler pkg:obj` could not be imported or is not a handler."""
+
+
+class CoordinatorUnreachable(ClusterError):
+    """A gateway or worker got no answer from the coordinator when it started."""
 
 
 class WireError(ClusterError):

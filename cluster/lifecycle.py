@@ -16,12 +16,51 @@ from typing import Any
 import uvloop
 
 
-def setup_logging(level: str, role: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {role}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, role: str, fmt: str = "text") -> None:
+    """One line per event on stderr, as text or as JSON objects. A record logged with
+    `extra={"request_id": ...}` carries the id the gateway and the worker share."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(role) if fmt == "json" else TextFormatter(role))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, role: str) -> None:
+        super().__init__(f"%(asctime)s {role}[{os.getpid()}] %(levelname)s %(name)s: "
+                         "%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} request_id={request_id}" if request_id else line
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+        self.pid = os.getpid()
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "role": self.role,
+            "pid": self.pid,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
+        if record.exc_info:
+            # The traceback stays inside the one line, as a field.
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def raise_fd_limit() -> None:

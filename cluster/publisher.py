@@ -7,10 +7,13 @@ another service.
         pub.broadcast("room:lobby", {"notice": "maintenance at 18:00"})
         pub.push("gw-3f2a.../17", "just for you")
 
-The publisher registers with the coordinator (role "publisher"), learns every
-gateway from it, and sends its actions straight to them, as a worker would: a
-broadcast is one message per gateway. It is synchronous and thread-safe per call;
-it has no event loop of its own.
+The publisher asks the coordinator for its membership table (SYNC; it never joins,
+so it costs the members nothing), learns every gateway from it, and sends its
+actions straight to them, as a worker would: a broadcast is one message per
+gateway. It asks the coordinator again when its view is older than `refresh`
+seconds (1 s), so a stream of broadcasts costs no round trip each, and a gateway
+that joins is reached within a second. It is synchronous and thread-safe per call; it
+has no event loop of its own.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ class PublisherError(ClusterError):
 
 
 class Publisher:
-    def __init__(self, coordinator: str, timeout: float = 5.0) -> None:
+    def __init__(self, coordinator: str, timeout: float = 5.0, refresh: float = 1.0
+                 ) -> None:
         self.id = f"pub-{uuid.uuid4().hex[:12]}"
         self.timeout = timeout
+        self.refresh = refresh
+        self._refreshed_at = 0.0
         self._lock = threading.Lock()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._coord = self._ctx.socket(zmq.DEALER)
@@ -44,10 +50,15 @@ class Publisher:
         self._gateways: dict[str, zmq.Socket[bytes]] = {}
         self._refresh()
 
+    def _refresh_if_stale(self) -> None:
+        if time.monotonic() - self._refreshed_at >= self.refresh:
+            self._refresh()
+
     def _refresh(self) -> None:
         """Ask the coordinator for the membership; connect to new gateways."""
-        self._coord.send(wire.encode_one(wire.REGISTER, id=self.id, role="publisher",
-                                         info={}))
+        while self._coord.poll(0):  # a late answer to an earlier ask that timed out
+            self._coord.recv()
+        self._coord.send(wire.encode_one(wire.SYNC, id=self.id))
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
@@ -58,8 +69,7 @@ class Publisher:
                     self._connect({m["id"]: m["endpoint"] for m in msg["members"]
                                    if isinstance(m, dict) and m.get("role") == "gateway"
                                    and isinstance(m.get("endpoint"), str)})
-                    # We only publish; leave the membership at once.
-                    self._coord.send(wire.encode_one(wire.BYE, id=self.id))
+                    self._refreshed_at = time.monotonic()
                     return
 
     def _connect(self, gateways: dict[str, str]) -> None:
@@ -79,7 +89,7 @@ class Publisher:
     def broadcast(self, group: str, data: Any) -> int:
         """Send to every member of `group` on every gateway; returns gateways reached."""
         with self._lock:
-            self._refresh()
+            self._refresh_if_stale()
             if not self._gateways:
                 raise PublisherError("the cluster has no gateway")
             for sock in self._gateways.values():

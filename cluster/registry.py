@@ -17,6 +17,7 @@ import zmq
 
 from cluster import wire
 from cluster.config import Common
+from cluster.errors import CoordinatorUnreachable
 from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.registry")
@@ -57,6 +58,15 @@ class CoordinatorLink:
         self._connect(loop)
         self._register()
         self._task = loop.create_task(self._heartbeat_loop())
+
+    async def wait_registered(self) -> None:
+        """At start: the coordinator answered, or CoordinatorUnreachable."""
+        try:
+            await asyncio.wait_for(self.registered.wait(), self.config.start_timeout)
+        except TimeoutError:
+            raise CoordinatorUnreachable(
+                f"no answer from the coordinator at {self.config.coordinator} within "
+                f"{self.config.start_timeout:g}s (--coordinator, --start-timeout)") from None
 
     @property
     def connected(self) -> bool:

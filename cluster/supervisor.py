@@ -102,6 +102,7 @@ class Supervisor:
         self.config = config
         self.children: list[Child] = []
         self.stopping = False
+        self.discovery = ""  # the coordinator's metrics host:port, serving /targets
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stopping = True
@@ -117,13 +118,17 @@ class Supervisor:
         endpoint = coordinator.ready["endpoint"]
         # Pin the port: a restarted coordinator must be found where it was.
         coordinator.argv = child_command("coordinator", subset(
-            coord_cfg, CoordinatorConfig, coordinator_bind=endpoint))
+            coord_cfg, CoordinatorConfig, coordinator_bind=endpoint,
+            metrics_port=coordinator.ready.get("metrics_port", config.metrics_port)))
+        self.discovery = coordinator.ready.get("metrics", "")
 
         urls = []
         for i in range(config.gateways):
             gw_port = config.port + i if config.port else 0
+            # --metrics-port names the coordinator's (the discovery endpoint); the
+            # others take any free port, which discovery lists.
             gw_cfg = subset(config, GatewayConfig, ready_fd=-1, coordinator=endpoint,
-                            port=gw_port)
+                            port=gw_port, metrics_port=min(config.metrics_port, 0))
             gateway = Child(f"gateway-{i + 1}", "gateway", child_command("gateway", gw_cfg))
             self.children.append(gateway)
             gateway.spawn(wait_ready=True)
@@ -131,7 +136,8 @@ class Supervisor:
             gateway.argv = child_command("gateway", subset(gw_cfg, GatewayConfig, port=bound))
             urls.append(f"http://{config.host}:{bound}")
 
-        wk_cfg = subset(config, WorkerConfig, ready_fd=-1, coordinator=endpoint)
+        wk_cfg = subset(config, WorkerConfig, ready_fd=-1, coordinator=endpoint,
+                        metrics_port=min(config.metrics_port, 0))
         for i in range(config.workers):
             worker = Child(f"worker-{i + 1}", "worker", child_command("worker", wk_cfg))
             self.children.append(worker)
@@ -188,6 +194,9 @@ class Supervisor:
             return 1
         print(f"cluster: {self.config.handler} on {', '.join(urls)} "
               f"({self.config.gateways} gateways, {self.config.workers} workers)", flush=True)
+        if self.discovery:
+            print(f"cluster: Prometheus discovery on http://{self.discovery}/targets",
+                  flush=True)
         try:
             self.watch()
         finally:

@@ -5,7 +5,10 @@ Theory of operation
 `zmq.asyncio` creates a future per receive, which halves throughput. Instead the
 loop watches the socket's file descriptor with `add_reader`. That descriptor is
 edge-triggered and says only "look at ZMQ_EVENTS", so each wake-up drains every
-frame that is ready (up to `max_batch`, then yields the loop and continues).
+frame that is ready, up to `max_batch` frames or `PASS_BUDGET` seconds of work,
+then yields the loop and continues. The time budget matters: one broadcast frame
+can mean a thousand socket writes, and a backlog of them drained in one pass once
+starved the heartbeat timer for seconds, so the coordinator dropped a live gateway.
 
 Outgoing envelopes are queued per destination and flushed once, at the end of the
 current loop pass, each destination's queue packed into a single frame. A send can
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +38,8 @@ log = logging.getLogger("cluster.zmq")
 # from building one huge frame.
 MAX_FRAME_MESSAGES = 32
 MAX_FRAME_BYTES = 1 << 20
+# Longest a read pass runs before timers and other sockets get their turn.
+PASS_BUDGET = 0.02
 
 FrameHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
 SendErrorHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
@@ -102,7 +108,10 @@ class Pump:
         if self._closed:
             return
         sock = self.sock
+        budget_end = time.monotonic() + PASS_BUDGET
         for _ in range(self.max_batch):
+            if time.monotonic() > budget_end:
+                break
             try:
                 if not has_input(sock):
                     return

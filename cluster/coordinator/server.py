@@ -18,8 +18,10 @@ import zmq
 from cluster import wire
 from cluster.config import CoordinatorConfig
 from cluster.coordinator.membership import Membership
+from cluster.coordinator.metrics import CoordinatorMetrics
 from cluster.coordinator.state_service import StateService
 from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.coordinator")
@@ -39,10 +41,15 @@ class Coordinator:
         self.pump: Pump | None = None
         self.ctx = ctx
         self.state: StateService | None = None
+        self.metrics = CoordinatorMetrics(self)
+        self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry),
+                                             "/targets": self.metrics.targets})
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.endpoint.rpartition(":")[0]
         self.state = StateService(self.config, self.ctx, loop, self.send, host)
+        if self.state.wal is not None:
+            self.state.wal.observe_fsync = self.metrics.fsync.observe
         self.pump = Pump(loop, self.sock, self.on_messages, routed=True,
                          max_frame=self.config.max_frame)
         loop.create_task(self.expire_loop())
@@ -125,8 +132,19 @@ def serve(config: CoordinatorConfig) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         coordinator = Coordinator(config, ctx)
         coordinator.start(asyncio.get_running_loop())
-        report_ready(config.ready_fd, {"role": "coordinator", "endpoint": coordinator.endpoint})
+        ready: dict[str, Any] = {"role": "coordinator", "endpoint": coordinator.endpoint}
+        if config.metrics_port >= 0:
+            port = await coordinator.metrics_server.start(config.metrics_host,
+                                                          config.metrics_port)
+            coordinator.metrics.target = target(config.metrics_host, port,
+                                                config.advertise_host)
+            ready["metrics"] = coordinator.metrics.target
+            ready["metrics_port"] = port
+            log.info("metrics on http://%s/metrics, Prometheus discovery on "
+                     "http://%s/targets", coordinator.metrics.target, coordinator.metrics.target)
+        report_ready(config.ready_fd, ready)
         await stop.wait()
+        coordinator.metrics_server.close()
         if coordinator.pump is not None:
             coordinator.pump.close()
         if coordinator.state is not None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,7 @@ class WriteAheadLog:
         self.records_since_snapshot = 0
         self.unsynced = False
         self._buffer = bytearray()
+        self.observe_fsync: Callable[[float], None] | None = None  # seconds per log fsync
 
     def open(self) -> Recovered:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -127,8 +130,11 @@ class WriteAheadLog:
         """One fsync for every record written since the last one (group commit)."""
         self.flush()
         if self.unsynced:
+            began = time.perf_counter()
             os.fsync(self.fd)
             self.unsynced = False
+            if self.observe_fsync is not None:
+                self.observe_fsync(time.perf_counter() - began)
 
     def snapshot(self, seq: int, entries: list[list[Any]]) -> None:
         self.sync()

@@ -20,6 +20,7 @@ class ResponseSink(Protocol):
 
 class Exchange:
     __slots__ = (
+        "began",
         "chunked",
         "deadline",
         "done",
@@ -32,6 +33,7 @@ class Exchange:
         "retried",
         "sink",
         "started",
+        "status",
         "version",
         "worker",
     )
@@ -52,6 +54,8 @@ class Exchange:
         self.parts: list[dict[str, Any]] | None = None  # waiting behind earlier responses
         self.chunked = False
         self.head_only = False
+        self.began = 0.0  # loop time the request was complete
+        self.status = 0  # of the response head, once written
 
     @property
     def retryable(self) -> bool:

@@ -37,12 +37,19 @@ from cluster.gateway.ws_hub import Session, WebSocketHub
 log = logging.getLogger("cluster.gateway.http")
 
 
+# Parse errors by the status they are answered with, as the metrics name them.
+ERROR_KINDS = {400: "bad_request", 408: "header_timeout", 413: "body_too_large",
+               414: "uri_too_long", 431: "headers_too_large"}
+
+
 class ConnectionContext:
-    """What all connections of one gateway share."""
+    """What all connections of one gateway share, and what they count."""
 
     def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
                  header_timeout: float, keepalive_timeout: float, max_pipeline: int,
-                 ws_options: WsOptions, hub: WebSocketHub | None = None) -> None:
+                 ws_options: WsOptions, hub: WebSocketHub | None = None, *,
+                 gateway_id: str = "", access_log: bool = False,
+                 observe: Callable[[float], None] | None = None) -> None:
         self.limits = limits
         self.ws_options = ws_options
         self.hub = hub
@@ -54,6 +61,22 @@ class ConnectionContext:
         self.connections: set[HttpConnection] = set()
         self.next_conn = 0
         self.errors_by_status: dict[int, int] = {}
+        self.gateway_id = gateway_id
+        self.access_log = access_log
+        self.observe = observe  # end-to-end seconds of each finished response
+        self.responses: dict[tuple[str, int], int] = {}  # (method, status) -> count
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def finished(self, ex: Exchange, now: float) -> None:
+        key = (ex.method, ex.status)
+        self.responses[key] = self.responses.get(key, 0) + 1
+        if self.observe is not None:
+            self.observe(now - ex.began)
+        if self.access_log:
+            log.info("%s %s %d %.1fms", ex.method, ex.envelope.get("target", "-"), ex.status,
+                     (now - ex.began) * 1000,
+                     extra={"request_id": f"{self.gateway_id}/{ex.id}" if ex.id else None})
 
 
 class HttpConnection(asyncio.Protocol):
@@ -101,6 +124,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
         self.last_activity = now
+        self.ctx.bytes_in += len(data)
         if self.ws is not None:
             if self.ws.accepted and self.ctx.hub is not None:
                 self.ctx.hub.on_events(self.ws, self.ws.core.receive_data(data))
@@ -137,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
             body=request.body, addr=self.addr)
         keep_alive = request.keep_alive and not request.upgrade
         ex = Exchange(env, request.method, request.version, keep_alive, self)
+        ex.began = self.loop.time()
         if not keep_alive:
             self.closing = True  # nothing after this request will be read
         self.exchanges.append(ex)
@@ -181,7 +206,8 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
         # Answer after the responses already owed, in order: a placeholder exchange.
         env: dict[str, Any] = {}
-        ex = Exchange(env, "GET", "1.1", False, self)
+        ex = Exchange(env, "-", "1.1", False, self)
+        ex.began = self.loop.time()
         self.exchanges.append(ex)
         self.deliver_error(ex, error.status)
 
@@ -253,33 +279,46 @@ class HttpConnection(asyncio.Protocol):
         if not isinstance(body, bytes):
             body = b""
         if part.get("abort"):
-            ex.done = True
             ex.keep_alive = False
+            self._done(ex)
             return
+        out = b""
         if not ex.started:
             ex.started = True
             try:
                 head = self._head(ex, part, body, more)
             except BadResponseHeader as exc:
-                log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc)
-                head = http_core.error_response(502, self.ctx.date, version=ex.version)
+                log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
+                          extra={"request_id": f"{self.ctx.gateway_id}/{ex.id}"})
+                ex.status = 502
                 ex.keep_alive = False
                 ex.head_only = True
-                transport.write(head)
-                ex.done = True
+                self._write(http_core.error_response(502, self.ctx.date, version=ex.version))
+                self._done(ex)
                 return
             if ex.head_only or not body:
-                transport.write(head)
+                out = head
             elif not ex.chunked:
-                transport.write(head + body)
+                out = head + body
             else:
-                transport.write(head + http_core.encode_chunk(body))
+                out = head + http_core.encode_chunk(body)
         elif body and not ex.head_only:
-            transport.write(http_core.encode_chunk(body) if ex.chunked else body)
+            out = http_core.encode_chunk(body) if ex.chunked else body
+        if not more and ex.chunked and not ex.head_only:
+            out += LAST_CHUNK
+        if out:
+            self._write(out)
         if not more:
-            if ex.chunked and not ex.head_only:
-                transport.write(LAST_CHUNK)
-            ex.done = True
+            self._done(ex)
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.ctx.bytes_out += len(data)
+        self.transport.write(data)
+
+    def _done(self, ex: Exchange) -> None:
+        ex.done = True
+        self.ctx.finished(ex, self.loop.time())
 
     def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool) -> bytes:
         status = part.get("status", 200)
@@ -290,6 +329,7 @@ class HttpConnection(asyncio.Protocol):
         pairs = [tuple(h) for h in headers if isinstance(h, (list, tuple)) and len(h) == 2]
         if len(pairs) != len(headers):
             raise BadResponseHeader("a header is not a [name, value] pair")
+        ex.status = status
         no_body = status in (204, 304) or status < 200
         ex.head_only = no_body or ex.method == "HEAD"
         content_length: int | None = None

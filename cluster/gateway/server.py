@@ -16,9 +16,11 @@ from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
+from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
 from cluster.zmqio import Pump, advertised, fd_of, has_input
 
@@ -50,9 +52,13 @@ class Gateway:
         ws_options = WsOptions(max_size=config.ws_max_size, deflate=config.ws_deflate,
                                origins=tuple(o.strip() for o in config.ws_origins.split(",")
                                              if o.strip()))
+        self.metrics = GatewayMetrics(self)
         self.http = ConnectionContext(limits, submit, config.header_timeout,
                                       config.keepalive_timeout, config.max_pipeline,
-                                      ws_options, self.hub)
+                                      ws_options, self.hub, gateway_id=self.id,
+                                      access_log=config.access_log,
+                                      observe=self.metrics.duration.observe)
+        self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
         self._update_date()
         self.server: asyncio.AbstractServer | None = None
         self.coordinator: CoordinatorLink | None = None
@@ -79,14 +85,19 @@ class Gateway:
             backlog=2048, reuse_address=True)
         port = self.server.sockets[0].getsockname()[1]
         info = {"endpoint": endpoint, "http": f"{config.host}:{port}", "pid": os.getpid()}
+        if config.metrics_port >= 0:
+            bound = await self.metrics_server.start(config.metrics_host, config.metrics_port)
+            info["metrics"] = target(config.metrics_host, bound, config.advertise_host)
         self.coordinator = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
                                            lambda _members: None)
         self.coordinator.start(self.loop)
+        await self.coordinator.wait_registered()
         self._tasks = [self.loop.create_task(self._sweep()),
                        self.loop.create_task(self._heartbeat())]
         log.info("gateway %s: http on %s:%d, workers connect to %s",
                  self.id, config.host, port, endpoint)
-        return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint}
+        return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint,
+                "metrics": info.get("metrics", "")}
 
     def _watch_disconnects(self, sock: zmq.Socket[bytes]) -> None:
         """A TCP disconnect from a worker (kill -9) triggers an immediate probe, so its
@@ -135,6 +146,7 @@ class Gateway:
         """Drain: stop accepting, finish in-flight requests within the grace, close."""
         if self.server is not None:
             self.server.close()
+        self.metrics_server.close()
         self.hub.shutdown()
         for conn in list(self.http.connections):
             conn.shutdown()

@@ -107,6 +107,15 @@ class WebSocketHub:
         self.groups: dict[str, set[int]] = {}
         self.slow_closes = 0
         self.push_missing = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.broadcasts = 0
+        self.bytes_out = 0
+        # Connections with output from workers, written once at the end of the loop
+        # pass: a pass that carries several broadcasts makes one write per client, not
+        # one per message (the write syscall is most of a broadcast's cost).
+        self._unflushed: set[int] = set()
+        self._flush_scheduled = False
 
     # -- from client connections ------------------------------------------------
     def open(self, conn: int, core: WebSocketCore, transport: Transport,
@@ -122,6 +131,8 @@ class WebSocketHub:
 
     def on_events(self, session: Session, events: list[Event]) -> None:
         for event in events:
+            if not isinstance(event, Closed):
+                self.messages_in += 1
             if isinstance(event, Text):
                 self.post(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
                                                         text=event.data))
@@ -138,7 +149,7 @@ class WebSocketHub:
 
     # -- from workers -------------------------------------------------------------
     def on_actions(self, peer: bytes, msg: dict[str, Any]) -> None:
-        touched: set[int] = set()
+        touched = self._unflushed
         for action in msg["actions"]:
             if not isinstance(action, list) or not action or not isinstance(action[0], str):
                 log.warning("malformed WebSocket action from a worker; ignored")
@@ -147,6 +158,13 @@ class WebSocketHub:
                 self._act(peer, action, touched)
             except (TypeError, ValueError, IndexError) as exc:
                 log.warning("bad WebSocket action %r: %s", action[0], exc)
+        if touched and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_unflushed)
+
+    def _flush_unflushed(self) -> None:
+        self._flush_scheduled = False
+        touched, self._unflushed = self._unflushed, set()
         for conn in touched:
             session = self.sessions.get(conn)
             if session is not None:
@@ -155,6 +173,7 @@ class WebSocketHub:
     def _act(self, peer: bytes, action: list[Any], touched: set[int]) -> None:
         name = action[0]
         if name == "broadcast":
+            self.broadcasts += 1
             group, data, exclude = action[1], action[2], action[3]
             for conn in list(self.groups.get(group, ())):
                 if conn != exclude:
@@ -220,6 +239,7 @@ class WebSocketHub:
         if not isinstance(data, (str, bytes)):
             raise TypeError("WebSocket data must be str or bytes")
         session.core.send(data)
+        self.messages_out += 1
         touched.add(conn)
 
     def flush(self, session: Session) -> None:
@@ -229,6 +249,7 @@ class WebSocketHub:
             # one message larger than the queue is fine for a client that reads.
             backlog = session.transport.get_write_buffer_size()
             session.transport.write(data)
+            self.bytes_out += len(data)
             if backlog > self.max_queue and session.core.open:
                 self.slow_closes += 1
                 log.info("WebSocket %s/%s reads too slowly (over %d bytes queued); 1013",

@@ -27,6 +27,7 @@ class Invocation:
     inline: bool = False  # a ready answer: no need to go to a thread
     finish: Callable[[Any, SharedState], Any] | None = None
     state: SharedState | None = None  # this call's view; its writes commit on return
+    route: str = "*"  # the route pattern that matched, for metrics ("*": a function)
 
 
 def settle(inv: Invocation, result: Any) -> tuple[Any, list[list[Any]]]:
@@ -38,12 +39,17 @@ def settle(inv: Invocation, result: Any) -> tuple[Any, list[list[Any]]]:
     return msg, inv.state.take_batch()
 
 
+# Route labels for requests no route matched (a bounded set: never the raw path).
+NO_ROUTE = "(not found)"
+NO_METHOD = "(method not allowed)"
+
+
 def _constant(msg: Any) -> Any:
     return msg
 
 
-def ready(msg: Any) -> Invocation:
-    return Invocation(_constant, (msg,), {}, False, inline=True)
+def ready(msg: Any, route: str) -> Invocation:
+    return Invocation(_constant, (msg,), {}, False, inline=True, route=route)
 
 
 def split_state(result: Any, view: SharedState) -> Any:
@@ -96,26 +102,29 @@ class AppHandler:
             req["params"] = match.params
             req["state"] = state = SharedState(self.backend)
             view = match.route.view
-            return Invocation(view, (req,), match.params, self._is_async(view), state=state)
+            return Invocation(view, (req,), match.params, self._is_async(view), state=state,
+                              route=match.route.pattern)
         if match.allowed:
             allow = ", ".join(sorted(match.allowed))
             return ready({"status": 405, "headers": {"allow": allow},
-                          "body": "Method Not Allowed\n"})
+                          "body": "Method Not Allowed\n"}, NO_METHOD)
         if self.app.not_found_view is not None:
             req["params"] = {}
             req["state"] = state = SharedState(self.backend)
             view = self.app.not_found_view
-            return Invocation(view, (req,), {}, self._is_async(view), state=state)
-        return ready({"status": 404, "body": "Not Found\n"})
+            return Invocation(view, (req,), {}, self._is_async(view), state=state,
+                              route=NO_ROUTE)
+        return ready({"status": 404, "body": "Not Found\n"}, NO_ROUTE)
 
     def prepare_ws(self, req: dict[str, Any]) -> Invocation:
         match = self.app.match_ws(req["path"])
         if match.route is None:
-            return ready({"status": 404})  # refuses a connect; later events: nothing
+            return ready({"status": 404}, NO_ROUTE)  # refuses a connect; later: nothing
         req["params"] = match.params
         req["state"] = state = SharedState(self.backend)
         view = match.route.view
-        return Invocation(view, (req,), match.params, self._is_async(view), state=state)
+        return Invocation(view, (req,), match.params, self._is_async(view), state=state,
+                          route=match.route.pattern)
 
 
 Adapter = FunctionHandler | AppHandler

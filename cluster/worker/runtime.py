@@ -33,6 +33,7 @@ from cluster import realtime, wire
 from cluster.app import App
 from cluster.config import WorkerConfig
 from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
 from cluster.state import StateError, StateUnavailable
 from cluster.worker.adapters import Invocation, settle
@@ -45,6 +46,7 @@ from cluster.worker.messages import (
     response,
     server_error,
 )
+from cluster.worker.metrics import WorkerMetrics
 from cluster.worker.state_client import StateClient
 from cluster.worker.threadpool import Emit, ThreadPool
 from cluster.worker.ws import ConnectionQueues, build_ws_request, reply_actions
@@ -153,6 +155,17 @@ class Worker:
         self._queries: dict[int, tuple[asyncio.Future[list[str]], set[str], list[str]]] = {}
         self._query_rid = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self.ws_events: dict[str, int] = {}  # counted on the loop thread
+        self.metrics = WorkerMetrics(self)
+        self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
+
+    async def start_metrics(self) -> str:
+        """Serve /metrics if configured; the host:port Prometheus should scrape, or ''."""
+        config = self.config
+        if config.metrics_port < 0:
+            return ""
+        port = await self.metrics_server.start(config.metrics_host, config.metrics_port)
+        return target(config.metrics_host, port, config.advertise_host)
 
     def start(self) -> None:
         self.coordinator.start(self.loop)
@@ -229,17 +242,20 @@ class Worker:
     def _run_sync(self, link: GatewayLink, rid: int, req: dict[str, Any], inv: Invocation,
                   emit: Emit[Outgoing]) -> None:
         """Runs in a pool thread (or inline for ready answers)."""
+        began = time.perf_counter()
         try:
             msg, ops = settle(inv, inv.fn(*inv.args, **inv.kwargs))
             if ops:
                 self.state.call(ops)  # the answer waits until the writes are durable
             if msg is realtime.DEFER:
+                self.metrics.record(inv.route, "deferred", time.perf_counter() - began)
                 emit((link, wire.envelope(wire.DEFERRED, id=rid)))
                 return
             status, headers, body = normalize(msg)
         except Exception as exc:
-            emit((link, self._failure(rid, req, exc)))
+            emit((link, self._failure(rid, req, exc, inv.route, began)))
             return
+        self.metrics.record(inv.route, status, time.perf_counter() - began)
         if isinstance(body, bytes):
             emit((link, response(rid, status, headers, body)))
         elif hasattr(body, "__anext__"):
@@ -259,17 +275,20 @@ class Worker:
 
     async def _run_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
                          inv: Invocation) -> None:
+        began = time.perf_counter()
         try:
             msg, ops = settle(inv, await inv.fn(*inv.args, **inv.kwargs))
             if ops:
                 await self.state.acall(ops)
             if msg is realtime.DEFER:
+                self.metrics.record(inv.route, "deferred", time.perf_counter() - began)
                 self._send(link, wire.envelope(wire.DEFERRED, id=rid))
                 return
             status, headers, body = normalize(msg)
         except Exception as exc:
-            self._send(link, self._failure(rid, req, exc))
+            self._send(link, self._failure(rid, req, exc, inv.route, began))
             return
+        self.metrics.record(inv.route, status, time.perf_counter() - began)
         if isinstance(body, bytes):
             self._send(link, response(rid, status, headers, body))
         else:
@@ -291,24 +310,31 @@ class Worker:
             return
         self._send(link, stream.end())
 
-    def _failure(self, rid: int, req: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    def _failure(self, rid: int, req: dict[str, Any], exc: Exception, route: str,
+                 began: float) -> dict[str, Any]:
         """The response for a handler that failed: 503 when the shared state is out
         of reach (the client may retry), 500 for everything else."""
+        self.metrics.failed(route, exc)
         if isinstance(exc, StateUnavailable):
-            log.warning("request %s: shared state unavailable: %s; 503", req["id"], exc)
+            log.warning("request %s: shared state unavailable: %s; 503", req["id"], exc,
+                        extra={"request_id": req["id"]})
+            self.metrics.record(route, 503, time.perf_counter() - began)
             return response(rid, 503, [["content-type", "text/plain; charset=utf-8"],
                                        ["retry-after", "1"]],
                             b"Service Unavailable: shared state unreachable\n")
         self._log_failure(req, exc)
+        self.metrics.record(route, 500, time.perf_counter() - began)
         return server_error(rid, req["id"])
 
     def _log_failure(self, req: dict[str, Any], exc: Exception) -> None:
+        extra = {"request_id": req["id"]}
         if isinstance(exc, BadResponse):
-            log.error("request %s: handler returned a bad response: %s", req["id"], exc)
+            log.error("request %s: handler returned a bad response: %s", req["id"], exc,
+                      extra=extra)
         elif isinstance(exc, StateError):
-            log.error("request %s: state operation refused: %s", req["id"], exc)
+            log.error("request %s: state operation refused: %s", req["id"], exc, extra=extra)
         else:
-            log.error("request %s: handler raised", req["id"], exc_info=exc)
+            log.error("request %s: handler raised", req["id"], exc_info=exc, extra=extra)
 
     # -- responses -------------------------------------------------------------
     def _emitted(self, batch: list[Outgoing]) -> None:
@@ -338,6 +364,7 @@ class Worker:
         number: int = env["conn"]
         key = f"{link.gateway_id}/{number}"
         kind = WS_KINDS[env["k"]]
+        self.ws_events[kind] = self.ws_events.get(kind, 0) + 1
         if kind == "ws.connect":
             self.ws_info[key] = connect_ws_info(env)
         info = self.ws_info.get(key)
@@ -463,6 +490,7 @@ class Worker:
             link.close()
         self.state.close()
         self.coordinator.close()
+        self.metrics_server.close()
         self.pool.shutdown(timeout=1.0)
 
 
@@ -473,12 +501,16 @@ def serve(config: WorkerConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id)
+        metrics = await worker.start_metrics()
+        if metrics:
+            worker.coordinator.info["metrics"] = metrics
         worker.start()
+        await worker.coordinator.wait_registered()
         realtime.install(worker)
         if not await worker.connected(timeout=5.0):
             log.warning("not yet registered with every gateway; serving as they answer")
         report_ready(config.ready_fd, {"role": "worker", "id": worker.id,
-                                       "handler": worker.adapter.kind})
+                                       "handler": worker.adapter.kind, "metrics": metrics})
         log.info("worker %s running %s (%s)", worker.id, config.handler, worker.adapter.kind)
         await stop.wait()
         await worker.stop()

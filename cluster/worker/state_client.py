@@ -51,6 +51,8 @@ class StateClient:
         self._snapshot_parts: list[list[Any]] = []
         self.synced = asyncio.Event()
         self.resyncs = 0
+        self.ops: dict[str, int] = {}  # operations sent, by kind (loop thread only)
+        self.failures = 0  # batches refused or unanswered
 
     # -- Backend, for cluster.state.SharedState ------------------------------------
     def read(self, key: str) -> Any:
@@ -85,8 +87,11 @@ class StateClient:
     def _send(self, ops: list[list[Any]]) -> Waiter:
         fut: Waiter = self.loop.create_future()
         if not self.link.connected:
+            self.failures += 1
             fut.set_exception(StateUnavailable("the coordinator is unreachable"))
             return fut
+        for op in ops:
+            self.ops[op[0]] = self.ops.get(op[0], 0) + 1
         self._rid += 1
         rid = self._rid
         self._waiting[rid] = fut
@@ -97,6 +102,7 @@ class StateClient:
     def _expire(self, rid: int) -> None:
         fut = self._waiting.pop(rid, None)
         if fut is not None and not fut.done():
+            self.failures += 1
             fut.set_exception(StateUnavailable(
                 f"the coordinator did not acknowledge within {self.timeout}s"))
 
@@ -114,6 +120,7 @@ class StateClient:
                 if fut is not None and not fut.done():
                     fut.set_result(list(msg.get("results") or []))
             elif fut is not None and not fut.done():
+                self.failures += 1
                 fut.set_exception(StateError(str(msg.get("error", "refused"))))
         elif kind == wire.SNAPSHOT:
             self._on_snapshot(msg)

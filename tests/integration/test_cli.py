@@ -73,7 +73,8 @@ def cluster_run(*args: str, env: dict[str, str] | None = None) -> Iterator[Runni
 
 
 def ports_of(banner: str) -> list[int]:
-    return [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", banner)]
+    # The gateways' URLs, not the discovery URL (http://127.0.0.1:N/targets).
+    return [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)(?![\d/])", banner)]
 
 
 def alive(pid: int) -> bool:

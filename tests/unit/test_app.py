@@ -80,3 +80,26 @@ def test_custom_not_found_and_route_map() -> None:
     rows = app.route_map()
     assert rows[0][:2] == ("GET,HEAD,PUT", "/items/<int:id>")
     assert rows[1][2].endswith("make_app.<locals>.delete")
+
+
+def test_include_serves_another_apps_routes_under_a_prefix() -> None:
+    inner = App()
+
+    @inner.route("/items/<int:n>", methods=["PUT"])
+    def put_item(req: dict[str, Any], n: int) -> str:
+        return "ok"
+
+    @inner.websocket("/live")
+    def live(req: dict[str, Any]) -> None:
+        return None
+
+    outer = App()
+    outer.include(inner, prefix="/api")
+    match = outer.match("PUT", "/api/items/3")
+    assert match.route is not None and match.route.view is put_item
+    assert match.params == {"n": 3}
+    assert outer.match("GET", "/api/items/3").allowed == {"PUT"}
+    assert outer.match("PUT", "/items/3").route is None
+    assert outer.match_ws("/api/live").route is not None
+    with pytest.raises(ValueError):
+        outer.include(inner, prefix="api/")

@@ -1,0 +1,78 @@
+"""The coordinator's Prometheus metrics and its service-discovery page.
+
+Prometheus is pointed at the coordinator only: `/targets` (Prometheus HTTP service
+discovery) lists every member that serves metrics, with its role, so workers
+started later are scraped without editing any file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from cluster.metrics import ReadAtScrape, new_registry, pump_metrics
+
+if TYPE_CHECKING:
+    from cluster.coordinator.server import Coordinator
+
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                 0.25, 0.5, 1.0)
+ROLES = ("gateway", "worker")
+
+
+class CoordinatorMetrics:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.target = ""  # our own metrics endpoint, once bound
+        self.registry = new_registry()
+        self.fsync = Histogram("cluster_state_fsync_duration_seconds",
+                               "Time of each fsync of the state log",
+                               buckets=FSYNC_BUCKETS, registry=self.registry)
+        self.registry.register(ReadAtScrape(self.read))
+
+    def read(self) -> Iterable[Any]:
+        coordinator = self.coordinator
+        # Not "role": discovery gives every target a `role` label already.
+        members = GaugeMetricFamily("cluster_coordinator_members",
+                                    "Live members of the cluster, by role",
+                                    labels=["member_role"])
+        counts = dict.fromkeys(ROLES, 0)
+        for member in coordinator.membership.members.values():
+            counts[member.role] = counts.get(member.role, 0) + 1
+        for role, count in sorted(counts.items()):
+            members.add_metric([role], count)
+        yield members
+        yield GaugeMetricFamily("cluster_coordinator_membership_sequence",
+                                "Changes to the membership since start",
+                                value=coordinator.membership.seq)
+        state = coordinator.state
+        if state is not None:
+            yield GaugeMetricFamily("cluster_state_keys", "Keys in the shared state",
+                                    value=len(state.store.data))
+            yield GaugeMetricFamily("cluster_state_sequence",
+                                    "Sequence number of the last committed state batch",
+                                    value=state.store.seq)
+            yield CounterMetricFamily("cluster_state_operations",
+                                      "State operations applied", value=state.ops_total)
+            yield GaugeMetricFamily("cluster_state_log_bytes",
+                                    "Size of the state log since the last snapshot",
+                                    value=state.wal.bytes if state.wal is not None else 0)
+        if coordinator.pump is not None:
+            yield from pump_metrics({"members": coordinator.pump})
+
+    def targets(self) -> tuple[bytes, str]:
+        """Prometheus HTTP service discovery: one target group per metrics endpoint."""
+        groups = []
+        if self.target:
+            groups.append({"targets": [self.target],
+                           "labels": {"role": "coordinator", "member": "coordinator"}})
+        for member in self.coordinator.membership.members.values():
+            endpoint = member.info.get("metrics")
+            if isinstance(endpoint, str) and endpoint:
+                groups.append({"targets": [endpoint],
+                               "labels": {"role": member.role, "member": member.id}})
+        return json.dumps(groups).encode(), "application/json"

@@ -1,0 +1,111 @@
+"""The gateway's Prometheus metrics, read from the counters its parts keep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from cluster.gateway.http_connection import ERROR_KINDS
+from cluster.metrics import ReadAtScrape, new_registry, pump_metrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from cluster.gateway.server import Gateway
+
+# End-to-end: from a request's last byte to its response's last byte, so it
+# includes the hop to the worker and the handler. Fine buckets below 10 ms.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GatewayMetrics:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.registry: CollectorRegistry = new_registry()
+        self.duration = Histogram(
+            "cluster_gateway_request_duration_seconds",
+            "HTTP requests from the last byte in to the last byte out, including the worker",
+            buckets=DURATION_BUCKETS, registry=self.registry)
+        self.registry.register(ReadAtScrape(self.read))
+
+    def read(self) -> Iterable[Any]:
+        gw = self.gateway
+        http, hub, dispatcher = gw.http, gw.hub, gw.dispatcher
+        pump = dispatcher.pump
+        conns = GaugeMetricFamily("cluster_gateway_connections",
+                                  "Open client connections by protocol",
+                                  labels=["protocol"])
+        conns.add_metric(["http"], len(http.connections))
+        conns.add_metric(["websocket"], len(hub.sessions))
+        yield conns
+
+        requests = CounterMetricFamily("cluster_gateway_requests",
+                                       "HTTP responses sent, by request method and status",
+                                       labels=["method", "status"])
+        for (method, status), count in sorted(http.responses.items()):
+            requests.add_metric([method, str(status)], count)
+        yield requests
+
+        errors = CounterMetricFamily("cluster_gateway_parse_errors",
+                                     "Requests refused before reaching a worker, by kind",
+                                     labels=["kind"])
+        for status, count in sorted(http.errors_by_status.items()):
+            errors.add_metric([ERROR_KINDS.get(status, str(status))], count)
+        yield errors
+
+        traffic = CounterMetricFamily("cluster_gateway_bytes",
+                                      "Bytes from and to clients (HTTP and WebSocket)",
+                                      labels=["direction"])
+        traffic.add_metric(["in"], http.bytes_in)
+        traffic.add_metric(["out"], http.bytes_out + hub.bytes_out)
+        yield traffic
+
+        yield _gauge("cluster_gateway_dispatch_inflight",
+                     "Requests sent to workers and not yet answered",
+                     len(dispatcher.pending))
+        yield _gauge("cluster_gateway_dispatch_queued",
+                     "Requests waiting for worker credit", len(dispatcher.waiting))
+        yield _gauge("cluster_gateway_deferred_requests",
+                     "Requests whose handler deferred them, waiting for reply()",
+                     len(dispatcher.deferred))
+        yield _gauge("cluster_gateway_workers", "Workers this gateway dispatches to",
+                     len(dispatcher.workers))
+        credit = GaugeMetricFamily("cluster_gateway_worker_credit",
+                                   "Requests each worker can still take from this gateway",
+                                   labels=["worker"])
+        for link in dispatcher.workers.values():
+            credit.add_metric([link.name], max(link.credit, 0))
+        yield credit
+        yield _counter("cluster_gateway_late_replies",
+                       "Worker replies that came after the client was answered (504)",
+                       dispatcher.late_replies)
+
+        messages = CounterMetricFamily("cluster_gateway_websocket_messages",
+                                       "WebSocket messages from and to clients",
+                                       labels=["direction"])
+        messages.add_metric(["in"], hub.messages_in)
+        messages.add_metric(["out"], hub.messages_out)
+        yield messages
+        yield _counter("cluster_gateway_broadcasts", "Broadcasts fanned out to local groups",
+                       hub.broadcasts)
+        yield _counter("cluster_gateway_websocket_slow_closes",
+                       "WebSocket clients closed with 1013 for reading too slowly",
+                       hub.slow_closes)
+        yield _counter("cluster_gateway_push_missing",
+                       "Pushes to connections that were already gone", hub.push_missing)
+        pumps = {"workers": pump} if pump is not None else {}
+        if gw.coordinator is not None and gw.coordinator.pump is not None:
+            pumps["coordinator"] = gw.coordinator.pump
+        yield from pump_metrics(pumps)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

@@ -1,0 +1,98 @@
+"""The worker's Prometheus metrics.
+
+Handler outcomes are recorded from the handler's own thread (sync handlers run in
+a pool), so they go through prometheus-client's locked counters; the label
+children are cached, so a request costs a dict lookup and two locked updates.
+Everything else is read from the runtime when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from cluster.metrics import ReadAtScrape, new_registry, pump_metrics
+
+if TYPE_CHECKING:
+    from cluster.worker.runtime import Worker
+
+HANDLER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class WorkerMetrics:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.registry = new_registry()
+        self.handled = Counter("cluster_worker_requests", "Requests handled, by route and status",
+                               ["route", "status"], registry=self.registry)
+        self.duration = Histogram("cluster_worker_handler_duration_seconds",
+                                  "Time in the handler, by route (state writes included)",
+                                  ["route"], buckets=HANDLER_BUCKETS, registry=self.registry)
+        self.exceptions = Counter("cluster_worker_exceptions",
+                                  "Exceptions raised by handlers, by route and type",
+                                  ["route", "type"], registry=self.registry)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self.registry.register(ReadAtScrape(self.read))
+
+    def record(self, route: str, status: int | str, seconds: float) -> None:
+        key = (route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            with self._lock:
+                children = (self.handled.labels(route, key[1]), self.duration.labels(route))
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def failed(self, route: str, exc: BaseException) -> None:
+        self.exceptions.labels(route, type(exc).__name__).inc()
+
+    def read(self) -> Iterable[Any]:
+        worker = self.worker
+        yield GaugeMetricFamily("cluster_worker_running",
+                                "Requests being handled now", value=worker.running)
+        yield GaugeMetricFamily("cluster_worker_backlog",
+                                "Requests received beyond --concurrency, waiting here",
+                                value=len(worker.backlog))
+        credit = GaugeMetricFamily("cluster_worker_credit",
+                                   "Credit granted to each gateway (requests it may send)",
+                                   labels=["gateway"])
+        for gateway_id, link in sorted(worker.links.items()):
+            if link.welcomed:
+                credit.add_metric([gateway_id], 0 if worker.stopping
+                                  else worker.config.concurrency)
+        yield credit
+        yield GaugeMetricFamily("cluster_worker_gateways", "Gateways this worker serves",
+                                value=sum(1 for link in worker.links.values()
+                                          if link.welcomed))
+        events = CounterMetricFamily("cluster_worker_websocket_events",
+                                     "WebSocket events handled, by type", labels=["type"])
+        for kind, count in sorted(worker.ws_events.items()):
+            events.add_metric([kind], count)
+        yield events
+        state = worker.state
+        ops = CounterMetricFamily("cluster_worker_state_operations",
+                                  "Shared-state operations sent to the coordinator, by kind",
+                                  labels=["op"])
+        for op, count in sorted(state.ops.items()):
+            ops.add_metric([op], count)
+        yield ops
+        yield CounterMetricFamily("cluster_worker_state_failures",
+                                  "State batches refused or unanswered", value=state.failures)
+        yield GaugeMetricFamily("cluster_worker_state_sequence",
+                                "Sequence number the state replica has applied",
+                                value=state.replica.seq)
+        yield CounterMetricFamily("cluster_worker_state_resyncs",
+                                  "Times the replica took a fresh snapshot",
+                                  value=state.resyncs)
+        pumps = {gateway_id: link.pump for gateway_id, link in worker.links.items()
+                 if link.pump is not None}
+        if worker.coordinator.pump is not None:
+            pumps["coordinator"] = worker.coordinator.pump
+        yield from pump_metrics(pumps)
