@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HANDLER ?= examples.hello:fun
 PORT    ?= 8000
 
-.PHONY: run test lint typecheck unit integration conformance bench clean
+.PHONY: run test lint typecheck unit integration conformance bench loadtest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench.http
 	$(BIN)/python -m loadtests.bench.state
 	$(BIN)/python -m loadtests.bench.broadcast
+
+## make loadtest: locust (HTTP and WebSocket users) against `cluster run` on the demo
+## app, headless and bounded; HTML and CSV reports in reports/
+LOAD_SECONDS ?= 30
+LOAD_USERS ?= 40
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests.run_locust --seconds $(LOAD_SECONDS) --users $(LOAD_USERS) \
+	  --out reports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
