@@ -2,9 +2,9 @@
 
 Each role builds its metrics on its own `CollectorRegistry` (see the role's
 `metrics` module), so several roles can live in one test process without sharing
-a global. Hot paths count in plain integers on the objects they already own; the
-role's collector reads them when Prometheus scrapes, so a request pays one integer
-increment, not a lock. Only latency histograms are observed as they happen.
+a global. Hot paths count in plain integers on the objects they already own, and
+latencies in a `ShardedHistogram`; the role's collector reads them when Prometheus
+scrapes, so a request pays a few list updates, never a lock.
 
 The endpoint is a small HTTP/1.1 server on the loop (httptools parses): GET or
 HEAD on a path it knows, anything else answered and counted, never a handler's
@@ -14,8 +14,10 @@ data. The coordinator adds its service-discovery path to the same server.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,7 +30,7 @@ from prometheus_client import (
     CollectorRegistry,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("cluster.metrics")
@@ -71,6 +73,79 @@ class ReadAtScrape(Collector):
 
     def collect(self) -> Iterable[Any]:
         return list(self.read())
+
+
+class ShardedHistogram:
+    """Observations by label key, counted per thread and merged when scraped.
+
+    prometheus-client's Histogram takes a lock per bucket and walks the buckets in
+    Python: measured, it cost the worker and gateway 15% of their request rate.
+    Here each thread owns its shard (no lock: only its owner writes it), an
+    observation is a C bisect and two list updates, and a scrape adds the shards.
+    Each key's row is [count per bucket..., count above the last bucket, sum]."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = list(buckets)
+        self._local = threading.local()
+        self._shards: list[dict[tuple[Any, ...], list[float]]] = []
+        self._lock = threading.Lock()  # only for adding a thread's shard
+
+    def observe(self, key: tuple[Any, ...], value: float) -> None:
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._local.shard = {}
+            with self._lock:
+                self._shards.append(shard)
+        row = shard.get(key)
+        if row is None:
+            row = shard[key] = [0.0] * (len(self.bounds) + 2)
+        row[bisect.bisect_left(self.bounds, value)] += 1
+        row[-1] += value
+
+    def rows(self) -> dict[tuple[Any, ...], list[float]]:
+        """Every key's row, summed over the threads."""
+        with self._lock:
+            shards = list(self._shards)
+        merged: dict[tuple[Any, ...], list[float]] = {}
+        for shard in shards:
+            for key, row in list(shard.items()):  # a copy: its owner may add a key
+                total = merged.get(key)
+                if total is None:
+                    merged[key] = list(row)
+                else:
+                    for i, value in enumerate(row):
+                        total[i] += value
+        return merged
+
+    def family(self, name: str, doc: str, labels: list[str],
+               rows: dict[tuple[Any, ...], list[float]]) -> HistogramMetricFamily:
+        """A histogram family of `rows` (already merged to `labels`' keys)."""
+        family = HistogramMetricFamily(name, doc, labels=labels)
+        for key, row in sorted(rows.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip([*self.bounds, float("inf")], row[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(float(bound)),
+                                cumulative))
+            family.add_metric(list(key), buckets, sum_value=row[-1])
+        return family
+
+
+def merge_rows(rows: dict[tuple[Any, ...], list[float]],
+               keep: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+               ) -> dict[tuple[Any, ...], list[float]]:
+    """Rows re-keyed by `keep(key)`, summed: a histogram over fewer labels."""
+    out: dict[tuple[Any, ...], list[float]] = {}
+    for key, row in rows.items():
+        new = keep(key)
+        total = out.get(new)
+        if total is None:
+            out[new] = list(row)
+        else:
+            for i, value in enumerate(row):
+                total[i] += value
+    return out
 
 
 def pump_metrics(pumps: dict[str, Any]) -> Iterable[Any]:

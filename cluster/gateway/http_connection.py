@@ -33,9 +33,15 @@ from cluster.gateway.http_core import (
 )
 from cluster.gateway.ws_core import WebSocketCore, WsOptions, is_websocket_upgrade
 from cluster.gateway.ws_hub import Session, WebSocketHub
+from cluster.metrics import ShardedHistogram
 
 log = logging.getLogger("cluster.gateway.http")
 
+
+# End to end: from a request's last byte to its response's last byte, so it includes
+# the hop to the worker and the handler. Fine buckets below 10 ms.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # Parse errors by the status they are answered with, as the metrics name them.
 ERROR_KINDS = {400: "bad_request", 408: "header_timeout", 413: "body_too_large",
@@ -48,8 +54,7 @@ class ConnectionContext:
     def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
                  header_timeout: float, keepalive_timeout: float, max_pipeline: int,
                  ws_options: WsOptions, hub: WebSocketHub | None = None, *,
-                 gateway_id: str = "", access_log: bool = False,
-                 observe: Callable[[float], None] | None = None) -> None:
+                 gateway_id: str = "", access_log: bool = False) -> None:
         self.limits = limits
         self.ws_options = ws_options
         self.hub = hub
@@ -63,16 +68,13 @@ class ConnectionContext:
         self.errors_by_status: dict[int, int] = {}
         self.gateway_id = gateway_id
         self.access_log = access_log
-        self.observe = observe  # end-to-end seconds of each finished response
-        self.responses: dict[tuple[str, int], int] = {}  # (method, status) -> count
+        # End-to-end seconds of each finished response, by (method, status).
+        self.latency = ShardedHistogram(DURATION_BUCKETS)
         self.bytes_in = 0
         self.bytes_out = 0
 
     def finished(self, ex: Exchange, now: float) -> None:
-        key = (ex.method, ex.status)
-        self.responses[key] = self.responses.get(key, 0) + 1
-        if self.observe is not None:
-            self.observe(now - ex.began)
+        self.latency.observe((ex.method, ex.status), now - ex.began)
         if self.access_log:
             log.info("%s %s %d %.1fms", ex.method, ex.envelope.get("target", "-"), ex.status,
                      (now - ex.began) * 1000,

@@ -5,31 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cluster.gateway.http_connection import ERROR_KINDS
-from cluster.metrics import ReadAtScrape, new_registry, pump_metrics
+from cluster.metrics import ReadAtScrape, merge_rows, new_registry, pump_metrics
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from cluster.gateway.server import Gateway
 
-# End-to-end: from a request's last byte to its response's last byte, so it
-# includes the hop to the worker and the handler. Fine buckets below 10 ms.
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
 class GatewayMetrics:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.registry: CollectorRegistry = new_registry()
-        self.duration = Histogram(
-            "cluster_gateway_request_duration_seconds",
-            "HTTP requests from the last byte in to the last byte out, including the worker",
-            buckets=DURATION_BUCKETS, registry=self.registry)
         self.registry.register(ReadAtScrape(self.read))
 
     def read(self) -> Iterable[Any]:
@@ -43,12 +32,17 @@ class GatewayMetrics:
         conns.add_metric(["websocket"], len(hub.sessions))
         yield conns
 
+        rows = http.latency.rows()
         requests = CounterMetricFamily("cluster_gateway_requests",
                                        "HTTP responses sent, by request method and status",
                                        labels=["method", "status"])
-        for (method, status), count in sorted(http.responses.items()):
-            requests.add_metric([method, str(status)], count)
+        for (method, status), row in sorted(rows.items()):
+            requests.add_metric([method, str(status)], sum(row[:-1]))
         yield requests
+        yield http.latency.family(
+            "cluster_gateway_request_duration_seconds",
+            "HTTP requests from the last byte in to the last byte out, including the worker",
+            [], merge_rows(rows, lambda _key: ()))
 
         errors = CounterMetricFamily("cluster_gateway_parse_errors",
                                      "Requests refused before reaching a worker, by kind",

@@ -56,8 +56,7 @@ class Gateway:
         self.http = ConnectionContext(limits, submit, config.header_timeout,
                                       config.keepalive_timeout, config.max_pipeline,
                                       ws_options, self.hub, gateway_id=self.id,
-                                      access_log=config.access_log,
-                                      observe=self.metrics.duration.observe)
+                                      access_log=config.access_log)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
         self._update_date()
         self.server: asyncio.AbstractServer | None = None
@@ -91,7 +90,8 @@ class Gateway:
         self.coordinator = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
                                            lambda _members: None)
         self.coordinator.start(self.loop)
-        await self.coordinator.wait_registered()
+        if not config.local_reply:  # the benchmark's no-hop mode needs no cluster
+            await self.coordinator.wait_registered()
         self._tasks = [self.loop.create_task(self._sweep()),
                        self.loop.create_task(self._heartbeat())]
         log.info("gateway %s: http on %s:%d, workers connect to %s",

@@ -1,21 +1,19 @@
 """The worker's Prometheus metrics.
 
 Handler outcomes are recorded from the handler's own thread (sync handlers run in
-a pool), so they go through prometheus-client's locked counters; the label
-children are cached, so a request costs a dict lookup and two locked updates.
-Everything else is read from the runtime when Prometheus scrapes.
+a pool) into a ShardedHistogram: per-thread rows, no lock. Everything else is
+read from the runtime when Prometheus scrapes.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from cluster.metrics import ReadAtScrape, new_registry, pump_metrics
+from cluster.metrics import ReadAtScrape, ShardedHistogram, merge_rows, new_registry, pump_metrics
 
 if TYPE_CHECKING:
     from cluster.worker.runtime import Worker
@@ -28,33 +26,32 @@ class WorkerMetrics:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.registry = new_registry()
-        self.handled = Counter("cluster_worker_requests", "Requests handled, by route and status",
-                               ["route", "status"], registry=self.registry)
-        self.duration = Histogram("cluster_worker_handler_duration_seconds",
-                                  "Time in the handler, by route (state writes included)",
-                                  ["route"], buckets=HANDLER_BUCKETS, registry=self.registry)
+        # Outcomes by (route, status): the request counter and, summed over status,
+        # the handler latency histogram.
+        self.latency = ShardedHistogram(HANDLER_BUCKETS)
         self.exceptions = Counter("cluster_worker_exceptions",
                                   "Exceptions raised by handlers, by route and type",
                                   ["route", "type"], registry=self.registry)
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._lock = threading.Lock()
         self.registry.register(ReadAtScrape(self.read))
 
     def record(self, route: str, status: int | str, seconds: float) -> None:
-        key = (route, str(status))
-        children = self._children.get(key)
-        if children is None:
-            with self._lock:
-                children = (self.handled.labels(route, key[1]), self.duration.labels(route))
-                self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.latency.observe((route, status), seconds)
 
     def failed(self, route: str, exc: BaseException) -> None:
         self.exceptions.labels(route, type(exc).__name__).inc()
 
     def read(self) -> Iterable[Any]:
         worker = self.worker
+        rows = self.latency.rows()
+        handled = CounterMetricFamily("cluster_worker_requests",
+                                      "Requests handled, by route and status",
+                                      labels=["route", "status"])
+        for (route, status), row in sorted(rows.items(), key=str):
+            handled.add_metric([route, str(status)], sum(row[:-1]))
+        yield handled
+        yield self.latency.family("cluster_worker_handler_duration_seconds",
+                                  "Time in the handler, by route (state writes included)",
+                                  ["route"], merge_rows(rows, lambda key: key[:1]))
         yield GaugeMetricFamily("cluster_worker_running",
                                 "Requests being handled now", value=worker.running)
         yield GaugeMetricFamily("cluster_worker_backlog",
