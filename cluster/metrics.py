@@ -90,13 +90,21 @@ class ShardedHistogram:
         self._shards: list[dict[tuple[Any, ...], list[float]]] = []
         self._lock = threading.Lock()  # only for adding a thread's shard
 
-    def observe(self, key: tuple[Any, ...], value: float) -> None:
+    def shard(self) -> dict[tuple[Any, ...], list[float]]:
+        """The calling thread's rows (a single-threaded caller may keep it)."""
         try:
-            shard = self._local.shard
+            shard: dict[tuple[Any, ...], list[float]] = self._local.shard
         except AttributeError:
             shard = self._local.shard = {}
             with self._lock:
                 self._shards.append(shard)
+        return shard
+
+    def observe(self, key: tuple[Any, ...], value: float) -> None:
+        self.observe_in(self.shard(), key, value)
+
+    def observe_in(self, shard: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...],
+                   value: float) -> None:
         row = shard.get(key)
         if row is None:
             row = shard[key] = [0.0] * (len(self.bounds) + 2)

@@ -68,13 +68,15 @@ class ConnectionContext:
         self.errors_by_status: dict[int, int] = {}
         self.gateway_id = gateway_id
         self.access_log = access_log
-        # End-to-end seconds of each finished response, by (method, status).
+        # End-to-end seconds of each finished response, by (method, status); every
+        # connection runs on the loop's thread, so one shard of rows serves them all.
         self.latency = ShardedHistogram(DURATION_BUCKETS)
+        self._rows = self.latency.shard()
         self.bytes_in = 0
         self.bytes_out = 0
 
     def finished(self, ex: Exchange, now: float) -> None:
-        self.latency.observe((ex.method, ex.status), now - ex.began)
+        self.latency.observe_in(self._rows, (ex.method, ex.status), now - ex.began)
         if self.access_log:
             log.info("%s %s %d %.1fms", ex.method, ex.envelope.get("target", "-"), ex.status,
                      (now - ex.began) * 1000,
@@ -136,7 +138,7 @@ class HttpConnection(asyncio.Protocol):
             self.request_began = now
         for event in core.receive_data(data):
             if type(event) is Request:
-                self._on_request(event)
+                self._on_request(event, now)
             elif type(event) is ContinueExpected:
                 # Only when nothing is ahead of it, or 100 would split a response.
                 if not self.exchanges and self.transport is not None:
@@ -151,7 +153,7 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._close()
 
-    def _on_request(self, request: Request) -> None:
+    def _on_request(self, request: Request, now: float) -> None:
         if self.closing:
             return
         if request.upgrade and is_websocket_upgrade(request):
@@ -163,7 +165,7 @@ class HttpConnection(asyncio.Protocol):
             body=request.body, addr=self.addr)
         keep_alive = request.keep_alive and not request.upgrade
         ex = Exchange(env, request.method, request.version, keep_alive, self)
-        ex.began = self.loop.time()
+        ex.began = now
         if not keep_alive:
             self.closing = True  # nothing after this request will be read
         self.exchanges.append(ex)
@@ -309,9 +311,11 @@ class HttpConnection(asyncio.Protocol):
         if not more and ex.chunked and not ex.head_only:
             out += LAST_CHUNK
         if out:
-            self._write(out)
+            self.ctx.bytes_out += len(out)
+            transport.write(out)
         if not more:
-            self._done(ex)
+            ex.done = True
+            self.ctx.finished(ex, self.loop.time())
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
