@@ -36,6 +36,7 @@ HELLO = "hello"  # worker -> gateway: I am here with this much credit
 WELCOME = "welcome"  # gateway -> worker: hello accepted
 REQUEST = "req"  # gateway -> worker: one request to handle
 RESPONSE = "res"  # worker -> gateway: a response, whole or one part of a stream
+GONE = "gone"  # gateway -> worker: the client of this request closed its connection
 
 # Shared state (Clone pattern): requests on the coordinator link, updates on its PUB
 STATE_OP = "sop"  # worker -> coordinator: a batch of operations, applied atomically
@@ -87,6 +88,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "addr": _LIST,
     },
     RESPONSE: {"id": _INT, "more": _BOOL},
+    GONE: {"id": _INT},
     STATE_OP: {"id": _STR, "rid": _INT, "ops": _LIST},
     STATE_ACK: {"rid": _INT, "ok": _BOOL},
     SNAPSHOT_REQUEST: {"id": _STR, "rid": _INT},

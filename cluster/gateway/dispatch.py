@@ -82,6 +82,12 @@ class Dispatcher:
             ex.deadline = self.loop.time() + self.request_timeout
             self.waiting.append(ex)
 
+    def client_gone(self, ex: Exchange) -> None:
+        """The client of a request at a worker went away: tell the worker (an ASGI
+        app gets http.disconnect). Its answer still comes, and returns the credit."""
+        if ex.worker is not None and self.pending.get(ex.id) is ex:
+            self._post(ex.worker, wire.envelope(wire.GONE, id=ex.id))
+
     def live_workers(self) -> list[tuple[bytes, str]]:
         return [(link.ident, link.name) for link in self._links]
 

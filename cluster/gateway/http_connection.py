@@ -54,7 +54,8 @@ class ConnectionContext:
     def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
                  header_timeout: float, keepalive_timeout: float, max_pipeline: int,
                  ws_options: WsOptions, hub: WebSocketHub | None = None, *,
-                 gateway_id: str = "", access_log: bool = False) -> None:
+                 gateway_id: str = "", access_log: bool = False,
+                 client_gone: Callable[[Exchange], None] | None = None) -> None:
         self.limits = limits
         self.ws_options = ws_options
         self.hub = hub
@@ -68,6 +69,7 @@ class ConnectionContext:
         self.errors_by_status: dict[int, int] = {}
         self.gateway_id = gateway_id
         self.access_log = access_log
+        self.client_gone = client_gone  # a request's client left before its answer
         # End-to-end seconds of each finished response, by (method, status); every
         # connection runs on the loop's thread, so one shard of rows serves them all.
         self.latency = ShardedHistogram(DURATION_BUCKETS)
@@ -115,6 +117,10 @@ class HttpConnection(asyncio.Protocol):
             self.ctx.hub.connection_lost(self.ws)
         self.closed = True
         self.ctx.connections.discard(self)
+        if self.ctx.client_gone is not None:
+            for ex in self.exchanges:
+                if not ex.done and ex.worker is not None:
+                    self.ctx.client_gone(ex)
         self.exchanges.clear()
 
     def pause_writing(self) -> None:

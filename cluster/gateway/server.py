@@ -56,7 +56,8 @@ class Gateway:
         self.http = ConnectionContext(limits, submit, config.header_timeout,
                                       config.keepalive_timeout, config.max_pipeline,
                                       ws_options, self.hub, gateway_id=self.id,
-                                      access_log=config.access_log)
+                                      access_log=config.access_log,
+                                      client_gone=self.dispatcher.client_gone)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
         self._update_date()
         self.server: asyncio.AbstractServer | None = None

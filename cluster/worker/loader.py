@@ -1,4 +1,5 @@
-"""Load `--handler pkg.module:object` and wrap it in the adapter for its kind."""
+"""Load `--handler pkg.module:object` and wrap it in the adapter for its kind: an
+App, a function `(req, state)`, or an ASGI 3 application `(scope, receive, send)`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cluster.app import App
 from cluster.errors import HandlerLoadError
 from cluster.state import Backend
 from cluster.worker.adapters import Adapter, AppHandler, FunctionHandler
+from cluster.worker.asgi import ASGIHandler, is_asgi_app
 
 
 def import_object(spec: str) -> Any:
@@ -45,7 +47,8 @@ def positional_count(fn: Any) -> int | None:
 
 
 def load_handler(spec: str) -> App | Callable[..., Any]:
-    """Import and check `spec`: an App or a `fun(req, state)`; HandlerLoadError if not."""
+    """Import and check `spec`: an App, a `fun(req, state)` or an ASGI app;
+    HandlerLoadError if not."""
     obj = import_object(spec)
     if isinstance(obj, App):
         return obj
@@ -53,15 +56,21 @@ def load_handler(spec: str) -> App | Callable[..., Any]:
         count = positional_count(obj)
         if count == 2:
             return obj  # type: ignore[no-any-return]
+        if is_asgi_app(obj, count):
+            return obj  # type: ignore[no-any-return]
         if count == 3:
             raise HandlerLoadError(
-                f"{spec} looks like an ASGI application; ASGI support is not built yet")
+                f"{spec} takes 3 arguments but is not a coroutine function: an ASGI 3 "
+                "application is async def app(scope, receive, send)")
         raise HandlerLoadError(
             f"{spec} takes {count} positional arguments; a handler takes (req, state)")
     raise HandlerLoadError(f"{spec} is a {type(obj).__name__}, not an App or a function")
 
 
-def make_adapter(handler: App | Callable[..., Any], backend: Backend) -> Adapter:
+def make_adapter(handler: App | Callable[..., Any], backend: Backend
+                 ) -> Adapter | ASGIHandler:
     if isinstance(handler, App):
         return AppHandler(handler, backend)
+    if is_asgi_app(handler, positional_count(handler)):
+        return ASGIHandler(handler, backend)
     return FunctionHandler(handler, backend)

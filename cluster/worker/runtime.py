@@ -32,11 +32,20 @@ import zmq
 from cluster import realtime, wire
 from cluster.app import App
 from cluster.config import WorkerConfig
+from cluster.errors import HandlerLoadError
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
-from cluster.state import StateError, StateUnavailable
+from cluster.state import SharedState, StateError, StateUnavailable
 from cluster.worker.adapters import Invocation, settle
+from cluster.worker.asgi import (
+    ASGIHandler,
+    HttpExchange,
+    LifespanError,
+    WebSocketSession,
+    commit_view,
+    run_http,
+)
 from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.messages import (
     BadResponse,
@@ -56,6 +65,8 @@ from cluster.zmqio import Pump
 log = logging.getLogger("cluster.worker")
 
 Outgoing = tuple["GatewayLink", dict[str, Any]]
+
+ASGI_ROUTE = "*"  # an ASGI app routes by itself: the worker sees no route patterns
 
 WS_KINDS = {wire.WS_OPEN: "ws.connect", wire.WS_MESSAGE: "ws.message",
             wire.WS_CLOSED: "ws.close"}
@@ -97,6 +108,8 @@ class GatewayLink:
                 self.worker.accept(self, msg)
             elif kind in WS_KINDS:
                 self.worker.ws_event(self, msg)
+            elif kind == wire.GONE:
+                self.worker.client_gone(self, msg["id"])
             elif kind == wire.WS_QUERY_REPLY:
                 self.worker.on_query_reply(self.gateway_id, msg)
             elif kind == wire.WELCOME:
@@ -156,6 +169,8 @@ class Worker:
         self._query_rid = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.ws_events: dict[str, int] = {}  # counted on the loop thread
+        self.asgi_http: dict[tuple[str, int], HttpExchange] = {}  # running ASGI requests
+        self.asgi_ws: dict[str, WebSocketSession] = {}  # running ASGI connections
         self.metrics = WorkerMetrics(self)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
 
@@ -227,6 +242,9 @@ class Worker:
         rid: int = env["id"]
         try:
             req = build_request(env, link.gateway_id)
+            if isinstance(self.adapter, ASGIHandler):
+                self.loop.create_task(self._run_asgi(self.adapter, link, rid, req))
+                return
             inv = self.adapter.prepare(req)
         except Exception:
             log.exception("request %s/%s could not be prepared", link.gateway_id, rid)
@@ -310,6 +328,28 @@ class Worker:
             return
         self._send(link, stream.end())
 
+    async def _run_asgi(self, adapter: ASGIHandler, link: GatewayLink, rid: int,
+                        req: dict[str, Any]) -> None:
+        began = time.perf_counter()
+        scope, view = adapter.http_scope(req)
+        exchange = HttpExchange(rid, req["id"], req["body"], partial(self._send, link))
+        key = (link.gateway_id, rid)
+        self.asgi_http[key] = exchange
+        try:
+            status = await run_http(adapter.app, scope, exchange)
+            await commit_view(view, self.state.acall)
+        except StateError as exc:  # StateUnavailable too: the answer is already out
+            log.error("request %s: the app's state writes were not committed: %s",
+                      req["id"], exc, extra={"request_id": req["id"]})
+        finally:
+            self.asgi_http.pop(key, None)
+        self.metrics.record(ASGI_ROUTE, status, time.perf_counter() - began)
+
+    def client_gone(self, link: GatewayLink, rid: int) -> None:
+        exchange = self.asgi_http.get((link.gateway_id, rid))
+        if exchange is not None:
+            exchange.client_gone()
+
     def _failure(self, rid: int, req: dict[str, Any], exc: Exception, route: str,
                  began: float) -> dict[str, Any]:
         """The response for a handler that failed: 503 when the shared state is out
@@ -357,7 +397,47 @@ class Worker:
 
     # -- WebSocket -------------------------------------------------------------
     def ws_event(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        if isinstance(self.adapter, ASGIHandler):
+            self._asgi_ws_event(self.adapter, link, env)
+            return
         self.ws_queues.submit(f"{link.gateway_id}/{env['conn']}", (link, env))
+
+    def _asgi_ws_event(self, adapter: ASGIHandler, link: GatewayLink,
+                       env: dict[str, Any]) -> None:
+        """An ASGI app runs once per connection; its events feed that run, in order."""
+        number: int = env["conn"]
+        key = f"{link.gateway_id}/{number}"
+        kind = WS_KINDS[env["k"]]
+        self.ws_events[kind] = self.ws_events.get(kind, 0) + 1
+        if kind == "ws.connect":
+            req = build_ws_request(kind, key, connect_ws_info(env), env)
+            scope, view = adapter.websocket_scope(req, env["headers"])
+
+            def act(action: list[Any]) -> None:
+                link.post(wire.envelope(wire.WS_ACTIONS, actions=[action]))
+            started = WebSocketSession(number, key, act)
+            self.asgi_ws[key] = started
+            self.loop.create_task(self._run_asgi_ws(adapter, key, started, scope, view))
+            return
+        session = self.asgi_ws.get(key)
+        if session is None:
+            return  # the app's run is over; the gateway learns of it from the close
+        if kind == "ws.message":
+            text, data = env.get("text"), env.get("bytes")
+            session.message(text if isinstance(text, str) else None,
+                            data if isinstance(data, bytes) else None)
+        else:
+            session.closed(env["code"], env["reason"])
+
+    async def _run_asgi_ws(self, adapter: ASGIHandler, key: str, session: WebSocketSession,
+                           scope: dict[str, Any], view: SharedState) -> None:
+        try:
+            await session.run(adapter.app, scope)
+            await commit_view(view, self.state.acall)
+        except StateError as exc:
+            log.error("WebSocket %s: the app's state writes were not committed: %s", key, exc)
+        finally:
+            self.asgi_ws.pop(key, None)
 
     async def _run_ws(self, item: tuple[GatewayLink, dict[str, Any]]) -> None:
         link, env = item
@@ -371,6 +451,7 @@ class Worker:
         if info is None:
             return  # an event after the close of a connection we never accepted
         req = build_ws_request(kind, key, info, env)
+        assert not isinstance(self.adapter, ASGIHandler)  # ws_event sent those elsewhere
         try:
             inv = self.adapter.prepare_ws(req)
             if inv.is_async:
@@ -484,6 +565,8 @@ class Worker:
         deadline = self.loop.time() + 10.0
         while (self.running or self.backlog) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # poll: bounded by the grace period
+        if isinstance(self.adapter, ASGIHandler):
+            await self.adapter.lifespan.shutdown()
         for task in self._tasks:
             task.cancel()
         for link in self.links.values():
@@ -501,6 +584,12 @@ def serve(config: WorkerConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id)
+        if isinstance(worker.adapter, ASGIHandler):
+            try:  # before any request can come: startup is the app's to finish first
+                await worker.adapter.lifespan.startup()
+            except LifespanError as exc:
+                ctx.destroy(linger=0)
+                raise HandlerLoadError(str(exc)) from None
         metrics = await worker.start_metrics()
         if metrics:
             worker.coordinator.info["metrics"] = metrics

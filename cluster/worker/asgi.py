@@ -1,0 +1,406 @@
+"""ASGI 3 applications in a worker: HTTP, WebSocket and lifespan (seed "ASGI").
+
+Theory of operation
+-------------------
+The gateway has already parsed the request; the worker builds the ASGI scope
+from the request envelope and runs `app(scope, receive, send)` on its loop.
+
+HTTP: `receive()` gives the whole body as one `http.request` (the gateway reads a
+body completely, up to --max-body, before dispatching), then waits for
+`http.disconnect`, which comes when the gateway reports the client gone (GONE) or
+once the response is complete. `send()` is checked against the order the spec
+requires; a response goes to the gateway whole, or as a stream when the app sends
+`more_body`. A message out of order raises `ASGIError` in the app, is logged
+naming the mistake, and the client gets 500 (or the connection is cut, if part of
+the response was already sent).
+
+WebSocket: each connection runs the app once, in its own task, fed the
+connection's events in order from a queue. `websocket.accept`, `send` and `close`
+become the gateway actions every other handler uses; `websocket.close` or an
+`websocket.http.response` before accepting refuses the handshake (403, or the
+app's status and body). An app that fails closes the connection with 1011.
+
+Lifespan: `startup` once when the worker starts (before it takes requests) and
+`shutdown` when it stops; an app that does not speak lifespan (raises on the
+scope) is run without. `scope["state"]` is a shallow copy, per request, of the
+state lifespan filled in.
+
+The cluster's own features are reachable from inside an app: `push`, `broadcast`,
+`join`, ... are module functions (`from cluster import push`), and
+`scope["extensions"]["cluster"]` holds `state` (the shared state, as a handler's
+view: use the `a*` operations, which commit at once; plain writes commit when the
+app returns) and, for WebSocket, `conn` (this connection's id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cluster.state import Backend, SharedState
+from cluster.worker.messages import StreamEnvelopes, aborted, response, server_error
+
+log = logging.getLogger("cluster.worker.asgi")
+
+ASGI = {"version": "3.0", "spec_version": "2.4"}
+Message = dict[str, Any]
+Emit = Callable[[dict[str, Any]], None]  # an envelope to the gateway
+Act = Callable[[list[Any]], None]  # a WebSocket action to the gateway
+
+
+class ASGIError(Exception):
+    """The application sent a message the ASGI spec does not allow at that point."""
+
+
+class ClientDisconnected(OSError):
+    """Raised in the app by send() after the client has gone (as the spec asks)."""
+
+
+def is_asgi_app(obj: Any, positional: int | None) -> bool:
+    """An ASGI 3 app: a coroutine function of (scope, receive, send), or an object
+    whose __call__ is one."""
+    if positional != 3:
+        return False
+    call = obj if inspect.isfunction(obj) or inspect.ismethod(obj) else \
+        getattr(obj, "__call__", None)  # noqa: B004 (an instance's async __call__)
+    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(obj)
+
+
+def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
+    return [(str(n).lower().encode("latin-1"), str(v).encode("latin-1"))
+            for n, v in raw if isinstance(n, str)]
+
+
+def _str_headers(raw: Any) -> list[list[str]]:
+    """ASGI (bytes, bytes) headers as the gateway's [str, str] pairs."""
+    try:
+        return [[bytes(n).decode("latin-1"), bytes(v).decode("latin-1")] for n, v in raw]
+    except (TypeError, ValueError):
+        raise ASGIError("headers must be an iterable of [bytes, bytes] pairs") from None
+
+
+def _scope_base(req: dict[str, Any], raw_headers: Any, kind: str, scheme: str,
+                state: dict[str, Any], extensions: dict[str, Any]) -> dict[str, Any]:
+    raw_path = req["target"].partition("?")[0]
+    return {
+        "type": kind,
+        "asgi": ASGI,
+        "http_version": "1.1",
+        "scheme": scheme,
+        "path": req["path"],
+        "raw_path": raw_path.encode("latin-1", "replace"),
+        "query_string": req["query_string"].encode("latin-1", "replace"),
+        "root_path": "",
+        "headers": _headers(raw_headers),
+        "client": [req["addr"][0], req["addr"][1]] if req["addr"][0] else None,
+        "server": None,
+        "state": dict(state),
+        "extensions": {"cluster": extensions},
+    }
+
+
+class ASGIHandler:
+    kind = "asgi"
+
+    def __init__(self, app: Any, backend: Backend) -> None:
+        self.app = app
+        self.backend = backend
+        self.state: dict[str, Any] = {}  # what lifespan startup stored
+        self.lifespan = Lifespan(app, self.state)
+
+    def http_scope(self, req: dict[str, Any]) -> tuple[dict[str, Any], SharedState]:
+        view = SharedState(self.backend)
+        scope = _scope_base(req, req["raw_headers"], "http", "http", self.state,
+                            {"state": view, "request_id": req["id"]})
+        scope["method"] = req["method"]
+        scope["http_version"] = req["version"].removeprefix("HTTP/")
+        return scope, view
+
+    def websocket_scope(self, req: dict[str, Any], raw_headers: Any
+                        ) -> tuple[dict[str, Any], SharedState]:
+        view = SharedState(self.backend)
+        scope = _scope_base(req, raw_headers, "websocket", "ws", self.state,
+                            {"state": view, "conn": req["conn"]})
+        scope["subprotocols"] = list(req["subprotocols"])
+        return scope, view
+
+
+class HttpExchange:
+    """One request's receive/send channel; turns ASGI messages into envelopes."""
+
+    def __init__(self, rid: int, label: str, body: bytes, emit: Emit) -> None:
+        self.rid = rid
+        self.label = label
+        self.body = body
+        self.emit = emit
+        self.body_given = False
+        self.status: int | None = None
+        self.headers: list[list[str]] = []
+        self.stream: StreamEnvelopes | None = None
+        self.finished = False
+        self.gone = False
+        self.done = asyncio.Event()  # response complete or client gone: disconnect
+
+    async def receive(self) -> Message:
+        if not self.body_given:
+            self.body_given = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.done.wait()
+        return {"type": "http.disconnect"}
+
+    def client_gone(self) -> None:
+        self.gone = True
+        self.done.set()
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if self.finished:
+            raise ASGIError(f"{kind!r} after the response ended")
+        if self.gone:
+            raise ClientDisconnected("the client has gone")
+        if kind == "http.response.start":
+            if self.status is not None:
+                raise ASGIError("http.response.start sent twice")
+            status = message.get("status")
+            if not isinstance(status, int) or not 100 <= status <= 599:
+                raise ASGIError(f"http.response.start with status {status!r}")
+            self.headers = _str_headers(message.get("headers") or [])
+            self.status = status
+        elif kind == "http.response.body":
+            if self.status is None:
+                raise ASGIError("http.response.body before http.response.start")
+            body = message.get("body", b"")
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise ASGIError("http.response.body needs bytes in 'body'")
+            more = bool(message.get("more_body", False))
+            self._body(bytes(body), more)
+        else:
+            raise ASGIError(f"{kind!r} is not an HTTP response message")
+
+    def _body(self, body: bytes, more: bool) -> None:
+        assert self.status is not None
+        if self.stream is None and not more:
+            self.emit(response(self.rid, self.status, self.headers, body))
+            self._finish()
+            return
+        if self.stream is None:
+            self.stream = StreamEnvelopes(self.rid, self.status, self.headers)
+        if body:
+            self.emit(self.stream.chunk(body))
+        if not more:
+            self.emit(self.stream.end())
+            self._finish()
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.done.set()
+
+    def fail(self) -> None:
+        """After an error in the app: 500 if nothing was sent, else cut the stream."""
+        if self.finished:
+            return
+        if self.stream is not None and self.stream.started:
+            self.emit(aborted(self.rid))
+        else:
+            self.emit(server_error(self.rid, self.label))
+        self._finish()
+
+
+async def run_http(app: Any, scope: dict[str, Any], exchange: HttpExchange) -> int:
+    """Run one request; returns the status the client got (for metrics)."""
+    try:
+        await app(scope, exchange.receive, exchange.send)
+    except ASGIError as exc:
+        answered = exchange.finished
+        log.error("request %s: ASGI app error: %s%s", exchange.label, exc,
+                  "" if answered else "; 500", extra={"request_id": exchange.label})
+        exchange.fail()
+        return exchange.status or 500 if answered else 500
+    except ClientDisconnected:
+        pass
+    except Exception:
+        if not exchange.finished:
+            log.exception("request %s: ASGI app raised", exchange.label,
+                          extra={"request_id": exchange.label})
+            exchange.fail()
+            return 500
+        log.exception("request %s: ASGI app raised after its response",
+                      exchange.label, extra={"request_id": exchange.label})
+    if exchange.gone and not exchange.finished:
+        # The gateway still needs a final envelope: it returns this worker's credit.
+        exchange.fail()
+        return 499  # nginx's "client closed request": nobody got an answer
+    if not exchange.finished:
+        log.error("request %s: ASGI app returned without completing its response; 500",
+                  exchange.label, extra={"request_id": exchange.label})
+        exchange.fail()
+        return 500
+    return exchange.status or 500
+
+
+class WebSocketSession:
+    """One connection's run of the app: events in through a queue, actions out."""
+
+    def __init__(self, number: int, label: str, act: Act) -> None:
+        self.number = number
+        self.label = label
+        self.act = act
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.queue.put_nowait({"type": "websocket.connect"})
+        self.stage = "connecting"  # accepted, closed
+        self.client_gone = False
+        self._deny: tuple[int, list[bytes]] | None = None
+
+    # -- from the gateway ---------------------------------------------------------
+    def message(self, text: str | None, data: bytes | None) -> None:
+        if text is not None:
+            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": data or b""})
+
+    def closed(self, code: int, reason: str) -> None:
+        self.client_gone = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code,
+                               "reason": reason})
+
+    # -- the app's side -------------------------------------------------------------
+    async def receive(self) -> Message:
+        return await self.queue.get()
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        n = self.number
+        if self.client_gone or self.stage == "closed":
+            raise ClientDisconnected(f"{kind}: the connection is closed")
+        if kind == "websocket.accept":
+            if self.stage != "connecting" or self._deny is not None:
+                raise ASGIError("websocket.accept after the handshake was decided")
+            headers = _str_headers(message.get("headers") or [])
+            self.act(["accept", n, message.get("subprotocol"), headers])
+            self.stage = "accepted"
+        elif kind == "websocket.send":
+            if self.stage != "accepted":
+                raise ASGIError("websocket.send before websocket.accept")
+            text, data = message.get("text"), message.get("bytes")
+            if isinstance(text, str):
+                self.act(["send", n, text])
+            elif isinstance(data, (bytes, bytearray)):
+                self.act(["send", n, bytes(data)])
+            else:
+                raise ASGIError("websocket.send needs 'text' or 'bytes'")
+        elif kind == "websocket.close":
+            if self.stage == "connecting":
+                self.act(["reject", n, 403, None])
+            else:
+                code = message.get("code", 1000)
+                reason = message.get("reason") or ""
+                self.act(["close", n, int(code), str(reason)[:120]])
+            self.stage = "closed"
+        elif kind == "websocket.http.response.start":
+            if self.stage != "connecting" or self._deny is not None:
+                raise ASGIError("websocket.http.response.start after the handshake")
+            status = message.get("status")
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                raise ASGIError(f"a handshake refusal needs a 4xx/5xx status, not {status!r}")
+            self._deny = (status, [])
+        elif kind == "websocket.http.response.body":
+            if self._deny is None:
+                raise ASGIError("websocket.http.response.body before its start")
+            self._deny[1].append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                self.act(["reject", n, self._deny[0], b"".join(self._deny[1])])
+                self.stage = "closed"
+        else:
+            raise ASGIError(f"{kind!r} is not a WebSocket message")
+
+    async def run(self, app: Any, scope: dict[str, Any]) -> None:
+        try:
+            await app(scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except ASGIError as exc:
+            log.error("WebSocket %s: ASGI app error: %s", self.label, exc)
+            self._end(500, 1011)
+            return
+        except Exception:
+            log.exception("WebSocket %s: ASGI app raised", self.label)
+            self._end(500, 1011)
+            return
+        self._end(403, 1000)  # returned without deciding: refuse; after accept: close
+
+    def _end(self, refuse: int, close: int) -> None:
+        if self.client_gone or self.stage == "closed":
+            return
+        if self.stage == "connecting":
+            self.act(["reject", self.number, refuse, None])
+        else:
+            self.act(["close", self.number, close, "" if close == 1000 else "internal error"])
+        self.stage = "closed"
+
+
+class LifespanError(Exception):
+    """The app reported that its startup failed."""
+
+
+class Lifespan:
+    """lifespan.startup once per worker, lifespan.shutdown at its end."""
+
+    def __init__(self, app: Any, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+        self.to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self.from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.supported = True
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": ASGI, "state": self.state}
+        try:
+            await self.app(scope, self.to_app.get, self.from_app.put)
+        except Exception as exc:
+            # An app without lifespan support raises on the unknown scope type.
+            await self.from_app.put({"type": "_raised", "error": exc})
+
+    async def startup(self, timeout: float = 30.0) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        await self.to_app.put({"type": "lifespan.startup"})
+        answer = await self._answer(timeout, "startup")
+        kind = answer["type"]
+        if kind == "_raised":
+            self.supported = False
+            log.info("the ASGI app does not support lifespan (%s); running without it",
+                     answer["error"])
+        elif kind == "lifespan.startup.failed":
+            raise LifespanError(f"ASGI lifespan startup failed: {answer.get('message', '')}")
+        elif kind != "lifespan.startup.complete":
+            raise LifespanError(f"ASGI lifespan: {kind!r} in answer to lifespan.startup")
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        if not self.supported or self.task is None or self.task.done():
+            return
+        await self.to_app.put({"type": "lifespan.shutdown"})
+        try:
+            answer = await self._answer(timeout, "shutdown")
+        except LifespanError as exc:
+            log.error("%s", exc)
+            return
+        if answer["type"] == "lifespan.shutdown.failed":
+            log.error("ASGI lifespan shutdown failed: %s", answer.get("message", ""))
+
+    async def _answer(self, timeout: float, what: str) -> Message:
+        try:
+            return await asyncio.wait_for(self.from_app.get(), timeout)
+        except TimeoutError:
+            raise LifespanError(f"ASGI lifespan {what}: no answer within {timeout:g}s") \
+                from None
+
+
+async def commit_view(view: SharedState, call: Callable[[list[list[Any]]],
+                                                        Awaitable[Any]]) -> None:
+    """Plain writes an app made through the shared state, committed as one batch."""
+    ops = view.take_batch()
+    if ops:
+        await call(ops)
