@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from cluster import broadcast
 
@@ -199,7 +199,8 @@ def _fastapi() -> Any:
         return {"name": item.name, "price": item.price}
 
     @api.post("/upload")
-    async def upload(file: UploadFile = File(...), note: str = Form(...)) -> dict[str, Any]:
+    async def upload(file: Annotated[UploadFile, File()],
+                     note: Annotated[str, Form()]) -> dict[str, Any]:
         content = await file.read()
         return {"name": file.filename, "size": len(content), "note": note}
 
