@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || \
-	    ! command -v docker-compose >/dev/null; then \
+	    ! command -v docker-compose >/dev/null || ! command -v openssl >/dev/null; then \
 	  echo "installing prometheus and docker-compose with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    prometheus docker-compose >/dev/null; \
+	    prometheus docker-compose openssl >/dev/null; \
 	fi
 	touch $(TOOLS)
 

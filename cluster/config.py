@@ -108,6 +108,11 @@ class GatewayConfig(Common):
                             "before it is closed as too slow (1013)")
     ws_origins: str = opt("", "comma-separated Origin allow-list (empty: any); a browser "
                           "sending another gets 403; clients sending none are let in")
+    static: str = opt("", "serve files at the gateway: /url=DIRECTORY[,/url2=DIR2]")
+    gzip_min_size: int = opt(1024, "gzip whole text-like responses of at least this many "
+                             "bytes when the client accepts it (0: never)")
+    certfile: str = opt("", "TLS certificate chain (PEM): serve HTTPS and WSS")
+    keyfile: str = opt("", "TLS private key (PEM) for --certfile")
     access_log: bool = opt(False, "log one line per HTTP response (method, target, status, "
                            "duration, request id)")
     local_reply: str = opt("", "answer every request with this text in the gateway itself, "
@@ -119,6 +124,14 @@ class GatewayConfig(Common):
                      "max_queue", "max_pipeline", "ws_max_size", "ws_max_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.gzip_min_size < 0:
+            raise ConfigError("--gzip-min-size must be >= 0")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("--certfile and --keyfile go together")
+        for name in ("certfile", "keyfile"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"--{name} {path!r}: no such file")
         for name in ("request_timeout", "header_timeout", "keepalive_timeout",
                      "shutdown_grace", "ws_ping_interval", "ws_ping_timeout",
                      "defer_timeout"):

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster import wire
-from cluster.gateway import http_core
+from cluster.gateway import http_core, static
+from cluster.gateway.compression import accepts_gzip, gzip_response
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.http_core import (
     CONTINUE_RESPONSE,
@@ -31,6 +32,7 @@ from cluster.gateway.http_core import (
     ProtocolError,
     Request,
 )
+from cluster.gateway.static import Mount
 from cluster.gateway.ws_core import WebSocketCore, WsOptions, is_websocket_upgrade
 from cluster.gateway.ws_hub import Session, WebSocketHub
 from cluster.metrics import ShardedHistogram
@@ -42,6 +44,8 @@ log = logging.getLogger("cluster.gateway.http")
 # the hop to the worker and the handler. Fine buckets below 10 ms.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+FILE_CHUNK = 64 * 1024  # static files go out this much at a time
 
 # Parse errors by the status they are answered with, as the metrics name them.
 ERROR_KINDS = {400: "bad_request", 408: "header_timeout", 413: "body_too_large",
@@ -55,7 +59,9 @@ class ConnectionContext:
                  header_timeout: float, keepalive_timeout: float, max_pipeline: int,
                  ws_options: WsOptions, hub: WebSocketHub | None = None, *,
                  gateway_id: str = "", access_log: bool = False,
-                 client_gone: Callable[[Exchange], None] | None = None) -> None:
+                 client_gone: Callable[[Exchange], None] | None = None,
+                 scheme: str = "http", gzip_min_size: int = 0,
+                 static: list[Mount] | None = None) -> None:
         self.limits = limits
         self.ws_options = ws_options
         self.hub = hub
@@ -70,6 +76,9 @@ class ConnectionContext:
         self.gateway_id = gateway_id
         self.access_log = access_log
         self.client_gone = client_gone  # a request's client left before its answer
+        self.tls = scheme == "https"
+        self.gzip_min_size = gzip_min_size
+        self.static = static or []
         # End-to-end seconds of each finished response, by (method, status); every
         # connection runs on the loop's thread, so one shard of rows serves them all.
         self.latency = ShardedHistogram(DURATION_BUCKETS)
@@ -102,6 +111,7 @@ class HttpConnection(asyncio.Protocol):
         self.conn_id = ctx.next_conn
         self.addr: list[Any] = ["", 0]
         self.ws: Session | None = None  # set once this connection became a WebSocket
+        self._turn = asyncio.Event()  # a response finished, or the client drained
 
     # -- asyncio callbacks ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,6 +126,7 @@ class HttpConnection(asyncio.Protocol):
         if self.ws is not None and self.ctx.hub is not None:
             self.ctx.hub.connection_lost(self.ws)
         self.closed = True
+        self._turn.set()
         self.ctx.connections.discard(self)
         if self.ctx.client_gone is not None:
             for ex in self.exchanges:
@@ -130,6 +141,38 @@ class HttpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writing_paused = False
         self._update_reading()
+        self._turn.set()
+
+    async def _send_file(self, ex: Exchange, plan: static.FilePlan) -> None:
+        """Stream a file a chunk at a time, each only when this response is the one
+        being written and the client has drained the last: memory stays one chunk."""
+        try:
+            with open(plan.path, "rb") as f:
+                f.seek(plan.offset)
+                left = 0 if ex.method == "HEAD" else plan.length
+                self.deliver(ex, {"more": True, "status": plan.status,
+                                  "headers": plan.headers, "body": b""})
+                while left > 0:
+                    await self._my_turn(ex)
+                    if self.closed:
+                        return
+                    chunk = f.read(min(FILE_CHUNK, left))
+                    if not chunk:  # the file shrank under us: the length is a lie now
+                        ex.keep_alive = False
+                        self.deliver(ex, {"more": False, "abort": True})
+                        return
+                    left -= len(chunk)
+                    self.deliver(ex, {"more": True, "body": chunk})
+                self.deliver(ex, {"more": False, "body": b""})
+        except OSError as exc:
+            log.warning("static file %s: %s", plan.path, exc)
+            self.deliver_error(ex, 500)
+
+    async def _my_turn(self, ex: Exchange) -> None:
+        while not self.closed and (self.writing_paused or not self.exchanges
+                                   or self.exchanges[0] is not ex):
+            self._turn.clear()
+            await self._turn.wait()
 
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
@@ -169,14 +212,30 @@ class HttpConnection(asyncio.Protocol):
             wire.REQUEST, id=0, conn=self.conn_id, method=request.method,
             target=request.target, version=request.version, headers=request.headers,
             body=request.body, addr=self.addr)
+        if self.ctx.tls:
+            env["scheme"] = "https"  # only then: every other request saves the bytes
         keep_alive = request.keep_alive and not request.upgrade
         ex = Exchange(env, request.method, request.version, keep_alive, self)
         ex.began = now
+        if self.ctx.gzip_min_size:
+            ex.gzip = any(name == "accept-encoding" and accepts_gzip(value)
+                          for name, value in request.headers)
         if not keep_alive:
             self.closing = True  # nothing after this request will be read
         self.exchanges.append(ex)
         self._update_reading()
-        self.ctx.submit(ex)
+        answer = static.plan(self.ctx.static, request.method, request.target,
+                             request.headers) if self.ctx.static else None
+        if answer is None:
+            self.ctx.submit(ex)
+        elif isinstance(answer, static.Refusal):
+            if answer.status == 304:
+                self.deliver(ex, {"more": False, "status": 304, "headers": answer.headers})
+            else:
+                self.deliver_error(ex, answer.status, answer.headers)
+        else:
+            ex.gzip = False  # files go as they are: ranges and ETags stay true
+            self.loop.create_task(self._send_file(ex, answer))
 
     def _upgrade(self, request: Request) -> None:
         """Hand a WebSocket upgrade to the hub, which asks the connection's worker."""
@@ -199,6 +258,8 @@ class HttpConnection(asyncio.Protocol):
             return
         fields = {"target": request.target, "headers": request.headers,
                   "subprotocols": core.offered, "addr": self.addr}
+        if self.ctx.tls:
+            fields["scheme"] = "wss"
         if not hub.open(self.conn_id, core, transport, fields):
             transport.write(http_core.error_response(503, self.ctx.date,
                                                      extra=[("retry-after", "1")]))
@@ -280,6 +341,7 @@ class HttpConnection(asyncio.Protocol):
                     self._write_part(head, part)
         self.last_activity = self.loop.time()
         self._update_reading()
+        self._turn.set()
 
     def _write_part(self, ex: Exchange, part: dict[str, Any]) -> None:
         transport = self.transport
@@ -295,6 +357,14 @@ class HttpConnection(asyncio.Protocol):
         out = b""
         if not ex.started:
             ex.started = True
+            if ex.gzip and not more and body:
+                packed = gzip_response(part.get("status", 200),
+                                       [(str(h[0]), str(h[1])) for h in part.get("headers")
+                                        or [] if isinstance(h, (list, tuple)) and len(h) == 2],
+                                       body, self.ctx.gzip_min_size)
+                if packed is not None:
+                    part = {**part, "headers": packed[0]}
+                    body = packed[1]
             try:
                 head = self._head(ex, part, body, more)
             except BadResponseHeader as exc:

@@ -6,17 +6,20 @@ import asyncio
 import email.utils
 import logging
 import os
+import ssl
 import uuid
 from typing import Any
 
 import zmq
 
 from cluster.config import GatewayConfig
+from cluster.errors import ConfigError
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.metrics import GatewayMetrics
+from cluster.gateway.static import parse_mounts
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.lifecycle import report_ready, run_until_signalled
@@ -57,7 +60,10 @@ class Gateway:
                                       config.keepalive_timeout, config.max_pipeline,
                                       ws_options, self.hub, gateway_id=self.id,
                                       access_log=config.access_log,
-                                      client_gone=self.dispatcher.client_gone)
+                                      client_gone=self.dispatcher.client_gone,
+                                      scheme="https" if config.certfile else "http",
+                                      gzip_min_size=config.gzip_min_size,
+                                      static=parse_mounts(config.static))
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
         self._update_date()
         self.server: asyncio.AbstractServer | None = None
@@ -82,7 +88,7 @@ class Gateway:
 
         self.server = await self.loop.create_server(
             lambda: HttpConnection(self.http, self.loop), config.host, config.port,
-            backlog=2048, reuse_address=True)
+            backlog=2048, reuse_address=True, ssl=self._tls())
         port = self.server.sockets[0].getsockname()[1]
         info = {"endpoint": endpoint, "http": f"{config.host}:{port}", "pid": os.getpid()}
         if config.metrics_port >= 0:
@@ -99,6 +105,17 @@ class Gateway:
                  self.id, config.host, port, endpoint)
         return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint,
                 "metrics": info.get("metrics", "")}
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """HTTPS and WSS with --certfile/--keyfile; a bad pair fails the start."""
+        if not self.config.certfile:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.config.certfile, self.config.keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"--certfile/--keyfile: cannot load: {exc}") from None
+        return context
 
     def _watch_disconnects(self, sock: zmq.Socket[bytes]) -> None:
         """A TCP disconnect from a worker (kill -9) triggers an immediate probe, so its

@@ -113,7 +113,8 @@ class ASGIHandler:
 
     def http_scope(self, req: dict[str, Any]) -> tuple[dict[str, Any], SharedState]:
         view = SharedState(self.backend)
-        scope = _scope_base(req, req["raw_headers"], "http", "http", self.state,
+        scope = _scope_base(req, req["raw_headers"], "http", req["scheme"],
+                            self.state,
                             {"state": view, "request_id": req["id"]})
         scope["method"] = req["method"]
         scope["http_version"] = req["version"].removeprefix("HTTP/")
@@ -122,7 +123,7 @@ class ASGIHandler:
     def websocket_scope(self, req: dict[str, Any], raw_headers: Any
                         ) -> tuple[dict[str, Any], SharedState]:
         view = SharedState(self.backend)
-        scope = _scope_base(req, raw_headers, "websocket", "ws", self.state,
+        scope = _scope_base(req, raw_headers, "websocket", req["scheme"], self.state,
                             {"state": view, "conn": req["conn"]})
         scope["subprotocols"] = list(req["subprotocols"])
         return scope, view

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from cluster import wire
+from cluster.responses import parse_cookies, set_cookie_headers
 
 
 class BadResponse(Exception):
@@ -40,6 +41,8 @@ def target_fields(env: dict[str, Any]) -> dict[str, Any]:
         query.setdefault(key, value)  # the first value wins, as in most frameworks
     addr = env["addr"]
     return {
+        "cookies": parse_cookies(headers["cookie"]) if "cookie" in headers else {},
+        "scheme": env.get("scheme") if env.get("scheme") in ("https", "wss") else None,
         "target": target,
         "path": unquote(raw_path),
         "query_string": query_string,
@@ -50,13 +53,15 @@ def target_fields(env: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_request(env: dict[str, Any], gateway_id: str) -> dict[str, Any]:
+    fields = target_fields(env)
+    fields["scheme"] = fields["scheme"] or "http"
     return {
         "type": "http",
         "id": f"{gateway_id}/{env['id']}",
         "conn": f"{gateway_id}/{env['conn']}",
         "method": env["method"],
         "version": "HTTP/" + env["version"],
-        **target_fields(env),
+        **fields,
         "raw_headers": env["headers"],
         "body": env["body"],
     }
@@ -111,7 +116,7 @@ def encode_body(body: Any, headers: list[list[str]]) -> Body:
     return data
 
 
-RESPONSE_KEYS = frozenset({"status", "headers", "body"})
+RESPONSE_KEYS = frozenset({"status", "headers", "body", "cookies"})
 
 
 def normalize(msg: Any) -> tuple[int, list[list[str]], Body]:
@@ -122,6 +127,11 @@ def normalize(msg: Any) -> tuple[int, list[list[str]], Body]:
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 999:
             raise BadResponse(f"status {status!r} is not an HTTP status code")
         headers = _headers(msg.get("headers"))
+        if msg.get("cookies") is not None:
+            try:
+                headers += set_cookie_headers(msg["cookies"])
+            except ValueError as exc:
+                raise BadResponse(str(exc)) from None
         return status, headers, encode_body(msg.get("body"), headers)
     headers = []
     return 200, headers, encode_body(msg, headers)

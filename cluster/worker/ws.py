@@ -41,8 +41,9 @@ def build_ws_request(kind: str, conn_key: str, info: dict[str, Any],
 
 def connect_info(env: dict[str, Any]) -> dict[str, Any]:
     """What every later event of the connection also carries."""
-    return {**target_fields(env),
-            "subprotocols": [s for s in env["subprotocols"] if isinstance(s, str)]}
+    fields = target_fields(env)
+    fields["scheme"] = fields["scheme"] or "ws"
+    return {**fields, "subprotocols": [s for s in env["subprotocols"] if isinstance(s, str)]}
 
 
 def _many(value: Any) -> list[Any]:

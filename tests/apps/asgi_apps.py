@@ -63,6 +63,9 @@ async def raw(scope: Scope, receive: Any, send: Any) -> None:
     elif path == "/gone":
         await send(start)
         await send({"type": "http.response.body", "body": json.dumps(GONE).encode()})
+    elif path == "/scheme":
+        await send(start)
+        await send({"type": "http.response.body", "body": json.dumps(scope["scheme"]).encode()})
     elif path == "/state":
         state = scope["extensions"]["cluster"]["state"]
         count = await state.aincr("asgi-hits", 1)
@@ -100,6 +103,8 @@ async def raw_websocket(scope: Scope, receive: Any, send: Any) -> None:
             return
         if text == "who":
             await send({"type": "websocket.send", "text": conn})
+        elif text == "scheme":
+            await send({"type": "websocket.send", "text": scope["scheme"]})
         elif text is not None:
             await send({"type": "websocket.send", "text": f"echo {text}"})
         else:

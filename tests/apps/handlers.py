@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from cluster import App
+from cluster import App, redirect
 
 app = App()
 _lock = threading.Lock()
@@ -163,3 +163,19 @@ def three_args(a: Any, b: Any, c: Any) -> None:
 
 def as_json_text(obj: Any) -> str:
     return json.dumps(obj)
+
+
+@app.route("/cookies")
+def cookies(req: dict[str, Any]) -> dict[str, Any]:
+    return {"body": {"got": req["cookies"]},
+            "cookies": {"seen": {"value": "yes", "httponly": True, "path": "/"}}}
+
+
+@app.route("/go")
+def go(req: dict[str, Any]) -> dict[str, Any]:
+    return redirect("/items/1", 303)
+
+
+@app.route("/text/<int:size>")
+def text(req: dict[str, Any], size: int) -> dict[str, Any]:
+    return {"headers": {"content-type": "text/plain"}, "body": "a" * size}
