@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cluster.routing import Match, Route, compile_route, resolve
+from cluster.rpc import RpcEndpoint, public_methods
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -26,6 +27,7 @@ class App:
         self.routes: list[Route] = []
         self.ws_routes: list[Route] = []
         self.not_found_view: Callable[..., Any] | None = None
+        self.rpc_endpoints: dict[str, RpcEndpoint] = {}  # WebSocket path -> its methods
 
     def route(self, pattern: str, methods: list[str] | None = None) -> Callable[[V], V]:
         def register(view: V) -> V:
@@ -40,6 +42,27 @@ class App:
             self.ws_routes.append(compile_route(pattern, ["GET"], view))
             return view
         return register
+
+    def rpc(self, name: str, path: str = "/rpc") -> Callable[[V], V]:
+        """A WebSocket RPC method `module.method` for clients connected to `path`
+        (see cluster.rpc): `fn(req, **data)`, sync or async, returns the result."""
+        def register(view: V) -> V:
+            self._rpc_endpoint(path).add(name, view)
+            return view
+        return register
+
+    def rpc_handler(self, module: str, handler: object, path: str = "/rpc") -> None:
+        """Every public method of `handler` as `module.<method>` (a handler class)."""
+        endpoint = self._rpc_endpoint(path)
+        for method, fn in public_methods(handler).items():
+            endpoint.add(f"{module}.{method}", fn)
+
+    def _rpc_endpoint(self, path: str) -> RpcEndpoint:
+        endpoint = self.rpc_endpoints.get(path)
+        if endpoint is None:
+            endpoint = self.rpc_endpoints[path] = RpcEndpoint(path)
+            self.websocket(path)(endpoint.view)
+        return endpoint
 
     def include(self, other: App, prefix: str = "") -> None:
         """Serve `other`'s HTTP and WebSocket routes here too, under `prefix` (which

@@ -103,3 +103,15 @@ def test_include_serves_another_apps_routes_under_a_prefix() -> None:
     assert outer.match_ws("/api/live").route is not None
     with pytest.raises(ValueError):
         outer.include(inner, prefix="api/")
+
+
+def test_rpc_names_are_module_dot_method_and_unique() -> None:
+    app = App()
+    app.rpc("a.b")(view)
+    with pytest.raises(ValueError):
+        app.rpc("a.b")(view)  # twice on one path
+    app.rpc("a.b", path="/other")(view)  # another path is another namespace
+    with pytest.raises(ValueError):
+        app.rpc("nodot")(view)
+    assert sorted(app.rpc_endpoints) == ["/other", "/rpc"]
+    assert app.match_ws("/rpc").route is not None
