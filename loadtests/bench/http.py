@@ -14,10 +14,9 @@ shows each one's median over the rounds, and the ratios of those medians.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
-from loadtests.bench.servers import BIN, Server, WrkResult, ensure_wrk, free_port, run_wrk
+from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wrk_arguments
 
 
 def servers() -> dict[str, Server]:
@@ -44,36 +43,9 @@ def servers() -> dict[str, Server]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    wrk_arguments(parser)
     args = parser.parse_args()
-    wrk = ensure_wrk()
-    running = servers()
-    results: dict[str, list[WrkResult]] = {name: [] for name in running}
-    try:
-        for server in running.values():
-            server.wait_ready()
-        for rnd in range(args.rounds):
-            for name, server in running.items():
-                res = run_wrk(wrk, server.url, args.seconds, args.connections, args.threads)
-                results[name].append(res)
-                print(f"round {rnd + 1} {name}: {res.rps:.0f} req/s p50 {res.p50_ms:.2f} ms "
-                      f"p99 {res.p99_ms:.2f} ms errors {res.errors}", file=sys.stderr)
-    finally:
-        for server in running.values():
-            server.stop()
-
-    med = {name: (statistics.median(r.rps for r in rs), statistics.median(r.p50_ms for r in rs),
-                  statistics.median(r.p99_ms for r in rs), sum(r.errors for r in rs))
-           for name, rs in results.items()}
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds "
-          f"in turns; medians\n")
-    print("| server | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (rps, p50, p99, errors) in med.items():
-        print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+    med = compare_in_turns(servers(), args)
     names = list(med)
     a, b, c, d = (med[n][0] for n in names)
     print(f"\n| ratio | value |\n|---|---:|\n| a/b (cluster / uvicorn) | {a / b:.2f} |"

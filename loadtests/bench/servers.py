@@ -7,12 +7,14 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -108,3 +110,41 @@ def run_wrk(wrk: str, url: str, seconds: int, connections: int, threads: int) ->
                           "--latency", url], capture_output=True, text=True,
                          timeout=seconds + 30, check=True).stdout
     return parse_wrk(out)
+
+
+def wrk_arguments(parser: Any) -> None:
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def compare_in_turns(running: dict[str, Server], args: Any
+                     ) -> dict[str, tuple[float, float, float, int]]:
+    """wrk against every server in turns (A B C, A B C, ...), so drift on the machine
+    hits all alike; prints a table of medians and returns
+    name -> (req/s, p50 ms, p99 ms, errors)."""
+    wrk = ensure_wrk()
+    results: dict[str, list[WrkResult]] = {name: [] for name in running}
+    try:
+        for server in running.values():
+            server.wait_ready()
+        for rnd in range(args.rounds):
+            for name, server in running.items():
+                res = run_wrk(wrk, server.url, args.seconds, args.connections, args.threads)
+                results[name].append(res)
+                print(f"round {rnd + 1} {name}: {res.rps:.0f} req/s p50 {res.p50_ms:.2f} ms "
+                      f"p99 {res.p99_ms:.2f} ms errors {res.errors}", file=sys.stderr)
+    finally:
+        for server in running.values():
+            server.stop()
+    med = {name: (statistics.median(r.rps for r in rs), statistics.median(r.p50_ms for r in rs),
+                  statistics.median(r.p99_ms for r in rs), sum(r.errors for r in rs))
+           for name, rs in results.items()}
+    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds "
+          f"in turns; medians\n")
+    print("| server | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (rps, p50, p99, errors) in med.items():
+        print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+    return med

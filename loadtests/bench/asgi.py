@@ -1,0 +1,40 @@
+"""ASGI benchmark: the same Starlette app on the cluster and on uvicorn, in one run.
+
+    .venv/bin/python -m loadtests.bench.asgi [--rounds 3] [--seconds 10] [--connections 64]
+
+(a) `cluster run` with 1 gateway + 1 worker running loadtests/bench/starlette_app.py
+(b) uvicorn --workers 2 --http httptools --loop uvloop on the same app
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wrk_arguments
+
+APP = "loadtests.bench.starlette_app:app"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    wrk_arguments(parser)
+    args = parser.parse_args()
+    a, b = free_port(), free_port()
+    med = compare_in_turns({
+        "a: cluster 1 gw + 1 worker (Starlette)": Server("cluster", [
+            str(BIN / "python"), "-m", "cluster", "run", "--handler", APP, "--port", str(a),
+            "--workers", "1", "--log-level", "warning"], a),
+        "b: uvicorn --workers 2 (Starlette)": Server("uvicorn", [
+            str(BIN / "uvicorn"), APP, "--port", str(b), "--workers", "2", "--http",
+            "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"], b),
+    }, args)
+    (ra, *_), (rb, *_) = med.values()
+    print(f"\n| ratio | value | target |\n|---|---:|---:|\n| a/b (cluster / uvicorn) | "
+          f"{ra / rb:.2f} | ≥ 1.2 |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
