@@ -37,8 +37,10 @@ log = logging.getLogger("cluster.metrics")
 
 PREFIX = "cluster"
 # A request to this endpoint is a line and a few headers; anything bigger is not
-# Prometheus.
+# Prometheus. A connection that sends no complete request in time is closed, so
+# idle sockets cannot pile up.
 MAX_REQUEST_BYTES = 16 * 1024
+IDLE_TIMEOUT = 10.0
 
 Page = Callable[[], tuple[bytes, str]]  # body, content type
 
@@ -206,9 +208,22 @@ class _EndpointProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self.request)
         self.received = 0
         self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.timer = asyncio.get_running_loop().call_later(self.server.idle_timeout,
+                                                           self._idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _idle(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            log.info("metrics endpoint: no request within %.0fs from %s; closed",
+                     self.server.idle_timeout, self.transport.get_extra_info("peername"))
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -266,8 +281,9 @@ class _EndpointProtocol(asyncio.Protocol):
 class MetricsServer:
     """Serves `pages` (path -> Page) on host:port; port 0 picks a free one."""
 
-    def __init__(self, pages: dict[str, Page]) -> None:
+    def __init__(self, pages: dict[str, Page], idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.pages = pages
+        self.idle_timeout = idle_timeout
         self.answers: dict[int, int] = {}
         self.server: asyncio.AbstractServer | None = None
         self.port = 0

@@ -390,6 +390,8 @@ class Lifespan:
             return
         if answer["type"] == "lifespan.shutdown.failed":
             log.error("ASGI lifespan shutdown failed: %s", answer.get("message", ""))
+        elif answer["type"] == "_raised":
+            log.error("ASGI lifespan shutdown raised: %r", answer["error"])
 
     async def _answer(self, timeout: float, what: str) -> Message:
         try:

@@ -46,3 +46,28 @@ def test_exposition_is_cumulative_with_count_and_sum() -> None:
     assert 'x_seconds_count{route="/a"} 2.0' in text
     assert 'x_seconds_bucket{le="1.0",route="/b"} 0.0' in text
     assert 'x_seconds_sum{route="/b"} 2.0' in text
+
+
+def test_the_endpoint_closes_a_connection_that_sends_nothing() -> None:
+    import asyncio
+
+    from cluster.metrics import MetricsServer
+
+    async def go() -> bytes:
+        server = MetricsServer({"/metrics": lambda: (b"x 1\n", "text/plain")},
+                               idle_timeout=0.2)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            data = await asyncio.wait_for(reader.read(), 5)  # EOF once it gives up
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"x 1\n")
+            return data
+        finally:
+            server.close()
+
+    assert asyncio.run(go()) == b""
