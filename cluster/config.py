@@ -145,6 +145,8 @@ class WorkerConfig(Common):
     concurrency: int = opt(64, "requests this worker takes at once (its credit per gateway)")
     threads: int = opt(8, "threads that run synchronous handlers")
     state_timeout: float = opt(3.0, "seconds a state write waits for the coordinator")
+    stream_stall_timeout: float = opt(60.0, "seconds a streamed response waits for a "
+                                      "client that takes nothing before it is cut")
 
     def validate(self) -> None:
         super().validate()
@@ -152,8 +154,8 @@ class WorkerConfig(Common):
             raise ConfigError(f"--handler {self.handler!r} must look like pkg.module:object")
         if self.concurrency < 1 or self.threads < 1:
             raise ConfigError("--concurrency and --threads must be >= 1")
-        if self.state_timeout <= 0:
-            raise ConfigError("--state-timeout must be > 0")
+        if self.state_timeout <= 0 or self.stream_stall_timeout <= 0:
+            raise ConfigError("--state-timeout and --stream-stall-timeout must be > 0")
 
 
 @dataclass(frozen=True)

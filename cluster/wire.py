@@ -37,6 +37,7 @@ WELCOME = "welcome"  # gateway -> worker: hello accepted
 REQUEST = "req"  # gateway -> worker: one request to handle
 RESPONSE = "res"  # worker -> gateway: a response, whole or one part of a stream
 GONE = "gone"  # gateway -> worker: the client of this request closed its connection
+STREAM_CREDIT = "scr"  # gateway -> worker: the client took this many more bytes of a stream
 
 # Shared state (Clone pattern): requests on the coordinator link, updates on its PUB
 STATE_OP = "sop"  # worker -> coordinator: a batch of operations, applied atomically
@@ -89,6 +90,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     },
     RESPONSE: {"id": _INT, "more": _BOOL},
     GONE: {"id": _INT},
+    STREAM_CREDIT: {"id": _INT, "bytes": _INT},
     STATE_OP: {"id": _STR, "rid": _INT, "ops": _LIST},
     STATE_ACK: {"rid": _INT, "ok": _BOOL},
     SNAPSHOT_REQUEST: {"id": _STR, "rid": _INT},

@@ -88,6 +88,11 @@ class Dispatcher:
         if ex.worker is not None and self.pending.get(ex.id) is ex:
             self._post(ex.worker, wire.envelope(wire.GONE, id=ex.id))
 
+    def stream_credit(self, ex: Exchange, nbytes: int) -> None:
+        """A part of a worker's streamed response went to its client."""
+        if ex.worker is not None and self.pending.get(ex.id) is ex:
+            self._post(ex.worker, wire.envelope(wire.STREAM_CREDIT, id=ex.id, bytes=nbytes))
+
     def live_workers(self) -> list[tuple[bytes, str]]:
         return [(link.ident, link.name) for link in self._links]
 

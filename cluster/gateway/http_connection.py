@@ -61,7 +61,8 @@ class ConnectionContext:
                  gateway_id: str = "", access_log: bool = False,
                  client_gone: Callable[[Exchange], None] | None = None,
                  scheme: str = "http", gzip_min_size: int = 0,
-                 static: list[Mount] | None = None) -> None:
+                 static: list[Mount] | None = None,
+                 stream_credit: Callable[[Exchange, int], None] | None = None) -> None:
         self.limits = limits
         self.ws_options = ws_options
         self.hub = hub
@@ -79,6 +80,8 @@ class ConnectionContext:
         self.tls = scheme == "https"
         self.gzip_min_size = gzip_min_size
         self.static = static or []
+        # Bytes of a worker's stream handed to its client: the worker may send more.
+        self.stream_credit = stream_credit
         # End-to-end seconds of each finished response, by (method, status); every
         # connection runs on the loop's thread, so one shard of rows serves them all.
         self.latency = ShardedHistogram(DURATION_BUCKETS)
@@ -112,6 +115,7 @@ class HttpConnection(asyncio.Protocol):
         self.addr: list[Any] = ["", 0]
         self.ws: Session | None = None  # set once this connection became a WebSocket
         self._turn = asyncio.Event()  # a response finished, or the client drained
+        self._owed: list[tuple[Exchange, int]] = []  # stream credit held while backed up
 
     # -- asyncio callbacks ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,6 +146,11 @@ class HttpConnection(asyncio.Protocol):
         self.writing_paused = False
         self._update_reading()
         self._turn.set()
+        owed, self._owed = self._owed, []
+        credit = self.ctx.stream_credit
+        if credit is not None:
+            for ex, nbytes in owed:
+                credit(ex, nbytes)
 
     async def _send_file(self, ex: Exchange, plan: static.FilePlan) -> None:
         """Stream a file a chunk at a time, each only when this response is the one
@@ -389,6 +398,12 @@ class HttpConnection(asyncio.Protocol):
         if out:
             self.ctx.bytes_out += len(out)
             transport.write(out)
+        if more and body and ex.worker is not None and self.ctx.stream_credit is not None:
+            # Credit flows at the client's pace: held while its connection is backed up.
+            if self.writing_paused:
+                self._owed.append((ex, len(body)))
+            else:
+                self.ctx.stream_credit(ex, len(body))
         if not more:
             ex.done = True
             self.ctx.finished(ex, self.loop.time())

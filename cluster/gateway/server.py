@@ -63,7 +63,8 @@ class Gateway:
                                       client_gone=self.dispatcher.client_gone,
                                       scheme="https" if config.certfile else "http",
                                       gzip_min_size=config.gzip_min_size,
-                                      static=parse_mounts(config.static))
+                                      static=parse_mounts(config.static),
+                                      stream_credit=self.dispatcher.stream_credit)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
         self._update_date()
         self.server: asyncio.AbstractServer | None = None

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.state import Backend, SharedState
+from cluster.worker.flow import StreamWindow
 from cluster.worker.messages import StreamEnvelopes, aborted, response, server_error
 
 log = logging.getLogger("cluster.worker.asgi")
@@ -132,8 +133,13 @@ class ASGIHandler:
 class HttpExchange:
     """One request's receive/send channel; turns ASGI messages into envelopes."""
 
-    def __init__(self, rid: int, label: str, body: bytes, emit: Emit) -> None:
+    def __init__(self, rid: int, label: str, body: bytes, emit: Emit,
+                 open_window: Callable[[], StreamWindow] | None = None,
+                 stall_timeout: float = 60.0) -> None:
         self.rid = rid
+        self.open_window = open_window  # flow control, once the body is streamed
+        self.window: StreamWindow | None = None
+        self.stall_timeout = stall_timeout
         self.label = label
         self.body = body
         self.emit = emit
@@ -155,6 +161,8 @@ class HttpExchange:
     def client_gone(self) -> None:
         self.gone = True
         self.done.set()
+        if self.window is not None:
+            self.window.client_gone()
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")
@@ -178,6 +186,21 @@ class HttpExchange:
                 raise ASGIError("http.response.body needs bytes in 'body'")
             more = bool(message.get("more_body", False))
             self._body(bytes(body), more)
+            if more and self.window is None and self.open_window is not None:
+                self.window = self.open_window()
+            window = self.window
+            if more and window is not None:
+                window.sent(len(body))
+                if window.blocked():
+                    try:
+                        await asyncio.wait_for(window.wait(), self.stall_timeout)
+                    except TimeoutError:
+                        log.warning("request %s: the client took nothing of the stream "
+                                    "for %.0fs; cut", self.label, self.stall_timeout)
+                        self.client_gone()
+                if window.gone:
+                    self.gone = True
+                    raise ClientDisconnected("the client has gone")
         else:
             raise ASGIError(f"{kind!r} is not an HTTP response message")
 

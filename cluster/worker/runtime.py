@@ -46,6 +46,7 @@ from cluster.worker.asgi import (
     commit_view,
     run_http,
 )
+from cluster.worker.flow import StreamWindow
 from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.messages import (
     BadResponse,
@@ -65,6 +66,12 @@ from cluster.zmqio import Pump
 log = logging.getLogger("cluster.worker")
 
 Outgoing = tuple["GatewayLink", dict[str, Any]]
+
+async def _aiter(items: Any) -> Any:
+    """A sync iterable as an async one (the loop runs it between sends)."""
+    for item in items:
+        yield item
+
 
 ASGI_ROUTE = "*"  # an ASGI app routes by itself: the worker sees no route patterns
 
@@ -110,6 +117,8 @@ class GatewayLink:
                 self.worker.ws_event(self, msg)
             elif kind == wire.GONE:
                 self.worker.client_gone(self, msg["id"])
+            elif kind == wire.STREAM_CREDIT:
+                self.worker.stream_credit(self, msg)
             elif kind == wire.WS_QUERY_REPLY:
                 self.worker.on_query_reply(self.gateway_id, msg)
             elif kind == wire.WELCOME:
@@ -170,6 +179,7 @@ class Worker:
         self._tasks: list[asyncio.Task[Any]] = []
         self.ws_events: dict[str, int] = {}  # counted on the loop thread
         self.asgi_http: dict[tuple[str, int], HttpExchange] = {}  # running ASGI requests
+        self.windows: dict[tuple[str, int], StreamWindow] = {}  # streams being sent
         self.asgi_ws: dict[str, WebSocketSession] = {}  # running ASGI connections
         self.metrics = WorkerMetrics(self)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
@@ -282,11 +292,26 @@ class Worker:
                          "body": body, "req": req}))
         else:
             stream = StreamEnvelopes(rid, status, headers)
+            window = self._open_window(link, rid)
             try:
                 for chunk in body:
-                    emit((link, stream.chunk(chunk)))
+                    env = stream.chunk(chunk)
+                    window.sent(len(env["body"]))
+                    emit((link, env))
+                    if window.blocked() and not window.wait_sync(
+                            self.config.stream_stall_timeout):
+                        self._stalled(req)
+                        window.client_gone()
+                    if window.gone:
+                        break
             except Exception as exc:
                 self._log_failure(req, exc)
+                emit((link, stream.failed(req["id"])))
+                return
+            finally:
+                self._close_window(link, rid)
+            if window.gone:
+                getattr(body, "close", lambda: None)()  # run the generator's finally
                 emit((link, stream.failed(req["id"])))
                 return
             emit((link, stream.end()))
@@ -315,24 +340,63 @@ class Worker:
     async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
                             status: int, headers: list[list[str]], body: Any) -> None:
         stream = StreamEnvelopes(rid, status, headers)
+        window = self._open_window(link, rid)
+        chunks = body if hasattr(body, "__anext__") else _aiter(body)
         try:
-            if hasattr(body, "__anext__"):
-                async for chunk in body:
-                    self._send(link, stream.chunk(chunk))
-            else:
-                for chunk in body:
-                    self._send(link, stream.chunk(chunk))
+            async for chunk in chunks:
+                env = stream.chunk(chunk)
+                window.sent(len(env["body"]))
+                self._send(link, env)
+                if window.blocked():
+                    try:
+                        await asyncio.wait_for(window.wait(),
+                                               self.config.stream_stall_timeout)
+                    except TimeoutError:
+                        self._stalled(req)
+                        window.client_gone()
+                if window.gone:
+                    break
         except Exception as exc:
             self._log_failure(req, exc)
             self._send(link, stream.failed(req["id"]))
             return
+        finally:
+            self._close_window(link, rid)
+        if window.gone:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()  # run the generator's finally
+            else:
+                getattr(body, "close", lambda: None)()
+            self._send(link, stream.failed(req["id"]))
+            return
         self._send(link, stream.end())
+
+    def _open_window(self, link: GatewayLink, rid: int) -> StreamWindow:
+        window = StreamWindow(self.loop)
+        self.windows[(link.gateway_id, rid)] = window  # atomic: pool threads call this
+        return window
+
+    def _close_window(self, link: GatewayLink, rid: int) -> None:
+        self.windows.pop((link.gateway_id, rid), None)
+
+    def stream_credit(self, link: GatewayLink, msg: dict[str, Any]) -> None:
+        window = self.windows.get((link.gateway_id, msg["id"]))
+        if window is not None:
+            window.credit(msg["bytes"])
+
+    def _stalled(self, req: dict[str, Any]) -> None:
+        log.warning("request %s: the client took nothing of the stream for %.0fs; cut",
+                    req["id"], self.config.stream_stall_timeout,
+                    extra={"request_id": req["id"]})
 
     async def _run_asgi(self, adapter: ASGIHandler, link: GatewayLink, rid: int,
                         req: dict[str, Any]) -> None:
         began = time.perf_counter()
         scope, view = adapter.http_scope(req)
-        exchange = HttpExchange(rid, req["id"], req["body"], partial(self._send, link))
+        exchange = HttpExchange(rid, req["id"], req["body"], partial(self._send, link),
+                                partial(self._open_window, link, rid),
+                                self.config.stream_stall_timeout)
         key = (link.gateway_id, rid)
         self.asgi_http[key] = exchange
         try:
@@ -343,12 +407,17 @@ class Worker:
                       req["id"], exc, extra={"request_id": req["id"]})
         finally:
             self.asgi_http.pop(key, None)
+            self._close_window(link, rid)
         self.metrics.record(ASGI_ROUTE, status, time.perf_counter() - began)
 
     def client_gone(self, link: GatewayLink, rid: int) -> None:
         exchange = self.asgi_http.get((link.gateway_id, rid))
         if exchange is not None:
             exchange.client_gone()
+        else:
+            window = self.windows.get((link.gateway_id, rid))
+            if window is not None:
+                window.client_gone()
 
     def _failure(self, rid: int, req: dict[str, Any], exc: Exception, route: str,
                  began: float) -> dict[str, Any]:

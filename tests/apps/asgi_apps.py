@@ -63,6 +63,16 @@ async def raw(scope: Scope, receive: Any, send: Any) -> None:
     elif path == "/gone":
         await send(start)
         await send({"type": "http.response.body", "body": json.dumps(GONE).encode()})
+    elif path == "/huge":
+        await send({**start, "headers": [(b"content-type", b"application/octet-stream")]})
+        chunk = b"z" * 65536
+        try:
+            for _ in range(1024):  # 64 MiB
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except OSError:  # ClientDisconnected: the client left mid-stream
+            GONE.append("stream stopped early")
+            raise
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/scheme":
         await send(start)
         await send({"type": "http.response.body", "body": json.dumps(scope["scheme"]).encode()})

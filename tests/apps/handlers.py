@@ -158,7 +158,7 @@ not_a_handler = 42
 
 
 def three_args(a: Any, b: Any, c: Any) -> None:
-    """Shaped like ASGI: refused until ASGI support exists."""
+    """Shaped like ASGI but not a coroutine function: refused."""
 
 
 def as_json_text(obj: Any) -> str:
@@ -179,3 +179,42 @@ def go(req: dict[str, Any]) -> dict[str, Any]:
 @app.route("/text/<int:size>")
 def text(req: dict[str, Any], size: int) -> dict[str, Any]:
     return {"headers": {"content-type": "text/plain"}, "body": "a" * size}
+
+
+STREAM_EVENTS: list[str] = []  # what the big streams saw (one worker per test)
+MIB = 1024 * 1024
+
+
+@app.route("/huge/<int:mib>")
+def huge(req: dict[str, Any], mib: int) -> dict[str, Any]:
+    def parts() -> Iterator[bytes]:
+        sent = 0
+        try:
+            for _ in range(mib * 16):
+                yield b"x" * (MIB // 16)
+                sent += 1
+            STREAM_EVENTS.append("sync finished")
+        finally:
+            if sent < mib * 16:
+                STREAM_EVENTS.append("sync stopped early")
+    return {"headers": {"content-type": "application/octet-stream"}, "body": parts()}
+
+
+@app.route("/ahuge/<int:mib>")
+async def ahuge(req: dict[str, Any], mib: int) -> dict[str, Any]:
+    async def parts() -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            for _ in range(mib * 16):
+                yield b"y" * (MIB // 16)
+                sent += 1
+            STREAM_EVENTS.append("async finished")
+        finally:
+            if sent < mib * 16:
+                STREAM_EVENTS.append("async stopped early")
+    return {"headers": {"content-type": "application/octet-stream"}, "body": parts()}
+
+
+@app.route("/stream-events")
+def stream_events(req: dict[str, Any]) -> list[str]:
+    return STREAM_EVENTS
