@@ -99,6 +99,11 @@ async def raw_websocket(scope: Scope, receive: Any, send: Any) -> None:
     if path == "/ws-send-first":
         await send({"type": "websocket.send", "text": "not accepted yet"})
         return
+    if path == "/ws-accept-twice":
+        await send({"type": "websocket.accept"})
+        await receive()
+        await send({"type": "websocket.accept"})
+        return
     subprotocol = "chat" if "chat" in scope["subprotocols"] else None
     await send({"type": "websocket.accept", "subprotocol": subprotocol,
                 "headers": [(b"x-asgi", b"yes")]})

@@ -138,6 +138,20 @@ def test_raw_websocket_refusals(raw_cluster: tuple[Cluster, Proc, Proc]) -> None
     wk.wait_log("websocket.send before websocket.accept")
 
 
+def test_a_websocket_app_breaking_the_order_is_closed_1011(
+        raw_cluster: tuple[Cluster, Proc, Proc]) -> None:
+    _c, gw, wk = raw_cluster
+
+    async def go() -> None:
+        async with connect(url(gw, "/ws-accept-twice")) as ws:
+            await ws.send("anything")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    run(go())
+    wk.wait_log("websocket.accept after the handshake was decided")
+
+
 def test_lifespan_startup_failure_is_one_line_and_nonzero(tmp_path: Any) -> None:
     import subprocess
     import sys
