@@ -49,6 +49,8 @@ class GatewayMetrics:
                                      labels=["kind"])
         for status, count in sorted(http.errors_by_status.items()):
             errors.add_metric([ERROR_KINDS.get(status, str(status))], count)
+        for code, count in sorted(hub.protocol_errors.items()):
+            errors.add_metric([f"websocket_{code}"], count)
         yield errors
 
         traffic = CounterMetricFamily("cluster_gateway_bytes",

@@ -30,6 +30,15 @@ from cluster.gateway.ws_core import Binary, Closed, Event, Text, WebSocketCore
 
 log = logging.getLogger("cluster.gateway.ws")
 
+# Messages of one connection handed to its worker and not yet handled. Past the
+# high mark the gateway stops reading that client (TCP pushes back on it); below the
+# low mark it reads again. A flooding client fills its own socket, not the worker.
+WS_INFLIGHT_HIGH = 64
+WS_INFLIGHT_LOW = 16
+
+# Closes for bad client input (RFC 6455 codes), logged and counted.
+PROTOCOL_ERRORS = {1002: "protocol error", 1007: "invalid data", 1009: "message too big"}
+
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_GOING_AWAY = 1001
@@ -44,6 +53,10 @@ class Transport(Protocol):
 
     def is_closing(self) -> bool: ...
 
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
 
 class Session:
     """One accepted (or accepting) WebSocket connection."""
@@ -54,10 +67,12 @@ class Session:
         "conn",
         "core",
         "groups",
+        "inflight",
         "next_ping",
         "opened_at",
         "ping_sent",
         "pongs_seen",
+        "reading_paused",
         "transport",
         "worker",
     )
@@ -75,6 +90,8 @@ class Session:
         self.next_ping = 0.0  # set on accept
         self.pongs_seen = 0
         self.closed = False
+        self.inflight = 0  # messages at the worker, not yet acknowledged
+        self.reading_paused = False
 
 
 def rendezvous(conn_key: str, workers: list[tuple[bytes, str]]) -> bytes | None:
@@ -108,6 +125,7 @@ class WebSocketHub:
         self.slow_closes = 0
         self.push_missing = 0
         self.messages_in = 0
+        self.protocol_errors: dict[int, int] = {}  # close code -> connections closed so
         self.messages_out = 0
         self.broadcasts = 0
         self.bytes_out = 0
@@ -133,6 +151,7 @@ class WebSocketHub:
         for event in events:
             if not isinstance(event, Closed):
                 self.messages_in += 1
+                session.inflight += 1
             if isinstance(event, Text):
                 self.post(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
                                                         text=event.data))
@@ -140,7 +159,16 @@ class WebSocketHub:
                 self.post(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
                                                         bytes=event.data))
             elif isinstance(event, Closed):
+                if event.code in PROTOCOL_ERRORS:
+                    self.protocol_errors[event.code] = \
+                        self.protocol_errors.get(event.code, 0) + 1
+                    log.info("WebSocket %s/%s closed %d: %s", self.gateway_id, session.conn,
+                             event.code, event.reason or PROTOCOL_ERRORS[event.code])
                 self._finish(session, event.code, event.reason)
+        if session.inflight >= WS_INFLIGHT_HIGH and not session.reading_paused and \
+                not session.closed:
+            session.reading_paused = True
+            session.transport.pause_reading()
         self.flush(session)
 
     def connection_lost(self, session: Session) -> None:
@@ -198,6 +226,11 @@ class WebSocketHub:
         elif name == "close":
             session.core.close(int(action[2]), str(action[3])[:120])
             touched.add(conn)
+        elif name == "ack":  # the worker handled this many of the connection's messages
+            session.inflight = max(0, session.inflight - int(action[2]))
+            if session.reading_paused and session.inflight <= WS_INFLIGHT_LOW:
+                session.reading_paused = False
+                session.transport.resume_reading()
         elif name == "join":
             self.groups.setdefault(str(action[2]), set()).add(conn)
             session.groups.add(str(action[2]))

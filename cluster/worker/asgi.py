@@ -292,7 +292,10 @@ class WebSocketSession:
 
     # -- the app's side -------------------------------------------------------------
     async def receive(self) -> Message:
-        return await self.queue.get()
+        message = await self.queue.get()
+        if message["type"] == "websocket.receive" and not self.client_gone:
+            self.act(["ack", self.number, 1])  # taken: the gateway may read more
+        return message
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")

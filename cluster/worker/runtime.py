@@ -541,6 +541,8 @@ class Worker:
                 [["close", number, 1011, "internal error"]]
         if kind == "ws.close" or (actions and actions[0][0] == "reject"):
             self.ws_info.pop(key, None)
+        if kind == "ws.message":
+            actions.append(["ack", number, 1])  # the gateway may read the client again
         if actions:
             link.post(wire.envelope(wire.WS_ACTIONS, actions=actions))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -80,3 +81,22 @@ def late_join(req: dict[str, Any]) -> dict[str, Any] | None:
 @app.route("/")
 def index(req: dict[str, Any]) -> str:
     return "plain http still works\n"
+
+
+SLOW_SEEN: list[int] = []
+
+
+@app.websocket("/slow")
+async def slow(req: dict[str, Any]) -> dict[str, Any] | None:
+    """Takes 20 ms a message, and never answers: a client cannot outrun it."""
+    if req["type"] == "ws.connect":
+        return {"accept": True}
+    if req["type"] == "ws.message":
+        await asyncio.sleep(0.02)  # the handler's simulated work
+        SLOW_SEEN.append(len(req["bytes"] or b""))
+    return None
+
+
+@app.route("/slow-seen")
+def slow_seen(req: dict[str, Any]) -> int:
+    return len(SLOW_SEEN)

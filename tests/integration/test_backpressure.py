@@ -67,3 +67,30 @@ def test_a_client_that_leaves_stops_the_producer(
              f"{event!r}: the generator closed")
     # Its dispatch credit came back: the worker still answers.
     assert get(port, "/items/1").status == 200
+
+
+def test_a_websocket_client_cannot_flood_its_worker() -> None:
+    from tests import wsclient
+    with cluster() as c:
+        gw = c.gateway()
+        wk = c.worker("tests.apps.ws_app:app")
+        port = int(gw.ready["port"])
+        sock, head = wsclient.handshake(port, path="/slow")
+        assert head.startswith(b"HTTP/1.1 101")
+        before_gw, before_wk = rss_kib(gw.pid), rss_kib(wk.pid)
+        stream = memoryview(wsclient.frame(0x2, b"m" * 65536) * 1024)  # 64 MiB of frames
+        sock.setblocking(False)
+        pushed, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline and pushed < len(stream):
+            try:
+                pushed += sock.send(stream[pushed:pushed + MIB])
+            except BlockingIOError:
+                time.sleep(0.01)  # poll: waiting for the socket to take more
+        # The slow handler takes 50 messages a second; the rest waits in TCP
+        # buffers, which push back on the client, not in the gateway or the worker.
+        assert pushed < 48 * MIB, f"the client pushed {pushed // MIB} MiB"
+        assert rss_kib(gw.pid) - before_gw < 16 * 1024
+        assert rss_kib(wk.pid) - before_wk < 16 * 1024
+        seen = int(get(port, "/slow-seen").body)
+        assert 0 < seen < 400
+        sock.close()

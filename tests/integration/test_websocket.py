@@ -208,6 +208,16 @@ def bad_frame_close_code(fx: Fixture, data: bytes, extra: str = "") -> int | Non
 def test_protocol_violations_close_with_the_right_code(ws_cluster: Fixture, data: bytes,
                                                        code: int) -> None:
     assert bad_frame_close_code(ws_cluster, data) == code
+    # One log line names it, and the gateway counts it for its metrics.
+    gw = ws_cluster[1][1]
+    gw.wait_log(f"closed {code}:")
+    metrics = get_metrics(gw)
+    assert f'cluster_gateway_parse_errors_total{{kind="websocket_{code}"}}' in metrics
+
+
+def get_metrics(gw: Proc) -> str:
+    from tests.httpclient import get
+    return get(int(gw.ready["metrics"].rpartition(":")[2]), "/metrics").body.decode()
 
 
 def test_deflate_bomb_is_1009_and_bounded(ws_cluster: Fixture) -> None:
