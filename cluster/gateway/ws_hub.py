@@ -125,7 +125,7 @@ class WebSocketHub:
         self.slow_closes = 0
         self.push_missing = 0
         self.messages_in = 0
-        self.protocol_errors: dict[int, int] = {}  # close code -> connections closed so
+        self.protocol_errors: dict[int, int] = {}  # close code -> connections it closed
         self.messages_out = 0
         self.broadcasts = 0
         self.bytes_out = 0

@@ -60,3 +60,29 @@ class StreamWindow:
         """In a pool thread: the same; False if `timeout` passed still blocked."""
         with self._cond:
             return self._cond.wait_for(lambda: not self.blocked(), timeout)
+
+
+class Streams:
+    """A worker's streams being sent, by (gateway id, request id): their windows."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.windows: dict[tuple[str, int], StreamWindow] = {}
+
+    def open(self, gateway_id: str, rid: int) -> StreamWindow:
+        window = StreamWindow(self.loop)
+        self.windows[(gateway_id, rid)] = window  # one dict store: pool threads call this
+        return window
+
+    def close(self, gateway_id: str, rid: int) -> None:
+        self.windows.pop((gateway_id, rid), None)
+
+    def credit(self, gateway_id: str, rid: int, nbytes: int) -> None:
+        window = self.windows.get((gateway_id, rid))
+        if window is not None:
+            window.credit(nbytes)
+
+    def client_gone(self, gateway_id: str, rid: int) -> None:
+        window = self.windows.get((gateway_id, rid))
+        if window is not None:
+            window.client_gone()

@@ -36,17 +36,11 @@ from cluster.errors import HandlerLoadError
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
-from cluster.state import SharedState, StateError, StateUnavailable
+from cluster.state import StateError, StateUnavailable
 from cluster.worker.adapters import Invocation, settle
-from cluster.worker.asgi import (
-    ASGIHandler,
-    HttpExchange,
-    LifespanError,
-    WebSocketSession,
-    commit_view,
-    run_http,
-)
-from cluster.worker.flow import StreamWindow
+from cluster.worker.asgi import ASGIHandler, LifespanError
+from cluster.worker.asgi_runner import AsgiRunner
+from cluster.worker.flow import Streams
 from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.messages import (
     BadResponse,
@@ -67,13 +61,12 @@ log = logging.getLogger("cluster.worker")
 
 Outgoing = tuple["GatewayLink", dict[str, Any]]
 
+
 async def _aiter(items: Any) -> Any:
     """A sync iterable as an async one (the loop runs it between sends)."""
     for item in items:
         yield item
 
-
-ASGI_ROUTE = "*"  # an ASGI app routes by itself: the worker sees no route patterns
 
 WS_KINDS = {wire.WS_OPEN: "ws.connect", wire.WS_MESSAGE: "ws.message",
             wire.WS_CLOSED: "ws.close"}
@@ -118,7 +111,7 @@ class GatewayLink:
             elif kind == wire.GONE:
                 self.worker.client_gone(self, msg["id"])
             elif kind == wire.STREAM_CREDIT:
-                self.worker.stream_credit(self, msg)
+                self.worker.streams.credit(self.gateway_id, msg["id"], msg["bytes"])
             elif kind == wire.WS_QUERY_REPLY:
                 self.worker.on_query_reply(self.gateway_id, msg)
             elif kind == wire.WELCOME:
@@ -178,9 +171,9 @@ class Worker:
         self._query_rid = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.ws_events: dict[str, int] = {}  # counted on the loop thread
-        self.asgi_http: dict[tuple[str, int], HttpExchange] = {}  # running ASGI requests
-        self.windows: dict[tuple[str, int], StreamWindow] = {}  # streams being sent
-        self.asgi_ws: dict[str, WebSocketSession] = {}  # running ASGI connections
+        self.streams = Streams(loop)  # flow control of the responses being streamed
+        self.asgi = AsgiRunner(self, self.adapter) if isinstance(self.adapter, ASGIHandler) \
+            else None
         self.metrics = WorkerMetrics(self)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
 
@@ -252,13 +245,14 @@ class Worker:
         rid: int = env["id"]
         try:
             req = build_request(env, link.gateway_id)
-            if isinstance(self.adapter, ASGIHandler):
-                self.loop.create_task(self._run_asgi(self.adapter, link, rid, req))
+            if self.asgi is not None:
+                self.asgi.request(link, rid, req)
                 return
+            assert not isinstance(self.adapter, ASGIHandler)  # then self.asgi runs it
             inv = self.adapter.prepare(req)
         except Exception:
             log.exception("request %s/%s could not be prepared", link.gateway_id, rid)
-            self._send(link, server_error(rid, f"{link.gateway_id}/{rid}"))
+            self.send(link, server_error(rid, f"{link.gateway_id}/{rid}"))
             return
         if inv.inline:
             self._run_sync(link, rid, req, inv, self._send_pair)
@@ -292,7 +286,7 @@ class Worker:
                          "body": body, "req": req}))
         else:
             stream = StreamEnvelopes(rid, status, headers)
-            window = self._open_window(link, rid)
+            window = self.streams.open(link.gateway_id, rid)
             try:
                 for chunk in body:
                     env = stream.chunk(chunk)
@@ -309,7 +303,7 @@ class Worker:
                 emit((link, stream.failed(req["id"])))
                 return
             finally:
-                self._close_window(link, rid)
+                self.streams.close(link.gateway_id, rid)
             if window.gone:
                 getattr(body, "close", lambda: None)()  # run the generator's finally
                 emit((link, stream.failed(req["id"])))
@@ -325,28 +319,28 @@ class Worker:
                 await self.state.acall(ops)
             if msg is realtime.DEFER:
                 self.metrics.record(inv.route, "deferred", time.perf_counter() - began)
-                self._send(link, wire.envelope(wire.DEFERRED, id=rid))
+                self.send(link, wire.envelope(wire.DEFERRED, id=rid))
                 return
             status, headers, body = normalize(msg)
         except Exception as exc:
-            self._send(link, self._failure(rid, req, exc, inv.route, began))
+            self.send(link, self._failure(rid, req, exc, inv.route, began))
             return
         self.metrics.record(inv.route, status, time.perf_counter() - began)
         if isinstance(body, bytes):
-            self._send(link, response(rid, status, headers, body))
+            self.send(link, response(rid, status, headers, body))
         else:
             await self._stream_async(link, rid, req, status, headers, body)
 
     async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
                             status: int, headers: list[list[str]], body: Any) -> None:
         stream = StreamEnvelopes(rid, status, headers)
-        window = self._open_window(link, rid)
+        window = self.streams.open(link.gateway_id, rid)
         chunks = body if hasattr(body, "__anext__") else _aiter(body)
         try:
             async for chunk in chunks:
                 env = stream.chunk(chunk)
                 window.sent(len(env["body"]))
-                self._send(link, env)
+                self.send(link, env)
                 if window.blocked():
                     try:
                         await asyncio.wait_for(window.wait(),
@@ -358,66 +352,28 @@ class Worker:
                     break
         except Exception as exc:
             self._log_failure(req, exc)
-            self._send(link, stream.failed(req["id"]))
+            self.send(link, stream.failed(req["id"]))
             return
         finally:
-            self._close_window(link, rid)
+            self.streams.close(link.gateway_id, rid)
         if window.gone:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()  # run the generator's finally
             else:
                 getattr(body, "close", lambda: None)()
-            self._send(link, stream.failed(req["id"]))
+            self.send(link, stream.failed(req["id"]))
             return
-        self._send(link, stream.end())
-
-    def _open_window(self, link: GatewayLink, rid: int) -> StreamWindow:
-        window = StreamWindow(self.loop)
-        self.windows[(link.gateway_id, rid)] = window  # atomic: pool threads call this
-        return window
-
-    def _close_window(self, link: GatewayLink, rid: int) -> None:
-        self.windows.pop((link.gateway_id, rid), None)
-
-    def stream_credit(self, link: GatewayLink, msg: dict[str, Any]) -> None:
-        window = self.windows.get((link.gateway_id, msg["id"]))
-        if window is not None:
-            window.credit(msg["bytes"])
+        self.send(link, stream.end())
 
     def _stalled(self, req: dict[str, Any]) -> None:
         log.warning("request %s: the client took nothing of the stream for %.0fs; cut",
                     req["id"], self.config.stream_stall_timeout,
                     extra={"request_id": req["id"]})
 
-    async def _run_asgi(self, adapter: ASGIHandler, link: GatewayLink, rid: int,
-                        req: dict[str, Any]) -> None:
-        began = time.perf_counter()
-        scope, view = adapter.http_scope(req)
-        exchange = HttpExchange(rid, req["id"], req["body"], partial(self._send, link),
-                                partial(self._open_window, link, rid),
-                                self.config.stream_stall_timeout)
-        key = (link.gateway_id, rid)
-        self.asgi_http[key] = exchange
-        try:
-            status = await run_http(adapter.app, scope, exchange)
-            await commit_view(view, self.state.acall)
-        except StateError as exc:  # StateUnavailable too: the answer is already out
-            log.error("request %s: the app's state writes were not committed: %s",
-                      req["id"], exc, extra={"request_id": req["id"]})
-        finally:
-            self.asgi_http.pop(key, None)
-            self._close_window(link, rid)
-        self.metrics.record(ASGI_ROUTE, status, time.perf_counter() - began)
-
     def client_gone(self, link: GatewayLink, rid: int) -> None:
-        exchange = self.asgi_http.get((link.gateway_id, rid))
-        if exchange is not None:
-            exchange.client_gone()
-        else:
-            window = self.windows.get((link.gateway_id, rid))
-            if window is not None:
-                window.client_gone()
+        if self.asgi is None or not self.asgi.client_gone(link, rid):
+            self.streams.client_gone(link.gateway_id, rid)
 
     def _failure(self, rid: int, req: dict[str, Any], exc: Exception, route: str,
                  began: float) -> dict[str, Any]:
@@ -452,12 +408,12 @@ class Worker:
                 self.loop.create_task(self._stream_async(
                     link, env["id"], env["req"], env["status"], env["headers"], env["body"]))
             else:
-                self._send(link, env)
+                self.send(link, env)
 
     def _send_pair(self, pair: Outgoing) -> None:
-        self._send(pair[0], pair[1])
+        self.send(pair[0], pair[1])
 
-    def _send(self, link: GatewayLink, env: dict[str, Any]) -> None:
+    def send(self, link: GatewayLink, env: dict[str, Any]) -> None:
         link.post(env)
         if not env.get("more"):  # a final response, or DEFERRED: the call is over
             self.running -= 1
@@ -466,47 +422,12 @@ class Worker:
 
     # -- WebSocket -------------------------------------------------------------
     def ws_event(self, link: GatewayLink, env: dict[str, Any]) -> None:
-        if isinstance(self.adapter, ASGIHandler):
-            self._asgi_ws_event(self.adapter, link, env)
+        if self.asgi is not None:
+            kind = WS_KINDS[env["k"]]
+            self.ws_events[kind] = self.ws_events.get(kind, 0) + 1
+            self.asgi.ws_event(link, kind, env)
             return
         self.ws_queues.submit(f"{link.gateway_id}/{env['conn']}", (link, env))
-
-    def _asgi_ws_event(self, adapter: ASGIHandler, link: GatewayLink,
-                       env: dict[str, Any]) -> None:
-        """An ASGI app runs once per connection; its events feed that run, in order."""
-        number: int = env["conn"]
-        key = f"{link.gateway_id}/{number}"
-        kind = WS_KINDS[env["k"]]
-        self.ws_events[kind] = self.ws_events.get(kind, 0) + 1
-        if kind == "ws.connect":
-            req = build_ws_request(kind, key, connect_ws_info(env), env)
-            scope, view = adapter.websocket_scope(req, env["headers"])
-
-            def act(action: list[Any]) -> None:
-                link.post(wire.envelope(wire.WS_ACTIONS, actions=[action]))
-            started = WebSocketSession(number, key, act)
-            self.asgi_ws[key] = started
-            self.loop.create_task(self._run_asgi_ws(adapter, key, started, scope, view))
-            return
-        session = self.asgi_ws.get(key)
-        if session is None:
-            return  # the app's run is over; the gateway learns of it from the close
-        if kind == "ws.message":
-            text, data = env.get("text"), env.get("bytes")
-            session.message(text if isinstance(text, str) else None,
-                            data if isinstance(data, bytes) else None)
-        else:
-            session.closed(env["code"], env["reason"])
-
-    async def _run_asgi_ws(self, adapter: ASGIHandler, key: str, session: WebSocketSession,
-                           scope: dict[str, Any], view: SharedState) -> None:
-        try:
-            await session.run(adapter.app, scope)
-            await commit_view(view, self.state.acall)
-        except StateError as exc:
-            log.error("WebSocket %s: the app's state writes were not committed: %s", key, exc)
-        finally:
-            self.asgi_ws.pop(key, None)
 
     async def _run_ws(self, item: tuple[GatewayLink, dict[str, Any]]) -> None:
         link, env = item

@@ -1,0 +1,105 @@
+"""A worker's runs of an ASGI app: one task per HTTP request, one per WebSocket
+connection, fed by the worker's gateway links. The ASGI protocol itself (scopes,
+message order) is cluster/worker/asgi.py; this module is the glue to the worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from cluster import wire
+from cluster.state import SharedState, StateError
+from cluster.worker.asgi import (
+    ASGIHandler,
+    HttpExchange,
+    WebSocketSession,
+    commit_view,
+    run_http,
+)
+from cluster.worker.ws import build_ws_request
+from cluster.worker.ws import connect_info as connect_ws_info
+
+if TYPE_CHECKING:
+    from cluster.worker.runtime import GatewayLink, Worker
+
+log = logging.getLogger("cluster.worker.asgi")
+
+ROUTE = "*"  # an ASGI app routes by itself: the worker sees no route patterns
+
+
+class AsgiRunner:
+    def __init__(self, worker: Worker, adapter: ASGIHandler) -> None:
+        self.worker = worker
+        self.adapter = adapter
+        self.http: dict[tuple[str, int], HttpExchange] = {}  # running requests
+        self.ws: dict[str, WebSocketSession] = {}  # running connections
+
+    # -- HTTP ------------------------------------------------------------------------
+    def request(self, link: GatewayLink, rid: int, req: dict[str, Any]) -> None:
+        self.worker.loop.create_task(self._run_http(link, rid, req))
+
+    async def _run_http(self, link: GatewayLink, rid: int, req: dict[str, Any]) -> None:
+        worker = self.worker
+        began = time.perf_counter()
+        scope, view = self.adapter.http_scope(req)
+        exchange = HttpExchange(rid, req["id"], req["body"], partial(worker.send, link),
+                                partial(worker.streams.open, link.gateway_id, rid),
+                                worker.config.stream_stall_timeout)
+        key = (link.gateway_id, rid)
+        self.http[key] = exchange
+        status = 500
+        try:
+            status = await run_http(self.adapter.app, scope, exchange)
+            await commit_view(view, worker.state.acall)
+        except StateError as exc:  # StateUnavailable too: the answer is already out
+            log.error("request %s: the app's state writes were not committed: %s",
+                      req["id"], exc, extra={"request_id": req["id"]})
+        finally:
+            self.http.pop(key, None)
+            worker.streams.close(link.gateway_id, rid)
+        worker.metrics.record(ROUTE, status, time.perf_counter() - began)
+
+    def client_gone(self, link: GatewayLink, rid: int) -> bool:
+        """The client of a running request left; False if it is not ours."""
+        exchange = self.http.get((link.gateway_id, rid))
+        if exchange is None:
+            return False
+        exchange.client_gone()
+        return True
+
+    # -- WebSocket -------------------------------------------------------------------
+    def ws_event(self, link: GatewayLink, kind: str, env: dict[str, Any]) -> None:
+        """The app runs once per connection; its events feed that run, in order."""
+        number: int = env["conn"]
+        key = f"{link.gateway_id}/{number}"
+        if kind == "ws.connect":
+            req = build_ws_request(kind, key, connect_ws_info(env), env)
+            scope, view = self.adapter.websocket_scope(req, env["headers"])
+
+            def act(action: list[Any]) -> None:
+                link.post(wire.envelope(wire.WS_ACTIONS, actions=[action]))
+            started = WebSocketSession(number, key, act)
+            self.ws[key] = started
+            self.worker.loop.create_task(self._run_ws(key, started, scope, view))
+            return
+        session = self.ws.get(key)
+        if session is None:
+            return  # the app's run is over; the gateway learns of it from the close
+        if kind == "ws.message":
+            text, data = env.get("text"), env.get("bytes")
+            session.message(text if isinstance(text, str) else None,
+                            data if isinstance(data, bytes) else None)
+        else:
+            session.closed(env["code"], env["reason"])
+
+    async def _run_ws(self, key: str, session: WebSocketSession, scope: dict[str, Any],
+                      view: SharedState) -> None:
+        try:
+            await session.run(self.adapter.app, scope)
+            await commit_view(view, self.worker.state.acall)
+        except StateError as exc:
+            log.error("WebSocket %s: the app's state writes were not committed: %s", key, exc)
+        finally:
+            self.ws.pop(key, None)
