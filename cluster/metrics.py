@@ -120,12 +120,7 @@ class ShardedHistogram:
         merged: dict[tuple[Any, ...], list[float]] = {}
         for shard in shards:
             for key, row in list(shard.items()):  # a copy: its owner may add a key
-                total = merged.get(key)
-                if total is None:
-                    merged[key] = list(row)
-                else:
-                    for i, value in enumerate(row):
-                        total[i] += value
+                _add_row(merged, key, row)
         return merged
 
     def family(self, name: str, doc: str, labels: list[str],
@@ -148,14 +143,18 @@ def merge_rows(rows: dict[tuple[Any, ...], list[float]],
     """Rows re-keyed by `keep(key)`, summed: a histogram over fewer labels."""
     out: dict[tuple[Any, ...], list[float]] = {}
     for key, row in rows.items():
-        new = keep(key)
-        total = out.get(new)
-        if total is None:
-            out[new] = list(row)
-        else:
-            for i, value in enumerate(row):
-                total[i] += value
+        _add_row(out, keep(key), row)
     return out
+
+
+def _add_row(into: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...],
+             row: list[float]) -> None:
+    total = into.get(key)
+    if total is None:
+        into[key] = list(row)
+    else:
+        for i, value in enumerate(row):
+            total[i] += value
 
 
 def pump_metrics(pumps: dict[str, Any]) -> Iterable[Any]:

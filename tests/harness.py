@@ -74,6 +74,14 @@ class Proc:
             raise
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS), for tests that bound it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll `predicate` until it is truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

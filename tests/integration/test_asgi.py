@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from tests.harness import Cluster, Proc, cluster, wait_for
+from tests.harness import Cluster, Proc, cluster, rss_kib, wait_for
 from tests.httpclient import get
 
 RAW = "tests.apps.asgi_apps:raw"
@@ -265,15 +265,8 @@ def test_fastapi_websocket(fastapi_cluster: tuple[Cluster, Proc]) -> None:
 
 def test_an_asgi_stream_goes_at_the_clients_pace(raw_cluster: tuple[Cluster, Proc, Proc]
                                                  ) -> None:
-    from pathlib import Path
     _c, gw, _wk = raw_cluster
     port = int(gw.ready["port"])
-
-    def rss_kib(pid: int) -> int:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
     before = rss_kib(gw.pid)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)

@@ -7,11 +7,10 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Proc, cluster, wait_for
+from tests.harness import Cluster, Proc, cluster, rss_kib, wait_for
 from tests.httpclient import get
 
 APP = "tests.apps.handlers:app"
@@ -25,12 +24,6 @@ def streams() -> Iterator[tuple[Cluster, Proc, Proc]]:
         wk = c.worker(APP)
         yield c, gw, wk
 
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.parametrize("path", ["/huge/64", "/ahuge/64"])

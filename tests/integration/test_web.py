@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Proc, cluster
+from tests.harness import Cluster, Proc, cluster, rss_kib
 from tests.httpclient import get
 
 APP = "tests.apps.handlers:app"
@@ -38,12 +38,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Pr
 def port(gw: Proc) -> int:
     return int(gw.ready["port"])
 
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_files_with_types_and_validators(site: tuple[Cluster, Proc, Path]) -> None:
