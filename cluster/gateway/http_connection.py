@@ -366,16 +366,8 @@ class HttpConnection(asyncio.Protocol):
         out = b""
         if not ex.started:
             ex.started = True
-            if ex.gzip and not more and body:
-                packed = gzip_response(part.get("status", 200),
-                                       [(str(h[0]), str(h[1])) for h in part.get("headers")
-                                        or [] if isinstance(h, (list, tuple)) and len(h) == 2],
-                                       body, self.ctx.gzip_min_size)
-                if packed is not None:
-                    part = {**part, "headers": packed[0]}
-                    body = packed[1]
             try:
-                head = self._head(ex, part, body, more)
+                head, body = self._head(ex, part, body, more)
             except BadResponseHeader as exc:
                 log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
                           extra={"request_id": f"{self.ctx.gateway_id}/{ex.id}"})
@@ -396,8 +388,7 @@ class HttpConnection(asyncio.Protocol):
         if not more and ex.chunked and not ex.head_only:
             out += LAST_CHUNK
         if out:
-            self.ctx.bytes_out += len(out)
-            transport.write(out)
+            self._write(out)
         if more and body and ex.worker is not None and self.ctx.stream_credit is not None:
             # Credit flows at the client's pace: held while its connection is backed up.
             if self.writing_paused:
@@ -405,8 +396,7 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self.ctx.stream_credit(ex, len(body))
         if not more:
-            ex.done = True
-            self.ctx.finished(ex, self.loop.time())
+            self._done(ex)
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -417,7 +407,10 @@ class HttpConnection(asyncio.Protocol):
         ex.done = True
         self.ctx.finished(ex, self.loop.time())
 
-    def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool) -> bytes:
+    def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool
+              ) -> tuple[bytes, bytes]:
+        """The response head, and the body to send after it (gzipped when the client
+        accepts it and the response qualifies)."""
         status = part.get("status", 200)
         headers = part.get("headers") or []
         if not isinstance(status, int) or not 100 <= status <= 999 or \
@@ -426,6 +419,10 @@ class HttpConnection(asyncio.Protocol):
         pairs = [tuple(h) for h in headers if isinstance(h, (list, tuple)) and len(h) == 2]
         if len(pairs) != len(headers):
             raise BadResponseHeader("a header is not a [name, value] pair")
+        if ex.gzip and not more and body:
+            packed = gzip_response(status, pairs, body, self.ctx.gzip_min_size)
+            if packed is not None:
+                pairs, body = packed
         ex.status = status
         no_body = status in (204, 304) or status < 200
         ex.head_only = no_body or ex.method == "HEAD"
@@ -447,7 +444,7 @@ class HttpConnection(asyncio.Protocol):
         return http_core.encode_head(
             ex.version, status, pairs,
             content_length=content_length, chunked=ex.chunked,
-            keep_alive=ex.keep_alive, date=self.ctx.date)
+            keep_alive=ex.keep_alive, date=self.ctx.date), body
 
     # -- timers and shutdown ---------------------------------------------------
     def check_timeouts(self, now: float) -> None:
