@@ -25,7 +25,6 @@ class Exchange:
         "deadline",
         "done",
         "envelope",
-        "gzip",
         "head_only",
         "id",
         "keep_alive",
@@ -57,7 +56,6 @@ class Exchange:
         self.head_only = False
         self.began = 0.0  # loop time the request was complete
         self.status = 0  # of the response head, once written
-        self.gzip = False  # the client accepts gzip and the gateway compresses
 
     @property
     def retryable(self) -> bool:

@@ -226,9 +226,6 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = request.keep_alive and not request.upgrade
         ex = Exchange(env, request.method, request.version, keep_alive, self)
         ex.began = now
-        if self.ctx.gzip_min_size:
-            ex.gzip = any(name == "accept-encoding" and accepts_gzip(value)
-                          for name, value in request.headers)
         if not keep_alive:
             self.closing = True  # nothing after this request will be read
         self.exchanges.append(ex)
@@ -242,8 +239,7 @@ class HttpConnection(asyncio.Protocol):
                 self.deliver(ex, {"more": False, "status": 304, "headers": answer.headers})
             else:
                 self.deliver_error(ex, answer.status, answer.headers)
-        else:
-            ex.gzip = False  # files go as they are: ranges and ETags stay true
+        else:  # streamed, so never gzipped: ranges and ETags stay true
             self.loop.create_task(self._send_file(ex, answer))
 
     def _upgrade(self, request: Request) -> None:
@@ -419,7 +415,10 @@ class HttpConnection(asyncio.Protocol):
         pairs = [tuple(h) for h in headers if isinstance(h, (list, tuple)) and len(h) == 2]
         if len(pairs) != len(headers):
             raise BadResponseHeader("a header is not a [name, value] pair")
-        if ex.gzip and not more and body:
+        # Only a whole response big enough makes us look at what the client accepts.
+        if self.ctx.gzip_min_size and not more and len(body) >= self.ctx.gzip_min_size \
+                and any(name == "accept-encoding" and accepts_gzip(value)
+                        for name, value in ex.envelope.get("headers", ())):
             packed = gzip_response(status, pairs, body, self.ctx.gzip_min_size)
             if packed is not None:
                 pairs, body = packed
