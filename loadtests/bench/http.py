@@ -44,14 +44,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     wrk_arguments(parser)
+    parser.add_argument("--chart", default="",
+                        help="also draw req/s and CPU per request per server to this file "
+                             "(.svg or .png; needs matplotlib)")
     args = parser.parse_args()
     med = compare_in_turns(servers(), args)
-    names = list(med)
-    a, b, c, d = (med[n][0] for n in names)
-    print(f"\n| ratio | value |\n|---|---:|\n| a/b (cluster / uvicorn) | {a / b:.2f} |"
-          f"\n| a/c (cluster / gateway alone) | {a / c:.2f} |"
-          f"\n| d/b (async handler / uvicorn) | {d / b:.2f} |"
-          f"\n| p99 a/b | {med[names[0]][2] / med[names[1]][2]:.2f} |")
+    a, b, c, d = med.values()
+    print("\n| ratio | value | target |\n|---|---:|---:|")
+    print(f"| req/s a/b (cluster sync / uvicorn) | {a.rps / b.rps:.2f} | ≥ 1.0 |")
+    print(f"| req/s d/b (cluster async / uvicorn) | {d.rps / b.rps:.2f} | ≥ 1.0 |")
+    print(f"| CPU per request a/b | {a.cpu_total / b.cpu_total:.2f} | ≤ 1.0 |")
+    print(f"| CPU per request d/b | {d.cpu_total / b.cpu_total:.2f} | ≤ 1.0 |")
+    print(f"| CPU per request a/d (sync over async) | {a.cpu_total / d.cpu_total:.2f} | ≤ 1.15 |")
+    print(f"| p99 a/b | {a.p99_ms / b.p99_ms:.2f} | ≤ 1.0 |")
+    print(f"| p99 d/b | {d.p99_ms / b.p99_ms:.2f} | ≤ 1.0 |")
+    print(f"| req/s a/c (cluster / gateway alone) | {a.rps / c.rps:.2f} | |")
+    if args.chart:
+        from loadtests.bench.chart import draw
+        draw(med, args.chart, f"HTTP hello, wrk -c{args.connections}, {args.rounds} rounds")
     return 0
 
 
