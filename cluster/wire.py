@@ -61,15 +61,17 @@ DEFERRED_REPLY = "drep"  # any worker -> gateway: the answer to a deferred reque
 
 BATCH = "batch"
 
-_STR = (str,)
-_INT = (int,)
-_BOOL = (bool,)
-_BYTES = (bytes,)
-_LIST = (list,)
-_MAP = (dict,)
+_STR = str
+_INT = int
+_BOOL = bool
+_BYTES = bytes
+_LIST = list
+_MAP = dict
 
-# Required fields and their types, per kind. Optional fields are checked where used.
-SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+# Required fields and their exact types, per kind (msgpack decodes to exactly these,
+# so an exact check also refuses a bool where an int is required). Optional fields
+# are checked where they are used.
+SCHEMA: dict[str, dict[str, type]] = {
     REGISTER: {"id": _STR, "role": _STR, "info": _MAP},
     HEARTBEAT: {"id": _STR},
     WHO: {},
@@ -134,18 +136,19 @@ def encode_one(kind: str, **fields: Any) -> bytes:
     return bytes(_packer.pack(fields))
 
 
+_FIELDS = {kind: tuple(fields.items()) for kind, fields in SCHEMA.items()}
+
+
 def _check(msg: object) -> dict[str, Any]:
-    if not isinstance(msg, dict):
+    if type(msg) is not dict:
         raise WireError("envelope is not a map")
     kind = msg.get("k")
-    schema = SCHEMA.get(kind) if isinstance(kind, str) else None
-    if schema is None:
+    fields = _FIELDS.get(kind) if type(kind) is str else None
+    if fields is None:
         raise WireError(f"unknown kind {kind!r}")
-    for field, types in schema.items():
-        value = msg.get(field)
-        # bool is an int subclass; an int field must not accept True/False
-        if not isinstance(value, types) or (types is _INT and isinstance(value, bool)):
-            raise WireError(f"{kind}: field {field!r} missing or of the wrong type")
+    for name, typ in fields:
+        if type(msg.get(name)) is not typ:
+            raise WireError(f"{kind}: field {name!r} missing or of the wrong type")
     return msg
 
 
