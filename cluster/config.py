@@ -109,8 +109,6 @@ class GatewayConfig(Common):
     ws_origins: str = opt("", "comma-separated Origin allow-list (empty: any); a browser "
                           "sending another gets 403; clients sending none are let in")
     static: str = opt("", "serve files at the gateway: /url=DIRECTORY[,/url2=DIR2]")
-    gzip_min_size: int = opt(1024, "gzip whole text-like responses of at least this many "
-                             "bytes when the client accepts it (0: never)")
     certfile: str = opt("", "TLS certificate chain (PEM): serve HTTPS and WSS")
     keyfile: str = opt("", "TLS private key (PEM) for --certfile")
     access_log: bool = opt(False, "log one line per HTTP response (method, target, status, "
@@ -124,8 +122,6 @@ class GatewayConfig(Common):
                      "max_queue", "max_pipeline", "ws_max_size", "ws_max_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.gzip_min_size < 0:
-            raise ConfigError("--gzip-min-size must be >= 0")
         if bool(self.certfile) != bool(self.keyfile):
             raise ConfigError("--certfile and --keyfile go together")
         for name in ("certfile", "keyfile"):
@@ -147,6 +143,9 @@ class WorkerConfig(Common):
     state_timeout: float = opt(3.0, "seconds a state write waits for the coordinator")
     stream_stall_timeout: float = opt(60.0, "seconds a streamed response waits for a "
                                       "client that takes nothing before it is cut")
+    gzip_min_size: int = opt(1024, "gzip whole text-like responses of at least this many "
+                             "bytes when the client accepts it (0: never); done here, in "
+                             "the worker, so it costs the gateways nothing")
 
     def validate(self) -> None:
         super().validate()
@@ -156,6 +155,8 @@ class WorkerConfig(Common):
             raise ConfigError("--concurrency and --threads must be >= 1")
         if self.state_timeout <= 0 or self.stream_stall_timeout <= 0:
             raise ConfigError("--state-timeout and --stream-stall-timeout must be > 0")
+        if self.gzip_min_size < 0:
+            raise ConfigError("--gzip-min-size must be >= 0")
 
 
 @dataclass(frozen=True)

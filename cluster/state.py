@@ -116,6 +116,8 @@ class SharedState(MutableMapping[str, Any]):
 
     def take_batch(self) -> list[list[Any]]:
         """The buffered writes as coordinator ops, emptied (called on return)."""
+        if not self._pending:
+            return []
         ops = [["del", k] if v is _MISSING else ["set", k, v, 0]
                for k, v in self._pending.items()]
         self._pending.clear()

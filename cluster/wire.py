@@ -105,7 +105,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     WS_CLOSED: {"conn": _INT, "code": _INT, "reason": _STR},
     WS_ACTIONS: {"actions": _LIST},
     DEFERRED: {"id": _INT},
-    DEFERRED_REPLY: {"id": _INT, "status": _INT, "headers": _LIST, "body": _BYTES},
+    DEFERRED_REPLY: {"id": _INT, "status": _INT, "head": _BYTES, "body": _BYTES},
     WS_QUERY: {"rid": _INT, "group": _STR},
     WS_QUERY_REPLY: {"rid": _INT, "conns": _LIST},
 }

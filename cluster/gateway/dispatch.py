@@ -187,7 +187,7 @@ class Dispatcher:
                              "out or unknown); dropped", msg["id"])
                 else:
                     ex.sink.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
-                                         "status": msg["status"], "headers": msg["headers"],
+                                         "status": msg["status"], "head": msg["head"],
                                          "body": msg["body"]})
             elif kind == wire.WS_ACTIONS and self.hub is not None:
                 self.hub.on_actions(peer, msg)

@@ -19,13 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster import wire
+from cluster.errors import ClusterError
 from cluster.gateway import http_core, static
-from cluster.gateway.compression import accepts_gzip, gzip_response
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.http_core import (
     CONTINUE_RESPONSE,
     LAST_CHUNK,
-    BadResponseHeader,
     ContinueExpected,
     HttpCore,
     HttpLimits,
@@ -35,9 +34,14 @@ from cluster.gateway.http_core import (
 from cluster.gateway.static import Mount
 from cluster.gateway.ws_core import WebSocketCore, WsOptions, is_websocket_upgrade
 from cluster.gateway.ws_hub import Session, WebSocketHub
+from cluster.http_fields import encode_fields, well_formed
 from cluster.metrics import ShardedHistogram
 
 log = logging.getLogger("cluster.gateway.http")
+
+
+class BadResponseHead(ClusterError):
+    """A worker's response part has no valid status or header block (502)."""
 
 
 # End to end: from a request's last byte to its response's last byte, so it includes
@@ -60,7 +64,7 @@ class ConnectionContext:
                  ws_options: WsOptions, hub: WebSocketHub | None = None, *,
                  gateway_id: str = "", access_log: bool = False,
                  client_gone: Callable[[Exchange], None] | None = None,
-                 scheme: str = "http", gzip_min_size: int = 0,
+                 scheme: str = "http",
                  static: list[Mount] | None = None,
                  stream_credit: Callable[[Exchange, int], None] | None = None) -> None:
         self.limits = limits
@@ -78,7 +82,6 @@ class ConnectionContext:
         self.access_log = access_log
         self.client_gone = client_gone  # a request's client left before its answer
         self.tls = scheme == "https"
-        self.gzip_min_size = gzip_min_size
         self.static = static or []
         # Bytes of a worker's stream handed to its client: the worker may send more.
         self.stream_credit = stream_credit
@@ -159,8 +162,8 @@ class HttpConnection(asyncio.Protocol):
             with open(plan.path, "rb") as f:
                 f.seek(plan.offset)
                 left = 0 if ex.method == "HEAD" else plan.length
-                self.deliver(ex, {"more": True, "status": plan.status,
-                                  "headers": plan.headers, "body": b""})
+                self.deliver(ex, {"more": True, "status": plan.status, "length": plan.length,
+                                  "head": encode_fields(plan.headers)[0], "body": b""})
                 while left > 0:
                     await self._my_turn(ex)
                     if self.closed:
@@ -236,10 +239,11 @@ class HttpConnection(asyncio.Protocol):
             self.ctx.submit(ex)
         elif isinstance(answer, static.Refusal):
             if answer.status == 304:
-                self.deliver(ex, {"more": False, "status": 304, "headers": answer.headers})
+                self.deliver(ex, {"more": False, "status": 304,
+                                  "head": encode_fields(answer.headers)[0]})
             else:
                 self.deliver_error(ex, answer.status, answer.headers)
-        else:  # streamed, so never gzipped: ranges and ETags stay true
+        else:
             self.loop.create_task(self._send_file(ex, answer))
 
     def _upgrade(self, request: Request) -> None:
@@ -325,9 +329,9 @@ class HttpConnection(asyncio.Protocol):
             self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
                               "abort": True})
             return
-        hdrs = [("content-type", "text/plain; charset=utf-8")] + (headers or [])
+        fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
         self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False, "status": status,
-                          "headers": hdrs, "body": http_core.status_body(status)})
+                          "head": fields, "body": http_core.status_body(status)})
 
     def _advance(self) -> None:
         """The head exchange finished: write the next ones that already have parts."""
@@ -363,8 +367,8 @@ class HttpConnection(asyncio.Protocol):
         if not ex.started:
             ex.started = True
             try:
-                head, body = self._head(ex, part, body, more)
-            except BadResponseHeader as exc:
+                head = self._head(ex, part, body, more)
+            except BadResponseHead as exc:
                 log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
                           extra={"request_id": f"{self.ctx.gateway_id}/{ex.id}"})
                 ex.status = 502
@@ -403,25 +407,12 @@ class HttpConnection(asyncio.Protocol):
         ex.done = True
         self.ctx.finished(ex, self.loop.time())
 
-    def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool
-              ) -> tuple[bytes, bytes]:
-        """The response head, and the body to send after it (gzipped when the client
-        accepts it and the response qualifies)."""
+    def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool) -> bytes:
+        """The response head: the worker's checked header block, framed here."""
         status = part.get("status", 200)
-        headers = part.get("headers") or []
-        if not isinstance(status, int) or not 100 <= status <= 999 or \
-                not isinstance(headers, list):
-            raise BadResponseHeader(f"status {status!r} or headers not a list")
-        pairs = [tuple(h) for h in headers if isinstance(h, (list, tuple)) and len(h) == 2]
-        if len(pairs) != len(headers):
-            raise BadResponseHeader("a header is not a [name, value] pair")
-        # Only a whole response big enough makes us look at what the client accepts.
-        if self.ctx.gzip_min_size and not more and len(body) >= self.ctx.gzip_min_size \
-                and any(name == "accept-encoding" and accepts_gzip(value)
-                        for name, value in ex.envelope.get("headers", ())):
-            packed = gzip_response(status, pairs, body, self.ctx.gzip_min_size)
-            if packed is not None:
-                pairs, body = packed
+        fields = part.get("head", b"")
+        if type(status) is not int or not 100 <= status <= 999 or not well_formed(fields):
+            raise BadResponseHead(f"status {status!r} or a malformed header block")
         ex.status = status
         no_body = status in (204, 304) or status < 200
         ex.head_only = no_body or ex.method == "HEAD"
@@ -431,8 +422,8 @@ class HttpConnection(asyncio.Protocol):
         elif not more:
             content_length = len(body)
         else:
-            declared = _declared_length(pairs)
-            if declared is not None:
+            declared = part.get("length")
+            if type(declared) is int and declared >= 0:
                 content_length = declared
             elif ex.version == "1.1":
                 ex.chunked = True
@@ -441,9 +432,8 @@ class HttpConnection(asyncio.Protocol):
         if ex.head_only and ex.method == "HEAD" and more and content_length is None:
             ex.chunked = False
         return http_core.encode_head(
-            ex.version, status, pairs,
-            content_length=content_length, chunked=ex.chunked,
-            keep_alive=ex.keep_alive, date=self.ctx.date), body
+            ex.version, status, fields, content_length=content_length, chunked=ex.chunked,
+            keep_alive=ex.keep_alive, date=self.ctx.date)
 
     # -- timers and shutdown ---------------------------------------------------
     def check_timeouts(self, now: float) -> None:
@@ -474,13 +464,3 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
         self.ctx.connections.discard(self)
 
-
-def _declared_length(pairs: list[tuple[Any, ...]]) -> int | None:
-    for name, value in pairs:
-        if isinstance(name, str) and name.lower() == "content-length":
-            try:
-                length = int(value)
-            except (TypeError, ValueError):
-                return None
-            return length if length >= 0 else None
-    return None

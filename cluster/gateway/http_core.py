@@ -24,6 +24,8 @@ from http import HTTPStatus
 
 import httptools
 
+from cluster.http_fields import encode_fields
+
 
 @dataclass(frozen=True)
 class HttpLimits:
@@ -204,13 +206,6 @@ def status_line(version: str, status: int) -> bytes:
     return line
 
 
-class BadResponseHeader(Exception):
-    """A handler gave a header that would split or corrupt the response."""
-
-
-# Headers the gateway owns; a handler's values for these are replaced, not repeated.
-FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "date"})
-
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -218,32 +213,23 @@ def body_forbidden(status: int, method: str) -> bool:
     return method == "HEAD" or status in (204, 304) or 100 <= status < 200
 
 
-def encode_head(version: str, status: int, headers: list[list[str]] | list[tuple[str, str]],
-                *, content_length: int | None, chunked: bool, keep_alive: bool,
-                date: bytes, server: bytes = b"cluster") -> bytes:
-    """Status line and header block. `content_length=None, chunked=False` means
-    the body runs until the connection closes (HTTP/1.0 streaming)."""
-    out = [status_line(version, status), b"server: ", server, b"\r\ndate: ", date, b"\r\n"]
-    for name, value in headers:
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise BadResponseHeader("header names and values must be str")
-        lname = name.lower()
-        if lname in FRAMING_HEADERS:
-            continue
-        if "\r" in value or "\n" in value or "\0" in value or not name or any(
-                c in name for c in " \t\r\n:\0"):
-            raise BadResponseHeader(f"invalid header {name!r}")
-        out.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+def encode_head(version: str, status: int, fields: bytes, *, content_length: int | None,
+                chunked: bool, keep_alive: bool, date: bytes) -> bytes:
+    """Status line and header block around `fields` (a block of `encode_fields`' shape,
+    checked already). `content_length=None, chunked=False` means the body runs until
+    the connection closes (HTTP/1.0 streaming)."""
     if content_length is not None:
-        out.append(b"content-length: %d\r\n" % content_length)
+        framing = b"content-length: %d\r\n" % content_length
     elif chunked:
-        out.append(b"transfer-encoding: chunked\r\n")
+        framing = b"transfer-encoding: chunked\r\n"
+    else:
+        framing = b""
     if not keep_alive:
-        out.append(b"connection: close\r\n")
+        framing += b"connection: close\r\n"
     elif version == "1.0":
-        out.append(b"connection: keep-alive\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
+        framing += b"connection: keep-alive\r\n"
+    return b"%bserver: cluster\r\ndate: %b\r\n%b%b\r\n" % (
+        status_line(version, status), date, fields, framing)
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -253,6 +239,9 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+TEXT_PLAIN = b"content-type: text/plain; charset=utf-8\r\n"
 
 
 def status_body(status: int) -> bytes:
@@ -270,8 +259,7 @@ def error_response(status: int, date: bytes, *, version: str = "1.1",
     """A complete small response the gateway writes by itself (4xx, 5xx)."""
     if body is None:
         body = status_body(status)
-    headers: list[tuple[str, str]] = [("content-type", "text/plain; charset=utf-8")]
-    headers += extra or []
-    head = encode_head(version, status, headers, content_length=len(body), chunked=False,
+    fields = TEXT_PLAIN + (encode_fields(extra)[0] if extra else b"")
+    head = encode_head(version, status, fields, content_length=len(body), chunked=False,
                        keep_alive=keep_alive, date=date)
     return head if head_only else head + body

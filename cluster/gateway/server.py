@@ -22,6 +22,7 @@ from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.static import parse_mounts
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
+from cluster.http_fields import encode_fields
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
@@ -62,11 +63,14 @@ class Gateway:
                                       access_log=config.access_log,
                                       client_gone=self.dispatcher.client_gone,
                                       scheme="https" if config.certfile else "http",
-                                      gzip_min_size=config.gzip_min_size,
                                       static=parse_mounts(config.static),
                                       stream_credit=self.dispatcher.stream_credit)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
         self._update_date()
+        # --local-reply: the benchmark's no-hop answer, made once like a worker's.
+        self._local_body = config.local_reply.encode()
+        self._local_head = encode_fields([("content-type", "text/plain; charset=utf-8"),
+                                          ("x-worker", self.id)])[0]
         self.server: asyncio.AbstractServer | None = None
         self.coordinator: CoordinatorLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -136,9 +140,8 @@ class Gateway:
         self._monitor = monitor
 
     def _answer_locally(self, ex: Exchange) -> None:
-        body = self.config.local_reply.encode()
-        ex.sink.deliver(ex, {"more": False, "status": 200, "body": body, "headers": [
-            ["content-type", "text/plain; charset=utf-8"], ["x-worker", self.id]]})
+        ex.sink.deliver(ex, {"more": False, "status": 200, "body": self._local_body,
+                             "head": self._local_head})
 
     def _update_date(self) -> None:
         self.http.date = email.utils.formatdate(usegmt=True).encode()

@@ -40,6 +40,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cluster.http_fields import BadField
 from cluster.state import Backend, SharedState
 from cluster.worker.flow import StreamWindow
 from cluster.worker.messages import StreamEnvelopes, aborted, response, server_error
@@ -135,8 +136,11 @@ class HttpExchange:
 
     def __init__(self, rid: int, label: str, body: bytes, emit: Emit,
                  open_window: Callable[[], StreamWindow] | None = None,
-                 stall_timeout: float = 60.0) -> None:
+                 stall_timeout: float = 60.0, *, accept_encoding: str = "",
+                 gzip_min_size: int = 0) -> None:
         self.rid = rid
+        self.accept_encoding = accept_encoding  # a whole response is gzipped if it may be
+        self.gzip_min_size = gzip_min_size
         self.open_window = open_window  # flow control, once the body is streamed
         self.window: StreamWindow | None = None
         self.stall_timeout = stall_timeout
@@ -206,12 +210,17 @@ class HttpExchange:
 
     def _body(self, body: bytes, more: bool) -> None:
         assert self.status is not None
-        if self.stream is None and not more:
-            self.emit(response(self.rid, self.status, self.headers, body))
-            self._finish()
-            return
-        if self.stream is None:
-            self.stream = StreamEnvelopes(self.rid, self.status, self.headers)
+        try:
+            if self.stream is None and not more:
+                self.emit(response(self.rid, self.status, self.headers, body,
+                                   accept_encoding=self.accept_encoding,
+                                   gzip_min_size=self.gzip_min_size))
+                self._finish()
+                return
+            if self.stream is None:
+                self.stream = StreamEnvelopes(self.rid, self.status, self.headers)
+        except BadField as exc:
+            raise ASGIError(f"http.response.start with {exc}") from None
         if body:
             self.emit(self.stream.chunk(body))
         if not more:

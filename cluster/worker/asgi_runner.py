@@ -46,7 +46,9 @@ class AsgiRunner:
         scope, view = self.adapter.http_scope(req)
         exchange = HttpExchange(rid, req["id"], req["body"], partial(worker.send, link),
                                 partial(worker.streams.open, link.gateway_id, rid),
-                                worker.config.stream_stall_timeout)
+                                worker.config.stream_stall_timeout,
+                                accept_encoding=req["headers"].get("accept-encoding", ""),
+                                gzip_min_size=worker.config.gzip_min_size)
         key = (link.gateway_id, rid)
         self.http[key] = exchange
         status = 500

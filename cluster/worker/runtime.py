@@ -33,6 +33,7 @@ from cluster import realtime, wire
 from cluster.app import App
 from cluster.config import WorkerConfig
 from cluster.errors import HandlerLoadError
+from cluster.http_fields import BadField, encode_fields
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
@@ -274,18 +275,21 @@ class Worker:
                 emit((link, wire.envelope(wire.DEFERRED, id=rid)))
                 return
             status, headers, body = normalize(msg)
+            if isinstance(body, bytes):
+                env = self._whole(rid, req, status, headers, body)
+            else:
+                stream = StreamEnvelopes(rid, status, headers)
         except Exception as exc:
             emit((link, self._failure(rid, req, exc, inv.route, began)))
             return
         self.metrics.record(inv.route, status, time.perf_counter() - began)
         if isinstance(body, bytes):
-            emit((link, response(rid, status, headers, body)))
+            emit((link, env))
         elif hasattr(body, "__anext__"):
             # An async generator from a sync handler: it can only run on the loop.
-            emit((link, {"k": "_stream", "id": rid, "status": status, "headers": headers,
-                         "body": body, "req": req}))
+            emit((link, {"k": "_stream", "id": rid, "stream": stream, "body": body,
+                         "req": req}))
         else:
-            stream = StreamEnvelopes(rid, status, headers)
             window = self.streams.open(link.gateway_id, rid)
             try:
                 for chunk in body:
@@ -322,18 +326,31 @@ class Worker:
                 self.send(link, wire.envelope(wire.DEFERRED, id=rid))
                 return
             status, headers, body = normalize(msg)
+            if isinstance(body, bytes):
+                env = self._whole(rid, req, status, headers, body)
+            else:
+                stream = StreamEnvelopes(rid, status, headers)
         except Exception as exc:
             self.send(link, self._failure(rid, req, exc, inv.route, began))
             return
         self.metrics.record(inv.route, status, time.perf_counter() - began)
         if isinstance(body, bytes):
-            self.send(link, response(rid, status, headers, body))
+            self.send(link, env)
         else:
-            await self._stream_async(link, rid, req, status, headers, body)
+            await self._stream_async(link, rid, req, stream, body)
+
+    def _whole(self, rid: int, req: dict[str, Any], status: int, headers: list[list[str]],
+               body: bytes) -> dict[str, Any]:
+        """A whole response's envelope; gzipped if it is big enough and the client takes
+        gzip. Raises BadField for a header that cannot be sent."""
+        min_size = self.config.gzip_min_size
+        accept = req["headers"].get("accept-encoding", "") \
+            if min_size and len(body) >= min_size else ""
+        return response(rid, status, headers, body, accept_encoding=accept,
+                        gzip_min_size=min_size)
 
     async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
-                            status: int, headers: list[list[str]], body: Any) -> None:
-        stream = StreamEnvelopes(rid, status, headers)
+                            stream: StreamEnvelopes, body: Any) -> None:
         window = self.streams.open(link.gateway_id, rid)
         chunks = body if hasattr(body, "__anext__") else _aiter(body)
         try:
@@ -393,7 +410,7 @@ class Worker:
 
     def _log_failure(self, req: dict[str, Any], exc: Exception) -> None:
         extra = {"request_id": req["id"]}
-        if isinstance(exc, BadResponse):
+        if isinstance(exc, (BadResponse, BadField)):
             log.error("request %s: handler returned a bad response: %s", req["id"], exc,
                       extra=extra)
         elif isinstance(exc, StateError):
@@ -406,7 +423,7 @@ class Worker:
         for link, env in batch:
             if env["k"] == "_stream":
                 self.loop.create_task(self._stream_async(
-                    link, env["id"], env["req"], env["status"], env["headers"], env["body"]))
+                    link, env["id"], env["req"], env["stream"], env["body"]))
             else:
                 self.send(link, env)
 
@@ -498,7 +515,11 @@ class Worker:
         status, headers, body = normalize(msg)
         if not isinstance(body, bytes):
             raise BadResponse("a deferred reply cannot be streamed")
-        env = wire.envelope(wire.DEFERRED_REPLY, id=number, status=status, headers=headers,
+        try:
+            head = encode_fields(headers)[0]
+        except BadField as exc:
+            raise BadResponse(str(exc)) from None
+        env = wire.envelope(wire.DEFERRED_REPLY, id=number, status=status, head=head,
                             body=body)
         if threading.get_ident() != self.loop_thread:
             self.loop.call_soon_threadsafe(self._post_to_gateway, gateway_id, env)

@@ -41,8 +41,7 @@ def build_ws_request(kind: str, conn_key: str, info: dict[str, Any],
 
 def connect_info(env: dict[str, Any]) -> dict[str, Any]:
     """What every later event of the connection also carries."""
-    fields = target_fields(env)
-    fields["scheme"] = fields["scheme"] or "ws"
+    fields = target_fields(env, "ws")
     return {**fields, "subprotocols": [s for s in env["subprotocols"] if isinstance(s, str)]}
 
 
