@@ -61,9 +61,15 @@ def fd_of(sock: zmq.Socket[bytes]) -> int:
     return int(sock.getsockopt(zmq.FD))
 
 
+# Plain ints: pyzmq's enum members make each `&` and each call pay for enum.py.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
 def has_input(sock: zmq.Socket[bytes]) -> bool:
     """Whether a frame can be received now (the FD only says "look again")."""
-    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)  # type: ignore[operator]  # an int
 
 
 class Pump:
@@ -115,7 +121,7 @@ class Pump:
             try:
                 if not has_input(sock):
                     return
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                parts = sock.recv_multipart(_NOBLOCK, copy=True)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -188,9 +194,9 @@ class Pump:
             self.messages_out += len(msgs)
             try:
                 if to is None:
-                    sock.send(frame, zmq.NOBLOCK)
+                    sock.send(frame, _NOBLOCK)
                 else:
-                    sock.send_multipart((to, frame), zmq.NOBLOCK)
+                    sock.send_multipart((to, frame), _NOBLOCK)
             except zmq.ZMQError as exc:
                 # EHOSTUNREACH (ROUTER_MANDATORY, peer gone) or EAGAIN (peer not
                 # keeping up): the caller decides what failing these means.
