@@ -146,6 +146,9 @@ class WorkerConfig(Common):
     gzip_min_size: int = opt(1024, "gzip whole text-like responses of at least this many "
                              "bytes when the client accepts it (0: never); done here, in "
                              "the worker, so it costs the gateways nothing")
+    cpu: int = opt(-1, "pin this worker (its loop, handler threads and ZeroMQ thread) to "
+                   "this CPU; -1: not pinned. Sync handlers hand every request to a thread, "
+                   "and on one CPU that hand-off costs a quarter less (docs/performance.md)")
 
     def validate(self) -> None:
         super().validate()
@@ -157,6 +160,8 @@ class WorkerConfig(Common):
             raise ConfigError("--state-timeout and --stream-stall-timeout must be > 0")
         if self.gzip_min_size < 0:
             raise ConfigError("--gzip-min-size must be >= 0")
+        if self.cpu < -1:
+            raise ConfigError("--cpu must be a CPU number, or -1 (not pinned)")
 
 
 @dataclass(frozen=True)
@@ -166,11 +171,17 @@ class RunConfig(GatewayConfig, WorkerConfig, CoordinatorConfig):
     gateways: int = opt(1, "gateway processes (ports PORT .. PORT+N-1)")
     workers: int = opt(2, "worker processes")
     coordinator_port: int = opt(0, "coordinator port on 127.0.0.1 (0: any free port)")
+    pin_workers: bool = opt(True, "pin each worker to one CPU, round robin over the CPUs "
+                            "this process may use, the first ones left to the gateways "
+                            "(see a worker's --cpu)")
 
     def validate(self) -> None:
         super().validate()
         if self.gateways < 1 or self.workers < 0:
             raise ConfigError("--gateways must be >= 1 and --workers >= 0")
+        if self.cpu != -1:
+            raise ConfigError("--cpu names one worker's CPU; cluster run spreads its "
+                              "workers itself (--pin-workers)")
 
 
 C = TypeVar("C", bound=Common)

@@ -138,7 +138,13 @@ class Supervisor:
 
         wk_cfg = subset(config, WorkerConfig, ready_fd=-1, coordinator=endpoint,
                         metrics_port=min(config.metrics_port, 0))
+        cpus = sorted(os.sched_getaffinity(0))
         for i in range(config.workers):
+            if config.pin_workers:
+                # Round robin, starting after the gateways' share: a worker's Python
+                # runs on one core at a time anyway (see WorkerConfig.cpu).
+                wk_cfg = subset(wk_cfg, WorkerConfig,
+                                cpu=cpus[(config.gateways + i) % len(cpus)])
             worker = Child(f"worker-{i + 1}", "worker", child_command("worker", wk_cfg))
             self.children.append(worker)
             worker.spawn(wait_ready=True)

@@ -210,3 +210,38 @@ def test_hello_example_names_its_worker() -> None:
         popen.wait(30)
         if popen.stdout is not None:
             popen.stdout.close()
+
+
+def _cpus_of_every_thread(pid: int) -> set[str]:
+    """The Cpus_allowed_list of each of a process's threads."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                found.add(line.split(":", 1)[1].strip())
+    return found
+
+
+def test_cluster_run_pins_each_worker_to_one_cpu() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    with cluster_run("--workers", "2") as run:
+        port = ports_of(run.banner)[0]
+        assert get(port, "/").status == 200
+        for i, name in enumerate(("worker-1", "worker-2")):
+            pid = run.pids(name)[0]
+            # Round robin after the one gateway's share; every thread (loop, handler
+            # pool, ZeroMQ) on that CPU.
+            assert _cpus_of_every_thread(pid) == {str(cpus[(1 + i) % len(cpus)])}
+        gateway = run.pids("gateway-1")[0]
+        assert _cpus_of_every_thread(gateway) == _cpus_of_every_thread(os.getpid())  # free
+
+
+def test_unpinned_run_and_a_cpu_out_of_reach() -> None:
+    with cluster_run("--workers", "1", "--pin-workers", "false") as run:
+        pid = run.pids("worker-1")[0]
+        assert _cpus_of_every_thread(pid) == _cpus_of_every_thread(os.getpid())
+    result = cluster_cmd("worker", "--handler", APP, "--cpu", "4096")
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert "--cpu 4096" in result.stderr
+    result = cluster_cmd("run", "--handler", APP, "--cpu", "0")
+    assert result.returncode != 0 and "--pin-workers" in result.stderr
