@@ -138,7 +138,11 @@ class GatewayConfig(Common):
 @dataclass(frozen=True)
 class WorkerConfig(Common):
     handler: str = opt("", "the handler to run, as pkg.module:object", required=True)
-    concurrency: int = opt(64, "requests this worker takes at once (its credit per gateway)")
+    concurrency: int = opt(64, "requests this worker runs at once")
+    prefetch: int = opt(1, "requests a gateway may send beyond --concurrency (credit per "
+                        "gateway = concurrency + prefetch); they wait here, so a freed slot "
+                        "starts the next at once instead of after a round trip to the "
+                        "gateway. A waiting one can sit behind a slow request: 0 turns it off")
     threads: int = opt(8, "threads that run synchronous handlers")
     state_timeout: float = opt(3.0, "seconds a state write waits for the coordinator")
     stream_stall_timeout: float = opt(60.0, "seconds a streamed response waits for a "
@@ -156,6 +160,8 @@ class WorkerConfig(Common):
             raise ConfigError(f"--handler {self.handler!r} must look like pkg.module:object")
         if self.concurrency < 1 or self.threads < 1:
             raise ConfigError("--concurrency and --threads must be >= 1")
+        if self.prefetch < 0:
+            raise ConfigError("--prefetch must be >= 0")
         if self.state_timeout <= 0 or self.stream_stall_timeout <= 0:
             raise ConfigError("--state-timeout and --stream-stall-timeout must be > 0")
         if self.gzip_min_size < 0:

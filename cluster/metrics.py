@@ -103,7 +103,11 @@ class ShardedHistogram:
         return shard
 
     def observe(self, key: tuple[Any, ...], value: float) -> None:
-        self.observe_in(self.shard(), key, value)
+        try:
+            shard = self._local.shard
+        except AttributeError:  # this thread's first observation
+            shard = self.shard()
+        self.observe_in(shard, key, value)
 
     def observe_in(self, shard: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...],
                    value: float) -> None:

@@ -61,7 +61,7 @@ class AsgiRunner:
         finally:
             self.http.pop(key, None)
             worker.streams.close(link.gateway_id, rid)
-        worker.metrics.record(ROUTE, status, time.perf_counter() - began)
+        worker.metrics.record((ROUTE, status), time.perf_counter() - began)
 
     def client_gone(self, link: GatewayLink, rid: int) -> bool:
         """The client of a running request left; False if it is not ours."""

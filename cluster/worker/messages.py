@@ -100,13 +100,10 @@ def _headers(raw: Any) -> list[list[str]]:
     if raw is None:
         return []
     items = raw.items() if isinstance(raw, dict) else raw
-    out = []
     try:
-        for name, value in items:
-            out.append([str(name), str(value)])
+        return [[str(name), str(value)] for name, value in items]
     except (TypeError, ValueError):
         raise BadResponse("headers must be a dict or a list of (name, value) pairs") from None
-    return out
 
 
 def _has(headers: list[list[str]], name: str) -> bool:
@@ -117,14 +114,14 @@ def encode_body(body: Any, headers: list[list[str]]) -> Body:
     """bytes as they are, str as UTF-8 text, iterators streamed, the rest as JSON."""
     if body is None:
         return b""
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        if not _has(headers, "content-type"):
-            headers.append(["content-type", _BINARY])
-        return bytes(body)
     if isinstance(body, str):
         if not _has(headers, "content-type"):
             headers.append(["content-type", _TEXT])
         return body.encode("utf-8")
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        if not _has(headers, "content-type"):
+            headers.append(["content-type", _BINARY])
+        return bytes(body)
     if inspect.isasyncgen(body) or hasattr(body, "__anext__"):
         return body  # type: ignore[no-any-return]
     if inspect.isgenerator(body) or (hasattr(body, "__next__") and hasattr(body, "__iter__")):

@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.harness import cluster, wait_for
 from tests.httpclient import Conn, Response, get
 
@@ -151,3 +153,19 @@ def test_client_gone_before_the_answer_costs_nothing() -> None:
         conn.close()
         assert get(port, "/items/1").status == 200  # credit came back
         assert "Traceback" not in gw.log()
+
+
+@pytest.mark.parametrize("prefetch", ["0", "1"])
+def test_prefetch_adds_credit_not_concurrency(prefetch: str) -> None:
+    with cluster() as c:
+        gw = c.gateway()
+        c.worker(APP, "--concurrency", "1", "--prefetch", prefetch, "--threads", "4")
+        port = int(gw.ready["port"])
+        wait_for(lambda: f"connected with credit {1 + int(prefetch)}" in gw.log(), 5,
+                 "the worker's hello")
+        runs = [in_background(port, "/sleep/0.2") for _ in range(3)]
+        for thread, _ in runs:
+            thread.join(20)
+        assert all(out[0].status == 200 for _, out in runs)
+        # Prefetched requests wait in the worker: never two running at once.
+        assert max(json.loads(out[0].body)["peak"] for _, out in runs) == 1
