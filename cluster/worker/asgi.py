@@ -39,11 +39,18 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from cluster.http_fields import BadField
 from cluster.state import Backend, SharedState
 from cluster.worker.flow import StreamWindow
-from cluster.worker.messages import StreamEnvelopes, aborted, response, server_error
+from cluster.worker.messages import (
+    StreamEnvelopes,
+    aborted,
+    header_value,
+    response,
+    server_error,
+)
 
 log = logging.getLogger("cluster.worker.asgi")
 
@@ -72,8 +79,9 @@ def is_asgi_app(obj: Any, positional: int | None) -> bool:
 
 
 def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    return [(str(n).lower().encode("latin-1"), str(v).encode("latin-1"))
-            for n, v in raw if isinstance(n, str)]
+    # The gateway sends names lower-cased already, as ASGI wants them.
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in raw
+            if type(n) is str and type(v) is str]
 
 
 def _str_headers(raw: Any) -> list[list[str]]:
@@ -84,20 +92,20 @@ def _str_headers(raw: Any) -> list[list[str]]:
         raise ASGIError("headers must be an iterable of [bytes, bytes] pairs") from None
 
 
-def _scope_base(req: dict[str, Any], raw_headers: Any, kind: str, scheme: str,
+def _scope_base(kind: str, target: str, raw_headers: Any, scheme: str, addr: Any,
                 state: dict[str, Any], extensions: dict[str, Any]) -> dict[str, Any]:
-    raw_path = req["target"].partition("?")[0]
+    raw_path, _, query = target.partition("?")
     return {
         "type": kind,
         "asgi": ASGI,
         "http_version": "1.1",
         "scheme": scheme,
-        "path": req["path"],
+        "path": unquote(raw_path) if "%" in raw_path else raw_path,
         "raw_path": raw_path.encode("latin-1", "replace"),
-        "query_string": req["query_string"].encode("latin-1", "replace"),
+        "query_string": query.encode("latin-1", "replace"),
         "root_path": "",
         "headers": _headers(raw_headers),
-        "client": [req["addr"][0], req["addr"][1]] if req["addr"][0] else None,
+        "client": [addr[0], addr[1]] if len(addr) == 2 and addr[0] else None,
         "server": None,
         "state": dict(state),
         "extensions": {"cluster": extensions},
@@ -113,20 +121,23 @@ class ASGIHandler:
         self.state: dict[str, Any] = {}  # what lifespan startup stored
         self.lifespan = Lifespan(app, self.state)
 
-    def http_scope(self, req: dict[str, Any]) -> tuple[dict[str, Any], SharedState]:
+    def http_scope(self, env: dict[str, Any], label: str
+                   ) -> tuple[dict[str, Any], SharedState]:
+        """The scope of a REQUEST envelope, built from it directly: an app reads the
+        scope, so the handler dict other kinds get is never made."""
         view = SharedState(self.backend)
-        scope = _scope_base(req, req["raw_headers"], "http", req["scheme"],
-                            self.state,
-                            {"state": view, "request_id": req["id"]})
-        scope["method"] = req["method"]
-        scope["http_version"] = req["version"].removeprefix("HTTP/")
+        scope = _scope_base("http", env["target"], env["headers"],
+                            "https" if env.get("scheme") == "https" else "http", env["addr"],
+                            self.state, {"state": view, "request_id": label})
+        scope["method"] = env["method"]
+        scope["http_version"] = env["version"]
         return scope, view
 
     def websocket_scope(self, req: dict[str, Any], raw_headers: Any
                         ) -> tuple[dict[str, Any], SharedState]:
         view = SharedState(self.backend)
-        scope = _scope_base(req, raw_headers, "websocket", req["scheme"], self.state,
-                            {"state": view, "conn": req["conn"]})
+        scope = _scope_base("websocket", req["target"], raw_headers, req["scheme"],
+                            req["addr"], self.state, {"state": view, "conn": req["conn"]})
         scope["subprotocols"] = list(req["subprotocols"])
         return scope, view
 
@@ -136,10 +147,12 @@ class HttpExchange:
 
     def __init__(self, rid: int, label: str, body: bytes, emit: Emit,
                  open_window: Callable[[], StreamWindow] | None = None,
-                 stall_timeout: float = 60.0, *, accept_encoding: str = "",
+                 stall_timeout: float = 60.0, *,
+                 request_headers: list[list[str]] | None = None,
                  gzip_min_size: int = 0) -> None:
         self.rid = rid
-        self.accept_encoding = accept_encoding  # a whole response is gzipped if it may be
+        # A whole response of gzip_min_size or more is gzipped if the client takes it.
+        self.request_headers = request_headers or []
         self.gzip_min_size = gzip_min_size
         self.open_window = open_window  # flow control, once the body is streamed
         self.window: StreamWindow | None = None
@@ -212,9 +225,10 @@ class HttpExchange:
         assert self.status is not None
         try:
             if self.stream is None and not more:
+                accept = header_value(self.request_headers, "accept-encoding") \
+                    if self.gzip_min_size and len(body) >= self.gzip_min_size else ""
                 self.emit(response(self.rid, self.status, self.headers, body,
-                                   accept_encoding=self.accept_encoding,
-                                   gzip_min_size=self.gzip_min_size))
+                                   accept_encoding=accept, gzip_min_size=self.gzip_min_size))
                 self._finish()
                 return
             if self.stream is None:

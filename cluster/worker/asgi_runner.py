@@ -18,6 +18,7 @@ from cluster.worker.asgi import (
     commit_view,
     run_http,
 )
+from cluster.worker.messages import server_error
 from cluster.worker.ws import build_ws_request
 from cluster.worker.ws import connect_info as connect_ws_info
 
@@ -37,17 +38,24 @@ class AsgiRunner:
         self.ws: dict[str, WebSocketSession] = {}  # running connections
 
     # -- HTTP ------------------------------------------------------------------------
-    def request(self, link: GatewayLink, rid: int, req: dict[str, Any]) -> None:
-        self.worker.loop.create_task(self._run_http(link, rid, req))
+    def request(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        self.worker.loop.create_task(self._run_http(link, env))
 
-    async def _run_http(self, link: GatewayLink, rid: int, req: dict[str, Any]) -> None:
+    async def _run_http(self, link: GatewayLink, env: dict[str, Any]) -> None:
         worker = self.worker
         began = time.perf_counter()
-        scope, view = self.adapter.http_scope(req)
-        exchange = HttpExchange(rid, req["id"], req["body"], partial(worker.send, link),
+        rid: int = env["id"]
+        label = f"{link.gateway_id}/{rid}"
+        try:
+            scope, view = self.adapter.http_scope(env, label)
+        except (TypeError, ValueError):  # only a broken frame: the gateway sends pairs
+            log.exception("request %s could not be prepared", label)
+            worker.send(link, server_error(rid, label))
+            return
+        exchange = HttpExchange(rid, label, env["body"], partial(worker.send, link),
                                 partial(worker.streams.open, link.gateway_id, rid),
                                 worker.config.stream_stall_timeout,
-                                accept_encoding=req["headers"].get("accept-encoding", ""),
+                                request_headers=env["headers"],
                                 gzip_min_size=worker.config.gzip_min_size)
         key = (link.gateway_id, rid)
         self.http[key] = exchange
@@ -57,7 +65,7 @@ class AsgiRunner:
             await commit_view(view, worker.state.acall)
         except StateError as exc:  # StateUnavailable too: the answer is already out
             log.error("request %s: the app's state writes were not committed: %s",
-                      req["id"], exc, extra={"request_id": req["id"]})
+                      label, exc, extra={"request_id": label})
         finally:
             self.http.pop(key, None)
             worker.streams.close(link.gateway_id, rid)

@@ -59,6 +59,14 @@ def target_fields(env: dict[str, Any], scheme: str) -> dict[str, Any]:
     }
 
 
+def header_value(pairs: list[list[str]], name: str) -> str:
+    """The first value of header `name` (lower case) in an envelope's pairs, or ''."""
+    for pair in pairs:
+        if len(pair) == 2 and pair[0] == name and type(pair[1]) is str:
+            return pair[1]
+    return ""
+
+
 def _query(query_string: str) -> dict[str, str]:
     query: dict[str, str] = {}
     for key, value in parse_qsl(query_string, keep_blank_values=True):

@@ -248,11 +248,11 @@ class Worker:
     def _start(self, link: GatewayLink, env: dict[str, Any]) -> None:
         self.running += 1
         rid: int = env["id"]
+        if self.asgi is not None:
+            self.asgi.request(link, env)  # builds its scope from the envelope itself
+            return
         try:
             req = build_request(env, link.gateway_id)
-            if self.asgi is not None:
-                self.asgi.request(link, rid, req)
-                return
             assert not isinstance(self.adapter, ASGIHandler)  # then self.asgi runs it
             inv = self.adapter.prepare(req)
         except Exception:

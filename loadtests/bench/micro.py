@@ -12,9 +12,9 @@ No sockets, so a change on the hot path is measured in seconds, without wrk:
   except the ZeroMQ send/receive calls and the kernel's socket work.
 - **worker**: frames of 32 REQUEST envelopes (as a gateway sends them) are decoded
   and handed to a `Worker` running `examples.hello` (the sync `fun` on its thread
-  pool, then the async `afun` on its loop); the RESPONSE envelopes it posts are
-  packed into frames. Everything the worker's Python does per request except the
-  ZeroMQ calls.
+  pool, then the async `afun` on its loop) and then the ASGI benchmark's Starlette
+  app; the RESPONSE envelopes it posts are packed into frames. Everything the
+  worker's Python does per request except the ZeroMQ calls.
 
 Each figure is CPU µs per request (this process, all threads), the median of
 `--repeat` runs, with the range.
@@ -38,9 +38,12 @@ from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.ws_core import WsOptions
+from cluster.worker.loader import load_handler
 from cluster.worker.runtime import GatewayLink, Worker
 
 BATCH = 32
+WORKER_HANDLERS = {"sync fun": "examples.hello:fun", "async afun": "examples.hello:afun",
+                   "Starlette (ASGI)": "loadtests.bench.starlette_app:app"}
 WRK_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 
 
@@ -148,14 +151,12 @@ class BenchLink:
 
 
 def worker_run(requests: int, handler: str) -> float:
-    """CPU µs per request of the worker's path for `examples.hello:<handler>`."""
-    from examples import hello
-
+    """CPU µs per request of the worker's path for `handler` (pkg.module:object)."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    config = WorkerConfig(handler=f"examples.hello:{handler}", concurrency=64)
-    worker = Worker(config, loop, ctx, getattr(hello, handler), "wk-bench")
+    config = WorkerConfig(handler=handler, concurrency=64)
+    worker = Worker(config, loop, ctx, load_handler(handler), "wk-bench")
     link = BenchLink(worker)
     headers = [["host", "127.0.0.1:8000"]]
     frames = []
@@ -202,10 +203,9 @@ def main() -> int:
     if args.which in ("gateway", "all"):
         report("gateway", [gateway_run(args.requests) for _ in range(args.repeat)])
     if args.which in ("worker", "all"):
-        report("worker, sync fun", [worker_run(args.requests, "fun")
-                                    for _ in range(args.repeat)])
-        report("worker, async afun", [worker_run(args.requests, "afun")
-                                      for _ in range(args.repeat)])
+        for name, handler in WORKER_HANDLERS.items():
+            report(f"worker, {name}", [worker_run(args.requests, handler)
+                                       for _ in range(args.repeat)])
     return 0
 
 
