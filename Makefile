@@ -54,10 +54,11 @@ conformance: $(STAMP)
 ## make bench: the side-by-side benchmarks (installs wrk and redis-server with apt-get
 ## when missing)
 bench: $(STAMP)
-	$(BIN)/python -m loadtests.bench.http
+	$(BIN)/python -m loadtests.bench.http --chart docs/performance-http.svg
+	$(BIN)/python -m loadtests.bench.asgi --chart docs/performance-asgi.svg
+	$(BIN)/python -m loadtests.bench.blocking
 	$(BIN)/python -m loadtests.bench.state
 	$(BIN)/python -m loadtests.bench.broadcast
-	$(BIN)/python -m loadtests.bench.asgi
 
 ## make loadtest: locust (HTTP and WebSocket users) against `cluster run` on the demo
 ## app, headless and bounded; HTML and CSV reports in reports/

@@ -20,6 +20,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     wrk_arguments(parser)
+    parser.add_argument("--chart", default="",
+                        help="also draw req/s and CPU per request per server to this file "
+                             "(.svg or .png; needs matplotlib)")
     args = parser.parse_args()
     a, b = free_port(), free_port()
     med = compare_in_turns({
@@ -34,6 +37,10 @@ def main() -> int:
     print(f"\n| ratio | value | target |\n|---|---:|---:|\n| req/s a/b (cluster / uvicorn) | "
           f"{a.rps / b.rps:.2f} | ≥ 1.0 |\n| CPU per request a/b | "
           f"{a.cpu_total / b.cpu_total:.2f} | ≤ 1.0 |")
+    if args.chart:
+        from loadtests.bench.chart import draw
+        draw(med, args.chart, f"Starlette JSON route, wrk -c{args.connections}, "
+                              f"{args.rounds} rounds")
     return 0
 
 

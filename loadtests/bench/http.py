@@ -7,6 +7,10 @@
 (c) the same gateway answering by itself, no ZeroMQ hop: the ceiling for (a)
 (d) as (a) with an async handler: the hop without the thread pool
 
+With --baseline DIR (another checkout, for example `git worktree add /tmp/base
+REV`), (e) and (f) are (a) and (d) run from that checkout, in the same turns: a
+change's before and after in one run.
+
 wrk runs A B C D, A B C D, ... so drift in the machine hits all alike; the table
 shows each one's median over the rounds, and the ratios of those medians.
 """
@@ -15,15 +19,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wrk_arguments
 
 
-def servers() -> dict[str, Server]:
+def servers(baseline: str = "") -> dict[str, Server]:
     py = str(BIN / "python")
     a, b, c, d = (free_port() for _ in range(4))
     quiet = ["--log-level", "warning"]
-    return {
+    chosen = {
         "a: cluster 1 gw + 1 worker (sync fun)": Server("cluster", [
             py, "-m", "cluster", "run", "--handler", "examples.hello:fun", "--port", str(a),
             "--workers", "1", *quiet], a),
@@ -38,6 +43,13 @@ def servers() -> dict[str, Server]:
             py, "-m", "cluster", "run", "--handler", "examples.hello:afun", "--port", str(d),
             "--workers", "1", *quiet], d),
     }
+    if baseline:
+        for label, fun in (("e: baseline, sync fun", "fun"), ("f: baseline, async fun", "afun")):
+            port = free_port()
+            chosen[label] = Server(f"baseline-{fun}", [
+                py, "-m", "cluster", "run", "--handler", f"examples.hello:{fun}", "--port",
+                str(port), "--workers", "1", *quiet], port, cwd=Path(baseline))
+    return chosen
 
 
 def main() -> int:
@@ -47,9 +59,11 @@ def main() -> int:
     parser.add_argument("--chart", default="",
                         help="also draw req/s and CPU per request per server to this file "
                              "(.svg or .png; needs matplotlib)")
+    parser.add_argument("--baseline", default="",
+                        help="also run (a) and (d) from this other checkout, in turns")
     args = parser.parse_args()
-    med = compare_in_turns(servers(), args)
-    a, b, c, d = med.values()
+    med = compare_in_turns(servers(args.baseline), args)
+    a, b, c, d = list(med.values())[:4]
     print("\n| ratio | value | target |\n|---|---:|---:|")
     print(f"| req/s a/b (cluster sync / uvicorn) | {a.rps / b.rps:.2f} | ≥ 1.0 |")
     print(f"| req/s d/b (cluster async / uvicorn) | {d.rps / b.rps:.2f} | ≥ 1.0 |")
@@ -59,6 +73,12 @@ def main() -> int:
     print(f"| p99 a/b | {a.p99_ms / b.p99_ms:.2f} | ≤ 1.0 |")
     print(f"| p99 d/b | {d.p99_ms / b.p99_ms:.2f} | ≤ 1.0 |")
     print(f"| req/s a/c (cluster / gateway alone) | {a.rps / c.rps:.2f} | |")
+    if args.baseline:
+        e, f = list(med.values())[4:]
+        print(f"| CPU per request a/e (sync, this checkout / baseline) | "
+              f"{a.cpu_total / e.cpu_total:.2f} | |")
+        print(f"| CPU per request d/f (async, this checkout / baseline) | "
+              f"{d.cpu_total / f.cpu_total:.2f} | |")
     if args.chart:
         from loadtests.bench.chart import draw
         draw(med, args.chart, f"HTTP hello, wrk -c{args.connections}, {args.rounds} rounds")

@@ -41,11 +41,12 @@ def ensure_wrk() -> str:
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], port: int) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, cwd: Path = ROOT) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}/"
-        self.popen = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+        # cwd: `python -m cluster` runs the checkout it starts in (a baseline's too).
+        self.popen = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -191,7 +192,7 @@ class Summary:
     rounds: list[WrkResult]
 
     def median(self, what: str) -> float:
-        return statistics.median(getattr(r, what) for r in self.rounds)
+        return float(statistics.median(getattr(r, what) for r in self.rounds))
 
     def span(self, what: str) -> tuple[float, float]:
         values = [getattr(r, what) for r in self.rounds]
