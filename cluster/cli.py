@@ -26,6 +26,7 @@ commands:
   coordinator  membership and discovery
   gateway      HTTP front end; dispatches to workers
   worker       runs a handler: cluster worker --handler pkg.module:fun
+  keygen       write CURVE key pairs: cluster keygen DIR [NAME...]
 
 `cluster COMMAND --help` lists a command's flags and their CLUSTER_* twins."""
 
@@ -82,6 +83,29 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     return Supervisor(config).run()
 
 
+def keygen_main(argv: Sequence[str]) -> int:
+    """`cluster keygen DIR [NAME...]`: a key pair per name (default: one per role),
+    keeping pairs that exist. Every process given DIR as --keys allows them all."""
+    from cluster.security import ROLE_KEYS, fingerprint, keygen
+    if not argv or argv[0].startswith("-"):
+        print("usage: cluster keygen DIR [NAME...]  (names default to "
+              f"{' '.join(ROLE_KEYS)})", file=sys.stderr)
+        return 2
+    directory, names = argv[0], list(argv[1:]) or list(ROLE_KEYS)
+    try:
+        written = keygen(directory, names)
+    except (ConfigError, OSError) as exc:
+        print(f"cluster keygen: {exc}", file=sys.stderr)
+        return 2
+    import zmq.auth
+    for name in names:
+        public, _ = zmq.auth.load_certificate(f"{directory}/{name}.key")
+        state = "written" if name in written else "kept"
+        print(f"{name}: {directory}/{name}.key_secret ({state}), fingerprint "
+              f"{fingerprint(public)}")
+    return 0
+
+
 def routes_main(argv: Sequence[str]) -> int:
     from cluster.app import App
     from cluster.worker.loader import import_object
@@ -114,6 +138,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "coordinator": coordinator_main,
     "gateway": gateway_main,
     "worker": worker_main,
+    "keygen": keygen_main,
 }
 
 

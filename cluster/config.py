@@ -37,6 +37,13 @@ class Common:
     max_frame: int = opt(64 * 1024 * 1024, "largest ZeroMQ frame accepted, bytes")
     start_timeout: float = opt(10.0, "seconds a gateway or worker waits for the coordinator "
                                "when it starts before it gives up (exit 1)")
+    keys: str = opt("", "directory of CURVE keys (`cluster keygen DIR NAME...`): this "
+                    "process's KEY_NAME.key_secret, the coordinator's coordinator.key, and "
+                    "the public keys (*.key) allowed to connect to this process")
+    key_name: str = opt("", "which key pair in --keys is this process's (default: its "
+                        "role: coordinator, gateway or worker)")
+    insecure: bool = opt(False, "plaintext, unauthenticated ZeroMQ: anyone who reaches a "
+                         "port is a member (a warning says so at start)")
     ready_fd: int = opt(-1, "write one JSON line with bound addresses to this fd when ready",
                         hidden=True)
 
@@ -221,8 +228,11 @@ def build_parser(cls: type[Common], prog: str, description: str) -> argparse.Arg
     for f in dataclasses.fields(cls):
         help_text = argparse.SUPPRESS if f.metadata.get("hidden") else (
             f"{f.metadata['help']} [env {env_name(f.name)}, default {f.default!r}]")
+        # A bool flag alone means true (`--insecure`); `--ws-deflate false` turns one off.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} \
+            if f.type in (bool, "bool") else {}
         parser.add_argument(flag(f.name), dest=f.name, default=None, help=help_text,
-                            metavar=f.name.upper())
+                            metavar=f.name.upper(), **switch)
     return parser
 
 

@@ -3,7 +3,7 @@ another service.
 
     from cluster.publisher import Publisher
 
-    with Publisher("tcp://coordinator:5555") as pub:
+    with Publisher("tcp://coordinator:5555", keys="/keys") as pub:  # keys: as a member's
         pub.broadcast("room:lobby", {"notice": "maintenance at 18:00"})
         pub.push("gw-3f2a.../17", "just for you")
 
@@ -27,8 +27,9 @@ from typing import Any
 import zmq
 
 from cluster import wire
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, ConfigError
 from cluster.realtime import frame_data, split_conn
+from cluster.security import for_process
 
 
 class PublisherError(ClusterError):
@@ -36,8 +37,17 @@ class PublisherError(ClusterError):
 
 
 class Publisher:
-    def __init__(self, coordinator: str, timeout: float = 5.0, refresh: float = 1.0
+    """`keys`/`key_name`: a key pair the cluster allows (as a member's --keys and
+    --key-name; `cluster keygen DIR publisher` makes one); `insecure` for a cluster
+    running --insecure."""
+
+    def __init__(self, coordinator: str, timeout: float = 5.0, refresh: float = 1.0, *,
+                 keys: str = "", key_name: str = "publisher", insecure: bool = False
                  ) -> None:
+        try:
+            self._security = for_process(keys, key_name, insecure, "publisher")
+        except ConfigError as exc:
+            raise PublisherError(str(exc)) from None
         self.id = f"pub-{uuid.uuid4().hex[:12]}"
         self.timeout = timeout
         self.refresh = refresh
@@ -46,9 +56,14 @@ class Publisher:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._coord = self._ctx.socket(zmq.DEALER)
         self._coord.setsockopt(zmq.LINGER, 0)
+        self._security.coordinator_client(self._coord)
         self._coord.connect(coordinator)
         self._gateways: dict[str, zmq.Socket[bytes]] = {}
-        self._refresh()
+        try:
+            self._refresh()
+        except PublisherError:
+            self.close()  # nothing of a failed start stays open
+            raise
 
     def _refresh_if_stale(self) -> None:
         if time.monotonic() - self._refreshed_at >= self.refresh:
@@ -66,20 +81,26 @@ class Publisher:
                 raise PublisherError("no answer from the coordinator")
             for msg in wire.decode_frame(self._coord.recv()):
                 if msg["k"] == wire.MEMBERS:
-                    self._connect({m["id"]: m["endpoint"] for m in msg["members"]
+                    self._connect({m["id"]: (m["endpoint"], m["key"]) for m in msg["members"]
                                    if isinstance(m, dict) and m.get("role") == "gateway"
-                                   and isinstance(m.get("endpoint"), str)})
+                                   and isinstance(m.get("endpoint"), str)
+                                   and isinstance(m.get("key"), str)})
                     self._refreshed_at = time.monotonic()
                     return
 
-    def _connect(self, gateways: dict[str, str]) -> None:
+    def _connect(self, gateways: dict[str, tuple[str, str]]) -> None:
         for gid in list(self._gateways):
             if gid not in gateways:
                 self._gateways.pop(gid).close(linger=0)
-        for gid, endpoint in gateways.items():
+        for gid, (endpoint, key) in gateways.items():
             if gid not in self._gateways:
                 sock = self._ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 1000)  # let queued actions go out on close
+                try:
+                    self._security.client(sock, key.encode())
+                except ConfigError as exc:
+                    sock.close(linger=0)
+                    raise PublisherError(f"gateway {gid}: {exc}") from None
                 sock.connect(endpoint)
                 self._gateways[gid] = sock
 

@@ -18,6 +18,7 @@ import zmq
 from cluster import wire
 from cluster.config import Common
 from cluster.errors import CoordinatorUnreachable
+from cluster.security import Plaintext, Security
 from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.registry")
@@ -29,8 +30,10 @@ MessageHandler = Callable[[dict[str, Any]], None]
 class CoordinatorLink:
     def __init__(self, config: Common, ctx: zmq.Context[zmq.Socket[bytes]], member_id: str,
                  role: str, info: dict[str, Any], on_members: MembersHandler,
-                 on_other: MessageHandler | None = None) -> None:
+                 on_other: MessageHandler | None = None,
+                 security: Security | None = None) -> None:
         self.config = config
+        self.security = security if security is not None else Plaintext()
         self.ctx = ctx
         self.member_id = member_id
         self.role = role
@@ -50,6 +53,7 @@ class CoordinatorLink:
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame)
         # Heartbeats are worthless once stale: never queue them toward a dead peer.
         sock.setsockopt(zmq.SNDHWM, 16)
+        self.security.coordinator_client(sock)
         sock.connect(self.config.coordinator)
         self.pump = Pump(loop, sock, self._on_messages, routed=False,
                          max_frame=self.config.max_frame)

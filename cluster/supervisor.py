@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from cluster.config import (
     to_argv,
 )
 from cluster.errors import ClusterError
+from cluster.security import ROLE_KEYS, keygen
 
 log = logging.getLogger("cluster.supervisor")
 
@@ -103,11 +106,25 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = False
         self.discovery = ""  # the coordinator's metrics host:port, serving /targets
+        self.own_keys = ""  # a key directory we made, removed when we stop
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stopping = True
 
+    def _keys(self) -> None:
+        """Secure with no set-up: a key pair per role in --keys (made there if
+        missing), or in a private directory of our own, removed when we stop."""
+        config = self.config
+        if config.insecure:
+            return
+        directory = config.keys
+        if not directory:
+            directory = self.own_keys = tempfile.mkdtemp(prefix="cluster-keys-")
+        keygen(directory, ROLE_KEYS)
+        self.config = subset(config, RunConfig, keys=directory)
+
     def start(self) -> list[str]:
+        self._keys()
         config = self.config
         port = config.coordinator_port or "*"
         coord_cfg = subset(config, CoordinatorConfig, ready_fd=-1,
@@ -197,15 +214,22 @@ class Supervisor:
         except ChildFailed as exc:
             log.error("%s", exc)
             self.stop()
+            if self.own_keys:
+                shutil.rmtree(self.own_keys, ignore_errors=True)
             return 1
         print(f"cluster: {self.config.handler} on {', '.join(urls)} "
               f"({self.config.gateways} gateways, {self.config.workers} workers)", flush=True)
         if self.discovery:
             print(f"cluster: Prometheus discovery on http://{self.discovery}/targets",
                   flush=True)
+        if self.config.keys:
+            print(f"cluster: CURVE keys in {self.config.keys} (publisher.key_secret for "
+                  f"scripts{'; removed at exit' if self.own_keys else ''})", flush=True)
         try:
             self.watch()
         finally:
             log.info("stopping")
             self.stop()
+            if self.own_keys:
+                shutil.rmtree(self.own_keys, ignore_errors=True)
         return 0

@@ -220,3 +220,32 @@ class Pump:
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self._fd)
         self.sock.close(linger=0)
+
+
+class Monitor:
+    """A socket's events (libzmq's monitor), delivered on the loop: `on_event(event)`
+    for each. A socket has one monitor, so a process asks for every event it wants
+    in one `events` mask."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket[bytes], events: int,
+                 on_event: Callable[[int], None]) -> None:
+        self.loop = loop
+        self.on_event = on_event
+        self.closed = False
+        self.sock = sock.get_monitor_socket(events)
+        self._fd = fd_of(self.sock)
+        loop.add_reader(self._fd, self._readable)
+        # The descriptor's edge may have fired before we watched it (see Pump).
+        loop.call_soon(self._readable)
+
+    def _readable(self) -> None:
+        while not self.closed and has_input(self.sock):
+            frames = self.sock.recv_multipart(_NOBLOCK)
+            if len(frames) == 2 and len(frames[0]) == 6:
+                self.on_event(int.from_bytes(frames[0][:2], "little"))
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self._fd)
+        self.sock.close(linger=0)

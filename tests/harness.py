@@ -2,11 +2,14 @@
 
 Every process is the real command (`python -m cluster ROLE`) on ephemeral ports on
 127.0.0.1; every wait has a deadline; every process started is stopped by its pid.
+Every cluster has CURVE keys of its own (a pair per role and one for the tests'
+probes), as a deployment would.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cluster.security import ROLE_KEYS, Curve, keygen
 from cluster.supervisor import ChildFailed, read_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +104,8 @@ class Cluster:
     def __init__(self, interval: list[str] | None = None) -> None:
         self.procs: list[Proc] = []
         self.interval = FAST if interval is None else interval
+        self.keys = tempfile.mkdtemp(prefix="cluster-test-keys-")
+        keygen(self.keys, (*ROLE_KEYS, "probe"))
         self.coordinator = self.start("coordinator", "--coordinator-bind", "tcp://127.0.0.1:0")
         self.endpoint = self.coordinator.ready["endpoint"]
 
@@ -108,7 +114,8 @@ class Cluster:
         args = list(argv) + self.interval
         if role != "coordinator":
             args += ["--coordinator", self.endpoint]
-        proc = Proc(role, args, env, wait_ready, timeout)
+        proc = Proc(role, args, {"CLUSTER_KEYS": self.keys, **(env or {})}, wait_ready,
+                    timeout)
         self.procs.append(proc)
         return proc
 
@@ -117,6 +124,20 @@ class Cluster:
 
     def worker(self, handler: str, *argv: str, **kw: Any) -> Proc:
         return self.start("worker", "--handler", handler, *argv, **kw)
+
+    def probe(self, role: str = "probe", info: dict[str, Any] | None = None) -> Probe:
+        """A raw member of this cluster, with the probe key every member allows."""
+        return Probe(self.endpoint, self.curve(), role, info)
+
+    def public_key(self, name: str) -> bytes:
+        """The public key of a pair in this cluster's keys (a role's: "gateway", ...)."""
+        import zmq.auth
+        public, _ = zmq.auth.load_certificate(Path(self.keys) / f"{name}.key")
+        return public
+
+    def curve(self) -> Curve:
+        """The tests' own allowed key pair, for raw sockets speaking to the cluster."""
+        return Curve(self.keys, "probe")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -127,6 +148,7 @@ class Cluster:
                 proc.popen.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        shutil.rmtree(self.keys, ignore_errors=True)
 
 
 @contextmanager
@@ -141,7 +163,7 @@ def cluster(interval: list[str] | None = None) -> Iterator[Cluster]:
 class Probe:
     """A raw ZeroMQ member of the cluster, for watching or faking membership."""
 
-    def __init__(self, endpoint: str, role: str = "probe",
+    def __init__(self, endpoint: str, curve: Curve, role: str = "probe",
                  info: dict[str, Any] | None = None) -> None:
         import zmq
 
@@ -150,6 +172,7 @@ class Probe:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        curve.coordinator_client(self.sock)
         self.sock.connect(endpoint)
         self.id = f"probe-{os.getpid()}-{id(self)}"
         self.members: list[dict[str, Any]] = []

@@ -63,6 +63,8 @@ class CoordinatorMetrics:
                                     value=state.wal.bytes if state.wal is not None else 0)
         if coordinator.pump is not None:
             yield from pump_metrics({"members": coordinator.pump})
+        if coordinator.gatekeeper is not None:
+            yield coordinator.gatekeeper.metric()
 
     def targets(self) -> tuple[bytes, str]:
         """Prometheus HTTP service discovery: one target group per metrics endpoint."""

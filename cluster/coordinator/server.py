@@ -22,23 +22,30 @@ from cluster.coordinator.metrics import CoordinatorMetrics
 from cluster.coordinator.state_service import StateService
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
-from cluster.zmqio import Pump
+from cluster.security import HANDSHAKE_FAILED, Plaintext, Security, for_process
+from cluster.zmqio import Monitor, Pump
 
 log = logging.getLogger("cluster.coordinator")
 
 
 class Coordinator:
-    def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]],
+                 security: Security | None = None) -> None:
         self.config = config
+        self.security = security if security is not None else Plaintext()
+        # ZAP answers before the first client can connect.
+        self.gatekeeper = self.security.gatekeeper(ctx)
         self.membership = Membership(config.peer_expiry)
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.security.server(self.sock)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame)
         self.sock.bind(config.coordinator_bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.routes: dict[str, bytes] = {}  # member id -> ROUTER identity
         self.pump: Pump | None = None
+        self.monitors: list[Monitor] = []
         self.ctx = ctx
         self.state: StateService | None = None
         self.metrics = CoordinatorMetrics(self)
@@ -47,13 +54,26 @@ class Coordinator:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.endpoint.rpartition(":")[0]
-        self.state = StateService(self.config, self.ctx, loop, self.send, host)
+        self.state = StateService(self.config, self.ctx, loop, self.send, host, self.security)
+        if self.gatekeeper is not None:
+            self.monitors = [Monitor(loop, sock, HANDSHAKE_FAILED, self.gatekeeper.on_socket_event)
+                             for sock in (self.sock, self.state.pub)]
         if self.state.wal is not None:
             self.state.wal.observe_fsync = self.metrics.fsync.observe
         self.pump = Pump(loop, self.sock, self.on_messages, routed=True,
                          max_frame=self.config.max_frame)
         loop.create_task(self.expire_loop())
         log.info("coordinator listening on %s", self.endpoint)
+
+    def close(self) -> None:
+        for monitor in self.monitors:
+            monitor.close()
+        if self.pump is not None:
+            self.pump.close()
+        if self.state is not None:
+            self.state.close()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
 
     def on_messages(self, peer: bytes | None, messages: list[dict[str, Any]]) -> None:
         assert peer is not None  # a routed Pump always names the peer
@@ -129,8 +149,9 @@ class Coordinator:
 
 def serve(config: CoordinatorConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
+        security = for_process(config.keys, config.key_name, config.insecure, "coordinator")
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        coordinator = Coordinator(config, ctx)
+        coordinator = Coordinator(config, ctx, security)
         coordinator.start(asyncio.get_running_loop())
         ready: dict[str, Any] = {"role": "coordinator", "endpoint": coordinator.endpoint}
         if config.metrics_port >= 0:
@@ -145,10 +166,7 @@ def serve(config: CoordinatorConfig) -> None:
         report_ready(config.ready_fd, ready)
         await stop.wait()
         coordinator.metrics_server.close()
-        if coordinator.pump is not None:
-            coordinator.pump.close()
-        if coordinator.state is not None:
-            coordinator.state.close()
+        coordinator.close()
         ctx.term()
 
     run_until_signalled(main)

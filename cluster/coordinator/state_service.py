@@ -25,6 +25,7 @@ from cluster import wire
 from cluster.config import CoordinatorConfig
 from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.coordinator.wal import WriteAheadLog
+from cluster.security import Plaintext, Security
 from cluster.state import StateError
 from cluster.zmqio import advertised
 
@@ -36,7 +37,7 @@ SNAPSHOT_CHUNK = 2000  # entries per SNAPSHOT frame
 class StateService:
     def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]],
                  loop: asyncio.AbstractEventLoop,
-                 reply: Any, pub_host: str) -> None:
+                 reply: Any, pub_host: str, security: Security | None = None) -> None:
         self.config = config
         self.loop = loop
         self.reply = reply  # (peer, envelope) -> None, through the coordinator's ROUTER
@@ -51,6 +52,8 @@ class StateService:
             log.warning("no --data-dir: shared state lives in memory and dies with this process")
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
+        # Only members may read the state: the PUB is a CURVE server like the ROUTER.
+        (security or Plaintext()).server(self.pub)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.pub.bind(config.state_bind or f"{pub_host}:0")
         self.pub_endpoint = advertised(self.pub.getsockopt_string(zmq.LAST_ENDPOINT),

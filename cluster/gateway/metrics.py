@@ -97,6 +97,8 @@ class GatewayMetrics:
         if gw.coordinator is not None and gw.coordinator.pump is not None:
             pumps["coordinator"] = gw.coordinator.pump
         yield from pump_metrics(pumps)
+        if gw.gatekeeper is not None:
+            yield gw.gatekeeper.metric()
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -26,19 +26,24 @@ from cluster.http_fields import encode_fields
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
-from cluster.zmqio import Pump, advertised, fd_of, has_input
+from cluster.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
+from cluster.zmqio import Monitor, Pump, advertised
 
 log = logging.getLogger("cluster.gateway")
 
 SWEEP_INTERVAL = 0.1
+PROBE_INTERVAL = 0.1  # at most one probe of every worker per this many seconds
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop,
-                 ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+                 ctx: zmq.Context[zmq.Socket[bytes]], security: Security | None = None) -> None:
         self.config = config
         self.loop = loop
         self.ctx = ctx
+        self.security = security if security is not None else Plaintext()
+        self.gatekeeper: Gatekeeper | None = None
+        self._last_probe = 0.0  # loop time the workers were last probed
         self.id = f"gw-{uuid.uuid4().hex[:12]}"
         self.dispatcher = Dispatcher(loop, self.id, request_timeout=config.request_timeout,
                                      peer_expiry=config.peer_expiry, max_queue=config.max_queue,
@@ -77,8 +82,11 @@ class Gateway:
 
     async def start(self) -> dict[str, Any]:
         config = self.config
+        # ZAP answers before the first worker can connect.
+        self.gatekeeper = self.security.gatekeeper(self.ctx)
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        self.security.server(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sends to a vanished worker fail loudly
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame)
@@ -95,12 +103,14 @@ class Gateway:
             lambda: HttpConnection(self.http, self.loop), config.host, config.port,
             backlog=2048, reuse_address=True, ssl=self._tls())
         port = self.server.sockets[0].getsockname()[1]
-        info = {"endpoint": endpoint, "http": f"{config.host}:{port}", "pid": os.getpid()}
+        info = {"endpoint": endpoint, "http": f"{config.host}:{port}", "pid": os.getpid(),
+                # Workers connect to the endpoint as CURVE clients of this key.
+                "key": self.security.public_key.decode()}
         if config.metrics_port >= 0:
             bound = await self.metrics_server.start(config.metrics_host, config.metrics_port)
             info["metrics"] = target(config.metrics_host, bound, config.advertise_host)
         self.coordinator = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
-                                           lambda _members: None)
+                                           lambda _members: None, security=self.security)
         self.coordinator.start(self.loop)
         if not config.local_reply:  # the benchmark's no-hop mode needs no cluster
             await self.coordinator.wait_registered()
@@ -123,21 +133,19 @@ class Gateway:
         return context
 
     def _watch_disconnects(self, sock: zmq.Socket[bytes]) -> None:
-        """A TCP disconnect from a worker (kill -9) triggers an immediate probe, so its
-        requests fail over now rather than after the heartbeat expiry."""
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        fd = fd_of(monitor)
+        """A worker's connection dropped: ping every worker now, so a send error names
+        the dead one. Handshakes refused before ZAP (no key) are counted here too."""
+        def on_event(event: int) -> None:
+            if event & zmq.EVENT_DISCONNECTED:
+                now = self.loop.time()
+                if now - self._last_probe >= PROBE_INTERVAL:  # a stranger's retries
+                    self._last_probe = now                      # must not flood workers
+                    self.dispatcher.probe()
+            elif self.gatekeeper is not None:
+                self.gatekeeper.on_socket_event(event)
 
-        def readable() -> None:
-            seen = False
-            while has_input(monitor):
-                monitor.recv_multipart(zmq.NOBLOCK)
-                seen = True
-            if seen:
-                self.dispatcher.probe()
-
-        self.loop.add_reader(fd, readable)
-        self._monitor = monitor
+        self._monitor = Monitor(self.loop, sock, zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED,
+                                on_event)
 
     def _answer_locally(self, ex: Exchange) -> None:
         ex.sink.deliver(ex, {"more": False, "status": 200, "body": self._local_body,
@@ -185,14 +193,16 @@ class Gateway:
             self.coordinator.close()
         if self.dispatcher.pump is not None:
             self.dispatcher.pump.close()
-        self.loop.remove_reader(fd_of(self._monitor))
-        self._monitor.close(linger=0)
+        self._monitor.close()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
 
 
 def serve(config: GatewayConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
+        security = for_process(config.keys, config.key_name, config.insecure, "gateway")
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        gateway = Gateway(config, asyncio.get_running_loop(), ctx)
+        gateway = Gateway(config, asyncio.get_running_loop(), ctx, security)
         info = await gateway.start()
         report_ready(config.ready_fd, info)
         await stop.wait()

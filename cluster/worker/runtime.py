@@ -40,6 +40,7 @@ from cluster.http_fields import BadField, encode_fields
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink
+from cluster.security import Plaintext, Security, for_process
 from cluster.state import StateError, StateUnavailable
 from cluster.worker.adapters import Invocation, settle
 from cluster.worker.asgi import ASGIHandler, LifespanError
@@ -77,7 +78,7 @@ WS_KINDS = {wire.WS_OPEN: "ws.connect", wire.WS_MESSAGE: "ws.message",
 
 
 class GatewayLink:
-    def __init__(self, worker: Worker, gateway_id: str, endpoint: str) -> None:
+    def __init__(self, worker: Worker, gateway_id: str, endpoint: str, key: bytes) -> None:
         self.worker = worker
         self.gateway_id = gateway_id
         self.endpoint = endpoint
@@ -91,6 +92,7 @@ class GatewayLink:
         sock.setsockopt(zmq.MAXMSGSIZE, worker.config.max_frame)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
+        worker.security.client(sock, key)  # the gateway's key, from its membership entry
         sock.connect(endpoint)
         self.pump = Pump(worker.loop, sock, self.on_messages, routed=False,
                          max_frame=worker.config.max_frame)
@@ -151,8 +153,9 @@ class GatewayLink:
 class Worker:
     def __init__(self, config: WorkerConfig, loop: asyncio.AbstractEventLoop,
                  ctx: zmq.Context[zmq.Socket[bytes]], handler: App | Callable[..., Any],
-                 worker_id: str) -> None:
+                 worker_id: str, security: Security | None = None) -> None:
         self.config = config
+        self.security = security if security is not None else Plaintext()
         self.loop = loop
         self.ctx = ctx
         self.id = worker_id
@@ -165,7 +168,8 @@ class Worker:
         self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self._emitted)
         self.coordinator = CoordinatorLink(config, ctx, self.id, "worker",
                                            {"pid": os.getpid(), "handler": config.handler},
-                                           self.on_members, self._on_coordinator)
+                                           self.on_members, self._on_coordinator,
+                                           security=self.security)
         self.state = StateClient(loop, ctx, self.coordinator, config.state_timeout,
                                  self.framework)
         self.adapter = make_adapter(handler, self.state)
@@ -214,8 +218,9 @@ class Worker:
 
     # -- membership ------------------------------------------------------------
     def on_members(self, members: list[dict[str, Any]]) -> None:
-        gateways = {m["id"]: m.get("endpoint") for m in members
-                    if m.get("role") == "gateway" and isinstance(m.get("endpoint"), str)}
+        gateways = {m["id"]: (m.get("endpoint"), m.get("key")) for m in members
+                    if m.get("role") == "gateway" and isinstance(m.get("endpoint"), str)
+                    and isinstance(m.get("key"), str)}
         self.framework["GATEWAYS"] = sorted(gateways)
         self.framework["WORKERS"] = sorted(m["id"] for m in members if m.get("role") == "worker")
         # A gateway missing from the table is not proof of death: a restarted
@@ -223,9 +228,12 @@ class Worker:
         # the link's own heartbeats are silent too (see _heartbeat).
         for gid, link in self.links.items():
             link.orphaned = gid not in gateways
-        for gid, endpoint in gateways.items():
+        for gid, (endpoint, key) in gateways.items():
             if gid not in self.links and endpoint:
-                self.links[gid] = GatewayLink(self, gid, endpoint)
+                try:
+                    self.links[gid] = GatewayLink(self, gid, endpoint, str(key).encode())
+                except ConfigError as exc:  # a gateway with no key, met by a secure worker
+                    log.warning("gateway %s at %s: %s; not connecting", gid, endpoint, exc)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -609,12 +617,13 @@ def pin(cpu: int) -> None:
 def serve(config: WorkerConfig) -> None:
     if config.cpu >= 0:
         pin(config.cpu)
+    security = for_process(config.keys, config.key_name, config.insecure, "worker")
     handler = load_handler(config.handler)  # fails before any socket is opened
     worker_id = f"wk-{uuid.uuid4().hex[:12]}"
 
     async def main(stop: asyncio.Event) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id)
+        worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id, security)
         if isinstance(worker.adapter, ASGIHandler):
             try:  # before any request can come: startup is the app's to finish first
                 await worker.adapter.lifespan.startup()

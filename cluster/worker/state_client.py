@@ -142,6 +142,7 @@ class StateClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.link.security.coordinator_client(sock)  # the PUB is the coordinator's
         sock.connect(endpoint)
         self.pub_endpoint = endpoint
         self.sub = Pump(self.loop, sock, self._on_published, routed=False)

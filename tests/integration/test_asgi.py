@@ -153,6 +153,7 @@ def test_a_websocket_app_breaking_the_order_is_closed_1011(
 
 
 def test_lifespan_startup_failure_is_one_line_and_nonzero(tmp_path: Any) -> None:
+    import os
     import subprocess
     import sys
 
@@ -166,7 +167,8 @@ def test_lifespan_startup_failure_is_one_line_and_nonzero(tmp_path: Any) -> None
     result = subprocess.run([sys.executable, "-m", "cluster", "worker", "--handler",
                              "failing_app:app", "--coordinator", "tcp://127.0.0.1:1"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=30,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                 "CLUSTER_KEYS": os.environ["CLUSTER_KEYS"]})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "lifespan startup failed: no db" in lines[0], result.stderr

@@ -92,6 +92,7 @@ class LocalCompose:
                 self.instances.append((name, name))
         self.ips = {inst: f"127.0.0.{i + 2}" for i, (inst, _) in enumerate(self.instances)}
         self.data_dir = data_dir
+        self.keys_dir = data_dir.parent / "keys"
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -102,7 +103,8 @@ class LocalCompose:
         """Host names in endpoints to addresses; wildcard binds to our own address."""
         for name, _service in self.instances:
             value = value.replace(f"//{name}:", f"//{self.ips[name]}:")
-        return value.replace("0.0.0.0", own_ip).replace("/data", str(self.data_dir))
+        return value.replace("0.0.0.0", own_ip).replace("/data", str(self.data_dir)) \
+            .replace("/keys", str(self.keys_dir))
 
     def _order(self) -> list[tuple[str, str]]:
         started: set[str] = set()
@@ -131,6 +133,9 @@ class LocalCompose:
             log = open(self.log_dir / f"{inst}.log", "wb")  # noqa: SIM115 (closed by Popen's end)
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
             log.close()
+            if spec.get("restart") == "no":  # a one-shot service (keys): it runs first
+                assert proc.wait(30) == 0, (self.log_dir / f"{inst}.log").read_text()
+                continue
             self.procs.append((inst, proc))
 
     def logs(self) -> str:

@@ -9,7 +9,7 @@ import time
 import zmq
 
 from cluster import wire
-from tests.harness import Probe, cluster, wait_for
+from tests.harness import cluster, wait_for
 from tests.httpclient import get
 
 APP = "tests.apps.handlers:app"
@@ -47,7 +47,7 @@ def test_dead_members_leave_membership_within_3_intervals() -> None:
     with cluster(interval=[]) as c:
         gw = c.gateway()
         worker = c.worker(APP)
-        probe = Probe(c.endpoint)
+        probe = c.probe()
         try:
             ids = {gw.ready["id"], worker.ready["id"]}
             probe.wait_members(lambda ms: ids <= {m["id"] for m in ms}, 5, "both members")
@@ -67,7 +67,7 @@ def test_membership_describes_every_member() -> None:
     with cluster() as c:
         gw = c.gateway()
         worker = c.worker(APP)
-        probe = Probe(c.endpoint)
+        probe = c.probe()
         try:
             members = probe.wait_members(lambda ms: len(ms) >= 3, 5, "three members")
             by_id = {m["id"]: m for m in members}
@@ -90,7 +90,7 @@ def test_serving_survives_the_coordinator_and_everyone_re_registers() -> None:
         # A new coordinator on the same endpoint knows nobody; members come back by
         # themselves.
         c.start("coordinator", "--coordinator-bind", c.endpoint)
-        probe = Probe(c.endpoint)
+        probe = c.probe()
         try:
             ids = {gw.ready["id"], worker.ready["id"]}
             probe.wait_members(lambda ms: ids <= {m["id"] for m in ms}, 5, "re-registration")
@@ -109,19 +109,22 @@ def test_malformed_frames_are_dropped_counted_and_logged_everywhere() -> None:
         ctx = zmq.Context()
         try:
             # 1. At the coordinator.
+            curve = c.curve()
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            curve.coordinator_client(sock)
             sock.connect(c.endpoint)
             sock.send(b"\xc1 not msgpack")
             sock.send(wire.encode_one("unknown-kind"))
             c.coordinator.wait_log("dropped a malformed frame")
-            probe = Probe(c.endpoint)
+            probe = c.probe()
             probe.wait_members(lambda ms: len(ms) >= 2, 5, "the coordinator still working")
             probe.close()
 
             # 2. At the gateway's dispatch socket.
             sock2 = ctx.socket(zmq.DEALER)
             sock2.setsockopt(zmq.LINGER, 0)
+            curve.client(sock2, c.public_key("gateway"))
             sock2.connect(gw.ready["endpoint"])
             sock2.send(b"\x93garbage")
             sock2.send_multipart([b"a", b"b"])
@@ -130,9 +133,11 @@ def test_malformed_frames_are_dropped_counted_and_logged_everywhere() -> None:
             # 3. At a worker: pose as a gateway it will connect to.
             fake = ctx.socket(zmq.ROUTER)
             fake.setsockopt(zmq.LINGER, 0)
+            curve.server(fake)  # with the probe's key, which every member allows
             fake_port = fake.bind_to_random_port("tcp://127.0.0.1")
-            fake_probe = Probe(c.endpoint, role="gateway",
-                               info={"endpoint": f"tcp://127.0.0.1:{fake_port}"})
+            fake_probe = c.probe(role="gateway",
+                                 info={"endpoint": f"tcp://127.0.0.1:{fake_port}",
+                                       "key": curve.public_key.decode()})
             worker = c.worker(APP, wait_ready=False)
             deadline = time.monotonic() + 5
             while not fake.poll(50):  # heartbeating, or the fake gateway expires

@@ -376,7 +376,7 @@ def test_publisher_from_outside_reaches_every_gateway(ws_cluster: Fixture) -> No
             assert (await recv_json(a))["count"] == 2
             await e.send("whoami")
             target = (await recv_json(e))["conn"]
-            with Publisher(c.endpoint) as pub:
+            with Publisher(c.endpoint, keys=c.keys) as pub:
                 assert await asyncio.to_thread(pub.broadcast, "room:pub", {"n": 1}) == 2
                 assert await asyncio.to_thread(pub.push, target, "direct")
                 assert not await asyncio.to_thread(pub.push, "gw-nowhere/1", "x")
