@@ -96,6 +96,7 @@ class Pump:
         self.on_bad_frame = on_bad_frame
         self.max_batch = max_batch
         self.bad_frames = 0
+        self.failed_frames = 0  # decoded, but a handler raised on them
         self.frames_in = 0
         self.messages_in = 0
         self.frames_out = 0
@@ -155,7 +156,15 @@ class Pump:
             return
         self.frames_in += 1
         self.messages_in += len(messages)
-        self.on_messages(peer, messages)
+        try:
+            self.on_messages(peer, messages)
+        except Exception:
+            # The one guard for every process's message dispatch: an envelope valid
+            # on the wire that a handler still could not take costs one log line,
+            # never the loop (the rest of that frame is lost with it).
+            self.failed_frames += 1
+            log.exception("a frame of %d envelopes could not be handled; dropped",
+                          len(messages))
 
     def _bad(self, why: str) -> None:
         self.bad_frames += 1

@@ -27,6 +27,10 @@ from cluster.zmqio import Monitor, Pump
 
 log = logging.getLogger("cluster.coordinator")
 
+# What members send the coordinator; the wire schema gives each of them an "id".
+MEMBER_KINDS = frozenset({wire.HEARTBEAT, wire.REGISTER, wire.STATE_OP,
+                          wire.SNAPSHOT_REQUEST, wire.SYNC, wire.BYE})
+
 
 class Coordinator:
     def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]],
@@ -81,7 +85,12 @@ class Coordinator:
         changed = False
         for msg in messages:
             kind = msg["k"]
-            member_id = msg["id"] if kind != wire.WHO else ""
+            if kind not in MEMBER_KINDS:
+                # Valid on the wire, but not a member's to send (MEMBERS, UPDATE, ...):
+                # and these kinds have no "id" to read.
+                log.warning("unexpected %s from a member; ignored", kind)
+                continue
+            member_id: str = msg["id"]
             if kind == wire.HEARTBEAT:
                 if self.membership.heartbeat(member_id, now):
                     self.routes[member_id] = peer
@@ -104,13 +113,10 @@ class Coordinator:
                 self.state.on_snapshot_request(peer, msg)
             elif kind == wire.SYNC:
                 self.send_members(peer)
-            elif kind == wire.BYE:
-                if self.membership.leave(member_id):
-                    log.info("%s left", member_id)
-                    self.routes.pop(member_id, None)
-                    changed = True
-            else:
-                log.warning("unexpected %s from a member; ignored", kind)
+            elif kind == wire.BYE and self.membership.leave(member_id):
+                log.info("%s left", member_id)
+                self.routes.pop(member_id, None)
+                changed = True
         if changed:
             self.publish()
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from cluster.supervisor import read_ready
-from loadtests.bench.servers import BIN, ROOT, free_port
+from loadtests.bench.servers import BIN, ROOT, bench_keys, free_port
 from loadtests.bench.state import ensure_redis, start_redis, stop
 
 PY = sys.executable
@@ -221,8 +221,8 @@ def client_process(kind: str, ports: list[int], count: int, phases: int, shared:
 def start_cluster_role(role: str, *args: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     read_fd, write_fd = os.pipe()
     proc = subprocess.Popen([PY, "-m", "cluster", role, *args, "--log-level", "warning",
-                             "--ready-fd", str(write_fd)], cwd=ROOT, pass_fds=(write_fd,),
-                            start_new_session=True)
+                             "--ready-fd", str(write_fd)], cwd=ROOT,
+                            pass_fds=(write_fd,), start_new_session=True)
     os.close(write_fd)
     info = read_ready(read_fd, proc, 30, role)
     os.close(read_fd)
@@ -232,26 +232,31 @@ def start_cluster_role(role: str, *args: str) -> tuple[subprocess.Popen[bytes], 
 class ClusterSide:
     kind = "cluster"
 
-    def __init__(self) -> None:
+    def __init__(self, insecure: bool = False) -> None:
+        """CURVE on every link, as shipped; `insecure` measures its cost."""
         endpoint = f"tcp://127.0.0.1:{free_port()}"
+        keys = "" if insecure else bench_keys()
+        security = ["--insecure"] if insecure else ["--keys", keys]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
         try:
-            coord, _ = start_cluster_role("coordinator", "--coordinator-bind", endpoint)
+            coord, _ = start_cluster_role("coordinator", "--coordinator-bind", endpoint,
+                                          *security)
             self.procs.append(coord)
             for _ in range(2):
                 gw, info = start_cluster_role("gateway", "--port", "0", "--coordinator",
-                                              endpoint)
+                                              endpoint, *security)
                 self.procs.append(gw)
                 self.ports.append(int(info["port"]))
             worker, _ = start_cluster_role("worker", "--coordinator", endpoint, "--handler",
-                                           "loadtests.bench.broadcast_apps:join_all")
+                                           "loadtests.bench.broadcast_apps:join_all",
+                                           *security)
             self.procs.append(worker)
         except BaseException:
             self.stop_servers()
             raise
         from cluster.publisher import Publisher
-        self.publisher = Publisher(endpoint)
+        self.publisher = Publisher(endpoint, keys=keys, insecure=insecure)
 
     async def publish(self, data: str) -> None:
         self.publisher.broadcast("bench", data)
@@ -411,6 +416,8 @@ def main() -> int:
                         help="offered broadcasts per second, one phase each")
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--only", choices=["cluster", "socketio"])
+    parser.add_argument("--insecure", action="store_true",
+                        help="the cluster side without CURVE (to measure what it costs)")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -421,7 +428,7 @@ def main() -> int:
         for kind in ["cluster", "socketio"]:
             if args.only and kind != args.only:
                 continue
-            side: Any = ClusterSide() if kind == "cluster" else \
+            side: Any = ClusterSide(args.insecure) if kind == "cluster" else \
                 SocketioSide(redis_server, Path(tmp))
             try:
                 table[kind] = asyncio.run(run_side(side, args.clients, args.client_processes,

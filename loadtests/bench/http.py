@@ -9,7 +9,9 @@
 
 With --baseline DIR (another checkout, for example `git worktree add /tmp/base
 REV`), (e) and (f) are (a) and (d) run from that checkout, in the same turns: a
-change's before and after in one run.
+change's before and after in one run. With --insecure-too, (g) is (a) with
+`--insecure`: what CURVE on the ZeroMQ links costs (the cluster runs with it by
+default, as shipped).
 
 wrk runs A B C D, A B C D, ... so drift in the machine hits all alike; the table
 shows each one's median over the rounds, and the ratios of those medians.
@@ -21,10 +23,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wrk_arguments
+from loadtests.bench.servers import (
+    BIN,
+    Server,
+    bench_keys,
+    compare_in_turns,
+    free_port,
+    wrk_arguments,
+)
 
 
-def servers(baseline: str = "") -> dict[str, Server]:
+def servers(baseline: str = "", insecure_too: bool = False) -> dict[str, Server]:
     py = str(BIN / "python")
     a, b, c, d = (free_port() for _ in range(4))
     quiet = ["--log-level", "warning"]
@@ -38,11 +47,18 @@ def servers(baseline: str = "") -> dict[str, Server]:
             "--no-access-log", "--log-level", "warning"], b),
         "c: gateway alone (no hop)": Server("gateway", [
             py, "-m", "cluster", "gateway", "--port", str(c), "--local-reply", "hello\n",
-            "--coordinator", "tcp://127.0.0.1:1", "--log-level", "error"], c),
+            "--coordinator", "tcp://127.0.0.1:1", "--log-level", "error",
+            "--keys", bench_keys()], c),
         "d: cluster 1 gw + 1 worker (async fun)": Server("cluster-async", [
             py, "-m", "cluster", "run", "--handler", "examples.hello:afun", "--port", str(d),
             "--workers", "1", *quiet], d),
     }
+    if insecure_too:
+        port = free_port()
+        chosen["g: cluster 1 gw + 1 worker (sync fun), --insecure"] = Server(
+            "cluster-insecure", [py, "-m", "cluster", "run", "--handler", "examples.hello:fun",
+                                 "--port", str(port), "--workers", "1", "--insecure", *quiet],
+            port)
     if baseline:
         for label, fun in (("e: baseline, sync fun", "fun"), ("f: baseline, async fun", "afun")):
             port = free_port()
@@ -61,8 +77,10 @@ def main() -> int:
                              "(.svg or .png; needs matplotlib)")
     parser.add_argument("--baseline", default="",
                         help="also run (a) and (d) from this other checkout, in turns")
+    parser.add_argument("--insecure-too", action="store_true",
+                        help="also run (a) with --insecure: what CURVE costs")
     args = parser.parse_args()
-    med = compare_in_turns(servers(args.baseline), args)
+    med = compare_in_turns(servers(args.baseline, args.insecure_too), args)
     a, b, c, d = list(med.values())[:4]
     print("\n| ratio | value | target |\n|---|---:|---:|")
     print(f"| req/s a/b (cluster sync / uvicorn) | {a.rps / b.rps:.2f} | ≥ 1.0 |")
@@ -73,8 +91,12 @@ def main() -> int:
     print(f"| p99 a/b | {a.p99_ms / b.p99_ms:.2f} | ≤ 1.0 |")
     print(f"| p99 d/b | {d.p99_ms / b.p99_ms:.2f} | ≤ 1.0 |")
     print(f"| req/s a/c (cluster / gateway alone) | {a.rps / c.rps:.2f} | |")
+    if args.insecure_too:
+        g = med["g: cluster 1 gw + 1 worker (sync fun), --insecure"]
+        print(f"| req/s a/g (CURVE / --insecure) | {a.rps / g.rps:.2f} | ≥ 0.95 |")
+        print(f"| CPU per request a/g (CURVE / --insecure) | {a.cpu_total / g.cpu_total:.2f} | |")
     if args.baseline:
-        e, f = list(med.values())[4:]
+        e, f = [v for k, v in med.items() if k.startswith(("e:", "f:"))]
         print(f"| CPU per request a/e (sync, this checkout / baseline) | "
               f"{a.cpu_total / e.cpu_total:.2f} | |")
         print(f"| CPU per request d/f (async, this checkout / baseline) | "

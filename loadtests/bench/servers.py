@@ -10,6 +10,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -18,6 +19,24 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+_KEYS: list[str] = []
+
+
+def bench_keys() -> str:
+    """A CURVE key directory for the processes a benchmark starts by itself (a pair per
+    role, as `cluster keygen` writes them), made once per run and removed at exit:
+    the cluster is measured as it ships, authenticated."""
+    if not _KEYS:
+        import atexit
+
+        from cluster.security import ROLE_KEYS, keygen
+        directory = tempfile.mkdtemp(prefix="bench-keys-")
+        keygen(directory, ROLE_KEYS)
+        atexit.register(shutil.rmtree, directory, True)
+        _KEYS.append(directory)
+    return _KEYS[0]
 
 
 def free_port() -> int:

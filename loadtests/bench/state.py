@@ -26,7 +26,8 @@ from typing import Any
 import zmq
 
 from cluster import wire
-from loadtests.bench.servers import ROOT, free_port
+from cluster.security import Curve
+from loadtests.bench.servers import ROOT, bench_keys, free_port
 
 PY = sys.executable
 
@@ -44,10 +45,19 @@ def ensure_redis() -> str:
 
 # -- clients (each in its own process) ------------------------------------------------
 
-def cluster_client(endpoint: str, seconds: float, out: Any) -> None:
+def member(keys: str) -> Curve:
+    """A client of the coordinator with a member's key (the bench's worker pair)."""
+    return Curve(keys, "worker")
+
+
+def cluster_client(target: tuple[str, str], seconds: float, out: Any) -> None:
+    """target: the coordinator's endpoint and the key directory (a spawned process
+    gets it passed: it has none of its parent's state)."""
+    endpoint, keys = target
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    member(keys).coordinator_client(sock)
     sock.connect(endpoint)
     me = f"bench-{os.getpid()}"
     count, rid = 0, 0
@@ -97,13 +107,15 @@ def start_coordinator(data_dir: Path, fsync: str) -> tuple[subprocess.Popen[byte
     proc = subprocess.Popen(
         [PY, "-m", "cluster", "coordinator", "--coordinator-bind", endpoint, "--data-dir",
          str(data_dir), "--fsync", fsync, "--log-level", "warning", "--ready-fd",
-         str(write_fd)], cwd=ROOT, pass_fds=(write_fd,), stderr=subprocess.DEVNULL)
+         str(write_fd), "--keys", bench_keys()], cwd=ROOT, pass_fds=(write_fd,),
+        stderr=subprocess.DEVNULL)
     os.close(write_fd)
     from cluster.supervisor import read_ready
     read_ready(read_fd, proc, 20, "coordinator")
     os.close(read_fd)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
+    member(bench_keys()).coordinator_client(sock)
     sock.connect(endpoint)
     sock.send(wire.encode_one(wire.REGISTER, id="bench-probe", role="probe", info={}))
     pub = ""
@@ -147,10 +159,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def propagation(endpoint: str, pub: str, samples: int) -> tuple[list[float], list[float]]:
     """Write→ack and write→replica times, one write at a time."""
     ctx = zmq.Context()
+    curve = member(bench_keys())
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    curve.coordinator_client(sub)
     sub.connect(pub)
     sock = ctx.socket(zmq.DEALER)
+    curve.coordinator_client(sock)
     sock.connect(endpoint)
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
@@ -206,7 +221,8 @@ def main() -> int:
                 data.mkdir()
                 if kind == "cluster":
                     proc, endpoint, pub = start_coordinator(data, mode)
-                    rate = run_clients(cluster_client, endpoint, args.clients, args.seconds)
+                    rate = run_clients(cluster_client, (endpoint, bench_keys()), args.clients,
+                                       args.seconds)
                     if rnd == 0:
                         latency[label] = propagation(endpoint, pub, args.samples)
                 else:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 from cluster.supervisor import read_ready
-from loadtests.bench.servers import ROOT, free_port
+from loadtests.bench.servers import ROOT, bench_keys, free_port
 
 PY = sys.executable
 
@@ -36,8 +36,8 @@ def rss_kib(pid: int) -> int:
 def start(role: str, *args: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     read_fd, write_fd = os.pipe()
     proc = subprocess.Popen([PY, "-m", "cluster", role, *args, "--log-level", "warning",
-                             "--ready-fd", str(write_fd)], cwd=ROOT, pass_fds=(write_fd,),
-                            stderr=subprocess.DEVNULL)
+                             "--ready-fd", str(write_fd), "--keys", bench_keys()], cwd=ROOT,
+                            pass_fds=(write_fd,), stderr=subprocess.DEVNULL)
     os.close(write_fd)
     info = read_ready(read_fd, proc, 30, role)
     os.close(read_fd)

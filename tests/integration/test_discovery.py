@@ -170,3 +170,24 @@ def test_malformed_frames_are_dropped_counted_and_logged_everywhere() -> None:
             ctx.destroy(linger=0)
 
 
+
+
+def test_valid_envelopes_of_kinds_a_member_does_not_send_are_ignored() -> None:
+    # These kinds carry no "id": the coordinator once raised KeyError on them.
+    with cluster() as c:
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            c.curve().coordinator_client(sock)
+            sock.connect(c.endpoint)
+            sock.send(wire.encode([wire.envelope(wire.UPDATE, epoch="e", seq=1, changes=[]),
+                                   wire.envelope(wire.MEMBERS, seq=1, members=[]),
+                                   wire.envelope(wire.WHO)]))
+            c.coordinator.wait_log("unexpected who from a member; ignored")
+            probe = c.probe()
+            probe.wait_members(lambda ms: len(ms) >= 1, 5, "the coordinator still working")
+            probe.close()
+            assert "Traceback" not in c.coordinator.log()
+        finally:
+            ctx.destroy(linger=0)
