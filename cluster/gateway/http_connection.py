@@ -54,7 +54,8 @@ MAX_GOOD_HEADS = 1024  # header blocks remembered as well formed
 
 # Parse errors by the status they are answered with, as the metrics name them.
 ERROR_KINDS = {400: "bad_request", 408: "header_timeout", 413: "body_too_large",
-               414: "uri_too_long", 431: "headers_too_large"}
+               414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented",
+               505: "version_not_supported"}
 
 
 class ConnectionContext:

@@ -8,10 +8,12 @@ that data completed: `Request` for every whole request (pipelined ones in order)
 at most one `ProtocolError` carrying the status to answer with. After an error the
 core refuses all further input; the connection answers and closes.
 
-llhttp already rejects what RFC 9112 says a server must (Content-Length with
+llhttp already rejects much of what RFC 9112 says a server must (Content-Length with
 Transfer-Encoding, differing Content-Lengths, obs-fold, NUL or bare CR in a field,
-bad chunk sizes). This core adds the size limits, which llhttp does not keep, and
-counts them while bytes stream in, so nothing over a limit is ever buffered.
+bad chunk sizes); `http_rules` judges the rest (Host, versions, target forms,
+transfer codings) once a header block is complete. This core adds the size limits,
+which llhttp does not keep, and counts them while bytes stream in, so nothing over a
+limit is ever buffered.
 
 Nothing here reads a clock or touches a socket; timeouts live in the asyncio layer,
 which asks `awaiting_headers` to know whether a request has started.
@@ -24,6 +26,7 @@ from http import HTTPStatus
 
 import httptools
 
+from cluster.gateway.http_rules import VALID_HOSTS, origin_form, refusal, transfer_codings
 from cluster.http_fields import encode_fields
 
 
@@ -68,8 +71,8 @@ class _Partial:
     """The request being parsed (a plain class: a dataclass with default factories
     cost a microsecond per request to build)."""
 
-    __slots__ = ("body", "body_bytes", "expect_continue", "header_bytes", "headers",
-                 "headers_done", "request", "url")
+    __slots__ = ("body", "body_bytes", "codings", "expect_continue", "header_bytes",
+                 "headers", "headers_done", "hosts", "request", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -79,6 +82,8 @@ class _Partial:
         self.body_bytes = 0
         self.headers_done = False
         self.expect_continue = False
+        self.hosts: list[str] | None = None  # every Host value (RFC 9112 §3.2: one)
+        self.codings: list[str] | None = None  # every transfer coding, in order
         self.request: Request | None = None
 
 
@@ -157,6 +162,13 @@ class HttpCore:
             # llhttp has validated the digits; only the size is ours to judge.
             if int(text) > self.limits.max_body:
                 self._limit(413, f"Content-Length {text} over {self.limits.max_body}")
+        elif lname == "host":
+            if partial.hosts is None:
+                partial.hosts = [text]
+            else:
+                partial.hosts.append(text)
+        elif lname == "transfer-encoding":
+            partial.codings = (partial.codings or []) + transfer_codings(text)
         elif lname == "expect" and text.lower() == "100-continue":
             partial.expect_continue = True
 
@@ -166,9 +178,27 @@ class HttpCore:
         partial.headers_done = True
         parser = self._parser
         version = parser.get_http_version()
+        method = parser.get_method().decode("ascii")
+        target = partial.url.decode("latin-1")
+        hosts = partial.hosts
+        # Nearly every request: HTTP/1.1, one Host seen valid before, origin form, no
+        # transfer coding. Only the others pay for the full judgement.
+        if not (version == "1.1" and hosts is not None and len(hosts) == 1 and
+                hosts[0] in VALID_HOSTS and partial.codings is None and target[:1] == "/"):
+            refused = refusal(method, target, version, hosts or [], partial.codings or [])
+            if refused is not None:
+                self._limit(*refused)
+        if target[:1] != "/":
+            absolute = origin_form(target)
+            if absolute is not None:
+                # RFC 9112 §3.2.2: the target's authority, not the Host header, names
+                # the host; handlers and apps then see one consistent request.
+                target, authority = absolute
+                partial.headers = [(n, authority if n == "host" else v)
+                                   for n, v in partial.headers]
         request = Request(
-            method=parser.get_method().decode("ascii"),
-            target=partial.url.decode("latin-1"),
+            method=method,
+            target=target,
             version=version,
             headers=partial.headers,
             keep_alive=parser.should_keep_alive(),

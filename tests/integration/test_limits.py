@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
 from tests.harness import Cluster, Proc, cluster
 from tests.httpclient import Conn, get
-from tests.malformed import MALFORMED
+from tests.malformed import MALFORMED, NOT_IMPLEMENTED
 
 APP = "tests.apps.handlers:app"
 
@@ -62,9 +63,12 @@ def test_headers_over_16k_is_431(strict: tuple[Cluster, Proc]) -> None:
 
 
 def test_over_100_header_fields_is_431(strict: tuple[Cluster, Proc]) -> None:
-    raw = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    # Host and 100 more is 101 fields; Host and 99 more is the limit exactly.
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i
+                                                     for i in range(100)) + b"\r\n"
     assert answer(strict, raw) == (431, True)
-    raw = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(100)) + b"\r\n"
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i
+                                                     for i in range(99)) + b"\r\n"
     assert answer(strict, raw)[0] == 200
 
 
@@ -73,13 +77,14 @@ def test_content_length_over_max_body_is_413_without_reading_it(
     # Only the headers are sent: the answer must not wait for the body.
     assert answer(strict, b"POST /post-only HTTP/1.1\r\nContent-Length: 1025\r\n\r\n") == \
         (413, True)
-    assert answer(strict, b"POST /post-only HTTP/1.1\r\nContent-Length: 1024\r\n\r\n" +
+    assert answer(strict, b"POST /post-only HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\n\r\n" +
                   b"x" * 1024)[0] == 200
 
 
 def test_chunked_body_over_max_body_is_413(strict: tuple[Cluster, Proc]) -> None:
     chunk = b"200\r\n" + b"x" * 512 + b"\r\n"
-    raw = b"POST /post-only HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3
+    raw = b"POST /post-only HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + \
+        chunk * 3
     assert answer(strict, raw) == (413, True)
 
 
@@ -87,6 +92,23 @@ def test_chunked_body_over_max_body_is_413(strict: tuple[Cluster, Proc]) -> None
 def test_malformed_is_400_and_close(strict: tuple[Cluster, Proc], raw: bytes) -> None:
     assert answer(strict, raw) == (400, True)
     still_serving(strict)
+
+
+@pytest.mark.parametrize("raw", NOT_IMPLEMENTED.values(), ids=NOT_IMPLEMENTED.keys())
+def test_not_implemented_is_501_and_close(strict: tuple[Cluster, Proc], raw: bytes) -> None:
+    assert answer(strict, raw) == (501, True)
+    still_serving(strict)
+
+
+def test_an_unsupported_major_version_is_505(strict: tuple[Cluster, Proc]) -> None:
+    assert answer(strict, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n") == (505, True)
+
+
+def test_the_absolute_form_is_served_with_its_own_host(strict: tuple[Cluster, Proc]) -> None:
+    conn = Conn(port(strict))
+    conn.send(b"GET http://elsewhere.example/items/3?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    resp = conn.read_response()
+    assert resp.status == 200 and json.loads(resp.body)["id"] == 3
 
 
 def test_error_after_good_pipelined_request_keeps_order(strict: tuple[Cluster, Proc]) -> None:

@@ -17,7 +17,7 @@ from cluster.gateway.http_core import (
     encode_head,
     error_response,
 )
-from tests.malformed import MALFORMED
+from tests.malformed import MALFORMED, NOT_IMPLEMENTED
 
 LIMITS = HttpLimits(max_request_line=64, max_header_bytes=200, max_header_count=5,
                     max_body=100)
@@ -52,18 +52,19 @@ def test_simple_get() -> None:
 
 
 def test_request_split_at_every_byte() -> None:
-    raw = b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+    raw = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
     [req] = requests(*[raw[i:i + 1] for i in range(len(raw))])
     assert req.body == b"hello"
 
 
 def test_pipelined_requests_in_order() -> None:
-    reqs = requests(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
+    reqs = requests(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert [r.target for r in reqs] == ["/1", "/2", "/3"]
 
 
 def test_chunked_body_with_extension_and_trailer() -> None:
-    [req] = requests(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    [req] = requests(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer-X: t\r\n\r\n")
     assert req.body == b"abcde"
     assert ("trailer-x", "t") not in req.headers
@@ -77,13 +78,13 @@ def test_http10_closes_unless_keep_alive() -> None:
 
 
 def test_connection_close() -> None:
-    [req] = requests(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    [req] = requests(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert not req.keep_alive
 
 
 def test_expect_continue_before_body() -> None:
     core = HttpCore(LIMITS)
-    events = core.receive_data(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n"
+    events = core.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                                b"Content-Length: 2\r\n\r\n")
     assert events == [ContinueExpected()]
     [req] = core.receive_data(b"ok")
@@ -106,10 +107,10 @@ def test_awaiting_headers_tracks_a_started_request() -> None:
 
 def test_limits_exactly_at_the_bound_pass() -> None:
     target = b"/" + b"a" * (LIMITS.max_request_line - 1)
-    [req] = requests(b"GET " + target + b" HTTP/1.1\r\n\r\n")
+    [req] = requests(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert req.target.encode() == target
     body = b"b" * LIMITS.max_body
-    [req] = requests(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + body)
+    [req] = requests(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + body)
     assert req.body == body
 
 
@@ -139,13 +140,18 @@ def test_content_length_over_max_body_is_413_before_the_body() -> None:
 
 def test_chunked_body_over_max_body_is_413() -> None:
     chunk = b"%x\r\n%s\r\n" % (60, b"c" * 60)
-    assert error_of(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    assert error_of(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
                     chunk, chunk) == 413
 
 
 @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_requests_are_400(raw: bytes) -> None:
     assert error_of(raw) == 400
+
+
+@pytest.mark.parametrize("raw", NOT_IMPLEMENTED.values(), ids=NOT_IMPLEMENTED.keys())
+def test_what_is_not_implemented_is_501(raw: bytes) -> None:
+    assert error_of(raw) == 501
 
 
 def test_after_an_error_input_is_refused() -> None:
@@ -155,14 +161,15 @@ def test_after_an_error_input_is_refused() -> None:
 
 
 def test_requests_before_an_error_are_kept() -> None:
-    events = feed(b"GET /ok HTTP/1.1\r\n\r\nBAD\r\n\r\n")
+    events = feed(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n")
     assert isinstance(events[0], Request) and events[0].target == "/ok"
     assert isinstance(events[1], ProtocolError) and events[1].status == 400
 
 
 def test_upgrade_stops_parsing() -> None:
     core = HttpCore(LIMITS)
-    events = core.receive_data(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+    events = core.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                               b"Upgrade: x\r\n\r\n"
                                b"\x00\x01binary")
     assert isinstance(events[0], Request) and events[0].upgrade
     assert core.upgraded and core.receive_data(b"more") == []
