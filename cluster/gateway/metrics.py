@@ -99,6 +99,9 @@ class GatewayMetrics:
         yield from pump_metrics(pumps)
         if gw.gatekeeper is not None:
             yield gw.gatekeeper.metric()
+        yield _counter("cluster_gateway_tls_handshake_failures",
+                       "TLS handshakes with clients that failed or timed out (plain HTTP "
+                       "to the HTTPS port, old protocols, scanners)", gw.tls.failed)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -20,6 +20,7 @@ from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.static import parse_mounts
+from cluster.gateway.tls import TlsAcceptor, TlsCounters
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.http_fields import encode_fields
@@ -44,6 +45,7 @@ class Gateway:
         self.security = security if security is not None else Plaintext()
         self.gatekeeper: Gatekeeper | None = None
         self._last_probe = 0.0  # loop time the workers were last probed
+        self.tls = TlsCounters()
         self.id = f"gw-{uuid.uuid4().hex[:12]}"
         self.dispatcher = Dispatcher(loop, self.id, request_timeout=config.request_timeout,
                                      peer_expiry=config.peer_expiry, max_queue=config.max_queue,
@@ -99,9 +101,16 @@ class Gateway:
                                     on_send_error=self.dispatcher.on_send_error)
         self._watch_disconnects(sock)
 
+        context = self._tls()
+        if context is None:
+            def accept() -> asyncio.Protocol:
+                return HttpConnection(self.http, self.loop)
+        else:
+            def accept() -> asyncio.Protocol:
+                return TlsAcceptor(self.loop, context, lambda: HttpConnection(self.http, self.loop),
+                                   config.header_timeout, self.tls)
         self.server = await self.loop.create_server(
-            lambda: HttpConnection(self.http, self.loop), config.host, config.port,
-            backlog=2048, reuse_address=True, ssl=self._tls())
+            accept, config.host, config.port, backlog=2048, reuse_address=True)
         port = self.server.sockets[0].getsockname()[1]
         info = {"endpoint": endpoint, "http": f"{config.host}:{port}", "pid": os.getpid(),
                 # Workers connect to the endpoint as CURVE clients of this key.

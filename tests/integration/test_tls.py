@@ -73,6 +73,24 @@ def test_https_and_wss(certificate: tuple[Path, Path]) -> None:
         conn.request("GET", "/scheme")
         assert conn.getresponse().status == 200
         conn.close()
+        # ... except one log line naming the client and the reason, and a count.
+        line = gw.wait_log("TLS handshake failed")
+        assert line.count("TLS handshake failed") == 1 and "HTTP_REQUEST" in line
+        from tests.integration.test_observability import metrics_port, sample, scrape
+        assert sample(scrape(metrics_port(gw.ready)),
+                      "cluster_gateway_tls_handshake_failures_total") == 1
+
+
+def test_a_client_that_never_finishes_the_handshake_is_cut(
+        certificate: tuple[Path, Path]) -> None:
+    import socket
+    cert, key = certificate
+    with cluster() as c:
+        gw = c.gateway("--certfile", str(cert), "--keyfile", str(key), "--header-timeout", "1")
+        with socket.create_connection(("127.0.0.1", int(gw.ready["port"])), timeout=5) as s:
+            s.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
+            assert s.recv(100) == b""  # closed by the gateway after --header-timeout
+        assert "no handshake in time" in gw.wait_log("TLS handshake failed")
 
 
 @pytest.mark.parametrize("args, message", [
