@@ -47,7 +47,6 @@ from cluster.worker.flow import StreamWindow
 from cluster.worker.messages import (
     StreamEnvelopes,
     aborted,
-    header_value,
     response,
     server_error,
 )
@@ -225,10 +224,9 @@ class HttpExchange:
         assert self.status is not None
         try:
             if self.stream is None and not more:
-                accept = header_value(self.request_headers, "accept-encoding") \
-                    if self.gzip_min_size and len(body) >= self.gzip_min_size else ""
                 self.emit(response(self.rid, self.status, self.headers, body,
-                                   accept_encoding=accept, gzip_min_size=self.gzip_min_size))
+                                   request_headers=self.request_headers,
+                                   gzip_min_size=self.gzip_min_size))
                 self._finish()
                 return
             if self.stream is None:

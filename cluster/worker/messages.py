@@ -60,11 +60,10 @@ def target_fields(env: dict[str, Any], scheme: str) -> dict[str, Any]:
 
 
 def header_value(pairs: list[list[str]], name: str) -> str:
-    """The first value of header `name` (lower case) in an envelope's pairs, or ''."""
-    for pair in pairs:
-        if len(pair) == 2 and pair[0] == name and type(pair[1]) is str:
-            return pair[1]
-    return ""
+    """Header `name` (lower case) in an envelope's pairs, repeated lines joined with
+    ', ' (as the handler dict joins them), or ''."""
+    return ", ".join(pair[1] for pair in pairs
+                     if len(pair) == 2 and pair[0] == name and type(pair[1]) is str)
 
 
 def _query(query_string: str) -> dict[str, str]:
@@ -175,11 +174,13 @@ def chunk_bytes(chunk: Any) -> bytes:
 
 
 def response(req_id: int, status: int, headers: list[list[str]], body: bytes, *,
-             accept_encoding: str = "", gzip_min_size: int = 0) -> dict[str, Any]:
-    """A whole response's envelope, gzipped when the client accepts it and it is worth
-    it. Raises `BadField` for a header that cannot be sent."""
-    if gzip_min_size and len(body) >= gzip_min_size and accept_encoding and \
-            accepts_gzip(accept_encoding):
+             request_headers: list[list[str]] | None = None,
+             gzip_min_size: int = 0) -> dict[str, Any]:
+    """A whole response's envelope, gzipped when it is big enough and the request's
+    headers (its envelope's pairs) accept gzip: they are read only then. Raises
+    `BadField` for a header that cannot be sent."""
+    if gzip_min_size and len(body) >= gzip_min_size and request_headers and \
+            accepts_gzip(header_value(request_headers, "accept-encoding")):
         packed = gzip_response(status, headers, body, gzip_min_size)
         if packed is not None:
             headers, body = packed

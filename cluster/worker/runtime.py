@@ -353,13 +353,9 @@ class Worker:
 
     def _whole(self, rid: int, req: dict[str, Any], status: int, headers: list[list[str]],
                body: bytes) -> dict[str, Any]:
-        """A whole response's envelope; gzipped if it is big enough and the client takes
-        gzip. Raises BadField for a header that cannot be sent."""
-        min_size = self.config.gzip_min_size
-        accept = req["headers"].get("accept-encoding", "") \
-            if min_size and len(body) >= min_size else ""
-        return response(rid, status, headers, body, accept_encoding=accept,
-                        gzip_min_size=min_size)
+        """A whole response's envelope (see `messages.response`)."""
+        return response(rid, status, headers, body, request_headers=req["raw_headers"],
+                        gzip_min_size=self.config.gzip_min_size)
 
     async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
                             stream: StreamEnvelopes, body: Any) -> None:

@@ -77,3 +77,10 @@ def test_build_request() -> None:
     assert req["body"] == b"data" and req["type"] == "http"
 
 
+
+
+def test_header_value_joins_repeated_lines_as_the_handler_dict_does() -> None:
+    from cluster.worker.messages import header_value
+    pairs = [["accept-encoding", "br"], ["host", "h"], ["accept-encoding", "gzip"], ["x"]]
+    assert header_value(pairs, "accept-encoding") == "br, gzip"
+    assert header_value(pairs, "cookie") == ""
