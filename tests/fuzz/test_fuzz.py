@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,9 @@ def valid(envs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise  # unreachable: assume raised
 
 
+Feed = Callable[[list[dict[str, Any]]], None]  # a process's dispatch of one frame
+
+
 class Loop:
     """A loop to run what the handlers schedule, recording any error it reports."""
 
@@ -176,7 +179,7 @@ class Loop:
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[tuple[Any, Loop]]:
+def gateway() -> Iterator[tuple[Feed, Loop]]:
     from cluster.gateway.dispatch import Dispatcher
     from cluster.gateway.ws_hub import WebSocketHub
     from loadtests.bench.micro import FramePump
@@ -188,25 +191,15 @@ def gateway() -> Iterator[tuple[Any, Loop]]:
                                   dispatcher.live_workers, lambda: b"date",
                                   max_queue=1 << 16, ping_interval=20.0, ping_timeout=20.0,
                                   open_timeout=30.0)
-    yield dispatcher, loop
+    yield (lambda envs: dispatcher.on_messages(b"peer", envs)), loop
     loop.loop.close()
 
 
-@FUZZ
-@given(st.lists(envelopes(), min_size=1, max_size=4))
-def test_gateway_dispatch_takes_any_valid_envelope(gateway: tuple[Any, Loop],
-                                                   envs: list[dict[str, Any]]) -> None:
-    dispatcher, loop = gateway
-    dispatcher.on_messages(b"peer", valid(envs))
-    loop.settle()
-    assert loop.errors == []
-
-
 @pytest.fixture(scope="module")
-def worker() -> Iterator[tuple[Any, Loop]]:
+def worker() -> Iterator[tuple[Feed, Loop]]:
     from cluster.config import WorkerConfig
     from cluster.worker.loader import load_handler
-    from cluster.worker.runtime import Worker
+    from cluster.worker.runtime import GatewayLink, Worker
     from loadtests.bench.micro import BenchLink
 
     class FuzzLink(BenchLink):
@@ -223,25 +216,15 @@ def worker() -> Iterator[tuple[Any, Loop]]:
     handler = "tests.apps.handlers:app"
     w = Worker(WorkerConfig(handler=handler, threads=1), loop.loop, ctx,
                load_handler(handler), "wk-fuzz")
-    yield FuzzLink(w), loop
+    link = FuzzLink(w)
+    yield (lambda envs: GatewayLink.on_messages(link, None, envs)), loop
     w.pool.shutdown(timeout=1.0)
     loop.loop.close()
     ctx.destroy(linger=0)
 
 
-@FUZZ
-@given(st.lists(envelopes(), min_size=1, max_size=4))
-def test_worker_dispatch_takes_any_valid_envelope(worker: tuple[Any, Loop],
-                                                  envs: list[dict[str, Any]]) -> None:
-    from cluster.worker.runtime import GatewayLink
-    link, loop = worker
-    GatewayLink.on_messages(link, None, valid(envs))
-    loop.settle()
-    assert loop.errors == []
-
-
 @pytest.fixture(scope="module")
-def coordinator() -> Iterator[tuple[Any, Loop]]:
+def coordinator() -> Iterator[tuple[Feed, Loop]]:
     from cluster.config import CoordinatorConfig
     from cluster.coordinator.server import Coordinator
     loop = Loop()
@@ -249,17 +232,18 @@ def coordinator() -> Iterator[tuple[Any, Loop]]:
     coord = Coordinator(CoordinatorConfig(coordinator_bind="tcp://127.0.0.1:0",
                                           state_bind="tcp://127.0.0.1:0"), ctx)
     coord.start(loop.loop)
-    yield coord, loop
+    yield (lambda envs: coord.on_messages(b"peer", envs)), loop
     coord.close()
     loop.loop.close()
     ctx.destroy(linger=0)
 
 
+@pytest.mark.parametrize("process", ["gateway", "worker", "coordinator"])
 @FUZZ
-@given(st.lists(envelopes(), min_size=1, max_size=4))
-def test_coordinator_dispatch_takes_any_valid_envelope(coordinator: tuple[Any, Loop],
-                                                       envs: list[dict[str, Any]]) -> None:
-    coord, loop = coordinator
-    coord.on_messages(b"peer", valid(envs))
+@given(envs=st.lists(envelopes(), min_size=1, max_size=4))
+def test_dispatch_takes_any_valid_envelope(request: pytest.FixtureRequest, process: str,
+                                           envs: list[dict[str, Any]]) -> None:
+    feed, loop = request.getfixturevalue(process)
+    feed(valid(envs))
     loop.settle()
     assert loop.errors == []
