@@ -27,6 +27,7 @@ commands:
   gateway      HTTP front end; dispatches to workers
   worker       runs a handler: cluster worker --handler pkg.module:fun
   keygen       write CURVE key pairs: cluster keygen DIR [NAME...]
+  probe        ask a process its /ready or /live: cluster probe ready [HOST:]PORT
 
 `cluster COMMAND --help` lists a command's flags and their CLUSTER_* twins."""
 
@@ -106,6 +107,28 @@ def keygen_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def probe_main(argv: Sequence[str]) -> int:
+    """`cluster probe ready|live [HOST:]PORT`: 0 if the process on that metrics port
+    says yes, 1 if not (or no answer), with its answer on one line: for container
+    healthchecks, where no curl is installed."""
+    import urllib.error
+    import urllib.request
+    if len(argv) != 2 or argv[0] not in ("ready", "live"):
+        print("usage: cluster probe ready|live [HOST:]PORT  (a metrics port)", file=sys.stderr)
+        return 2
+    host, _, port = argv[1].rpartition(":")
+    url = f"http://{host or '127.0.0.1'}:{port}/{argv[0]}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            print(answer.read().decode(errors="replace").strip())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode(errors='replace').strip()}")
+    except (OSError, ValueError) as exc:
+        print(f"cluster probe: {url}: {exc}", file=sys.stderr)
+    return 1
+
+
 def routes_main(argv: Sequence[str]) -> int:
     from cluster.app import App
     from cluster.worker.loader import import_object
@@ -139,6 +162,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "gateway": gateway_main,
     "worker": worker_main,
     "keygen": keygen_main,
+    "probe": probe_main,
 }
 
 

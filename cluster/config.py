@@ -44,14 +44,18 @@ class Common:
                         "role: coordinator, gateway or worker)")
     insecure: bool = opt(False, "plaintext, unauthenticated ZeroMQ: anyone who reaches a "
                          "port is a member (a warning says so at start)")
-    ready_fd: int = opt(-1, "write one JSON line with bound addresses to this fd when ready",
-                        hidden=True)
+    shutdown_grace: float = opt(10.0, "seconds to finish in-flight work on SIGTERM: a "
+                                "gateway's requests (503 after), a worker's handlers")
+    ready_fd: int = opt(-1, "write one JSON line with bound addresses to this fd when "
+                        "ready, and a beat byte every --heartbeat-interval", hidden=True)
 
     def validate(self) -> None:
         if self.heartbeat_interval <= 0:
             raise ConfigError("--heartbeat-interval must be > 0")
         if self.start_timeout <= 0:
             raise ConfigError("--start-timeout must be > 0")
+        if self.shutdown_grace <= 0:
+            raise ConfigError("--shutdown-grace must be > 0")
         if self.heartbeat_liveness < 1:
             raise ConfigError("--heartbeat-liveness must be >= 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -104,7 +108,6 @@ class GatewayConfig(Common):
     keepalive_timeout: float = opt(5.0, "seconds an idle keep-alive connection stays open")
     max_queue: int = opt(4096, "requests waiting for worker credit before 503")
     max_pipeline: int = opt(32, "pipelined requests in flight per connection before reading pauses")
-    shutdown_grace: float = opt(10.0, "seconds to finish in-flight requests on SIGTERM")
     defer_timeout: float = opt(60.0, "seconds a deferred request waits for reply() (504 after)")
     ws_ping_interval: float = opt(20.0, "seconds between WebSocket keepalive pings")
     ws_ping_timeout: float = opt(20.0, "seconds to wait for a pong before closing")
@@ -118,6 +121,11 @@ class GatewayConfig(Common):
     static: str = opt("", "serve files at the gateway: /url=DIRECTORY[,/url2=DIR2]")
     certfile: str = opt("", "TLS certificate chain (PEM): serve HTTPS and WSS")
     keyfile: str = opt("", "TLS private key (PEM) for --certfile")
+    max_connections: int = opt(10_000, "open client connections at most; one more is "
+                               "answered 503 and closed at once (TLS: closed)")
+    wait_for_worker: bool = opt(False, "open the HTTP port only once a worker is linked, "
+                                "so the first request is served (at most --start-timeout; "
+                                "then open anyway, answering 503 until one links)")
     access_log: bool = opt(False, "log one line per HTTP response (method, target, status, "
                            "duration, request id)")
     local_reply: str = opt("", "answer every request with this text in the gateway itself, "
@@ -126,7 +134,8 @@ class GatewayConfig(Common):
     def validate(self) -> None:
         super().validate()
         for name in ("max_body", "max_request_line", "max_header_bytes", "max_header_count",
-                     "max_queue", "max_pipeline", "ws_max_size", "ws_max_queue"):
+                     "max_queue", "max_pipeline", "ws_max_size", "ws_max_queue",
+                     "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if bool(self.certfile) != bool(self.keyfile):
@@ -136,7 +145,7 @@ class GatewayConfig(Common):
             if path and not os.path.isfile(path):
                 raise ConfigError(f"--{name} {path!r}: no such file")
         for name in ("request_timeout", "header_timeout", "keepalive_timeout",
-                     "shutdown_grace", "ws_ping_interval", "ws_ping_timeout",
+                     "ws_ping_interval", "ws_ping_timeout",
                      "defer_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
@@ -157,6 +166,8 @@ class WorkerConfig(Common):
     gzip_min_size: int = opt(1024, "gzip whole text-like responses of at least this many "
                              "bytes when the client accepts it (0: never); done here, in "
                              "the worker, so it costs the gateways nothing")
+    lifespan_timeout: float = opt(30.0, "seconds an ASGI app's lifespan startup, and "
+                                  "again its shutdown, may take")
     cpu: int = opt(-1, "pin this worker (its loop, handler threads and ZeroMQ thread) to "
                    "this CPU; -1: not pinned. Sync handlers hand every request to a thread, "
                    "and on one CPU that hand-off costs a quarter less (docs/performance.md)")
@@ -169,8 +180,9 @@ class WorkerConfig(Common):
             raise ConfigError("--concurrency and --threads must be >= 1")
         if self.prefetch < 0:
             raise ConfigError("--prefetch must be >= 0")
-        if self.state_timeout <= 0 or self.stream_stall_timeout <= 0:
-            raise ConfigError("--state-timeout and --stream-stall-timeout must be > 0")
+        if min(self.state_timeout, self.stream_stall_timeout, self.lifespan_timeout) <= 0:
+            raise ConfigError("--state-timeout, --stream-stall-timeout and "
+                              "--lifespan-timeout must be > 0")
         if self.gzip_min_size < 0:
             raise ConfigError("--gzip-min-size must be >= 0")
         if self.cpu < -1:
@@ -187,11 +199,18 @@ class RunConfig(GatewayConfig, WorkerConfig, CoordinatorConfig):
     pin_workers: bool = opt(True, "pin each worker to one CPU, round robin over the CPUs "
                             "this process may use, the first ones left to the gateways "
                             "(see a worker's --cpu)")
+    child_timeout: float = opt(10.0, "seconds a child may give no sign of life (its loop "
+                               "beats every --heartbeat-interval) before it is killed and "
+                               "restarted")
+    reload: bool = opt(False, "development: roll the workers when a Python file under the "
+                       "handler's package changes")
 
     def validate(self) -> None:
         super().validate()
         if self.gateways < 1 or self.workers < 0:
             raise ConfigError("--gateways must be >= 1 and --workers >= 0")
+        if self.child_timeout <= 2 * self.heartbeat_interval:
+            raise ConfigError("--child-timeout must be more than 2 heartbeat intervals")
         if self.cpu != -1:
             raise ConfigError("--cpu names one worker's CPU; cluster run spreads its "
                               "workers itself (--pin-workers)")

@@ -71,26 +71,57 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+BEAT = b"."  # one byte on the ready pipe: "my loop still runs"
+
+
 def report_ready(fd: int, info: dict[str, Any]) -> None:
-    """Tell whoever started us (the supervisor, a test) where we listen."""
+    """Tell whoever started us (the supervisor, a test) where we listen: one JSON
+    line. The pipe stays open for the beats (see `beat_until_closed`)."""
     if fd < 0:
         return
     try:
         os.write(fd, (json.dumps(info) + "\n").encode())
-        os.close(fd)
     except OSError as exc:  # the parent went away: nobody to tell
         logging.getLogger("cluster").debug("ready fd %d: %s", fd, exc)
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run `main(stop)` on uvloop; SIGINT/SIGTERM set `stop` for an orderly exit."""
+async def beat_until_closed(fd: int, interval: float) -> None:
+    """Write BEAT on `fd` every `interval` from the loop, so a supervisor can tell a
+    hung process (stopped, or its loop blocked) from a live one. Never blocks: a
+    parent that does not read loses beats, not our time; one that closed the pipe
+    ends the beats."""
+    if fd < 0:
+        return
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            try:
+                os.write(fd, BEAT)
+            except BlockingIOError:
+                pass  # the parent reads later, or not at all: it has beats enough
+            except OSError:
+                return  # the parent went away or closed its end
+            await asyncio.sleep(interval)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+                        ready_fd: int = -1, beat_interval: float = 1.0) -> None:
+    """Run `main(stop)` on uvloop; SIGINT/SIGTERM set `stop` for an orderly exit.
+    From the start, the loop beats on `ready_fd` (see `beat_until_closed`)."""
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        beats = loop.create_task(beat_until_closed(ready_fd, beat_interval))
+        try:
+            await main(stop)
+        finally:
+            beats.cancel()
 
     raise_fd_limit()
     uvloop.run(runner())

@@ -8,14 +8,19 @@ scrapes, so a request pays a few list updates, never a lock.
 
 The endpoint is a small HTTP/1.1 server on the loop (httptools parses): GET or
 HEAD on a path it knows, anything else answered and counted, never a handler's
-data. The coordinator adds its service-discovery path to the same server.
+data. The coordinator adds its service-discovery path to the same server. Every
+process also answers the probes an orchestrator asks (Kubernetes, compose
+healthchecks, the supervisor): /live is 200 whenever the loop turns (it answers
+from the loop), /ready is 200 or 503 with the conditions as a JSON object.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -43,6 +48,8 @@ MAX_REQUEST_BYTES = 16 * 1024
 IDLE_TIMEOUT = 10.0
 
 Page = Callable[[], tuple[bytes, str]]  # body, content type
+# Readiness: whether this process should get traffic now, and why (shown as JSON).
+Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 def new_registry() -> CollectorRegistry:
@@ -247,7 +254,11 @@ class _EndpointProtocol(asyncio.Protocol):
     def _respond(self, method: str) -> None:
         path = httptools.parse_url(self.request.url).path.decode("latin-1")
         page = self.server.pages.get(path)
-        if page is None:
+        if path in ("/live", "/ready") and method in ("GET", "HEAD"):
+            ok, details = self.server.health(path)
+            self._answer(200 if ok else 503, json.dumps(details).encode() + b"\n",
+                         "application/json", head=method == "HEAD")
+        elif page is None:
             self._answer(404, b"not found\n", "text/plain")
         elif method not in ("GET", "HEAD"):
             self._answer(405, b"method not allowed\n", "text/plain", allow=True)
@@ -265,12 +276,12 @@ class _EndpointProtocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.server.answers[status] = self.server.answers.get(status, 0) + 1
-        if status >= 400:
+        if status >= 400 and status != 503:  # 503: a readiness probe saying "not yet"
             log.info("metrics endpoint: %d for a request from %s", status,
                      self.transport.get_extra_info("peername"))
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found",
                   405: "Method Not Allowed", 431: "Request Header Fields Too Large",
-                  500: "Internal Server Error"}[status]
+                  500: "Internal Server Error", 503: "Service Unavailable"}[status]
         head_lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}",
                       f"Content-Length: {len(body)}", "Connection: close"]
         if allow:
@@ -284,12 +295,22 @@ class _EndpointProtocol(asyncio.Protocol):
 class MetricsServer:
     """Serves `pages` (path -> Page) on host:port; port 0 picks a free one."""
 
-    def __init__(self, pages: dict[str, Page], idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, pages: dict[str, Page], ready: Readiness | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.pages = pages
+        self.ready = ready
         self.idle_timeout = idle_timeout
         self.answers: dict[int, int] = {}
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
+
+    def health(self, path: str) -> tuple[bool, dict[str, Any]]:
+        if path == "/live":
+            return True, {"live": True, "pid": os.getpid()}
+        if self.ready is None:
+            return True, {"ready": True}
+        ok, details = self.ready()
+        return ok, {"ready": ok, **details}
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()

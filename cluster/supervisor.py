@@ -10,7 +10,7 @@ SIGTERM stops gateways first (they drain), then workers, then the coordinator.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import logging
 import os
 import select
@@ -19,10 +19,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from cluster.child import MIN_BACKOFF, Child, ChildFailed
 from cluster.config import (
     CoordinatorConfig,
     GatewayConfig,
@@ -31,73 +33,82 @@ from cluster.config import (
     subset,
     to_argv,
 )
-from cluster.errors import ClusterError
 from cluster.security import ROLE_KEYS, keygen
 
 log = logging.getLogger("cluster.supervisor")
 
-READY_TIMEOUT = 30.0
-MIN_BACKOFF = 0.5
+READY_TIMEOUT = 30.0  # a child's start: imports, handler load, links, ASGI startup
 MAX_BACKOFF = 10.0
 STABLE_AFTER = 10.0
 STOP_TIMEOUT = 15.0
-
-
-class ChildFailed(ClusterError):
-    """A child did not become ready."""
-
-
-@dataclass
-class Child:
-    name: str
-    role: str
-    argv: list[str]
-    proc: subprocess.Popen[bytes] | None = None
-    ready: dict[str, Any] = field(default_factory=dict)
-    started_at: float = 0.0
-    backoff: float = MIN_BACKOFF
-    restart_at: float | None = None
-    restarts: int = 0
-
-    def spawn(self, wait_ready: bool) -> None:
-        read_fd, write_fd = os.pipe()
-        argv = [*self.argv, "--ready-fd", str(write_fd)]
-        self.proc = subprocess.Popen(argv, pass_fds=(write_fd,))
-        os.close(write_fd)
-        self.started_at = time.monotonic()
-        log.info("started %s pid %d", self.name, self.proc.pid)
-        if wait_ready:
-            try:
-                self.ready = read_ready(read_fd, self.proc, READY_TIMEOUT, self.name)
-            finally:
-                os.close(read_fd)
-        else:
-            os.close(read_fd)
-
-
-def read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float,
-               name: str) -> dict[str, Any]:
-    """The JSON line a child writes on `fd` once it listens (see `--ready-fd`)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ChildFailed(f"{name} did not become ready within {timeout:.0f}s")
-        readable, _, _ = select.select([fd], [], [], min(left, 0.2))
-        if readable:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                raise ChildFailed(f"{name} exited before it was ready (code {proc.poll()})")
-            data += chunk
-        elif proc.poll() is not None:
-            raise ChildFailed(f"{name} exited before it was ready (code {proc.returncode})")
-    info: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
-    return info
+POLL = 0.1  # the watch loop's tick: the pipes are read as they fill, this bounds a turn
 
 
 def child_command(role: str, config: Any) -> list[str]:
     return [sys.executable, "-m", "cluster", role, *to_argv(config)]
+
+
+class RollingRestart:
+    """Replace workers one at a time: start the new one, wait until it is ready (linked
+    to every gateway, its state synced), then SIGTERM the old one, which drains (credit
+    0, finishes what it holds, leaves) before the next is started. One step per tick of
+    the supervisor's loop, so it keeps watching every other child meanwhile."""
+
+    def __init__(self, supervisor: Supervisor, old: list[Child]) -> None:
+        self.supervisor = supervisor
+        self.queue = list(old)
+        self.old: Child | None = None
+        self.new: Child | None = None
+        self.deadline = 0.0
+        self.replaced = 0
+
+    def step(self, now: float) -> bool:
+        """Advance; True once every worker is replaced (or the roll gave up)."""
+        sup = self.supervisor
+        if self.new is None:
+            while self.queue and not self.queue[0].running():
+                self.queue.pop(0)  # died meanwhile: its own restart replaces it
+            if not self.queue:
+                log.info("rolling restart done: %d workers replaced", self.replaced)
+                return True
+            self.old = self.queue.pop(0)
+            self.new = Child(self.old.name, "worker", self.old.argv)
+            sup.children.append(self.new)
+            self.new.spawn()
+            self.deadline = now + READY_TIMEOUT
+            return False
+        old = self.old
+        assert old is not None and old.proc is not None
+        if not old.retiring:
+            if self.new.ready is not None:
+                log.info("%s pid %d ready; draining pid %d", self.new.name,
+                         self.new.proc.pid if self.new.proc else 0, old.proc.pid)
+                old.retiring = True
+                old.proc.send_signal(signal.SIGTERM)
+                self.deadline = now + sup.config.shutdown_grace + STOP_TIMEOUT
+            elif not self.new.running() or now > self.deadline:
+                # Keep the old one serving: a new worker that cannot start is no
+                # reason to lose the one that runs (a --reload with a syntax error).
+                log.error("rolling restart stopped: the new %s did not become ready; "
+                          "pid %d keeps serving", self.new.name, old.proc.pid)
+                if self.new.running():
+                    assert self.new.proc is not None
+                    self.new.proc.kill()
+                    self.new.proc.wait()
+                self.new.close_pipe()
+                sup.children.remove(self.new)
+                return True
+            return False
+        if old.proc.poll() is None and now > self.deadline:
+            log.warning("%s pid %d did not drain in time; killing it", old.name, old.proc.pid)
+            old.proc.kill()
+        if old.proc.poll() is None:
+            return False
+        old.close_pipe()
+        sup.children.remove(old)
+        self.replaced += 1
+        self.old = self.new = None
+        return False
 
 
 class Supervisor:
@@ -105,11 +116,18 @@ class Supervisor:
         self.config = config
         self.children: list[Child] = []
         self.stopping = False
+        self.roll_wanted = False  # SIGHUP, or a changed file under --reload
+        self.roll: RollingRestart | None = None
         self.discovery = ""  # the coordinator's metrics host:port, serving /targets
         self.own_keys = ""  # a key directory we made, removed when we stop
+        self.reloader: threading.Thread | None = None
+        self.reloader_stop = threading.Event()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.stopping = True
+        if signum == signal.SIGHUP:
+            self.roll_wanted = True
+        else:
+            self.stopping = True
 
     def _keys(self) -> None:
         """Secure with no set-up: a key pair per role in --keys (made there if
@@ -123,80 +141,122 @@ class Supervisor:
         keygen(directory, ROLE_KEYS)
         self.config = subset(config, RunConfig, keys=directory)
 
+    def _spawn(self, name: str, role: str, config: Any) -> Child:
+        child = Child(name, role, child_command(role, config))
+        self.children.append(child)
+        child.spawn()
+        return child
+
     def start(self) -> list[str]:
+        """The coordinator first (everyone needs its endpoint), then the gateways and
+        workers together: a gateway opens its HTTP port once a worker is linked
+        (--wait-for-worker), so they must not wait for each other in turn."""
         self._keys()
         config = self.config
         port = config.coordinator_port or "*"
         coord_cfg = subset(config, CoordinatorConfig, ready_fd=-1,
                            coordinator_bind=f"tcp://127.0.0.1:{port}")
-        coordinator = Child("coordinator", "coordinator", child_command("coordinator", coord_cfg))
-        self.children.append(coordinator)
-        coordinator.spawn(wait_ready=True)
-        endpoint = coordinator.ready["endpoint"]
+        coordinator = self._spawn("coordinator", "coordinator", coord_cfg)
+        ready = coordinator.wait_ready(READY_TIMEOUT)
+        endpoint = ready["endpoint"]
         # Pin the port: a restarted coordinator must be found where it was.
         coordinator.argv = child_command("coordinator", subset(
             coord_cfg, CoordinatorConfig, coordinator_bind=endpoint,
-            metrics_port=coordinator.ready.get("metrics_port", config.metrics_port)))
-        self.discovery = coordinator.ready.get("metrics", "")
+            metrics_port=ready.get("metrics_port", config.metrics_port)))
+        self.discovery = ready.get("metrics", "")
 
-        urls = []
+        gateways = []
         for i in range(config.gateways):
             gw_port = config.port + i if config.port else 0
             # --metrics-port names the coordinator's (the discovery endpoint); the
             # others take any free port, which discovery lists.
             gw_cfg = subset(config, GatewayConfig, ready_fd=-1, coordinator=endpoint,
-                            port=gw_port, metrics_port=min(config.metrics_port, 0))
-            gateway = Child(f"gateway-{i + 1}", "gateway", child_command("gateway", gw_cfg))
-            self.children.append(gateway)
-            gateway.spawn(wait_ready=True)
-            bound = gateway.ready["port"]
-            gateway.argv = child_command("gateway", subset(gw_cfg, GatewayConfig, port=bound))
-            urls.append(f"http://{config.host}:{bound}")
+                            port=gw_port, metrics_port=min(config.metrics_port, 0),
+                            wait_for_worker=config.workers > 0)
+            gateways.append((self._spawn(f"gateway-{i + 1}", "gateway", gw_cfg), gw_cfg))
 
         wk_cfg = subset(config, WorkerConfig, ready_fd=-1, coordinator=endpoint,
                         metrics_port=min(config.metrics_port, 0))
         cpus = sorted(os.sched_getaffinity(0))
+        workers = []
         for i in range(config.workers):
             if config.pin_workers:
                 # Round robin, starting after the gateways' share: a worker's Python
                 # runs on one core at a time anyway (see WorkerConfig.cpu).
                 wk_cfg = subset(wk_cfg, WorkerConfig,
                                 cpu=cpus[(config.gateways + i) % len(cpus)])
-            worker = Child(f"worker-{i + 1}", "worker", child_command("worker", wk_cfg))
-            self.children.append(worker)
-            worker.spawn(wait_ready=True)
+            workers.append(self._spawn(f"worker-{i + 1}", "worker", wk_cfg))
+
+        urls = []
+        for gateway, gw_cfg in gateways:
+            bound = gateway.wait_ready(READY_TIMEOUT + config.start_timeout)["port"]
+            gateway.argv = child_command("gateway", subset(gw_cfg, GatewayConfig, port=bound))
+            urls.append(f"http://{config.host}:{bound}")
+        for worker in workers:
+            worker.wait_ready(READY_TIMEOUT)
         return urls
 
     def watch(self) -> None:
-        """Restart children that die, until a signal asks us to stop."""
+        """Read the children's pipes; restart the ones that die or hang; roll the
+        workers when asked; until a signal asks us to stop."""
         while not self.stopping:
+            fds = [c.fd for c in self.children if c.fd >= 0]
+            if fds:
+                select.select(fds, [], [], POLL)
+            else:
+                time.sleep(POLL)
             now = time.monotonic()
-            for child in self.children:
-                proc = child.proc
-                if child.restart_at is not None:
-                    if now >= child.restart_at:
-                        child.restart_at = None
-                        child.restarts += 1
-                        child.spawn(wait_ready=False)
-                    continue
-                if proc is None or proc.poll() is None:
-                    if now - child.started_at > STABLE_AFTER:
-                        child.backoff = MIN_BACKOFF
-                    continue
-                log.warning("%s (pid %d) exited with code %s; restarting in %.1fs",
-                            child.name, proc.pid, proc.returncode, child.backoff)
-                child.restart_at = now + child.backoff
-                child.backoff = min(child.backoff * 2, MAX_BACKOFF)
-            time.sleep(0.1)  # the supervisor's own poll of its children
+            for child in list(self.children):
+                child.read(now)
+                self._check(child, now)
+            if self.roll is None and self.roll_wanted:
+                self.roll_wanted = False
+                workers = [c for c in self.children if c.role == "worker"]
+                log.info("rolling restart of %d workers", len(workers))
+                self.roll = RollingRestart(self, workers)
+            if self.roll is not None and self.roll.step(now):
+                self.roll = None
+
+    def _check(self, child: Child, now: float) -> None:
+        """Restart a child that died (after its backoff) or kill one that hangs."""
+        if child.retiring:
+            return  # a rolling restart owns it
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restart_at = None
+                child.restarts += 1
+                child.spawn()
+            return
+        proc = child.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            if now - child.started_at > STABLE_AFTER:
+                child.backoff = MIN_BACKOFF
+            limit = self.config.child_timeout if child.last_beat else READY_TIMEOUT
+            silent = child.silent_for(now)
+            if silent > limit:
+                # SIGKILL: a stopped or deadlocked process cannot act on SIGTERM.
+                log.error("%s (pid %d) gave no sign of life for %.1fs (--child-timeout); "
+                          "killing it", child.name, proc.pid, silent)
+                proc.kill()
+                proc.wait()
+            else:
+                return
+        log.warning("%s (pid %d) exited with code %s; restarting in %.1fs",
+                    child.name, proc.pid, proc.returncode, child.backoff)
+        child.close_pipe()
+        child.restart_at = now + child.backoff
+        child.backoff = min(child.backoff * 2, MAX_BACKOFF)
 
     def stop(self) -> None:
+        self.reloader_stop.set()
         for role in ("gateway", "worker", "coordinator"):
-            group = [c for c in self.children if c.role == role and c.proc is not None
-                     and c.proc.poll() is None]
+            group = [c for c in self.children if c.role == role and c.running()]
             for child in group:
                 assert child.proc is not None
                 child.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
+            deadline = time.monotonic() + self.config.shutdown_grace + STOP_TIMEOUT
             for child in group:
                 assert child.proc is not None
                 try:
@@ -205,11 +265,26 @@ class Supervisor:
                     log.warning("%s did not stop in time; killing it", child.name)
                     child.proc.kill()
                     child.proc.wait()
+        for child in self.children:
+            child.close_pipe()
+
+    def _watch_files(self, root: str) -> None:
+        """--reload: a changed Python file under `root` rolls the workers."""
+        import watchfiles  # only --reload needs it
+
+        log.info("--reload: watching %s for changed Python files", root)
+        for changes in watchfiles.watch(root, watch_filter=watchfiles.PythonFilter(),
+                                        stop_event=self.reloader_stop, raise_interrupt=False):
+            names = sorted({os.path.relpath(path, root) for _change, path in changes})
+            log.info("--reload: %s changed; rolling the workers", ", ".join(names[:5]))
+            self.roll_wanted = True
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
         try:
+            root = handler_root(self.config.handler) if self.config.reload else ""
             urls = self.start()
         except ChildFailed as exc:
             log.error("%s", exc)
@@ -225,6 +300,10 @@ class Supervisor:
         if self.config.keys:
             print(f"cluster: CURVE keys in {self.config.keys} (publisher.key_secret for "
                   f"scripts{'; removed at exit' if self.own_keys else ''})", flush=True)
+        if self.config.reload:
+            self.reloader = threading.Thread(target=self._watch_files, args=(root,),
+                                             name="reload", daemon=True)
+            self.reloader.start()
         try:
             self.watch()
         finally:
@@ -233,3 +312,16 @@ class Supervisor:
             if self.own_keys:
                 shutil.rmtree(self.own_keys, ignore_errors=True)
         return 0
+
+
+def handler_root(handler: str) -> str:
+    """The directory of the handler's top-level package (or its module's file), found
+    without importing it: what --reload watches."""
+    top = handler.partition(":")[0].split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or (spec.origin is None and not spec.submodule_search_locations):
+        raise ChildFailed(f"--reload: cannot find the module {top!r}")
+    if spec.submodule_search_locations:
+        return str(next(iter(spec.submodule_search_locations)))
+    assert spec.origin is not None
+    return str(Path(spec.origin))

@@ -219,7 +219,8 @@ class Pump:
         except zmq.ZMQError:
             pass
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
+        """Stop; what is queued for a peer still goes for up to `linger` seconds."""
         if self._closed:
             return
         self.flush()
@@ -228,7 +229,7 @@ class Pump:
         self._closed = True
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self._fd)
-        self.sock.close(linger=0)
+        self.sock.close(linger=int(linger * 1000))
 
 
 class Monitor:

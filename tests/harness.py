@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cluster.child import ChildFailed, read_ready
 from cluster.security import ROLE_KEYS, Curve, keygen
-from cluster.supervisor import ChildFailed, read_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--heartbeat-interval", "0.25"]

@@ -61,6 +61,12 @@ class CoordinatorMetrics:
             yield GaugeMetricFamily("cluster_state_log_bytes",
                                     "Size of the state log since the last snapshot",
                                     value=state.wal.bytes if state.wal is not None else 0)
+            yield GaugeMetricFamily("cluster_state_writable",
+                                    "1 while the state log takes writes; 0 while they are "
+                                    "refused (disk full, I/O error)", value=int(state.writable))
+            yield CounterMetricFamily("cluster_state_refused_unwritable",
+                                      "State writes refused because the log could not be "
+                                      "written", value=state.refused_unwritable)
         if coordinator.pump is not None:
             yield from pump_metrics({"members": coordinator.pump})
         if coordinator.gatekeeper is not None:

@@ -54,7 +54,8 @@ class Coordinator:
         self.state: StateService | None = None
         self.metrics = CoordinatorMetrics(self)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry),
-                                             "/targets": self.metrics.targets})
+                                             "/targets": self.metrics.targets},
+                                            ready=self.readiness)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.endpoint.rpartition(":")[0]
@@ -68,6 +69,13 @@ class Coordinator:
                          max_frame=self.config.max_frame)
         loop.create_task(self.expire_loop())
         log.info("coordinator listening on %s", self.endpoint)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready once its log is open; whether writes are taken is shown beside."""
+        if self.state is None:
+            return False, {"log_open": False, "writable": False}
+        details = self.state.readiness()
+        return bool(details["log_open"]), details
 
     def close(self) -> None:
         for monitor in self.monitors:
@@ -175,4 +183,4 @@ def serve(config: CoordinatorConfig) -> None:
         coordinator.close()
         ctx.term()
 
-    run_until_signalled(main)
+    run_until_signalled(main, config.ready_fd, config.heartbeat_interval)

@@ -17,6 +17,11 @@ start, records at or below the snapshot's sequence are skipped.
 On start the log is read until the first record whose length or checksum is wrong;
 the file is cut there (a torn write at a crash, or damage), with one log line
 saying how many bytes were dropped. Everything before the damage is kept.
+
+A write that fails (the disk is full, an I/O error) raises to the caller, after the
+file is cut back to the records written before it (`written`): what was never
+acknowledged leaves no torn tail behind. `reread()` then gives the caller the
+state the files hold, to rebuild from.
 """
 
 from __future__ import annotations
@@ -83,13 +88,24 @@ class WriteAheadLog:
         self.snapshot_path = directory / "state.snapshot"
         self.fd = -1
         self.bytes = 0
+        self.written = 0  # bytes of whole records in the file (the log's good length)
         self.records_since_snapshot = 0
         self.unsynced = False
         self._buffer = bytearray()
+        self._buffered = 0  # records in _buffer
         self.observe_fsync: Callable[[float], None] | None = None  # seconds per log fsync
 
     def open(self) -> Recovered:
         self.directory.mkdir(parents=True, exist_ok=True)
+        recovered = self.reread()
+        self.fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.bytes = self.written
+        self.records_since_snapshot = len(recovered.records)
+        return recovered
+
+    def reread(self) -> Recovered:
+        """The snapshot and the good records after it, as the files hold them; a
+        damaged tail is cut off."""
         recovered = Recovered()
         if self.snapshot_path.exists():
             snaps, good = read_records(self.snapshot_path.read_bytes())
@@ -106,25 +122,44 @@ class WriteAheadLog:
                 f.truncate(good)
                 os.fsync(f.fileno())
         recovered.records = [r for r in records if r[0] > recovered.seq]
-        self.fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self.bytes = good
-        self.records_since_snapshot = len(recovered.records)
+        self.written = good
         return recovered
 
     def append(self, seq: int, changes: list[Any]) -> None:
         data = frame(msgpack.packb([seq, changes], use_bin_type=True))
         self._buffer += data
+        self._buffered += 1
         self.bytes += len(data)
         self.records_since_snapshot += 1
 
     def flush(self) -> None:
-        """Hand the buffered records to the OS: from here a process crash loses none."""
+        """Hand the buffered records to the OS: from here a process crash loses none.
+        On OSError (ENOSPC, EIO) the buffered records are dropped and the file cut back
+        to the last whole record, then the error is raised."""
         if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
+            data = bytes(self._buffer)
             written = 0
-            while written < len(data):  # a regular file takes it all; be exact anyway
-                written += os.write(self.fd, data[written:])
+            try:
+                while written < len(data):  # a short write is possible when nearly full
+                    written += os.write(self.fd, data[written:])
+            except OSError:
+                self.discard()
+                raise
+            self._buffer = bytearray()
+            self._buffered = 0
+            self.written += len(data)
             self.unsynced = True
+
+    def discard(self) -> None:
+        """Forget buffered records and cut any partial write off the file."""
+        self.records_since_snapshot -= self._buffered
+        self._buffer = bytearray()
+        self._buffered = 0
+        try:
+            os.ftruncate(self.fd, self.written)
+        except OSError as exc:  # the next open cuts the torn tail anyway
+            log.error("state log: cannot cut back to %d bytes: %s", self.written, exc)
+        self.bytes = self.written
 
     def sync(self) -> None:
         """One fsync for every record written since the last one (group commit)."""
@@ -139,10 +174,14 @@ class WriteAheadLog:
     def snapshot(self, seq: int, entries: list[list[Any]]) -> None:
         self.sync()
         tmp = self.snapshot_path.with_suffix(".snapshot.tmp")
-        with open(tmp, "wb") as f:
-            f.write(frame(msgpack.packb([seq, entries], use_bin_type=True)))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(frame(msgpack.packb([seq, entries], use_bin_type=True)))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # the old snapshot and the log stand
+            raise
         os.replace(tmp, self.snapshot_path)
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
@@ -151,7 +190,7 @@ class WriteAheadLog:
             os.close(dir_fd)
         os.ftruncate(self.fd, 0)
         os.fsync(self.fd)
-        self.bytes = 0
+        self.bytes = self.written = 0
         self.records_since_snapshot = 0
         log.info("snapshot at seq %d (%d keys); log compacted", seq, len(entries))
 

@@ -15,6 +15,12 @@ dispatch time and all share one timeout, so expiry is a scan from the front.
 - No worker known: 503 with Retry-After at once. Queue full or queued too long: 503.
 - No final response within request_timeout: 504; a late reply is discarded but
   still returns the worker's credit.
+
+A worker that stops (SIGTERM, a rolling restart) says HELLO with credit 0: it gets
+no new request and no new WebSocket, its WebSockets are closed with 1012 so their
+clients reconnect to another worker, and what it holds is answered as usual. Our
+WELCOME tells it that nothing more is on the way (the link is ordered), and once it
+is done it says BYE and is dropped quietly.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ RETRY_AFTER = [("retry-after", "1")]
 
 
 class WorkerLink:
-    __slots__ = ("credit", "ident", "inflight", "last_seen", "name")
+    __slots__ = ("credit", "draining", "ident", "inflight", "last_seen", "name")
 
     def __init__(self, ident: bytes, name: str, credit: int, now: float) -> None:
         self.ident = ident
@@ -43,6 +49,7 @@ class WorkerLink:
         self.credit = credit
         self.inflight = 0
         self.last_seen = now
+        self.draining = False  # said HELLO with credit 0: finishing what it holds
 
 
 class Dispatcher:
@@ -66,6 +73,7 @@ class Dispatcher:
         self._next_id = 0
         self.late_replies = 0
         self.hub: WebSocketHub | None = None
+        self.linked = asyncio.Event()  # some worker has said HELLO with credit
 
     # -- from the HTTP side ------------------------------------------------
     def submit(self, ex: Exchange) -> None:
@@ -94,7 +102,12 @@ class Dispatcher:
             self._post(ex.worker, wire.envelope(wire.STREAM_CREDIT, id=ex.id, bytes=nbytes))
 
     def live_workers(self) -> list[tuple[bytes, str]]:
-        return [(link.ident, link.name) for link in self._links]
+        """Workers that take new work (WebSockets are placed among them)."""
+        return [(link.ident, link.name) for link in self._links if not link.draining]
+
+    def serving(self) -> int:
+        """How many workers take new requests."""
+        return sum(1 for link in self._links if not link.draining)
 
     def post_to(self, ident: bytes, msg: dict[str, Any]) -> None:
         self._post(ident, msg)
@@ -171,6 +184,8 @@ class Dispatcher:
             elif kind == wire.HELLO:
                 self._hello(peer, msg, now)
                 returned = True
+            elif kind == wire.BYE:
+                self.drop_worker(peer, "left after draining", orderly=True)
             elif kind == wire.DEFERRED:
                 ex = self.pending.get(msg["id"])
                 if ex is not None and ex.worker == peer:
@@ -203,11 +218,20 @@ class Dispatcher:
         link = self.workers.get(peer)
         credit = max(0, msg["credit"])
         if link is None:
-            self.workers[peer] = WorkerLink(peer, msg["id"], credit, now)
+            link = self.workers[peer] = WorkerLink(peer, msg["id"], credit, now)
             self._links = list(self.workers.values())
             log.info("worker %s connected with credit %d", msg["id"], credit)
         else:
             link.credit = credit - link.inflight
+        draining = credit == 0
+        if draining and not link.draining:
+            log.info("worker %s is draining (%d requests in flight)", link.name,
+                     link.inflight)
+            if self.hub is not None:
+                self.hub.worker_draining(peer)
+        link.draining = draining
+        if not draining:
+            self.linked.set()
         self._post(peer, wire.envelope(wire.WELCOME, id=self.gateway_id))
 
     def _post(self, peer: bytes, msg: dict[str, Any]) -> None:
@@ -252,12 +276,13 @@ class Dispatcher:
             ex = waiting.popleft()
             ex.sink.deliver_error(ex, 503, RETRY_AFTER)
 
-    def drop_worker(self, ident: bytes, why: str) -> None:
+    def drop_worker(self, ident: bytes, why: str, orderly: bool = False) -> None:
         link = self.workers.pop(ident, None)
         if link is None:
             return
         self._links = list(self.workers.values())
-        log.warning("worker %s %s; dropped from dispatch", link.name, why)
+        (log.info if orderly else log.warning)("worker %s %s; dropped from dispatch",
+                                               link.name, why)
         if self.hub is not None:
             self.hub.worker_gone(ident)
         lost = [ex for ex in self.pending.values() if ex.worker == ident]
@@ -271,6 +296,11 @@ class Dispatcher:
                 self.submit(ex)
             else:
                 ex.sink.deliver_error(ex, 502)
+
+    def goodbye(self) -> None:
+        """We stop: tell every worker, so one that drains too does not wait for us."""
+        for link in self.workers.values():
+            self._post(link.ident, wire.envelope(wire.BYE, id=self.gateway_id))
 
     def fail_all(self, status: int) -> None:
         for ex in [*self.pending.values(), *self.deferred.values()]:

@@ -77,7 +77,8 @@ class ConnectionContext:
         self.keepalive_timeout = keepalive_timeout
         self.max_pipeline = max_pipeline
         self.date = b""
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[HttpConnection] = set()  # those with HTTP timeouts to check
+        self.open = 0  # client connections open, WebSockets included (--max-connections)
         self.next_conn = 0
         self.errors_by_status: dict[int, int] = {}
         self.gateway_id = gateway_id
@@ -140,8 +141,10 @@ class HttpConnection(asyncio.Protocol):
             self.addr = [str(peer[0]), int(peer[1])]
         self.last_activity = self.loop.time()
         self.ctx.connections.add(self)
+        self.ctx.open += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.open -= 1
         if self.ws is not None and self.ctx.hub is not None:
             self.ctx.hub.connection_lost(self.ws)
         self.closed = True

@@ -99,6 +99,12 @@ class GatewayMetrics:
         yield from pump_metrics(pumps)
         if gw.gatekeeper is not None:
             yield gw.gatekeeper.metric()
+        yield _counter("cluster_gateway_connections_refused",
+                       "Connections refused at --max-connections (503 and close)",
+                       gw.admission.refused)
+        yield _gauge("cluster_gateway_open_connections",
+                     "Client connections open (HTTP and WebSocket), against --max-connections",
+                     http.open)
         yield _counter("cluster_gateway_tls_handshake_failures",
                        "TLS handshakes with clients that failed or timed out (plain HTTP "
                        "to the HTTPS port, old protocols, scanners)", gw.tls.failed)

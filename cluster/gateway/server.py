@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import os
+import socket
 import ssl
 import uuid
 from typing import Any
@@ -14,6 +15,7 @@ import zmq
 
 from cluster.config import GatewayConfig
 from cluster.errors import ConfigError
+from cluster.gateway.admission import Admission
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.http_connection import ConnectionContext, HttpConnection
@@ -72,7 +74,10 @@ class Gateway:
                                       scheme="https" if config.certfile else "http",
                                       static=parse_mounts(config.static),
                                       stream_credit=self.dispatcher.stream_credit)
-        self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
+        self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)},
+                                            ready=self.readiness)
+        self.admission = Admission(config.max_connections, tls=bool(config.certfile))
+        self.stopping = False
         self._update_date()
         # --local-reply: the benchmark's no-hop answer, made once like a worker's.
         self._local_body = config.local_reply.encode()
@@ -102,16 +107,22 @@ class Gateway:
         self._watch_disconnects(sock)
 
         context = self._tls()
+        http, admission = self.http, self.admission
         if context is None:
             def accept() -> asyncio.Protocol:
-                return HttpConnection(self.http, self.loop)
+                if admission.full(http.open):
+                    return admission.refusal()
+                return HttpConnection(http, self.loop)
         else:
             def accept() -> asyncio.Protocol:
-                return TlsAcceptor(self.loop, context, lambda: HttpConnection(self.http, self.loop),
+                if admission.full(http.open):
+                    return admission.refusal()
+                return TlsAcceptor(self.loop, context, lambda: HttpConnection(http, self.loop),
                                    config.header_timeout, self.tls)
-        self.server = await self.loop.create_server(
-            accept, config.host, config.port, backlog=2048, reuse_address=True)
-        port = self.server.sockets[0].getsockname()[1]
+        # Bound now, listening later (--wait-for-worker): until then a client is
+        # refused by the kernel, not answered 503 by us.
+        listener = bind_listener(config.host, config.port)
+        port = listener.getsockname()[1]
         info = {"endpoint": endpoint, "http": f"{config.host}:{port}", "pid": os.getpid(),
                 # Workers connect to the endpoint as CURVE clients of this key.
                 "key": self.security.public_key.decode()}
@@ -125,10 +136,24 @@ class Gateway:
             await self.coordinator.wait_registered()
         self._tasks = [self.loop.create_task(self._sweep()),
                        self.loop.create_task(self._heartbeat())]
+        if config.wait_for_worker and not config.local_reply:
+            try:
+                await asyncio.wait_for(self.dispatcher.linked.wait(), config.start_timeout)
+            except TimeoutError:
+                log.warning("no worker linked within %gs (--start-timeout); opening the HTTP "
+                            "port anyway: 503 until one links", config.start_timeout)
+        self.server = await self.loop.create_server(accept, sock=listener, backlog=2048)
         log.info("gateway %s: http on %s:%d, workers connect to %s",
                  self.id, config.host, port, endpoint)
         return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint,
                 "metrics": info.get("metrics", "")}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: listening, not stopping, and some worker takes requests."""
+        workers = self.dispatcher.serving()
+        listening = self.server is not None and not self.stopping
+        return listening and workers > 0, {"listening": listening, "workers": workers,
+                                           "connections": self.http.open}
 
     def _tls(self) -> ssl.SSLContext | None:
         """HTTPS and WSS with --certfile/--keyfile; a bad pair fails the start."""
@@ -183,6 +208,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Drain: stop accepting, finish in-flight requests within the grace, close."""
+        self.stopping = True
         if self.server is not None:
             self.server.close()
         self.metrics_server.close()
@@ -194,6 +220,7 @@ class Gateway:
                 self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # poll: bounded by the grace period
         self.dispatcher.fail_all(503)
+        self.dispatcher.goodbye()
         for conn in list(self.http.connections):
             conn._close()
         for task in self._tasks:
@@ -201,7 +228,7 @@ class Gateway:
         if self.coordinator is not None:
             self.coordinator.close()
         if self.dispatcher.pump is not None:
-            self.dispatcher.pump.close()
+            self.dispatcher.pump.close(linger=0.5)  # the BYEs still go
         self._monitor.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
@@ -219,4 +246,18 @@ def serve(config: GatewayConfig) -> None:
         await gateway.stop()
         ctx.term()
 
-    run_until_signalled(main)
+    run_until_signalled(main, config.ready_fd, config.heartbeat_interval)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, not yet listening."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -320,6 +320,16 @@ class WebSocketHub:
             if not members:
                 del self.groups[group]
 
+    def worker_draining(self, ident: bytes) -> None:
+        """It is leaving in order (a rolling restart): its accepted connections close
+        with 1012, and it hears of each (ws.close), so its handler can clean up. The
+        clients reconnect, to a worker that stays. Handshakes it holds, it answers."""
+        for session in [s for s in self.sessions.values() if s.worker == ident]:
+            if session.accepted:
+                session.core.close(CLOSE_SERVICE_RESTART, "worker restarting")
+                self.flush(session)
+                self._finish(session, CLOSE_SERVICE_RESTART, "worker restarting")
+
     def worker_gone(self, ident: bytes) -> None:
         """Its connections cannot go on in order elsewhere: 1012, the client reconnects."""
         for session in [s for s in self.sessions.values() if s.worker == ident]:

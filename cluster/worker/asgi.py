@@ -412,7 +412,7 @@ class Lifespan:
             # An app without lifespan support raises on the unknown scope type.
             await self.from_app.put({"type": "_raised", "error": exc})
 
-    async def startup(self, timeout: float = 30.0) -> None:
+    async def startup(self, timeout: float) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
         await self.to_app.put({"type": "lifespan.startup"})
         answer = await self._answer(timeout, "startup")
@@ -426,7 +426,7 @@ class Lifespan:
         elif kind != "lifespan.startup.complete":
             raise LifespanError(f"ASGI lifespan: {kind!r} in answer to lifespan.startup")
 
-    async def shutdown(self, timeout: float = 10.0) -> None:
+    async def shutdown(self, timeout: float) -> None:
         if not self.supported or self.task is None or self.task.done():
             return
         await self.to_app.put({"type": "lifespan.shutdown"})

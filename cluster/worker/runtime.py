@@ -15,6 +15,12 @@ workers on a 10 ms handler, 91% of the ideal rate without it.
 
 Heartbeats go both ways on every link; a gateway silent for the expiry is sent
 HELLO again until it answers (a restarted gateway learns of us that way).
+
+Links open only once the state replica is synced, so no request runs on an empty
+replica. To stop (SIGTERM; a rolling restart), the worker says HELLO with credit 0
+on every link; the WELCOME that answers it is, on an ordered link, the proof that
+no REQUEST is still on its way. It then finishes what it holds (at most
+--shutdown-grace), says BYE to each gateway and leaves.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ class GatewayLink:
         self.endpoint = endpoint
         self.closed = False
         self.welcomed = False
+        self.hellos = 0  # sent; the gateway answers each with a WELCOME, in order
+        self.welcomes = 0
+        self.drain_mark = -1  # the HELLO with credit 0 that began draining is this one
+        self.gone = False  # the gateway said BYE: it is stopping
         self.orphaned = False  # gone from membership; closed once it is silent too
         self.last_heard = time.monotonic()
         sock = worker.ctx.socket(zmq.DEALER)
@@ -101,7 +111,21 @@ class GatewayLink:
     def hello(self) -> None:
         config = self.worker.config
         credit = 0 if self.worker.stopping else config.concurrency + config.prefetch
+        self.hellos += 1
         self.post(wire.envelope(wire.HELLO, id=self.worker.id, credit=credit))
+
+    def drain(self) -> None:
+        """Credit 0: the gateway sends nothing more after it has read this."""
+        self.hello()
+        # A gateway that never welcomed us (or forgot us) has sent us nothing.
+        self.drain_mark = self.hellos if self.welcomed else 0
+
+    @property
+    def drained(self) -> bool:
+        """Nothing more can come on this link: the gateway answered our credit-0 HELLO
+        (every REQUEST it sent is here), said BYE, or is silent past the expiry."""
+        return self.closed or self.gone or 0 <= self.drain_mark <= self.welcomes or \
+            self.silent
 
     def post(self, msg: dict[str, Any]) -> None:
         if not self.closed:
@@ -122,12 +146,16 @@ class GatewayLink:
             elif kind == wire.WS_QUERY_REPLY:
                 self.worker.on_query_reply(self.gateway_id, msg)
             elif kind == wire.WELCOME:
+                self.welcomes += 1
                 if not self.welcomed:
                     log.info("connected to gateway %s at %s", self.gateway_id, self.endpoint)
                 self.welcomed = True
             elif kind == wire.WHO:
                 self.welcomed = False
                 self.hello()
+            elif kind == wire.BYE:
+                self.gone = True  # it stops; a restarted one says WHO to our heartbeat
+                self.welcomed = False
             elif kind != wire.HEARTBEAT:
                 log.warning("unexpected %s from gateway; ignored", kind)
 
@@ -145,9 +173,9 @@ class GatewayLink:
         else:
             self.hello()
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
         self.closed = True
-        self.pump.close()
+        self.pump.close(linger)
 
 
 class Worker:
@@ -184,7 +212,9 @@ class Worker:
         self.asgi = AsgiRunner(self, self.adapter) if isinstance(self.adapter, ASGIHandler) \
             else None
         self.metrics = WorkerMetrics(self)
-        self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)})
+        self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)},
+                                            ready=self.readiness)
+        self.gateways: dict[str, tuple[str, str]] = {}  # from membership: endpoint, key
 
     async def start_metrics(self) -> str:
         """Serve /metrics if configured; the host:port Prometheus should scrape, or ''."""
@@ -197,28 +227,43 @@ class Worker:
     def start(self) -> None:
         self.coordinator.start(self.loop)
         self._tasks.append(self.loop.create_task(self._heartbeat()))
+        self._tasks.append(self.loop.create_task(self._link_once_synced()))
+
+    async def _link_once_synced(self) -> None:
+        await self.state.synced.wait()
+        self._link_gateways()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: registered, state synced, welcomed by every gateway it knows."""
+        registered = self.coordinator.registered.is_set()
+        synced = self.state.synced.is_set()
+        welcomed = sum(1 for link in self.links.values() if link.welcomed)
+        ok = registered and synced and not self.stopping and welcomed == len(self.gateways)
+        return ok, {"registered": registered, "state_synced": synced,
+                    "gateways": len(self.gateways), "welcomed_by": welcomed,
+                    "stopping": self.stopping}
 
     def _on_coordinator(self, msg: dict[str, Any]) -> None:
         self.state.on_coordinator(msg)
 
-    async def connected(self, timeout: float) -> bool:
+    async def connected(self, timeout: float, stop: asyncio.Event) -> bool:
         """Wait until registered, holding the state, and welcomed by every gateway we
-        know; or until `timeout`."""
+        know (but one that said BYE); or until `timeout`, or `stop`."""
         deadline = self.loop.time() + timeout
         try:
             await asyncio.wait_for(self.coordinator.registered.wait(), timeout)
             await asyncio.wait_for(self.state.synced.wait(), deadline - self.loop.time())
         except TimeoutError:
             return False
-        while not all(link.welcomed for link in self.links.values()):
-            if self.loop.time() > deadline:
+        while not all(link.welcomed or link.gone for link in self.links.values()):
+            if self.loop.time() > deadline or stop.is_set():
                 return False
             await asyncio.sleep(0.02)  # poll: bounded by the deadline
         return True
 
     # -- membership ------------------------------------------------------------
     def on_members(self, members: list[dict[str, Any]]) -> None:
-        gateways = {m["id"]: (m.get("endpoint"), m.get("key")) for m in members
+        gateways = {m["id"]: (m["endpoint"], m["key"]) for m in members
                     if m.get("role") == "gateway" and isinstance(m.get("endpoint"), str)
                     and isinstance(m.get("key"), str)}
         self.framework["GATEWAYS"] = sorted(gateways)
@@ -228,7 +273,15 @@ class Worker:
         # the link's own heartbeats are silent too (see _heartbeat).
         for gid, link in self.links.items():
             link.orphaned = gid not in gateways
-        for gid, (endpoint, key) in gateways.items():
+        self.gateways = gateways
+        if self.state.synced.is_set():
+            self._link_gateways()
+
+    def _link_gateways(self) -> None:
+        """A link to each gateway in the membership we do not have one to yet."""
+        if self.stopping:
+            return
+        for gid, (endpoint, key) in self.gateways.items():
             if gid not in self.links and endpoint:
                 try:
                     self.links[gid] = GatewayLink(self, gid, endpoint, str(key).encode())
@@ -579,23 +632,33 @@ class Worker:
             fut.set_result(sorted(found))
 
     async def stop(self) -> None:
-        """Take no more requests, finish the running ones within the grace period."""
+        """Drain: credit 0 on every link; once every gateway has answered that (nothing
+        more is on its way) and what we hold is done, or --shutdown-grace is over,
+        BYE to each gateway and leave."""
         self.stopping = True
         for link in self.links.values():
-            link.hello()  # credit 0
-        deadline = self.loop.time() + 10.0
-        while (self.running or self.backlog) and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)  # poll: bounded by the grace period
+            link.drain()
+        deadline = self.loop.time() + self.config.shutdown_grace
+        while not (all(link.drained for link in self.links.values()) and
+                   not self.running and not self.backlog):
+            if self.loop.time() >= deadline:
+                log.warning("stopping with %d requests unfinished (--shutdown-grace %gs)",
+                            self.running + len(self.backlog), self.config.shutdown_grace)
+                break
+            await asyncio.sleep(0.02)  # poll: bounded by the grace period
         if isinstance(self.adapter, ASGIHandler):
-            await self.adapter.lifespan.shutdown()
+            await self.adapter.lifespan.shutdown(self.config.lifespan_timeout)
         for task in self._tasks:
             task.cancel()
         for link in self.links.values():
-            link.close()
+            # Our last responses and the BYE still go out, if the gateway is there.
+            link.post(wire.envelope(wire.BYE, id=self.id))
+            link.close(linger=0.0 if link.gone else 1.0)  # a gateway that left reads none
         self.state.close()
         self.coordinator.close()
         self.metrics_server.close()
-        self.pool.shutdown(timeout=1.0)
+        # Threads still in a handler past the grace are not waited for: we exit.
+        self.pool.shutdown(timeout=max(0.0, deadline - self.loop.time()))
 
 
 def pin(cpu: int) -> None:
@@ -622,7 +685,7 @@ def serve(config: WorkerConfig) -> None:
         worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id, security)
         if isinstance(worker.adapter, ASGIHandler):
             try:  # before any request can come: startup is the app's to finish first
-                await worker.adapter.lifespan.startup()
+                await worker.adapter.lifespan.startup(config.lifespan_timeout)
             except LifespanError as exc:
                 ctx.destroy(linger=0)
                 raise HandlerLoadError(str(exc)) from None
@@ -632,7 +695,7 @@ def serve(config: WorkerConfig) -> None:
         worker.start()
         await worker.coordinator.wait_registered()
         realtime.install(worker)
-        if not await worker.connected(timeout=5.0):
+        if not await worker.connected(config.start_timeout, stop):
             log.warning("not yet registered with every gateway; serving as they answer")
         report_ready(config.ready_fd, {"role": "worker", "id": worker.id,
                                        "handler": worker.adapter.kind, "metrics": metrics})
@@ -641,4 +704,4 @@ def serve(config: WorkerConfig) -> None:
         await worker.stop()
         ctx.term()
 
-    run_until_signalled(main)
+    run_until_signalled(main, config.ready_fd, config.heartbeat_interval)

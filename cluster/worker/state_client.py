@@ -121,7 +121,10 @@ class StateClient:
                     fut.set_result(list(msg.get("results") or []))
             elif fut is not None and not fut.done():
                 self.failures += 1
-                fut.set_exception(StateError(str(msg.get("error", "refused"))))
+                error = str(msg.get("error", "refused"))
+                # Not the operation's fault (the coordinator cannot write its log): 503.
+                fut.set_exception(StateUnavailable(error) if msg.get("unavailable")
+                                  else StateError(error))
         elif kind == wire.SNAPSHOT:
             self._on_snapshot(msg)
         elif kind == wire.MEMBERS:

@@ -110,7 +110,7 @@ def start_coordinator(data_dir: Path, fsync: str) -> tuple[subprocess.Popen[byte
          str(write_fd), "--keys", bench_keys()], cwd=ROOT, pass_fds=(write_fd,),
         stderr=subprocess.DEVNULL)
     os.close(write_fd)
-    from cluster.supervisor import read_ready
+    from cluster.child import read_ready
     read_ready(read_fd, proc, 20, "coordinator")
     os.close(read_fd)
     ctx = zmq.Context()

@@ -85,3 +85,9 @@ def seed_fun(req: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any]
     new = dict(state)
     new["visits"] = state.get("visits", 0) + 1
     return {"status": 200, "body": {"visits": new["visits"]}}, new
+
+
+@app.route("/kv-keys")
+def kv_keys(req: dict[str, Any]) -> dict[str, Any]:
+    """The handlers' keys (the framework's are upper case), sorted."""
+    return {"status": 200, "body": sorted(k for k in req["state"] if not k.isupper())}

@@ -83,6 +83,13 @@ def index(req: dict[str, Any]) -> str:
     return "plain http still works\n"
 
 
+@app.route("/sleep/<float:seconds>")
+async def sleep(req: dict[str, Any], seconds: float) -> str:
+    """HTTP that takes its time, beside the WebSockets (the drain tests)."""
+    await asyncio.sleep(seconds)
+    return "slept\n"
+
+
 SLOW_SEEN: list[int] = []
 
 

@@ -207,6 +207,7 @@ def worker() -> Iterator[tuple[Feed, Loop]]:
         endpoint = "tcp://fuzz"
         welcomed = False
         closed = False
+        welcomes = 0
 
         def hello(self) -> None:
             self.welcomed = False

@@ -42,10 +42,11 @@ class Running:
 
 
 @contextmanager
-def cluster_run(*args: str, env: dict[str, str] | None = None) -> Iterator[Running]:
+def cluster_run(*args: str, env: dict[str, str] | None = None,
+                handler: str = APP) -> Iterator[Running]:
     log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log")
     popen = subprocess.Popen(
-        [sys.executable, "-m", "cluster", "run", "--handler", APP, "--port", "0",
+        [sys.executable, "-m", "cluster", "run", "--handler", handler, "--port", "0",
          "--heartbeat-interval", "0.25", *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=log_fd, env={**os.environ, **(env or {})})
     os.close(log_fd)

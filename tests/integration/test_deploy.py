@@ -138,6 +138,20 @@ class LocalCompose:
                 continue
             self.procs.append((inst, proc))
 
+    def healthchecks_pass(self) -> None:
+        """Each service's healthcheck command, as its container would run it (the
+        port named there is its own metrics port, here on its own address)."""
+        for inst, _proc in self.procs:
+            test = self.ours[self.instances_service(inst)]["healthcheck"]["test"]
+            assert test[0] == "CMD" and test[1] == "cluster", test
+            argv = [str(BIN / "cluster"), *test[2:-1], f"{self.ips[inst]}:{test[-1]}"]
+            wait_for(lambda argv=argv: subprocess.run(argv, capture_output=True,  # type: ignore[misc]
+                                                      timeout=10).returncode == 0,
+                     20, f"{inst}'s healthcheck to pass")
+
+    def instances_service(self, inst: str) -> str:
+        return dict(self.instances)[inst]
+
     def logs(self) -> str:
         return "\n".join(f"--- {inst}\n{(self.log_dir / f'{inst}.log').read_text()[-3000:]}"
                          for inst, _ in self.procs)
@@ -273,6 +287,7 @@ def test_compose_services_run_locally_and_prometheus_graphs_every_panel(
             raise AssertionError(compose.logs()) from None
         roles = sorted(group["labels"]["role"] for group in targets)
         assert roles == ["coordinator", "gateway", "gateway", "worker", "worker"]
+        compose.healthchecks_pass()
 
         gateways = [f"{compose.ip('gateway-1')}:8000", f"{compose.ip('gateway-2')}:8000"]
         with Traffic(gateways) as traffic, prometheus(tmp_path,
