@@ -15,15 +15,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Programs the tests run for real: Prometheus and promtool (the dashboard and the
-# metrics are checked against them) and docker-compose (validates the compose file
-# without an engine). Debian packages, installed once when missing.
+# metrics are checked against them), docker-compose (validates the compose file
+# without an engine), openssl (TLS test certificates) and wrk (steady load through a
+# rolling restart). Debian packages, installed once when missing.
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || \
-	    ! command -v docker-compose >/dev/null || ! command -v openssl >/dev/null; then \
-	  echo "installing prometheus and docker-compose with apt-get"; \
+	    ! command -v docker-compose >/dev/null || ! command -v openssl >/dev/null || \
+	    ! command -v wrk >/dev/null; then \
+	  echo "installing prometheus, docker-compose, openssl and wrk with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    prometheus docker-compose openssl >/dev/null; \
+	    prometheus docker-compose openssl wrk >/dev/null; \
 	fi
 	touch $(TOOLS)
 

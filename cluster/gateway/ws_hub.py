@@ -344,30 +344,32 @@ class WebSocketHub:
     def members(self, group: str) -> list[int]:
         return sorted(self.groups.get(group, ()))
 
-    def tick(self, now: float) -> None:
-        """Keepalive pings, closing unanswered ones; handshakes no worker decided."""
-        for session in list(self.sessions.values()):
-            if not session.accepted:
-                if now - session.opened_at > self.open_timeout:
-                    log.warning("WebSocket %s: no decision from the worker; 504", session.conn)
-                    self._reject(session, 504, None)
-                continue
-            if session.ping_sent:
-                if session.core.pongs > session.pongs_seen:
-                    session.pongs_seen = session.core.pongs
-                    session.ping_sent = 0.0
-                    session.next_ping = now + self.ping_interval
-                elif now - session.ping_sent > self.ping_timeout:
-                    log.info("WebSocket %s: no pong within %.1fs; closing 1011", session.conn,
-                             self.ping_timeout)
-                    session.core.close(1011, "keepalive ping timeout")
-                    self.flush(session)
-                    self._finish(session, 1011, "keepalive ping timeout")
-                    session.transport.close()
-            elif now >= session.next_ping:
-                session.core.ping(b"")
-                session.ping_sent = now
+    def check(self, session: Session, now: float) -> None:
+        """One session's keepalive ping, or its close if the pong is late; a handshake
+        no worker decided in time gets 504. Called for every session in turn."""
+        if session.closed:
+            return
+        if not session.accepted:
+            if now - session.opened_at > self.open_timeout:
+                log.warning("WebSocket %s: no decision from the worker; 504", session.conn)
+                self._reject(session, 504, None)
+            return
+        if session.ping_sent:
+            if session.core.pongs > session.pongs_seen:
+                session.pongs_seen = session.core.pongs
+                session.ping_sent = 0.0
+                session.next_ping = now + self.ping_interval
+            elif now - session.ping_sent > self.ping_timeout:
+                log.info("WebSocket %s: no pong within %.1fs; closing 1011", session.conn,
+                         self.ping_timeout)
+                session.core.close(1011, "keepalive ping timeout")
                 self.flush(session)
+                self._finish(session, 1011, "keepalive ping timeout")
+                session.transport.close()
+        elif now >= session.next_ping:
+            session.core.ping(b"")
+            session.ping_sent = now
+            self.flush(session)
 
     def shutdown(self) -> None:
         for session in list(self.sessions.values()):
