@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench.blocking
 	$(BIN)/python -m loadtests.bench.state
 	$(BIN)/python -m loadtests.bench.broadcast
+	$(BIN)/python -m loadtests.bench.overload
 
 ## make loadtest: locust (HTTP and WebSocket users) against `cluster run` on the demo
 ## app, headless and bounded; HTML and CSV reports in reports/
