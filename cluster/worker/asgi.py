@@ -145,8 +145,8 @@ class HttpExchange:
     """One request's receive/send channel; turns ASGI messages into envelopes."""
 
     def __init__(self, rid: int, label: str, body: bytes, emit: Emit,
-                 open_window: Callable[[], StreamWindow] | None = None,
-                 stall_timeout: float = 60.0, *,
+                 open_window: Callable[[], StreamWindow] | None = None, *,
+                 stall_timeout: float,
                  request_headers: list[list[str]] | None = None,
                  gzip_min_size: int = 0) -> None:
         self.rid = rid

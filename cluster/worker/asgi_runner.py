@@ -54,7 +54,7 @@ class AsgiRunner:
             return
         exchange = HttpExchange(rid, label, env["body"], partial(worker.send, link),
                                 partial(worker.streams.open, link.gateway_id, rid),
-                                worker.config.stream_stall_timeout,
+                                stall_timeout=worker.config.stream_stall_timeout,
                                 request_headers=env["headers"],
                                 gzip_min_size=worker.config.gzip_min_size)
         key = (link.gateway_id, rid)

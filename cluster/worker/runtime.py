@@ -653,7 +653,8 @@ class Worker:
         for link in self.links.values():
             # Our last responses and the BYE still go out, if the gateway is there.
             link.post(wire.envelope(wire.BYE, id=self.id))
-            link.close(linger=0.0 if link.gone else 1.0)  # a gateway that left reads none
+            # A live gateway reads them within an interval; one that said BYE reads none.
+            link.close(linger=0.0 if link.gone else self.config.heartbeat_interval)
         self.state.close()
         self.coordinator.close()
         self.metrics_server.close()

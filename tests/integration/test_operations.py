@@ -277,3 +277,30 @@ def test_one_connection_over_the_limit_gets_503_and_is_closed() -> None:
         wait_for(lambda: _status(port) == 200, 5, "a free slot to serve again")
         for conn in held:
             conn.close()
+
+
+def test_processes_raise_their_file_descriptor_limit_and_probe_answers() -> None:
+    import resource
+    soft_before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with cluster() as c:
+        # Started with a low soft limit (inherited from us), as from a default shell.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        try:
+            gw = c.gateway()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft_before, hard))
+        limits = Path(f"/proc/{gw.pid}/limits").read_text()
+        found = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
+        assert found is not None, limits
+        assert int(found[1]) == int(found[2]) == hard > 256, limits
+        metrics = gw.ready["metrics"]
+        probe_cmd = [sys.executable, "-m", "cluster", "probe"]
+        live = subprocess.run([*probe_cmd, "live", metrics], capture_output=True, text=True,
+                              timeout=20)
+        assert live.returncode == 0 and json.loads(live.stdout)["live"], live
+        ready = subprocess.run([*probe_cmd, "ready", metrics], capture_output=True, text=True,
+                               timeout=20)
+        assert ready.returncode == 1 and ready.stdout.startswith("503: "), ready  # no worker
+        gone = subprocess.run([*probe_cmd, "ready", "127.0.0.1:1"], capture_output=True,
+                              text=True, timeout=20)
+        assert gone.returncode == 1 and "cluster probe:" in gone.stderr

@@ -224,3 +224,31 @@ def test_replica_hides_expired_keys() -> None:
     assert r.keys(49.0) == ["t", "p"] and r.keys(50.0) == ["p"]
     with pytest.raises(KeyError):
         r.read("t", 50.0)
+
+
+def test_a_failed_write_leaves_no_torn_record_and_the_log_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from cluster.coordinator import wal as wal_module
+    wal = fill(tmp_path, 3)
+    good = wal.log_path.stat().st_size
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:  # a disk that fills mid-record
+        if len(data) > 4:
+            return real_write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal_module.os, "write", half_then_full)
+    wal.append(4, [["big", "x" * 100, 0]])
+    with pytest.raises(OSError):
+        wal.flush()
+    monkeypatch.setattr(wal_module.os, "write", real_write)
+    assert wal.log_path.stat().st_size == good == wal.written
+    assert [r[0] for r in wal.reread().records] == [1, 2, 3]
+    wal.append(4, [["k4", 4, 0]])  # room again: the same sequence number goes on
+    wal.sync()
+    wal.close()
+    assert [r[0] for r in WriteAheadLog(tmp_path, "always").open().records] == [1, 2, 3, 4]
