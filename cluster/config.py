@@ -26,6 +26,9 @@ def opt(default: Any, help: str, **extra: Any) -> Any:
 @dataclass(frozen=True)
 class Common:
     coordinator: str = opt("tcp://127.0.0.1:5555", "coordinator endpoint to register with")
+    state_backend: str = opt("", "etcd://HOST:PORT[,HOST:PORT...][/NAME]: membership and "
+                             "shared state on these etcd members, under /NAME/ (default "
+                             "cluster); no coordinator then. Empty: the coordinator")
     heartbeat_interval: float = opt(1.0, "seconds between heartbeats, every link")
     heartbeat_liveness: int = opt(3, "missed heartbeats before a peer is dropped")
     log_level: str = opt("info", "debug, info, warning or error")
@@ -64,6 +67,9 @@ class Common:
             raise ConfigError(f"--log-format {self.log_format!r}: text or json")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError("--metrics-port must be a port, 0 (any) or -1 (off)")
+        if self.state_backend:
+            from cluster.etcd.session import parse_backend
+            parse_backend(self.state_backend)  # ConfigError when it is not one
 
     @property
     def peer_expiry(self) -> float:

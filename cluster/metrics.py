@@ -183,6 +183,20 @@ def pump_metrics(pumps: dict[str, Any]) -> Iterable[Any]:
     yield bad
 
 
+def targets_page(members: list[dict[str, Any]], own: dict[str, Any] | None = None
+                 ) -> tuple[bytes, str]:
+    """Prometheus HTTP service discovery: a target group per member's metrics endpoint
+    (`own`: the serving process's group, listed first, when it is no member)."""
+    groups = [own] if own else []
+    for member in members:
+        endpoint = member.get("metrics")
+        if isinstance(endpoint, str) and endpoint:
+            groups.append({"targets": [endpoint],
+                           "labels": {"role": str(member.get("role", "")),
+                                      "member": str(member.get("id", ""))}})
+    return json.dumps(groups).encode(), "application/json"
+
+
 def metrics_page(registry: CollectorRegistry) -> Page:
     return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
 

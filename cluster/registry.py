@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -25,6 +25,22 @@ log = logging.getLogger("cluster.registry")
 
 MembersHandler = Callable[[list[dict[str, Any]]], None]
 MessageHandler = Callable[[dict[str, Any]], None]
+
+
+class MemberLink(Protocol):
+    """What a gateway or a worker uses of its membership: this module's link to the
+    coordinator, or `cluster.etcd.membership.EtcdMembership`."""
+
+    info: dict[str, Any]
+    registered: asyncio.Event
+    members: list[dict[str, Any]]
+    pump: Pump | None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+    async def wait_registered(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class CoordinatorLink:

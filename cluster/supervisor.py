@@ -147,23 +147,29 @@ class Supervisor:
         child.spawn()
         return child
 
-    def start(self) -> list[str]:
-        """The coordinator first (everyone needs its endpoint), then the gateways and
-        workers together: a gateway opens its HTTP port once a worker is linked
-        (--wait-for-worker), so they must not wait for each other in turn."""
-        self._keys()
+    def _start_coordinator(self) -> str:
+        """The embedded coordinator (no --state-backend): its ZeroMQ endpoint."""
         config = self.config
         port = config.coordinator_port or "*"
         coord_cfg = subset(config, CoordinatorConfig, ready_fd=-1,
                            coordinator_bind=f"tcp://127.0.0.1:{port}")
         coordinator = self._spawn("coordinator", "coordinator", coord_cfg)
         ready = coordinator.wait_ready(READY_TIMEOUT)
-        endpoint = ready["endpoint"]
+        endpoint: str = ready["endpoint"]
         # Pin the port: a restarted coordinator must be found where it was.
         coordinator.argv = child_command("coordinator", subset(
             coord_cfg, CoordinatorConfig, coordinator_bind=endpoint,
             metrics_port=ready.get("metrics_port", config.metrics_port)))
         self.discovery = ready.get("metrics", "")
+        return endpoint
+
+    def start(self) -> list[str]:
+        """The coordinator first (everyone needs its endpoint), then the gateways and
+        workers together: a gateway opens its HTTP port once a worker is linked
+        (--wait-for-worker), so they must not wait for each other in turn."""
+        self._keys()
+        config = self.config
+        endpoint = self._start_coordinator() if not config.state_backend else config.coordinator
 
         gateways = []
         for i in range(config.gateways):
@@ -189,7 +195,10 @@ class Supervisor:
 
         urls = []
         for gateway, gw_cfg in gateways:
-            bound = gateway.wait_ready(READY_TIMEOUT + config.start_timeout)["port"]
+            ready = gateway.wait_ready(READY_TIMEOUT + config.start_timeout)
+            bound = ready["port"]
+            if not self.discovery:  # on etcd, every gateway serves discovery
+                self.discovery = ready.get("metrics", "")
             gateway.argv = child_command("gateway", subset(gw_cfg, GatewayConfig, port=bound))
             urls.append(f"http://{config.host}:{bound}")
         for worker in workers:

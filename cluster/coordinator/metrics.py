@@ -7,14 +7,13 @@ started later are scraped without editing any file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from cluster.metrics import ReadAtScrape, new_registry, pump_metrics
+from cluster.metrics import ReadAtScrape, new_registry, pump_metrics, targets_page
 
 if TYPE_CHECKING:
     from cluster.coordinator.server import Coordinator
@@ -74,13 +73,7 @@ class CoordinatorMetrics:
 
     def targets(self) -> tuple[bytes, str]:
         """Prometheus HTTP service discovery: one target group per metrics endpoint."""
-        groups = []
-        if self.target:
-            groups.append({"targets": [self.target],
-                           "labels": {"role": "coordinator", "member": "coordinator"}})
-        for member in self.coordinator.membership.members.values():
-            endpoint = member.info.get("metrics")
-            if isinstance(endpoint, str) and endpoint:
-                groups.append({"targets": [endpoint],
-                               "labels": {"role": member.role, "member": member.id}})
-        return json.dumps(groups).encode(), "application/json"
+        own = {"targets": [self.target], "labels": {"role": "coordinator",
+                                                    "member": "coordinator"}}
+        return targets_page(self.coordinator.membership.snapshot(),
+                            own if self.target else None)

@@ -28,8 +28,8 @@ from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.http_fields import encode_fields
 from cluster.lifecycle import report_ready, run_until_signalled
-from cluster.metrics import MetricsServer, metrics_page, target
-from cluster.registry import CoordinatorLink
+from cluster.metrics import MetricsServer, metrics_page, target, targets_page
+from cluster.registry import CoordinatorLink, MemberLink
 from cluster.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
 from cluster.zmqio import Monitor, Pump, advertised
 
@@ -92,8 +92,9 @@ class Gateway:
         self._local_head = encode_fields([("content-type", "text/plain; charset=utf-8"),
                                           ("x-worker", self.id)])[0]
         self.server: asyncio.AbstractServer | None = None
-        self.coordinator: CoordinatorLink | None = None
+        self.coordinator: MemberLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.members: list[dict[str, Any]] = []  # the membership table, as last seen
 
     async def start(self) -> dict[str, Any]:
         config = self.config
@@ -137,11 +138,20 @@ class Gateway:
         if config.metrics_port >= 0:
             bound = await self.metrics_server.start(config.metrics_host, config.metrics_port)
             info["metrics"] = target(config.metrics_host, bound, config.advertise_host)
-        self.coordinator = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
-                                           lambda _members: None, security=self.security)
-        self.coordinator.start(self.loop)
+        coordinator: MemberLink
+        if config.state_backend:
+            from cluster.etcd.membership import EtcdMembership
+            coordinator = EtcdMembership(config, self.id, "gateway", info,
+                                              self._on_members, security=self.security)
+            # No coordinator to list the metrics endpoints: every gateway does.
+            self.metrics_server.pages["/targets"] = lambda: targets_page(self.members)
+        else:
+            coordinator = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
+                                          self._on_members, security=self.security)
+        self.coordinator = coordinator
+        coordinator.start(self.loop)
         if not config.local_reply:  # the benchmark's no-hop mode needs no cluster
-            await self.coordinator.wait_registered()
+            await coordinator.wait_registered()
         self._tasks = [self.loop.create_task(self._sweep()),
                        self.loop.create_task(self._in_slices(
                            lambda: list(self.http.connections), HttpConnection.check_timeouts)),
@@ -159,6 +169,9 @@ class Gateway:
                  self.id, config.host, port, endpoint)
         return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint,
                 "metrics": info.get("metrics", "")}
+
+    def _on_members(self, members: list[dict[str, Any]]) -> None:
+        self.members = members
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: listening, not stopping, and some worker takes requests."""

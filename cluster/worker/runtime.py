@@ -42,10 +42,12 @@ from cluster import realtime, wire
 from cluster.app import App
 from cluster.config import WorkerConfig
 from cluster.errors import ConfigError, HandlerLoadError
+from cluster.etcd.membership import EtcdMembership
+from cluster.etcd.state import EtcdState
 from cluster.http_fields import BadField, encode_fields
 from cluster.lifecycle import report_ready, run_until_signalled
 from cluster.metrics import MetricsServer, metrics_page, target
-from cluster.registry import CoordinatorLink
+from cluster.registry import CoordinatorLink, MemberLink
 from cluster.security import Plaintext, Security, for_process
 from cluster.state import StateError, StateUnavailable
 from cluster.worker.adapters import Invocation, settle
@@ -194,12 +196,18 @@ class Worker:
         self.backlog: deque[tuple[GatewayLink, dict[str, Any]]] = deque()
         self.stopping = False
         self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self._emitted)
-        self.coordinator = CoordinatorLink(config, ctx, self.id, "worker",
-                                           {"pid": os.getpid(), "handler": config.handler},
-                                           self.on_members, self._on_coordinator,
-                                           security=self.security)
-        self.state = StateClient(loop, ctx, self.coordinator, config.state_timeout,
-                                 self.framework)
+        info = {"pid": os.getpid(), "handler": config.handler}
+        self.coordinator: MemberLink
+        self.state: StateClient | EtcdState
+        if config.state_backend:
+            self.coordinator = EtcdMembership(config, self.id, "worker", info, self.on_members,
+                                              security=self.security)
+            self.state = EtcdState(loop, config, self.framework)
+        else:
+            link = CoordinatorLink(config, ctx, self.id, "worker", info, self.on_members,
+                                   self._on_coordinator, security=self.security)
+            self.coordinator = link
+            self.state = StateClient(loop, ctx, link, config.state_timeout, self.framework)
         self.adapter = make_adapter(handler, self.state)
         self.ws_info: dict[str, dict[str, Any]] = {}  # per open connection, from its connect
         self.ws_queues = ConnectionQueues(self._run_ws, loop.create_task)
@@ -226,6 +234,8 @@ class Worker:
 
     def start(self) -> None:
         self.coordinator.start(self.loop)
+        if isinstance(self.state, EtcdState):
+            self.state.start()
         self._tasks.append(self.loop.create_task(self._heartbeat()))
         self._tasks.append(self.loop.create_task(self._link_once_synced()))
 

@@ -1,0 +1,264 @@
+"""Shared state and membership on etcd, three hosts in network namespaces, faults.
+
+Each host runs an etcd member, a gateway and a worker; the clients run in the root
+namespace and talk to the gateways over the test bridge. While they increment a
+counter and write unique keys, one host is killed (-9), cut off, or stopped; then
+the invariants are checked: every acknowledged write is there, the counter lies
+between the acknowledged increments and those plus the indeterminate ones, the
+survivors served throughout, the replicas agree, the dead host's members left.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from cluster.security import ROLE_KEYS, keygen
+from tests.harness import wait_for
+from tests.netns import Host, Hosts, start_etcd, three_hosts
+
+pytestmark = pytest.mark.timeout(240)
+
+APP = "tests.apps.state_app:app"
+COMMON = ["--heartbeat-interval", "0.5"]
+
+
+def http(method: str, url: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None,
+                                     method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclass
+class Site:
+    host: Host
+    url: str  # its gateway
+    gateway_metrics: str
+    worker_metrics: str
+
+
+@dataclass
+class Deployment:
+    hosts: Hosts
+    sites: list[Site]
+    backend: str
+
+
+@contextmanager
+def deployment() -> Iterator[Deployment]:
+    with three_hosts() as hosts:
+        backend = start_etcd(hosts)
+        keys = str(hosts.logs / "keys")
+        keygen(keys, ROLE_KEYS)
+        sites = []
+        for host in hosts.hosts:
+            a = host.address
+            base = [sys.executable, "-m", "cluster"]
+            shared = [*COMMON, "--state-backend", backend, "--keys", keys,
+                      "--metrics-host", a]
+            host.start("gateway", [*base, "gateway", *shared, "--host", a, "--port", "8000",
+                                   "--dispatch-bind", f"tcp://{a}:7000",
+                                   "--metrics-port", "9100"], logs=hosts.logs)
+            host.start("worker", [*base, "worker", *shared, "--handler", APP,
+                                  "--state-timeout", "3",
+                                  "--metrics-port", "9101", "--advertise-host", a],
+                       logs=hosts.logs)
+            sites.append(Site(host, f"http://{a}:8000", f"http://{a}:9100",
+                              f"http://{a}:9101"))
+        for site in sites:
+            try:
+                wait_for(lambda site=site: _ready(site), 30,  # type: ignore[misc]
+                         f"{site.host.name} ready")
+            except AssertionError:
+                raise AssertionError("\n".join(
+                    f"--- {s.host.name} {label}\n{s.host.log(label)[-2000:]}"
+                    for s in sites for label in ("gateway", "worker"))) from None
+        yield Deployment(hosts, sites, backend)
+
+
+def _ready(site: Site) -> bool:
+    try:
+        gw = http("GET", f"{site.gateway_metrics}/ready", timeout=2)[0] == 200
+        wk = http("GET", f"{site.worker_metrics}/ready", timeout=2)[0] == 200
+        # Every worker linked to every gateway: 3 on each gateway.
+        workers = json.loads(http("GET", f"{site.gateway_metrics}/ready", timeout=2)[1])
+        return gw and wk and workers.get("workers") == 3
+    except OSError:
+        return False
+
+
+@dataclass
+class Load:
+    """Clients incrementing one counter and writing unique keys through `sites`."""
+
+    sites: list[Site]
+    acked_incr: int = 0
+    unknown_incr: int = 0
+    acked_puts: list[str] = field(default_factory=list)
+    failures: dict[str, list[str]] = field(default_factory=dict)  # site -> what failed
+    served: dict[str, int] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, site: Site, worker: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                status, _ = http("POST", f"{site.url}/incr", timeout=5)
+            except OSError as exc:
+                status, why = 0, repr(exc)
+            else:
+                why = str(status)
+            with self.lock:
+                if status == 200:
+                    self.acked_incr += 1
+                    self.served[site.host.name] = self.served.get(site.host.name, 0) + 1
+                else:
+                    self.unknown_incr += 1
+                    self.failures.setdefault(site.host.name, []).append(f"incr {why}")
+            key = f"u{worker}x{n}"
+            try:
+                status, _ = http("PUT", f"{site.url}/kv/{key}", body=b"v", timeout=5)
+            except OSError as exc:
+                status, why = 0, repr(exc)
+            else:
+                why = str(status)
+            with self.lock:
+                if status == 200:
+                    self.acked_puts.append(key)
+                else:
+                    self.failures.setdefault(site.host.name, []).append(f"put {why}")
+
+    @contextmanager
+    def running(self, per_site: int = 2) -> Iterator[Load]:
+        threads = [threading.Thread(target=self.run, args=(site, i * 10 + j), daemon=True)
+                   for i, site in enumerate(self.sites) for j in range(per_site)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(15)
+
+
+def counter(site: Site) -> int:
+    status, body = http("POST", f"{site.url}/incr")
+    assert status == 200, body
+    return int(json.loads(body)["n"]) - 1  # the read itself added one
+
+
+def sequence(site: Site) -> float:
+    body = http("GET", f"{site.worker_metrics}/metrics")[1].decode()
+    found = re.search(r"^cluster_worker_state_sequence (\S+)$", body, re.M)
+    return float(found.group(1)) if found else -1.0
+
+
+def members(site: Site) -> set[str]:
+    groups = json.loads(http("GET", f"{site.gateway_metrics}/targets")[1])
+    return {t for g in groups for t in g["targets"]}
+
+
+def warnings(d: Deployment) -> str:
+    """The warning lines of every gateway and worker, for a failure's message."""
+    return "\n".join(line for site in d.sites for label in ("gateway", "worker")
+                     for line in site.host.log(label).splitlines()
+                     if " WARNING " in line or " ERROR " in line)[-4000:]
+
+
+def check_invariants(load: Load, survivors: list[Site], extra_incr: int = 0) -> None:
+    """Every acknowledged put is there; the counter is within its bounds; the
+    surviving replicas agree."""
+    try:
+        wait_for(lambda: len({sequence(s) for s in survivors}) == 1, 15,
+                 "the surviving replicas at one revision")
+    except AssertionError:
+        d_logs = "\n".join(s.host.log("worker")[-3000:] for s in survivors)
+        raise AssertionError(f"replicas at {[sequence(s) for s in survivors]}\n{d_logs}") \
+            from None
+    keys = set(json.loads(http("GET", f"{survivors[0].url}/kv-keys")[1]))
+    missing = [k for k in load.acked_puts if k not in keys]
+    assert not missing, f"{len(missing)} acknowledged puts lost: {missing[:5]}"
+    value = counter(survivors[0])
+    assert load.acked_incr + extra_incr <= value <= \
+        load.acked_incr + load.unknown_incr + extra_incr, (value, load.acked_incr,
+                                                           load.unknown_incr)
+
+
+def test_state_and_membership_on_etcd_across_three_hosts() -> None:
+    """The plain case: writes on one host are read on the others; atomic increments
+    from all three add up exactly; discovery lists every process from any gateway."""
+    with deployment() as d:
+        a, b, c = d.sites
+        assert http("PUT", f"{a.url}/kv/greeting", body=b"hello")[0] == 200
+        wait_for(lambda: http("GET", f"{c.url}/kv/greeting")[0] == 200, 5, "the write on c")
+        load = Load(d.sites)
+        with load.running():
+            time.sleep(3)
+        assert not load.failures, (load.failures, warnings(d))
+        check_invariants(load, d.sites)  # no failure: the counter is exact
+        assert len(members(b)) == 6  # 3 gateways and 3 workers, from any gateway
+
+
+def test_a_host_killed_loses_no_acknowledged_write() -> None:
+    with deployment() as d:
+        a, b, c = d.sites
+        load = Load([a, b])
+        with load.running():
+            time.sleep(2)
+            before = dict(load.served)
+            killed_at = time.monotonic()
+            c.host.kill_all()  # its etcd member, gateway and worker, all at once
+            time.sleep(5)
+        # The survivors served throughout: both kept answering after the kill.
+        assert all(load.served.get(s.host.name, 0) > before.get(s.host.name, 0)
+                   for s in (a, b)), (before, load.served)
+        assert sum(len(f) for f in load.failures.values()) <= 8, load.failures
+        check_invariants(load, [a, b])
+        gone = {f"{c.host.address}:9100", f"{c.host.address}:9101"}
+        wait_for(lambda: not members(a) & gone, 10, "the dead host's members to leave")
+        # Lease TTL (2 s) plus an election, at most.
+        assert time.monotonic() - killed_at < 15
+
+
+@pytest.mark.parametrize("fault", ["partition", "sigstop"])
+def test_a_host_cut_off_or_stopped_rejoins(fault: str) -> None:
+    with deployment() as d:
+        a, b, c = d.sites
+        load = Load([b, c])
+        with load.running():
+            time.sleep(1.5)
+            if fault == "partition":
+                a.host.cut()
+            else:
+                a.host.signal_all(__import__("signal").SIGSTOP)
+            time.sleep(4)
+            before = dict(load.served)
+            time.sleep(2)
+            assert all(load.served.get(s.host.name, 0) > before.get(s.host.name, 0)
+                       for s in (b, c)), (before, load.served, load.failures,
+                                           warnings(d))  # served while a is out
+            if fault == "partition":
+                a.host.heal()
+            else:
+                a.host.signal_all(__import__("signal").SIGCONT)
+            time.sleep(3)
+        check_invariants(load, d.sites)  # a caught up: one revision everywhere
+        wait_for(lambda: http("POST", f"{a.url}/incr")[0] == 200, 15, "a serving again")
+        wait_for(lambda: len(members(a)) == 6, 15, "everyone back in the membership")
