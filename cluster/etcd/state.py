@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aetcd
@@ -50,6 +50,7 @@ from cluster.worker.replica import Replica
 log = logging.getLogger("cluster.etcd.state")
 
 WATCH_LAG = 0.5  # seconds a committed revision may take to come through the watch
+MAX_GROUP = 256  # batches in one transaction (etcd takes at most 10,000 operations)
 
 
 
@@ -80,6 +81,23 @@ class EtcdReplica(Replica):
         self.revisions.pop(key, None)
 
 
+@dataclass
+class Batch:
+    ops: list[list[Any]]
+    deadline: float  # loop time
+    done: asyncio.Future[tuple[list[Any], int]]  # results and the commit's revision
+
+
+def changes_of(store: StateStore, known: dict[str, tuple[Any, int]]) -> list[list[Any]]:
+    """What the group changed: [key, value or None, expires] for each key it touched."""
+    changes = []
+    for key, (before, _rev) in known.items():
+        after = store.data.get(key)
+        if after != before:
+            changes.append([key, None, 0] if after is None else [key, after[0], after[1]])
+    return changes
+
+
 class EtcdState:
     """What the worker uses of `StateClient`, on etcd (see the module's text)."""
 
@@ -103,7 +121,8 @@ class EtcdState:
         self.conflicts = 0  # batches computed again: another writer was first
         self.limits = StoreLimits()
         self._advanced = asyncio.Event()  # the replica's revision moved
-        self._locks: dict[str, list[Any]] = {}  # key -> [Lock, batches using it]
+        self._queue: list[Batch] = []  # batches waiting for the next transaction
+        self._committer: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_began = 0.0
         self._closing_now = False
@@ -138,11 +157,12 @@ class EtcdState:
             if isinstance(op, list) and op and isinstance(op[0], str):
                 self.ops[op[0]] = self.ops.get(op[0], 0) + 1
         deadline = self.loop.time() + self.timeout
-        keys = sorted({op[1] for op in ops
-                       if isinstance(op, list) and len(op) > 1 and isinstance(op[1], str)})
+        done: asyncio.Future[tuple[list[Any], int]] = self.loop.create_future()
+        self._queue.append(Batch(ops, deadline, done))
+        if self._committer is None or self._committer.done():
+            self._committer = self.loop.create_task(self._commit_queued())
         try:
-            async with self._keys_locked(keys):
-                results, revision = await self._commit(ops, keys, deadline)
+            results, revision = await done
             await self._applied(revision, deadline)
         except EtcdUnavailable as exc:
             self.failures += 1
@@ -156,47 +176,55 @@ class EtcdState:
         """There is no coordinator on etcd."""
 
     # -- writes --------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _keys_locked(self, keys: list[str]) -> AsyncIterator[None]:
-        """This worker's batches on the same keys take turns: only other workers can
-        make a transaction lose its compare (16 concurrent increments of one counter
-        in one worker otherwise lose to each other until they give up)."""
-        locks = []
-        for key in keys:  # sorted: no two batches wait for each other in a circle
-            lock = self._locks.get(key)
-            if lock is None:
-                lock = self._locks[key] = [asyncio.Lock(), 0]
-            lock[1] += 1
-            locks.append((key, lock))
-        taken = []
-        try:
-            for _key, lock in locks:
-                await lock[0].acquire()
-                taken.append(lock[0])
-            yield
-        finally:
-            for held in taken:
-                held.release()
-            for key, lock in locks:
-                lock[1] -= 1
-                if not lock[1]:
-                    del self._locks[key]
+    async def _commit_queued(self) -> None:
+        """Group commit: every batch queued while a transaction was out goes in the
+        next one. A worker's concurrent writes then never lose to each other (only
+        to other workers), and a hot key costs one round trip per group, not per
+        write. The group's batches are computed in their order, as the coordinator
+        applies them."""
+        while self._queue:
+            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+            try:
+                outcomes, revision = await self._commit(group)
+            except EtcdUnavailable as exc:
+                for batch in group:
+                    if not batch.done.done():
+                        batch.done.set_exception(exc)
+                continue
+            for batch, outcome in zip(group, outcomes, strict=True):
+                if batch.done.done():
+                    continue
+                if isinstance(outcome, StateError):
+                    batch.done.set_exception(outcome)
+                else:
+                    batch.done.set_result((outcome, revision))
 
-    async def _commit(self, ops: list[list[Any]], keys: list[str],
-                      deadline: float) -> tuple[list[Any], int]:
-        # What the batch is computed on: the replica's values, then etcd's on conflict.
+    async def _commit(self, group: list[Batch]) -> tuple[list[list[Any] | StateError], int]:
+        deadline = min(batch.deadline for batch in group)
+        keys = sorted({op[1] for batch in group for op in batch.ops
+                       if isinstance(op, list) and len(op) > 1 and isinstance(op[1], str)})
+        # What the group is computed on: the replica's values, then etcd's on conflict.
         known = {k: (self.replica.data.get(k), self.replica.revisions.get(k, 0)) for k in keys}
         attempt = 0
         while True:
             attempt += 1
             store = StateStore(self.limits)
             store.data = {k: entry for k, (entry, _rev) in known.items() if entry is not None}
-            results, changes = store.apply(ops, time.time())  # StateError: refused
-            self._check_key_count(changes)
-            txn = await self._transaction(known, changes, deadline)
-            succeeded, responses = txn
+            now = time.time()
+            outcomes: list[list[Any] | StateError] = []
+            for batch in group:
+                before = dict(store.data)  # the group's few keys
+                try:
+                    results, _changes = store.apply(batch.ops, now)
+                    self._check_key_count(changes_of(store, known))
+                    outcomes.append(results)
+                except StateError as exc:
+                    store.data = before  # a refused batch changes nothing
+                    outcomes.append(exc)
+            changes = changes_of(store, known)
+            succeeded, responses = await self._transaction(known, changes, deadline)
             if succeeded:
-                return results, _revision(responses) or self.replica.seq
+                return outcomes, _revision(responses) or self.replica.seq
             self.conflicts += 1
             # Lost to another worker's write: computed again at once on the values the
             # failed transaction returned (a pause would only make them stale).

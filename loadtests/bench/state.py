@@ -1,12 +1,16 @@
-"""Shared-state benchmark: atomic increments through the coordinator vs Redis INCR,
-in one run, with the same number of Python client processes; and how long an
-update takes to reach a replica.
+"""Shared-state benchmark: atomic increments through the coordinator vs Redis INCR
+vs etcd (three members, as `--state-backend etcd://...` uses it), in one run, with
+the same number of Python client processes; and how long an update takes to reach a
+replica.
 
     .venv/bin/python -m loadtests.bench.state [--clients 8] [--seconds 5]
 
 Each client sends one INCR and waits for its answer before the next (no pipelining),
-on either side. The coordinator runs with --fsync batch and --fsync always; Redis
-(Debian's redis-server) with appendonly and appendfsync everysec and always.
+on every side. The coordinator runs with --fsync batch and --fsync always; Redis
+(Debian's redis-server) with appendonly and appendfsync everysec and always; etcd
+(Debian's etcd-server, 3 members on 127.0.0.1, fsync on every commit as always)
+through the worker's own etcd state client (`cluster.etcd.state.EtcdState`: a
+replica per client process, each INCR a compare-and-set transaction).
 """
 
 from __future__ import annotations
@@ -86,6 +90,40 @@ def redis_client(port: int, seconds: float, out: Any) -> None:
     out.put(count)
 
 
+def etcd_client(target: tuple[str, bool, int], seconds: float, out: Any) -> None:
+    """A worker's etcd state client, incrementing one key (as `state.incr` does): the
+    key all clients share, or one of its own (`own_key`); `inflight` at a time (as a
+    worker's concurrent requests do)."""
+    url, own_key, inflight = target
+    key = f"n{os.getpid()}" if own_key else "n"
+    import asyncio
+
+    import uvloop
+
+    from cluster.config import WorkerConfig
+    from cluster.etcd.state import EtcdState
+
+    async def run() -> int:
+        state = EtcdState(asyncio.get_running_loop(),
+                          WorkerConfig(handler="bench:none", state_backend=url), {})
+        state.start()
+        await asyncio.wait_for(state.synced.wait(), 20)
+        deadline = time.monotonic() + seconds
+
+        async def one() -> int:
+            count = 0
+            while time.monotonic() < deadline:
+                await state.acall([["incr", key, 1]])
+                count += 1
+            return count
+
+        counts = await asyncio.gather(*(one() for _ in range(inflight)))
+        state.close()
+        return sum(counts)
+
+    out.put(uvloop.run(run()))
+
+
 def run_clients(target: Any, arg: Any, clients: int, seconds: float) -> float:
     spawn = mp.get_context("spawn")
     out = spawn.Queue()
@@ -145,6 +183,69 @@ def start_redis(redis_server: str, data_dir: Path, appendfsync: str
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # poll: waiting for redis to listen
+
+
+def start_etcd(data_dir: Path) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """Three etcd members on 127.0.0.1, one cluster; the --state-backend URL."""
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        sys.exit("etcd is needed: apt-get install etcd-server etcd-client")
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    peers = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+    procs = []
+    for i, (client, peer) in enumerate(ports):
+        procs.append(subprocess.Popen(
+            [etcd, "--name", f"m{i}", "--data-dir", str(data_dir / f"m{i}"),
+             "--listen-client-urls", f"http://127.0.0.1:{client}",
+             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", peers, "--initial-cluster-state", "new", "--pre-vote"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    endpoints = ",".join(f"127.0.0.1:{client}" for client, _ in ports)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["etcdctl", "--endpoints", endpoints, "endpoint", "health"],
+                         capture_output=True, env={**os.environ, "ETCDCTL_API": "3"},
+                         timeout=10).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("etcd did not become healthy")
+        time.sleep(0.2)  # poll: waiting for the members to elect a leader
+    return procs, f"etcd://{endpoints}/bench"
+
+
+def etcd_propagation(url: str, samples: int) -> tuple[list[float], list[float]]:
+    """Write→ack (committed and applied by the writer's replica) and write→another
+    replica, one write at a time."""
+    import asyncio
+
+    import uvloop
+
+    from cluster.config import WorkerConfig
+    from cluster.etcd.state import EtcdState
+
+    async def run() -> tuple[list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        config = WorkerConfig(handler="bench:none", state_backend=url)
+        writer, reader = EtcdState(loop, config, {}), EtcdState(loop, config, {})
+        for state in (writer, reader):
+            state.start()
+            await asyncio.wait_for(state.synced.wait(), 20)
+        acks: list[float] = []
+        seen: list[float] = []
+        for rid in range(1, samples + 1):
+            t0 = time.perf_counter()
+            await writer.acall([["set", "probe", rid, 0]])
+            acks.append((time.perf_counter() - t0) * 1000)
+            while reader.replica.data.get("probe", (None, 0))[0] != rid:
+                reader._advanced.clear()
+                await asyncio.wait_for(reader._advanced.wait(), 5)
+            seen.append((time.perf_counter() - t0) * 1000)
+        writer.close()
+        reader.close()
+        return acks, seen
+
+    result: tuple[list[float], list[float]] = uvloop.run(run())
+    return result
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -216,9 +317,25 @@ def main() -> int:
             for label, kind, mode in [("cluster --fsync batch", "cluster", "batch"),
                                       ("redis appendfsync everysec", "redis", "everysec"),
                                       ("cluster --fsync always", "cluster", "always"),
-                                      ("redis appendfsync always", "redis", "always")]:
+                                      ("redis appendfsync always", "redis", "always"),
+                                      ("etcd, 3 members", "etcd", "shared"),
+                                      ("etcd, 3 members, a key per client", "etcd", "own"),
+                                      ("etcd, 3 members, 1 client with 64 in flight", "etcd",
+                                       "group")]:
                 data = Path(tmp) / f"{kind}-{mode}-{rnd}"
                 data.mkdir()
+                if kind == "etcd":
+                    members, url = start_etcd(data)
+                    grouped = mode == "group"
+                    rate = run_clients(etcd_client, (url, mode == "own", 64 if grouped else 1),
+                                       1 if grouped else args.clients, args.seconds)
+                    if rnd == 0 and mode == "shared":
+                        latency[label] = etcd_propagation(url, min(args.samples, 500))
+                    for member_proc in members:
+                        stop(member_proc)
+                    rows.setdefault(label, []).append(rate)
+                    print(f"round {rnd + 1} {label}: {rate:,.0f} ops/s", file=sys.stderr)
+                    continue
                 if kind == "cluster":
                     proc, endpoint, pub = start_coordinator(data, mode)
                     rate = run_clients(cluster_client, (endpoint, bench_keys()), args.clients,
@@ -234,6 +351,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"{args.clients} client processes, one INCR in flight each, {args.seconds:.0f} s, "
           f"{args.rounds} rounds; medians\n")
+    print("Every row increments one key all clients share, but \"a key per client\".\n")
     print("| server | INCR ops/s |\n|---|---:|")
     for label, rate in med.items():
         print(f"| {label} | {rate:,.0f} |")
@@ -241,7 +359,9 @@ def main() -> int:
           f"\n| cluster batch / redis everysec | "
           f"{med['cluster --fsync batch'] / med['redis appendfsync everysec']:.2f} |"
           f"\n| cluster always / redis always | "
-          f"{med['cluster --fsync always'] / med['redis appendfsync always']:.2f} |")
+          f"{med['cluster --fsync always'] / med['redis appendfsync always']:.2f} |"
+          f"\n| etcd / cluster always | "
+          f"{med['etcd, 3 members'] / med['cluster --fsync always']:.2f} |")
     print(f"\nOne writer, {args.samples} sequential writes (ms):\n")
     print("| coordinator | write→ack p50 | p99 | write→replica p50 | p99 | max |")
     print("|---|---:|---:|---:|---:|---:|")

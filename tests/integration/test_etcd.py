@@ -11,7 +11,10 @@ survivors served throughout, the replicas agree, the dead host's members left.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -20,11 +23,14 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from cluster.security import ROLE_KEYS, keygen
 from tests.harness import wait_for
+from tests.integration.test_cli import cluster_run, ports_of
+from tests.integration.test_operations import free_port
 from tests.netns import Host, Hosts, start_etcd, three_hosts
 
 pytestmark = pytest.mark.timeout(240)
@@ -262,3 +268,39 @@ def test_a_host_cut_off_or_stopped_rejoins(fault: str) -> None:
         check_invariants(load, d.sites)  # a caught up: one revision everywhere
         wait_for(lambda: http("POST", f"{a.url}/incr")[0] == 200, 15, "a serving again")
         wait_for(lambda: len(members(a)) == 6, 15, "everyone back in the membership")
+
+
+def test_cluster_run_on_etcd_has_no_coordinator(tmp_path: Path) -> None:
+    """One machine, one etcd member on loopback: `cluster run --state-backend` starts
+    gateways and workers only, and their state and discovery work."""
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        pytest.skip("etcd is not installed (make test installs etcd-server)")
+    client, peer = free_port(), free_port()
+    member = subprocess.Popen(
+        [etcd, "--name", "solo", "--data-dir", str(tmp_path / "etcd"),
+         "--listen-client-urls", f"http://127.0.0.1:{client}",
+         "--advertise-client-urls", f"http://127.0.0.1:{client}",
+         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"solo=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(
+            ["etcdctl", "--endpoints", f"127.0.0.1:{client}", "endpoint", "health"],
+            capture_output=True, timeout=10, env={**os.environ, "ETCDCTL_API": "3"}
+        ).returncode == 0, 30, "etcd healthy")
+        with cluster_run("--state-backend", f"etcd://127.0.0.1:{client}/solo",
+                         handler=APP) as run:
+            port = ports_of(run.banner)[0]
+            assert "started coordinator" not in run.log()
+            assert [http("POST", f"http://127.0.0.1:{port}/incr")[1] for _ in range(3)] == \
+                [b'{"n":1}', b'{"n":2}', b'{"n":3}']
+            discovery = re.search(r"discovery on (http://\S+)", run.banner)
+            assert discovery is not None, run.banner
+            groups = json.loads(http("GET", discovery.group(1))[1])
+            assert sorted(g["labels"]["role"] for g in groups) == ["gateway", "worker",
+                                                                    "worker"]
+    finally:
+        member.terminate()
+        member.wait(20)
