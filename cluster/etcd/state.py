@@ -14,6 +14,9 @@ The mapping
   `mod_revision` with the one computed on. If another writer got there first, the
   transaction's failure branch returns the keys' current values and the batch is
   computed again on them: compare-and-set, atomic for the whole batch.
+- Each transaction also writes a marker key of its own (`/NAME/w/...`, on a short
+  lease) and requires it absent: a transaction whose answer was lost (its member
+  failed mid-call) and that is tried again on another member cannot apply twice.
 - A key with a TTL also gets an etcd lease (the TTL rounded up, plus a second),
   which removes it; readers hide it from its expiry on, as with the coordinator.
 - The handler's call returns once the transaction is committed (etcd has it on a
@@ -30,6 +33,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +54,7 @@ from cluster.worker.replica import Replica
 log = logging.getLogger("cluster.etcd.state")
 
 WATCH_LAG = 0.5  # seconds a committed revision may take to come through the watch
+MARKER_TTL = 60  # seconds a group's marker lives (a call is retried for --state-timeout)
 MAX_GROUP = 256  # batches in one transaction (etcd takes at most 10,000 operations)
 
 
@@ -122,6 +127,10 @@ class EtcdState:
         self.limits = StoreLimits()
         self._advanced = asyncio.Event()  # the replica's revision moved
         self._queue: list[Batch] = []  # batches waiting for the next transaction
+        self.writer_id = uuid.uuid4().hex[:12]  # names this client's group markers
+        self._groups = 0
+        self._marker: aetcd.Lease | None = None
+        self._marker_at = 0.0
         self._committer: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_began = 0.0
@@ -205,6 +214,9 @@ class EtcdState:
                        if isinstance(op, list) and len(op) > 1 and isinstance(op[1], str)})
         # What the group is computed on: the replica's values, then etcd's on conflict.
         known = {k: (self.replica.data.get(k), self.replica.revisions.get(k, 0)) for k in keys}
+        self._groups += 1
+        marker = self.target.prefix + f"w/{self.writer_id}/{self._groups}".encode()
+        tried: dict[int, list[list[Any] | StateError]] = {}  # attempt -> its outcomes
         attempt = 0
         while True:
             attempt += 1
@@ -222,16 +234,23 @@ class EtcdState:
                     store.data = before  # a refused batch changes nothing
                     outcomes.append(exc)
             changes = changes_of(store, known)
-            succeeded, responses = await self._transaction(known, changes, deadline)
+            tried[attempt] = outcomes
+            succeeded, responses, committed = await self._transaction(
+                known, changes, marker, attempt, deadline)
             if succeeded:
                 return outcomes, _revision(responses) or self.replica.seq
+            if committed is not None:
+                # An earlier attempt of this group did commit, though its answer was
+                # lost (a member that failed mid-call): its outcomes are the true ones.
+                done_attempt, revision = committed
+                return tried[done_attempt], revision
             self.conflicts += 1
             # Lost to another worker's write: computed again at once on the values the
             # failed transaction returned (a pause would only make them stale).
             if self.loop.time() >= deadline:
                 raise EtcdUnavailable(f"{attempt} attempts lost to other writers")
             known = {k: (None, 0) for k in keys}
-            for key, found in zip(keys, responses, strict=True):
+            for key, found in zip(keys, responses[1:], strict=True):
                 for raw, meta in found:
                     value, expires = msgpack.unpackb(raw, raw=False, strict_map_key=False)
                     known[key] = ((value, expires), int(meta.mod_revision))
@@ -242,15 +261,25 @@ class EtcdState:
             raise StateError(f"the store holds at most {self.limits.max_keys} keys")
 
     async def _transaction(self, known: dict[str, tuple[Any, int]], changes: list[list[Any]],
-                           deadline: float) -> tuple[bool, list[Any]]:
+                           marker: bytes, attempt: int, deadline: float
+                           ) -> tuple[bool, list[Any], tuple[int, int] | None]:
+        """One attempt: commit `changes` if every key is as `known` and the group's
+        `marker` is absent, writing the marker (value: the attempt) with them. A call
+        that fails mid-way is tried again on another member (session.call): if the
+        first try did commit, the marker makes the second fail, and the failure names
+        the attempt that committed and its revision (third item). Without the marker,
+        that second try would compute the batch again on the new values: a write
+        applied twice for one acknowledgement."""
         now = time.time()
         longest = max((exp - now for _, v, exp in changes if v is not None and exp), default=0)
 
-        async def run(client: aetcd.Client) -> tuple[bool, list[Any]]:
+        async def run(client: aetcd.Client) -> tuple[bool, list[Any], tuple[int, int] | None]:
             tx = client.transactions
             lease = await client.lease(math.ceil(longest) + 1) if longest > 0 else None
-            compare = [tx.mod(self._key(k)) == rev for k, (_, rev) in known.items()]
-            success = []
+            compare = [tx.create(marker) == 0]
+            compare += [tx.mod(self._key(k)) == rev for k, (_, rev) in known.items()]
+            success = [tx.put(marker, str(attempt).encode(),
+                              lease=await self._marker_lease(client))]
             for key, value, expires in changes:
                 if value is None:
                     success.append(tx.delete(self._key(key)))
@@ -258,11 +287,24 @@ class EtcdState:
                     raw = msgpack.packb([value, expires], use_bin_type=True)
                     success.append(tx.put(self._key(key), raw,
                                           lease=lease if expires else None))
-            failure = [tx.get(self._key(k)) for k in known]
+            failure = [tx.get(marker), *(tx.get(self._key(k)) for k in known)]
             succeeded, responses = await client.transaction(compare, success, failure)
-            return bool(succeeded), list(responses)
+            committed = None
+            if not succeeded:
+                for raw, meta in responses[0]:
+                    committed = (int(raw), int(meta.mod_revision))
+            return bool(succeeded), list(responses), committed
 
         return await self.session.call(run, deadline)
+
+    async def _marker_lease(self, client: aetcd.Client) -> aetcd.Lease:
+        """A lease for the group markers: they need to live only as long as a call
+        may be retried; a new one every MARKER_TTL / 2 seconds."""
+        now = self.loop.time()
+        if self._marker is None or now - self._marker_at > MARKER_TTL / 2:
+            self._marker = await client.lease(MARKER_TTL)
+            self._marker_at = now
+        return self._marker
 
     def _key(self, key: str) -> bytes:
         return self.prefix + key.encode()

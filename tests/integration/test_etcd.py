@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from cluster.security import ROLE_KEYS, keygen
 from tests.harness import wait_for
@@ -35,7 +37,7 @@ from tests.netns import Host, Hosts, start_etcd, three_hosts
 
 pytestmark = pytest.mark.timeout(240)
 
-APP = "tests.apps.state_app:app"
+APP = "tests.apps.fault_app:app"
 COMMON = ["--heartbeat-interval", "0.5"]
 
 
@@ -222,16 +224,58 @@ def test_state_and_membership_on_etcd_across_three_hosts() -> None:
         assert len(members(b)) == 6  # 3 gateways and 3 workers, from any gateway
 
 
+class Listener:
+    """A WebSocket client in a room: which worker serves it, what it received, how
+    its connection ended."""
+
+    def __init__(self, site: Site) -> None:
+        self.ws = ws_connect(f"ws://{site.url.removeprefix('http://')}/room/r", legacy=True)
+        self.ws.send("whoami")
+        self.pid = int(self.ws.recv(5))
+        self.received: list[str] = []
+        self.close_code: int | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.received.append(str(self.ws.recv(30)))
+        except ConnectionClosed as closed:
+            self.close_code = closed.rcvd.code if closed.rcvd is not None else None
+        except TimeoutError:
+            pass
+
+
 def test_a_host_killed_loses_no_acknowledged_write() -> None:
     with deployment() as d:
         a, b, c = d.sites
+        lost_worker = json.loads(http("GET", f"{c.worker_metrics}/live")[1])["pid"]
+        # WebSocket clients in one room on the surviving gateways; one of them, served
+        # by a surviving worker, broadcasts throughout.
+        listeners = [Listener(site) for site in (a, b) for _ in range(4)]
+        sender = next(x for x in listeners if x.pid != lost_worker)
+        listeners.remove(sender)
+        sent: list[str] = []
+        stop_sending = threading.Event()
+
+        def send() -> None:
+            while not stop_sending.is_set():
+                sent.append(f"m{len(sent)}")
+                sender.ws.send(sent[-1])
+                time.sleep(0.02)
+
+        sending = threading.Thread(target=send, daemon=True)
         load = Load([a, b])
         with load.running():
+            sending.start()
             time.sleep(2)
             before = dict(load.served)
             killed_at = time.monotonic()
             c.host.kill_all()  # its etcd member, gateway and worker, all at once
             time.sleep(5)
+            stop_sending.set()
+            sending.join(5)
         # The survivors served throughout: both kept answering after the kill.
         assert all(load.served.get(s.host.name, 0) > before.get(s.host.name, 0)
                    for s in (a, b)), (before, load.served)
@@ -241,6 +285,18 @@ def test_a_host_killed_loses_no_acknowledged_write() -> None:
         wait_for(lambda: not members(a) & gone, 10, "the dead host's members to leave")
         # Lease TTL (2 s) plus an election, at most.
         assert time.monotonic() - killed_at < 15
+        # WebSockets: those served by a surviving worker kept their connection and
+        # got every broadcast, in order; those whose worker died were told 1012.
+        wait_for(lambda: all(x.received[-1:] == sent[-1:] for x in listeners
+                             if x.pid != lost_worker), 10, "the last broadcast everywhere")
+        for listener in listeners:
+            if listener.pid == lost_worker:
+                assert listener.close_code == 1012, listener.close_code
+            else:
+                assert listener.close_code is None and listener.received == sent, \
+                    (listener.close_code, len(listener.received), len(sent))
+            listener.ws.close()
+        sender.ws.close()
 
 
 @pytest.mark.parametrize("fault", ["partition", "sigstop"])
@@ -298,9 +354,10 @@ def test_cluster_run_on_etcd_has_no_coordinator(tmp_path: Path) -> None:
                 [b'{"n":1}', b'{"n":2}', b'{"n":3}']
             discovery = re.search(r"discovery on (http://\S+)", run.banner)
             assert discovery is not None, run.banner
-            groups = json.loads(http("GET", discovery.group(1))[1])
-            assert sorted(g["labels"]["role"] for g in groups) == ["gateway", "worker",
-                                                                    "worker"]
+            url = discovery.group(1)
+            wait_for(lambda: sorted(g["labels"]["role"] for g in json.loads(
+                http("GET", url)[1])) == ["gateway", "worker", "worker"], 10,
+                "every process in discovery")
     finally:
         member.terminate()
         member.wait(20)
