@@ -17,17 +17,17 @@ $(STAMP): pyproject.toml
 # Programs the tests run for real: Prometheus and promtool (the dashboard and the
 # metrics are checked against them), docker-compose (validates the compose file
 # without an engine), openssl (TLS test certificates), wrk (steady load through a
-# rolling restart) and etcd (the scale-out backend, three members in network
-# namespaces). Debian packages, installed once when missing.
+# rolling restart), etcd and iproute2 (the scale-out backend, three members in
+# network namespaces the tests make). Debian packages, installed once when missing.
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || \
 	    ! command -v docker-compose >/dev/null || ! command -v openssl >/dev/null || \
 	    ! command -v wrk >/dev/null || ! command -v etcd >/dev/null || \
-	    ! command -v etcdctl >/dev/null; then \
-	  echo "installing prometheus, docker-compose, openssl, wrk and etcd with apt-get"; \
+	    ! command -v etcdctl >/dev/null || ! command -v ip >/dev/null; then \
+	  echo "installing prometheus, docker-compose, openssl, wrk, etcd and iproute2 with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    prometheus docker-compose openssl wrk etcd-server etcd-client >/dev/null; \
+	    prometheus docker-compose openssl wrk etcd-server etcd-client iproute2 >/dev/null; \
 	fi
 	touch $(TOOLS)
 

@@ -49,7 +49,7 @@ from cluster.etcd.session import (
     stop_watch,
 )
 from cluster.state import StateError, StateUnavailable
-from cluster.worker.replica import Replica
+from cluster.worker.replica import Replica, ReplicaReads
 
 log = logging.getLogger("cluster.etcd.state")
 
@@ -103,8 +103,10 @@ def changes_of(store: StateStore, known: dict[str, tuple[Any, int]]) -> list[lis
     return changes
 
 
-class EtcdState:
+class EtcdState(ReplicaReads):
     """What the worker uses of `StateClient`, on etcd (see the module's text)."""
+
+    replica: EtcdReplica
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: WorkerConfig,
                  framework: dict[str, Any]) -> None:
@@ -141,20 +143,9 @@ class EtcdState:
     def start(self) -> None:
         self._task = self.loop.create_task(self._follow())
 
-    # -- Backend, for cluster.state.SharedState ------------------------------------
-    def read(self, key: str) -> Any:
-        return self.replica.read(key, time.time())
-
-    def live_keys(self) -> list[str]:
-        return self.replica.keys(time.time())
-
-    def framework(self) -> dict[str, Any]:
-        return self.framework_keys
-
+    # -- Backend, for cluster.state.SharedState (reads: ReplicaReads) --------------
     def call(self, ops: list[list[Any]]) -> list[Any]:
-        if threading.get_ident() == self.loop_thread:
-            raise StateError("on the event loop, await the a-prefixed operations "
-                             "(state.aincr, ...) instead")
+        self.refuse_on_loop()
         future = asyncio.run_coroutine_threadsafe(self.acall(ops), self.loop)
         try:
             return future.result(self.timeout + 1.0)

@@ -10,8 +10,12 @@ lost its history) mean "take a fresh snapshot".
 
 from __future__ import annotations
 
+import threading
+import time
 from enum import Enum
 from typing import Any
+
+from cluster.state import StateError
 
 MAX_HELD = 10_000  # updates held out of order before we give up and re-sync
 
@@ -83,3 +87,27 @@ class Replica:
 
     def keys(self, now: float) -> list[str]:
         return [k for k, (_, exp) in self.data.items() if not exp or exp > now]
+
+
+class ReplicaReads:
+    """The read half of a state backend (cluster.state.Backend), served from the local
+    replica; shared by the coordinator's client and the etcd one."""
+
+    replica: Replica
+    framework_keys: dict[str, Any]
+    loop_thread: int
+
+    def read(self, key: str) -> Any:
+        return self.replica.read(key, time.time())
+
+    def live_keys(self) -> list[str]:
+        return self.replica.keys(time.time())
+
+    def framework(self) -> dict[str, Any]:
+        return self.framework_keys
+
+    def refuse_on_loop(self) -> None:
+        """A blocking write from the loop's own thread would wait for itself."""
+        if threading.get_ident() == self.loop_thread:
+            raise StateError("on the event loop, await the a-prefixed operations "
+                             "(state.aincr, ...) instead")

@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-import time
 from typing import Any
 
 import zmq
@@ -25,7 +24,7 @@ import zmq
 from cluster import wire
 from cluster.registry import CoordinatorLink
 from cluster.state import StateError, StateUnavailable
-from cluster.worker.replica import MAX_HELD, Offer, Replica
+from cluster.worker.replica import MAX_HELD, Offer, Replica, ReplicaReads
 from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.worker.state")
@@ -33,7 +32,7 @@ log = logging.getLogger("cluster.worker.state")
 Waiter = asyncio.Future[list[Any]]
 
 
-class StateClient:
+class StateClient(ReplicaReads):
     def __init__(self, loop: asyncio.AbstractEventLoop, ctx: zmq.Context[zmq.Socket[bytes]],
                  link: CoordinatorLink, timeout: float, framework: dict[str, Any]) -> None:
         self.loop = loop
@@ -54,21 +53,10 @@ class StateClient:
         self.ops: dict[str, int] = {}  # operations sent, by kind (loop thread only)
         self.failures = 0  # batches refused or unanswered
 
-    # -- Backend, for cluster.state.SharedState ------------------------------------
-    def read(self, key: str) -> Any:
-        return self.replica.read(key, time.time())
-
-    def live_keys(self) -> list[str]:
-        return self.replica.keys(time.time())
-
-    def framework(self) -> dict[str, Any]:
-        return self.framework_keys
-
+    # -- Backend, for cluster.state.SharedState (reads: ReplicaReads) --------------
     def call(self, ops: list[list[Any]]) -> list[Any]:
         """From a handler thread: send `ops`, block until acknowledged."""
-        if threading.get_ident() == self.loop_thread:
-            raise StateError("on the event loop, await the a-prefixed operations "
-                             "(state.aincr, ...) instead")
+        self.refuse_on_loop()
         result: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
 
         def start() -> None:

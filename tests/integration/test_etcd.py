@@ -126,31 +126,30 @@ class Load:
         n = 0
         while not self.stop.is_set():
             n += 1
-            try:
-                status, _ = http("POST", f"{site.url}/incr", timeout=5)
-            except OSError as exc:
-                status, why = 0, repr(exc)
-            else:
-                why = str(status)
+            ok = self._try(site, "incr", "POST", "/incr")
             with self.lock:
-                if status == 200:
+                if ok:
                     self.acked_incr += 1
                     self.served[site.host.name] = self.served.get(site.host.name, 0) + 1
                 else:
-                    self.unknown_incr += 1
-                    self.failures.setdefault(site.host.name, []).append(f"incr {why}")
+                    self.unknown_incr += 1  # it may or may not have been applied
             key = f"u{worker}x{n}"
-            try:
-                status, _ = http("PUT", f"{site.url}/kv/{key}", body=b"v", timeout=5)
-            except OSError as exc:
-                status, why = 0, repr(exc)
-            else:
-                why = str(status)
-            with self.lock:
-                if status == 200:
+            if self._try(site, "put", "PUT", f"/kv/{key}", b"v"):
+                with self.lock:
                     self.acked_puts.append(key)
-                else:
-                    self.failures.setdefault(site.host.name, []).append(f"put {why}")
+
+    def _try(self, site: Site, what: str, method: str, path: str, body: bytes = b"") -> bool:
+        """One request; a failure is recorded with its status or error."""
+        try:
+            status, _ = http(method, f"{site.url}{path}", body=body, timeout=5)
+        except OSError as exc:
+            status, why = 0, repr(exc)
+        else:
+            why = str(status)
+        if status != 200:
+            with self.lock:
+                self.failures.setdefault(site.host.name, []).append(f"{what} {why}")
+        return status == 200
 
     @contextmanager
     def running(self, per_site: int = 2) -> Iterator[Load]:

@@ -23,7 +23,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.harness import ROOT, cluster, wait_for
 from tests.httpclient import Conn, get
-from tests.integration.test_cli import alive, cluster_run, ports_of
+from tests.integration.test_cli import _status, alive, cluster_run, ports_of
 
 APP = "tests.apps.handlers:app"
 WS_APP = "tests.apps.ws_app:app"
@@ -245,13 +245,6 @@ def test_the_supervisor_restarts_a_hung_worker_gateway_and_coordinator() -> None
             wait_for(lambda hung=hung: not alive(hung), 5,  # type: ignore[misc]
                      "the hung process to be gone")
             wait_for(lambda: _status(port) == 200, 15, f"service after {name} was replaced")
-
-
-def _status(port: int) -> int:
-    try:
-        return get(port, "/pid", timeout=2).status
-    except OSError:
-        return 0
 
 
 # -- the connection limit --------------------------------------------------------------
