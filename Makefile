@@ -14,25 +14,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
+# What running needs, and nothing of the tests' or benchmarks' (make run).
+RUN_STAMP := $(VENV)/.installed-run
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 # Programs the tests run for real: Prometheus and promtool (the dashboard and the
 # metrics are checked against them), docker-compose (validates the compose file
 # without an engine), openssl (TLS test certificates), wrk (steady load through a
 # rolling restart), etcd and iproute2 (the scale-out backend, three members in
-# network namespaces the tests make). Debian packages, installed once when missing.
+# network namespaces the tests make), chromium and its driver (the chat page in a
+# real browser). Debian packages, installed once when missing.
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || \
 	    ! command -v docker-compose >/dev/null || ! command -v openssl >/dev/null || \
 	    ! command -v wrk >/dev/null || ! command -v etcd >/dev/null || \
-	    ! command -v etcdctl >/dev/null || ! command -v ip >/dev/null; then \
-	  echo "installing prometheus, docker-compose, openssl, wrk, etcd and iproute2 with apt-get"; \
+	    ! command -v etcdctl >/dev/null || ! command -v ip >/dev/null || \
+	    ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing prometheus, docker-compose, openssl, wrk, etcd, iproute2 and" \
+	    "chromium with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    prometheus docker-compose openssl wrk etcd-server etcd-client iproute2 >/dev/null; \
+	    prometheus docker-compose openssl wrk etcd-server etcd-client iproute2 \
+	    chromium chromium-driver >/dev/null; \
 	fi
 	touch $(TOOLS)
 
 ## make run: start the embedded cluster (coordinator, 1 gateway, 2 workers) on an example
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/cluster run --handler $(HANDLER) --port $(PORT)
 
 ## make test: lint, type-check, then every test (real processes on 127.0.0.1)

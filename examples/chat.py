@@ -17,30 +17,49 @@ app = App()
 PAGE = """<!doctype html>
 <meta charset="utf-8"><title>cluster chat</title>
 <style>body{font:15px system-ui;margin:2em;max-width:40em}#log{border:1px solid #ccc;
-height:20em;overflow:auto;padding:.5em}#who{color:#555}</style>
+height:20em;overflow:auto;padding:.5em}#who{color:#555}#status{color:#a60}</style>
 <h1>cluster chat</h1>
 <p>room <input id="room" value="lobby"> name <input id="name" value="guest">
 <button id="join">join</button></p>
-<p id="who">not connected</p><div id="log"></div>
+<p id="who">not connected</p><p id="status"></p><div id="log"></div>
 <form id="f"><input id="msg" size="50" autocomplete="off"> <button>send</button></form>
 <script>
-let ws;
+// One connection at a time. When it drops (a gateway restarts, the network blinks),
+// reconnect by ourselves after a pause that doubles from 0.5 s up to 8 s, with some
+// jitter so a whole room does not come back at the same instant; say so on the page.
+let ws = null, wanted = false, attempt = 0, timer = null;
+const $ = (id) => document.getElementById(id);
 const log = (t) => { const p = document.createElement("div"); p.textContent = t;
-  const l = document.getElementById("log"); l.appendChild(p); l.scrollTop = 1e9; };
-document.getElementById("join").onclick = () => {
-  if (ws) ws.close();
-  const room = encodeURIComponent(document.getElementById("room").value);
-  const name = encodeURIComponent(document.getElementById("name").value);
-  ws = new WebSocket(`ws://${location.host}/chat/${room}?name=${name}`);
+  const l = $("log"); l.appendChild(p); l.scrollTop = 1e9; };
+const status = (t) => { $("status").textContent = t; };
+function connect() {
+  const room = encodeURIComponent($("room").value);
+  const name = encodeURIComponent($("name").value);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  ws = new WebSocket(`${scheme}://${location.host}/chat/${room}?name=${name}`);
   ws.onmessage = (e) => { const m = JSON.parse(e.data);
-    if (m.type === "presence") document.getElementById("who").textContent =
-      `${m.count} here: ${m.names.join(", ")}`;
+    if (m.type === "presence") $("who").textContent = `${m.count} here: ${m.names.join(", ")}`;
     else log(`${m.name}: ${m.text}`); };
-  ws.onopen = () => ws.send("/hello");
-  ws.onclose = (e) => log(`(closed ${e.code})`);
+  ws.onopen = () => {
+    if (attempt > 0) { log(`(reconnected after ${attempt} attempts)`); }
+    status("connected"); attempt = 0; ws.send("/hello"); };
+  ws.onclose = (e) => {
+    $("who").textContent = "not connected";
+    if (!wanted) { status("disconnected"); return; }
+    attempt += 1;
+    const pause = Math.min(8000, 500 * 2 ** (attempt - 1)) * (0.75 + Math.random() / 2);
+    log(`(closed ${e.code}; reconnecting)`);
+    status(`reconnecting in ${(pause / 1000).toFixed(1)} s (attempt ${attempt})`);
+    timer = setTimeout(connect, pause);
+  };
+}
+$("join").onclick = () => {
+  clearTimeout(timer);
+  if (ws) { ws.onclose = null; ws.close(); }  // the old room's: no reconnect for it
+  wanted = true; attempt = 0; connect();
 };
-document.getElementById("f").onsubmit = (e) => { e.preventDefault();
-  const i = document.getElementById("msg"); if (ws && i.value) ws.send(i.value);
+$("f").onsubmit = (e) => { e.preventDefault();
+  const i = $("msg"); if (ws && ws.readyState === 1 && i.value) ws.send(i.value);
   i.value = ""; };
 </script>
 """

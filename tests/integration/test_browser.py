@@ -1,0 +1,108 @@
+"""The chat page in a real browser: Debian's Chromium, headless, driven by selenium
+through Debian's chromedriver (no browser download). Two browsers on two gateways;
+when a gateway restarts, the page reconnects by itself and says so. A failing test
+leaves each browser's screenshot in reports/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT, wait_for
+from tests.integration.test_cli import alive, cluster_run, ports_of
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+SHOTS = ROOT / "reports" / "screenshots"
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                       reason="chromium and chromium-driver are not installed "
+                              "(make test installs them)"),
+    pytest.mark.timeout(120),
+]
+
+
+@contextmanager
+def browser(name: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--disable-gpu", "--window-size=1000,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(DRIVER)), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    except BaseException:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{request.node.name}-{name}.png"
+        driver.save_screenshot(str(path))
+        print(f"screenshot of {name}'s browser: {path}")
+        raise
+    finally:
+        driver.quit()
+
+
+def text(driver: Any, element: str) -> str:
+    from selenium.webdriver.common.by import By
+    return str(driver.find_element(By.ID, element).text)
+
+
+def join(driver: Any, url: str, name: str) -> None:
+    from selenium.webdriver.common.by import By
+    driver.get(url)
+    field = driver.find_element(By.ID, "name")
+    field.clear()
+    field.send_keys(name)
+    driver.find_element(By.ID, "join").click()
+
+
+def say(driver: Any, message: str) -> None:
+    from selenium.webdriver.common.by import By
+    box = driver.find_element(By.ID, "msg")
+    box.send_keys(message)
+    driver.find_element(By.CSS_SELECTOR, "#f button").click()
+
+
+def test_chat_across_gateways_and_reconnect_after_a_gateway_restart(
+        request: pytest.FixtureRequest) -> None:
+    with cluster_run("--gateways", "2", "--workers", "2", handler="examples.chat:app") as run, \
+            browser("alice", request) as alice, browser("bob", request) as bob:
+        first, second = (f"http://127.0.0.1:{port}/" for port in ports_of(run.banner))
+        join(alice, first, "alice")
+        join(bob, second, "bob")
+        wait_for(lambda: text(alice, "who") == "2 here: alice, bob" and
+                 text(bob, "who") == "2 here: alice, bob", 15, "both in the presence list")
+        say(alice, "hello from gateway one")
+        wait_for(lambda: "alice: hello from gateway one" in text(bob, "log"), 10,
+                 "alice's message at bob's, through the other gateway")
+        say(bob, "and back")
+        wait_for(lambda: "bob: and back" in text(alice, "log"), 10, "bob's answer")
+
+        # The first gateway dies; the supervisor starts it again on the same port.
+        gateway = run.pids("gateway-1")[-1]
+        os.kill(gateway, signal.SIGKILL)
+        wait_for(lambda: not alive(gateway), 10, "the gateway gone")
+        wait_for(lambda: "reconnecting" in text(alice, "status") or
+                 "reconnecting" in text(alice, "log"), 10, "alice's page noticing")
+        assert "(closed 1006; reconnecting)" in text(alice, "log")
+        wait_for(lambda: len(run.pids("gateway-1")) == 2, 20, "the gateway restarted")
+        wait_for(lambda: text(alice, "status") == "connected", 30,
+                 "alice's page reconnecting by itself")
+        assert re.search(r"\(reconnected after \d+ attempts\)", text(alice, "log"))
+        wait_for(lambda: text(alice, "who") == "2 here: alice, bob", 15, "presence again")
+        say(alice, "back again")
+        wait_for(lambda: "alice: back again" in text(bob, "log"), 10,
+                 "a message after the reconnect")
+        assert text(bob, "status") == "connected"  # the other gateway never dropped bob
