@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HANDLER ?= examples.hello:fun
 PORT    ?= 8000
 
-.PHONY: run test lint typecheck unit integration conformance bench loadtest clean
+.PHONY: run test lint typecheck unit integration conformance compose-test bench loadtest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,15 @@ unit: $(STAMP)
 
 integration: $(TOOLS)
 	$(BIN)/pytest -q tests/integration
+
+## make compose-test: `docker compose up` for real, under podman, with images built here
+## from Debian packages (docker-compose v1 against podman's API; a few minutes)
+compose-test: $(TOOLS)
+	@if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  echo "installing podman and debootstrap with apt-get"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman debootstrap >/dev/null; \
+	fi
+	CLUSTER_COMPOSE_TEST=1 $(BIN)/pytest -q -s tests/compose
 
 ## make conformance: Autobahn sections 12 and 13 (compression; about 7 minutes)
 conformance: $(STAMP)

@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,11 @@ class Curve:
 Security = Curve | Plaintext
 
 
-def for_process(keys: str, key_name: str, insecure: bool, role: str) -> Security:
-    """The security a process runs with, from its --keys, --key-name and --insecure."""
+def for_process(keys: str, key_name: str, insecure: bool, role: str,
+                wait: float = 0.0) -> Security:
+    """The security a process runs with, from its --keys, --key-name and --insecure.
+    Keys not there yet are waited for, up to `wait` seconds: in a compose project the
+    one-shot service that writes them may still be at work when we start."""
     if insecure:
         log.warning("--insecure: ZeroMQ links are plaintext and unauthenticated; anyone "
                     "who can reach this process's ports is a member of the cluster")
@@ -143,7 +147,15 @@ def for_process(keys: str, key_name: str, insecure: bool, role: str) -> Security
     if not keys:
         raise ConfigError("--keys DIR is required (`cluster keygen DIR coordinator gateway "
                           "worker` makes one), or --insecure for plaintext")
-    return Curve(keys, key_name or role)
+    name = key_name or role
+    needed = [Path(keys) / f"{name}.key_secret", Path(keys) / f"{COORDINATOR_KEY}.key"]
+    deadline = time.monotonic() + wait
+    if not all(p.exists() for p in needed) and wait > 0:
+        log.info("waiting up to %gs for %s and %s.key in %s", wait, needed[0].name,
+                 COORDINATOR_KEY, keys)
+        while not all(p.exists() for p in needed) and time.monotonic() < deadline:
+            time.sleep(0.2)  # poll: a directory another process is writing
+    return Curve(keys, name)
 
 
 class Gatekeeper:

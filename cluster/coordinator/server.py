@@ -163,7 +163,8 @@ class Coordinator:
 
 def serve(config: CoordinatorConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
-        security = for_process(config.keys, config.key_name, config.insecure, "coordinator")
+        security = for_process(config.keys, config.key_name, config.insecure, "coordinator",
+                           wait=config.start_timeout)
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         coordinator = Coordinator(config, ctx, security)
         coordinator.start(asyncio.get_running_loop())

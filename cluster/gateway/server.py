@@ -273,7 +273,8 @@ class Gateway:
 
 def serve(config: GatewayConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
-        security = for_process(config.keys, config.key_name, config.insecure, "gateway")
+        security = for_process(config.keys, config.key_name, config.insecure, "gateway",
+                           wait=config.start_timeout)
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         gateway = Gateway(config, asyncio.get_running_loop(), ctx, security)
         info = await gateway.start()

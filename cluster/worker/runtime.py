@@ -687,7 +687,8 @@ def pin(cpu: int) -> None:
 def serve(config: WorkerConfig) -> None:
     if config.cpu >= 0:
         pin(config.cpu)
-    security = for_process(config.keys, config.key_name, config.insecure, "worker")
+    security = for_process(config.keys, config.key_name, config.insecure, "worker",
+                           wait=config.start_timeout)
     handler = load_handler(config.handler)  # fails before any socket is opened
     worker_id = f"wk-{uuid.uuid4().hex[:12]}"
 

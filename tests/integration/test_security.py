@@ -281,3 +281,26 @@ def test_keygen_writes_private_pairs_and_keeps_existing_ones(tmp_path: Path) -> 
     bad = cluster_cmd("keygen", str(directory), "../escape")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
+
+
+def test_a_process_waits_for_keys_being_written_then_starts(tmp_path: Path) -> None:
+    """As in a compose project, where the one-shot keys service may still be at work:
+    a process whose pair is missing waits (up to --start-timeout), then starts."""
+    with cluster() as c:
+        gw = c.gateway()
+        later = tmp_path / "keys"
+        later.mkdir()
+        worker = c.worker("tests.apps.handlers:app", env={"CLUSTER_KEYS": str(later)},
+                          wait_ready=False)
+        worker.wait_log("waiting up to")
+        for name in ("coordinator.key", "gateway.key", "worker.key", "worker.key_secret",
+                     "probe.key"):
+            shutil.copy(Path(c.keys) / name, later / name)
+        wait_for(lambda: get(int(gw.ready["port"]), "/pid").status == 200, 15,
+                 "the worker serving once its keys are there")
+        from tests.integration.test_cli import cluster_cmd
+        empty = tmp_path / "never"
+        empty.mkdir()
+        result = cluster_cmd("worker", "--handler", "tests.apps.handlers:app", "--keys",
+                             str(empty), "--coordinator", c.endpoint, "--start-timeout", "1")
+        assert result.returncode == 2 and "cannot load" in result.stderr, result.stderr
