@@ -1,11 +1,14 @@
 """`cluster run`: start a coordinator, gateways and workers as child processes.
 
 Each child is the ordinary command (`python -m cluster gateway ...`) with its
-configuration as flags, plus a pipe on which it reports readiness as one JSON line.
-A child that exits unexpectedly is started again after a backoff that doubles up to
-`MAX_BACKOFF` and resets once the child has stayed up for `STABLE_AFTER`; its
-ports are pinned to the ones it first bound, so peers find it again. SIGINT or
-SIGTERM stops gateways first (they drain), then workers, then the coordinator.
+configuration as flags, plus a pipe on which it reports readiness as one JSON line
+and then beats (`cluster.child`). A child that exits unexpectedly, or whose beats
+stop for `--child-timeout` (it hangs: killed), is started again after a backoff
+that doubles up to `MAX_BACKOFF` and resets once the child has stayed up for
+`STABLE_AFTER`; its ports are pinned to the ones it first bound, so peers find it
+again. SIGHUP, or a changed file under `--reload`, replaces the workers one at a
+time (`RollingRestart`). SIGINT or SIGTERM stops gateways first (they drain), then
+workers, then the coordinator. With `--state-backend` there is no coordinator.
 """
 
 from __future__ import annotations
