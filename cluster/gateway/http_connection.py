@@ -128,6 +128,7 @@ class HttpConnection(asyncio.Protocol):
         self.conn_id = ctx.next_conn
         self.addr: list[Any] = ["", 0]
         self.ws: Session | None = None  # set once this connection became a WebSocket
+        self.pending_upgrade: Request | None = None  # behind pipelined requests
         # A response finished, or the client drained: made by the first file sender
         # that waits for its turn (an Event and its deque are 0.7 KiB a connection).
         self._turn: asyncio.Event | None = None
@@ -227,7 +228,8 @@ class HttpConnection(asyncio.Protocol):
                     self.transport.write(CONTINUE_RESPONSE)
             elif isinstance(event, ProtocolError):
                 self._on_protocol_error(event)
-        if core.upgraded and not self.closing and self.ws is None:
+        if core.upgraded and not self.closing and self.ws is None and \
+                self.pending_upgrade is None:
             # No protocol switch here: answer the request, then close.
             self.closing = True
             if self.exchanges:
@@ -276,10 +278,14 @@ class HttpConnection(asyncio.Protocol):
         hub = self.ctx.hub
         transport = self.transport
         assert transport is not None
-        if hub is None or self.exchanges:
-            # Upgrading behind pipelined requests is not supported: refuse it cleanly.
-            self._on_protocol_error(ProtocolError(400, "WebSocket upgrade while requests "
-                                                       "are in flight"))
+        if hub is None:
+            self._on_protocol_error(ProtocolError(400, "no WebSockets here"))
+            return
+        if self.exchanges:
+            # Pipelined behind requests still being answered: the switch waits until
+            # their responses are written, in order (see _advance); nothing more is
+            # read meanwhile (the parser stopped at the upgrade).
+            self.pending_upgrade = request
             return
         core = WebSocketCore(self.ctx.ws_options)
         refusal = core.open_handshake(request)
@@ -374,6 +380,10 @@ class HttpConnection(asyncio.Protocol):
                 for part in parts:
                     self._write_part(head, part)
         self.last_activity = self.loop.time()
+        if not exchanges and self.pending_upgrade is not None and not self.closing:
+            request, self.pending_upgrade = self.pending_upgrade, None
+            self._upgrade(request)
+            return
         if self.reading_paused or self.closing:
             self._update_reading()
         self._wake()

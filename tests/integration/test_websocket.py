@@ -383,3 +383,33 @@ def test_publisher_from_outside_reaches_every_gateway(ws_cluster: Fixture) -> No
             assert await recv_json(a) == {"n": 1} and await recv_json(b) == {"n": 1}
             assert await e.recv() == "direct"
     run(go())
+
+
+def test_an_upgrade_pipelined_behind_requests_switches_after_their_answers(
+        ws_cluster: Fixture) -> None:
+    """Two plain requests and a WebSocket upgrade in one write: both answered, in
+    order, then 101, and the connection speaks WebSocket (before: 400)."""
+    import socket
+    port = int(ws_cluster[1][1].ready["port"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /sleep/0.2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        while not (b"HTTP/1.1 101" in data and data.endswith(b"\r\n\r\n")):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        first = data.index(b"plain http still works")
+        second = data.index(b"slept")
+        switch = data.index(b"HTTP/1.1 101")
+        assert first < second < switch, data
+        sock.sendall(wsclient.frame(0x1, b"hi after the pipeline"))
+        reply = b""
+        while b"hi after the pipeline" not in reply:
+            chunk = sock.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        assert reply[0] == 0x81  # a text frame, unmasked, from the server
