@@ -42,6 +42,8 @@ class MemberLink(Protocol):
 
     def close(self) -> None: ...
 
+    async def wait_closed(self) -> None: ...
+
 
 class CoordinatorLink:
     def __init__(self, config: Common, ctx: zmq.Context[zmq.Socket[bytes]], member_id: str,
@@ -147,3 +149,6 @@ class CoordinatorLink:
         if self.pump is not None:
             self.pump.post(wire.envelope(wire.BYE, id=self.member_id))
             self.pump.close()
+
+    async def wait_closed(self) -> None:
+        """The BYE is queued by close(); nothing to wait for."""

@@ -57,6 +57,7 @@ class EtcdMembership:
         self.registered = asyncio.Event()
         self.listed = False  # the table was read once
         self._stopping_watch: asyncio.Future[None] | None = None
+        self._leaving: asyncio.Task[None] | None = None
         self.ttl = max(2, math.ceil(config.peer_expiry))
         self.lease: aetcd.Lease | None = None
         self.last_refresh = 0.0
@@ -178,6 +179,13 @@ class EtcdMembership:
         for task in self._tasks:
             task.cancel()
         self._leaving = asyncio.get_running_loop().create_task(self._leave())
+
+    async def wait_closed(self) -> None:
+        """Until our lease is revoked (at most a second): we leave the table now."""
+        leaving = self._leaving
+        if leaving is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(leaving), 1.5)
 
     async def _leave(self) -> None:
         """Revoke our lease, so we leave the table now rather than at its expiry."""

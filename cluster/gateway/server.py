@@ -264,6 +264,7 @@ class Gateway:
             task.cancel()
         if self.coordinator is not None:
             self.coordinator.close()
+            await self.coordinator.wait_closed()
         if self.dispatcher.pump is not None:
             self.dispatcher.pump.close(linger=0.5)  # the BYEs still go
         self._monitor.close()

@@ -667,6 +667,7 @@ class Worker:
             link.close(linger=0.0 if link.gone else self.config.heartbeat_interval)
         self.state.close()
         self.coordinator.close()
+        await self.coordinator.wait_closed()
         self.metrics_server.close()
         # Threads still in a handler past the grace are not waited for: we exit.
         self.pool.shutdown(timeout=max(0.0, deadline - self.loop.time()))
