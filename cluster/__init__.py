@@ -5,10 +5,34 @@ coordinator code.
 """
 
 from cluster.app import App
-from cluster.realtime import DEFER, broadcast, close, join, leave, members, push, reply
+from cluster.realtime import (
+    DEFER,
+    broadcast,
+    close,
+    join,
+    leave,
+    members,
+    publish,
+    push,
+    reply,
+)
 from cluster.responses import redirect
 from cluster.state import StateError, StateUnavailable
 
-__all__ = ["DEFER", "App", "StateError", "StateUnavailable", "__version__", "broadcast",
-           "close", "join", "leave", "members", "push", "redirect", "reply"]
+__all__ = [
+    "DEFER",
+    "App",
+    "StateError",
+    "StateUnavailable",
+    "__version__",
+    "broadcast",
+    "close",
+    "join",
+    "leave",
+    "members",
+    "publish",
+    "push",
+    "redirect",
+    "reply",
+]
 __version__ = "0.1.0"

@@ -88,6 +88,9 @@ class CoordinatorConfig(Common):
     snapshot_every: int = opt(10_000, "log records between snapshots")
     max_value: int = opt(1024 * 1024, "largest state value, bytes (msgpack-encoded)")
     max_keys: int = opt(1_000_000, "most keys in the shared state")
+    history_size: int = opt(1000, "messages kept per group published with history "
+                            "(cluster.publish), for clients that reconnect")
+    history_ttl: float = opt(300.0, "seconds a group's message is kept for recovery")
 
     def validate(self) -> None:
         super().validate()
@@ -95,8 +98,12 @@ class CoordinatorConfig(Common):
             raise ConfigError("--fsync must be always or batch")
         if self.fsync_interval <= 0:
             raise ConfigError("--fsync-interval must be > 0")
-        if self.snapshot_every < 1 or self.max_value < 1 or self.max_keys < 1:
-            raise ConfigError("--snapshot-every, --max-value and --max-keys must be >= 1")
+        if self.snapshot_every < 1 or self.max_value < 1 or self.max_keys < 1 or \
+                self.history_size < 1:
+            raise ConfigError("--snapshot-every, --max-value, --max-keys and "
+                              "--history-size must be >= 1")
+        if self.history_ttl <= 0:
+            raise ConfigError("--history-ttl must be > 0")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class PushRuntime(Protocol):
 
     def reply(self, gateway_id: str, number: int, msg: Any) -> bool: ...
 
+    def publish(self, group: str, data: Any) -> None: ...
+
     def on_loop(self) -> bool: ...
 
     async def members(self, group: str) -> list[str]: ...
@@ -92,6 +94,17 @@ def broadcast(group: str, data: Any, exclude: str | None = None) -> None:
     ex_gateway, ex_number = split_conn(exclude)
     rt = _rt()
     rt.act(None, ["broadcast-except", group, payload, ex_gateway, ex_number])
+
+
+def publish(group: str, data: Any) -> None:
+    """A broadcast with history: the coordinator numbers it (offsets 1, 2, ... per
+    group, under an epoch) and keeps the last --history-size for --history-ttl, and
+    each member gets `{"group", "epoch", "offset", "data"}` as a JSON text frame.
+    `data` must be JSON-able. A client that reconnects with the (epoch, offset) it
+    last saw, subscribed with `{"subscribe": {"group": g, "since": [epoch, offset]}}`,
+    gets what it missed, once and in order, then the live messages
+    (docs/websocket.md). Fire and forget, like broadcast."""
+    _rt().publish(group, data)
 
 
 def join(conn: str, group: str) -> bool:

@@ -55,6 +55,12 @@ WS_ACTIONS = "wsa"  # worker -> gateway: accept/reject, send, close, join, leave
 WS_QUERY = "wsq"  # worker -> gateway: who is in this group here?
 WS_QUERY_REPLY = "wsqr"  # gateway -> worker: the connection ids in that group
 
+# Group history (publish with offsets; recovery after a reconnect), via the coordinator
+HISTORY_PUBLISH = "hpub"  # worker -> coordinator: number and keep this group message
+HISTORY_MESSAGE = "hmsg"  # coordinator -> gateway: a numbered group message, to deliver
+HISTORY_QUERY = "hq"  # gateway -> coordinator: this group's messages after (epoch, offset)
+HISTORY_ANSWER = "hans"  # coordinator -> gateway: them, and whether that is all of them
+
 # Deferred replies (seed Homor's suspended requests)
 DEFERRED = "dfr"  # worker -> gateway: this request is answered later; my credit is free
 DEFERRED_REPLY = "drep"  # any worker -> gateway: the answer to a deferred request
@@ -107,6 +113,10 @@ SCHEMA: dict[str, dict[str, type]] = {
     DEFERRED: {"id": _INT},
     DEFERRED_REPLY: {"id": _INT, "status": _INT, "head": _BYTES, "body": _BYTES},
     WS_QUERY: {"rid": _INT, "group": _STR},
+    HISTORY_PUBLISH: {"id": _STR, "group": _STR},
+    HISTORY_MESSAGE: {"group": _STR, "epoch": _STR, "offset": _INT},
+    HISTORY_QUERY: {"id": _STR, "rid": _INT, "group": _STR},
+    HISTORY_ANSWER: {"rid": _INT, "epoch": _STR, "messages": _LIST, "complete": _BOOL},
     WS_QUERY_REPLY: {"rid": _INT, "conns": _LIST},
 }
 

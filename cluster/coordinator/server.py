@@ -17,6 +17,7 @@ import zmq
 
 from cluster import wire
 from cluster.config import CoordinatorConfig
+from cluster.coordinator.history import HistoryBook
 from cluster.coordinator.membership import Membership
 from cluster.coordinator.metrics import CoordinatorMetrics
 from cluster.coordinator.state_service import StateService
@@ -29,7 +30,8 @@ log = logging.getLogger("cluster.coordinator")
 
 # What members send the coordinator; the wire schema gives each of them an "id".
 MEMBER_KINDS = frozenset({wire.HEARTBEAT, wire.REGISTER, wire.STATE_OP,
-                          wire.SNAPSHOT_REQUEST, wire.SYNC, wire.BYE})
+                          wire.SNAPSHOT_REQUEST, wire.SYNC, wire.BYE,
+                          wire.HISTORY_PUBLISH, wire.HISTORY_QUERY})
 
 
 class Coordinator:
@@ -40,6 +42,7 @@ class Coordinator:
         # ZAP answers before the first client can connect.
         self.gatekeeper = self.security.gatekeeper(ctx)
         self.membership = Membership(config.peer_expiry)
+        self.history = HistoryBook(config.history_size, config.history_ttl)
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.security.server(self.sock)
@@ -121,12 +124,33 @@ class Coordinator:
                 self.state.on_snapshot_request(peer, msg)
             elif kind == wire.SYNC:
                 self.send_members(peer)
+            elif kind == wire.HISTORY_PUBLISH:
+                self.publish_history(msg["group"], msg.get("data"), now)
+            elif kind == wire.HISTORY_QUERY:
+                epoch, offset = msg.get("epoch"), msg.get("offset")
+                kept, complete = self.history.since(
+                    msg["group"], epoch if isinstance(epoch, str) else None,
+                    offset if type(offset) is int else None, now)
+                self.send(peer, wire.envelope(wire.HISTORY_ANSWER, rid=msg["rid"],
+                                              epoch=self.history.epoch, messages=kept,
+                                              complete=complete))
             elif kind == wire.BYE and self.membership.leave(member_id):
                 log.info("%s left", member_id)
                 self.routes.pop(member_id, None)
                 changed = True
         if changed:
             self.publish()
+
+    def publish_history(self, group: str, data: Any, now: float) -> None:
+        """Number the group's message, keep it, and hand it to every gateway: the one
+        place all of a group's publishes pass, so its offsets are one order."""
+        offset = self.history.publish(group, data, now)
+        env = wire.envelope(wire.HISTORY_MESSAGE, group=group, epoch=self.history.epoch,
+                            offset=offset, data=data)
+        for member in self.membership.members.values():
+            peer = self.routes.get(member.id)
+            if member.role == "gateway" and peer is not None:
+                self.send(peer, env)
 
     def send(self, peer: bytes, msg: dict[str, Any]) -> None:
         assert self.pump is not None

@@ -10,10 +10,12 @@ import socket
 import ssl
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import zmq
 
+from cluster import wire
 from cluster.config import GatewayConfig
 from cluster.errors import ConfigError
 from cluster.gateway.admission import Admission
@@ -146,8 +148,11 @@ class Gateway:
             # No coordinator to list the metrics endpoints: every gateway does.
             self.metrics_server.pages["/targets"] = lambda: targets_page(self.members)
         else:
-            coordinator = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
-                                          self._on_members, security=self.security)
+            link = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
+                                   self._on_members, self._on_coordinator,
+                                   security=self.security)
+            self.hub.ask_history = partial(self._ask_history, link)
+            coordinator = link
         self.coordinator = coordinator
         coordinator.start(self.loop)
         if not config.local_reply:  # the benchmark's no-hop mode needs no cluster
@@ -172,6 +177,19 @@ class Gateway:
 
     def _on_members(self, members: list[dict[str, Any]]) -> None:
         self.members = members
+
+    def _on_coordinator(self, msg: dict[str, Any]) -> None:
+        if msg["k"] in (wire.HISTORY_MESSAGE, wire.HISTORY_ANSWER):
+            self.hub.on_history(msg)
+
+    def _ask_history(self, link: CoordinatorLink, rid: int, group: str, epoch: str,
+                     offset: int) -> bool:
+        """A recovery's question to the coordinator (see gateway/ws_history.py)."""
+        if not link.connected:
+            return False
+        link.post(wire.envelope(wire.HISTORY_QUERY, id=self.id, rid=rid, group=group,
+                                epoch=epoch, offset=offset))
+        return True
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: listening, not stopping, and some worker takes requests."""

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from cluster import wire
 from cluster.gateway.http_core import error_response
 from cluster.gateway.ws_core import Binary, Closed, Event, Text, WebSocketCore
+from cluster.gateway.ws_history import GroupFeed
 
 log = logging.getLogger("cluster.gateway.ws")
 
@@ -134,6 +135,11 @@ class WebSocketHub:
         # one per message (the write syscall is most of a broadcast's cost).
         self._unflushed: set[int] = set()
         self._flush_scheduled = False
+        # Numbered group messages and recovery (cluster.publish); the gateway sets
+        # `ask_history` once its coordinator link exists.
+        self.ask_history: Callable[[int, str, str, int], bool] = lambda *_: False
+        self.feed = GroupFeed(self._queue_text, lambda g: self.groups.get(g, set()),
+                              lambda *args: self.ask_history(*args), open_timeout)
 
     # -- from client connections ------------------------------------------------
     def open(self, conn: int, core: WebSocketCore, transport: Transport,
@@ -190,6 +196,22 @@ class WebSocketHub:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_unflushed)
 
+    def _queue_text(self, conn: int, text: str) -> None:
+        self._send(conn, text, self._unflushed)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._unflushed and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_unflushed)
+
+    def on_history(self, msg: dict[str, Any]) -> None:
+        """A numbered group message, or an answer to a recovery, from the coordinator."""
+        if msg["k"] == wire.HISTORY_MESSAGE:
+            self.feed.on_message(msg["group"], msg["epoch"], msg["offset"], msg.get("data"))
+        elif msg["k"] == wire.HISTORY_ANSWER:
+            self.feed.on_answer(msg["rid"], msg["epoch"], msg["messages"], msg["complete"])
+
     def _flush_unflushed(self) -> None:
         self._flush_scheduled = False
         touched, self._unflushed = self._unflushed, set()
@@ -238,6 +260,12 @@ class WebSocketHub:
             group = str(action[2])
             session.groups.discard(group)
             self._remove_member(group, conn)
+        elif name == "subscribe":  # join, and recover what was missed since (epoch, offset)
+            group = str(action[2])
+            self.groups.setdefault(group, set()).add(conn)
+            session.groups.add(group)
+            if action[3] is not None:
+                self.feed.subscribe(conn, group, action[3], action[4], self.loop.time())
         else:
             raise ValueError(f"unknown action {name!r}")
 
@@ -306,6 +334,7 @@ class WebSocketHub:
                                                     code=code, reason=reason))
 
     def _drop(self, session: Session) -> None:
+        self.feed.forget(session.conn)
         session.closed = True
         self.sessions.pop(session.conn, None)
         for group in session.groups:
@@ -349,6 +378,8 @@ class WebSocketHub:
         no worker decided in time gets 504. Called for every session in turn."""
         if session.closed:
             return
+        if self.feed.recovering:
+            self.feed.check(session.conn, now)
         if not session.accepted:
             if now - session.opened_at > self.open_timeout:
                 log.warning("WebSocket %s: no decision from the worker; 504", session.conn)

@@ -223,6 +223,7 @@ class Worker:
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)},
                                             ready=self.readiness)
         self.gateways: dict[str, tuple[str, str]] = {}  # from membership: endpoint, key
+        self._said_no_history = False
 
     async def start_metrics(self) -> str:
         """Serve /metrics if configured; the host:port Prometheus should scrape, or ''."""
@@ -596,6 +597,23 @@ class Worker:
             self.loop.call_soon_threadsafe(self._post_to_gateway, gateway_id, env)
             return gateway_id in self.links
         return self._post_to_gateway(gateway_id, env)
+
+    def publish(self, group: str, data: Any) -> None:
+        """cluster.publish: to the coordinator, which numbers, keeps and fans out."""
+        if isinstance(self.coordinator, CoordinatorLink):
+            env = wire.envelope(wire.HISTORY_PUBLISH, id=self.id, group=group, data=data)
+            if threading.get_ident() != self.loop_thread:
+                self.loop.call_soon_threadsafe(self.coordinator.post, env)
+            else:
+                self.coordinator.post(env)
+            return
+        # On etcd there is no coordinator to number messages (not built yet): a plain
+        # broadcast, without offsets, said once.
+        if not self._said_no_history:
+            self._said_no_history = True
+            log.warning("cluster.publish on --state-backend etcd: no history there yet; "
+                        "sent as a plain broadcast")
+        self.act(None, ["broadcast", group, realtime.frame_data(data), None])
 
     def _post_to_gateway(self, gateway_id: str, env: dict[str, Any]) -> bool:
         link = self.links.get(gateway_id)

@@ -71,6 +71,13 @@ def reply_actions(kind: str, number: int, msg: Any) -> list[list[Any]]:
         actions.append(["join", number, str(group)])
     for group in _many(msg.get("leave")):
         actions.append(["leave", number, str(group)])
+    for sub in _many(msg.get("subscribe")):
+        # {"group": g} joins; with "since": [epoch, offset] it also recovers.
+        if isinstance(sub, dict) and "group" in sub:
+            since = sub.get("since")
+            epoch, offset = since if isinstance(since, (list, tuple)) and \
+                len(since) == 2 else (None, None)
+            actions.append(["subscribe", number, str(sub["group"]), epoch, offset])
     send = msg.get("send")
     for data in (send if isinstance(send, list) else _many(send)):
         actions.append(["send", number, frame_data(data)])

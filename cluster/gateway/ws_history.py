@@ -1,0 +1,126 @@
+"""Numbered group messages at one gateway: delivery, and recovery at a reconnect.
+
+A message published with history (`cluster.publish`) reaches every gateway from the
+coordinator with its group's epoch and offset, and goes to each member of the group
+as a JSON text frame `{"group", "epoch", "offset", "data"}`.
+
+A connection that subscribes with the (epoch, offset) it last saw is recovered:
+1. it joins the group at once, and live messages for it are held, not sent;
+2. the coordinator is asked for the group's messages after that offset;
+3. the answer is sent first, headed by `{"group", "epoch", "recovered": true}` (or
+   `false`: the epoch changed or the offset is too old, nothing is sent for it),
+4. then the held live messages, skipping the offsets the answer already gave,
+5. then live delivery, which never sends an offset at or below one already sent.
+
+So across the seam every message arrives once and in order. No answer within the
+timeout counts as `recovered: false`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("cluster.gateway.ws")
+
+Key = tuple[int, str]  # connection, group
+
+
+@dataclass
+class Recovery:
+    since: int
+    started: float
+    held: list[tuple[int, str, Any]] = field(default_factory=list)  # offset, epoch, data
+
+
+class GroupFeed:
+    def __init__(self, send: Callable[[int, str], None],
+                 members: Callable[[str], set[int]],
+                 ask: Callable[[int, str, str, int], bool], timeout: float) -> None:
+        self.send = send  # (conn, text): queue a text frame for a connection
+        self.members = members  # group -> connections here
+        self.ask = ask  # (rid, group, epoch, offset) -> asked the coordinator?
+        self.timeout = timeout
+        self.last: dict[Key, int] = {}  # the newest offset sent to a connection
+        self.recovering: dict[Key, Recovery] = {}
+        self.queries: dict[int, Key] = {}
+        self._rid = 0
+        self.recovered = 0
+        self.unrecoverable = 0
+
+    def subscribe(self, conn: int, group: str, epoch: Any, offset: Any, now: float) -> None:
+        """The connection (already joined to `group`) resumes after (epoch, offset)."""
+        key = (conn, group)
+        if not isinstance(epoch, str) or not isinstance(offset, int) or \
+                isinstance(offset, bool) or offset < 0:
+            self._announce(key, "", False)
+            return
+        self._rid += 1
+        self.recovering[key] = Recovery(offset, now)
+        self.queries[self._rid] = key
+        if not self.ask(self._rid, group, epoch, offset):
+            self.queries.pop(self._rid, None)
+            self._finish(key, "", [], False)
+
+    def on_message(self, group: str, epoch: str, offset: int, data: Any) -> None:
+        frame = None
+        for conn in list(self.members(group)):
+            key = (conn, group)
+            recovery = self.recovering.get(key)
+            if recovery is not None:
+                recovery.held.append((offset, epoch, data))
+            elif offset > self.last.get(key, 0):
+                frame = frame or _frame(group, epoch, offset, data)
+                self.last[key] = offset
+                self.send(conn, frame)
+
+    def on_answer(self, rid: int, epoch: str, messages: list[Any], complete: bool) -> None:
+        key = self.queries.pop(rid, None)
+        if key is None or key not in self.recovering:
+            return  # its connection left, or it timed out
+        self._finish(key, epoch, messages, complete)
+
+    def check(self, conn: int, now: float) -> None:
+        """A recovery with no answer in time: as if unrecoverable."""
+        for key in [k for k in self.recovering if k[0] == conn]:
+            if now - self.recovering[key].started > self.timeout:
+                log.warning("no history answer for %s within %.0fs", key, self.timeout)
+                self._finish(key, "", [], False)
+
+    def forget(self, conn: int) -> None:
+        for table in (self.last, self.recovering):
+            for key in [k for k in table if k[0] == conn]:
+                del table[key]
+
+    def _finish(self, key: Key, epoch: str, messages: list[Any], complete: bool) -> None:
+        recovery = self.recovering.pop(key)
+        conn, group = key
+        self._announce(key, epoch, complete)
+        last = recovery.since if complete else 0
+        if complete:
+            for item in messages:
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) \
+                        and item[0] > last:
+                    last = item[0]
+                    self.send(conn, _frame(group, epoch, item[0], item[1]))
+        for offset, held_epoch, data in recovery.held:
+            if offset > last:
+                last = offset
+                self.send(conn, _frame(group, held_epoch, offset, data))
+        self.last[key] = last
+
+    def _announce(self, key: Key, epoch: str, complete: bool) -> None:
+        if complete:
+            self.recovered += 1
+        else:
+            self.unrecoverable += 1
+        self.send(key[0], json.dumps({"group": key[1], "epoch": epoch,
+                                      "recovered": complete}, separators=(",", ":")))
+
+
+def _frame(group: str, epoch: str, offset: int, data: Any) -> str:
+    return json.dumps({"group": group, "epoch": epoch, "offset": offset, "data": data},
+                      separators=(",", ":"), default=str)
