@@ -6,11 +6,14 @@
 
 Names live in the shared state (`name:<conn>`), so any worker can list who is in a
 room; group membership lives in the gateways, and `members()` asks all of them.
+Messages are published with history: a page that lost its connection (a gateway
+restarted, the network blinked) reconnects with the last (epoch, offset) it saw and
+gets what it missed, once and in order (docs/websocket.md).
 """
 
 from typing import Any
 
-from cluster import App, broadcast, members
+from cluster import App, broadcast, members, publish
 
 app = App()
 
@@ -27,7 +30,7 @@ height:20em;overflow:auto;padding:.5em}#who{color:#555}#status{color:#a60}</styl
 // One connection at a time. When it drops (a gateway restarts, the network blinks),
 // reconnect by ourselves after a pause that doubles from 0.5 s up to 8 s, with some
 // jitter so a whole room does not come back at the same instant; say so on the page.
-let ws = null, wanted = false, attempt = 0, timer = null;
+let ws = null, wanted = false, attempt = 0, timer = null, since = "";
 const $ = (id) => document.getElementById(id);
 const log = (t) => { const p = document.createElement("div"); p.textContent = t;
   const l = $("log"); l.appendChild(p); l.scrollTop = 1e9; };
@@ -36,10 +39,14 @@ function connect() {
   const room = encodeURIComponent($("room").value);
   const name = encodeURIComponent($("name").value);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  ws = new WebSocket(`${scheme}://${location.host}/chat/${room}?name=${name}`);
+  const resume = since ? `&since=${encodeURIComponent(since)}` : "";
+  ws = new WebSocket(`${scheme}://${location.host}/chat/${room}?name=${name}${resume}`);
   ws.onmessage = (e) => { const m = JSON.parse(e.data);
     if (m.type === "presence") $("who").textContent = `${m.count} here: ${m.names.join(", ")}`;
-    else log(`${m.name}: ${m.text}`); };
+    else if ("recovered" in m) log(m.recovered ? "(caught up)" :
+                                   "(some messages were missed: too long away)");
+    else if ("offset" in m) { since = `${m.epoch}:${m.offset}`;
+                              log(`${m.data.name}: ${m.data.text}`); } };
   ws.onopen = () => {
     if (attempt > 0) { log(`(reconnected after ${attempt} attempts)`); }
     status("connected"); attempt = 0; ws.send("/hello"); };
@@ -54,7 +61,7 @@ function connect() {
   };
 }
 $("join").onclick = () => {
-  clearTimeout(timer);
+  clearTimeout(timer); since = "";
   if (ws) { ws.onclose = null; ws.close(); }  // the old room's: no reconnect for it
   wanted = true; attempt = 0; connect();
 };
@@ -83,14 +90,18 @@ async def chat(req: dict[str, Any], room: str) -> dict[str, Any] | None:
     name = req["query"].get("name", "guest")[:40]
     if req["type"] == "ws.connect":
         await state.aset(f"name:{conn}", name)
-        return {"accept": True, "join": group}
+        epoch, _, offset = req["query"].get("since", "").partition(":")
+        if epoch and offset.isdigit():  # a reconnect: what it missed, then live
+            return {"accept": True, "subscribe": {"group": group,
+                                                  "since": [epoch, int(offset)]}}
+        return {"accept": True, "subscribe": {"group": group}}
     if req["type"] == "ws.message":
         text = (req["text"] or "")[:2000]
         if text == "/hello":  # sent on open, once our join is in place at the gateway
             broadcast(group, await presence(state, group))
             return None
-        broadcast(group, {"type": "message", "name": state.get(f"name:{conn}", name),
-                          "text": text})
+        publish(group, {"type": "message", "name": state.get(f"name:{conn}", name),
+                        "text": text})
         return None
     # ws.close: forget the name, tell the room who is left
     await state.adelete(f"name:{conn}")

@@ -73,7 +73,8 @@ class ChatUser(User):
                 raw = self.ws.recv()
                 length = len(raw)
                 msg: dict[str, Any] = json.loads(raw)
-                if msg.get("type") == "message" and msg.get("text") == text:
+                data = msg.get("data")  # chat messages are published with an offset
+                if isinstance(data, dict) and data.get("text") == text:
                     break
         except Exception as exc:  # reported to locust as a failed request
             error = exc

@@ -1,6 +1,7 @@
 """The chat page in a real browser: Debian's Chromium, headless, driven by selenium
 through Debian's chromedriver (no browser download). Two browsers on two gateways;
-when a gateway restarts, the page reconnects by itself and says so. A failing test
+when a gateway restarts, the page reconnects by itself, says so, and gets the
+message it missed meanwhile, once. A failing test
 leaves each browser's screenshot in reports/screenshots/."""
 
 from __future__ import annotations
@@ -97,10 +98,13 @@ def test_chat_across_gateways_and_reconnect_after_a_gateway_restart(
         wait_for(lambda: "reconnecting" in text(alice, "status") or
                  "reconnecting" in text(alice, "log"), 10, "alice's page noticing")
         assert "(closed 1006; reconnecting)" in text(alice, "log")
+        say(bob, "while you were away")  # alice must get it when she is back
         wait_for(lambda: len(run.pids("gateway-1")) == 2, 20, "the gateway restarted")
         wait_for(lambda: text(alice, "status") == "connected", 30,
                  "alice's page reconnecting by itself")
         assert re.search(r"\(reconnected after \d+ attempts\)", text(alice, "log"))
+        wait_for(lambda: "(caught up)" in text(alice, "log"), 10, "alice's recovery")
+        assert text(alice, "log").count("bob: while you were away") == 1
         wait_for(lambda: text(alice, "who") == "2 here: alice, bob", 15, "presence again")
         say(alice, "back again")
         wait_for(lambda: "alice: back again" in text(bob, "log"), 10,

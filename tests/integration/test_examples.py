@@ -32,12 +32,14 @@ def test_chat_across_two_gateways() -> None:
                         if pred(msg):
                             return msg
 
-                both = lambda m: m["type"] == "presence" and m["names"] == ["ann", "bob"]  # noqa: E731
+                both = lambda m: m.get("type") == "presence" and \
+                    m["names"] == ["ann", "bob"]  # noqa: E731
                 await until(ann, both)
                 await until(bob, both)
                 await ann.send("hi bob")
-                msg = await until(bob, lambda m: m["type"] == "message")
-                assert msg == {"type": "message", "name": "ann", "text": "hi bob"}
+                msg = await until(bob, lambda m: "offset" in m)  # published, numbered
+                assert msg["group"] == "room:lobby" and msg["offset"] == 1
+                assert msg["data"] == {"type": "message", "name": "ann", "text": "hi bob"}
         asyncio.run(asyncio.wait_for(go(), 20))
 
 
