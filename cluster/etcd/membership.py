@@ -40,6 +40,11 @@ from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.etcd.members")
 
+# A watch on a member that is cut off can go quiet without an error. The table is
+# small: with no event for RELIST lease periods it is read again, so it is never
+# staler than that, whatever the watch does.
+RELIST = 2
+
 
 class EtcdMembership:
     def __init__(self, config: Common, member_id: str, role: str, info: dict[str, Any],
@@ -48,6 +53,9 @@ class EtcdMembership:
         self.security = security if security is not None else Plaintext()
         self.target = parse_backend(config.state_backend)
         self.session = EtcdSession(self.target, config.peer_expiry)
+        # The watch has a channel of its own: the keep-alive's rotations must not
+        # close it under it (a closed channel's watch goes silent, not wrong).
+        self.watch_session = EtcdSession(self.target, config.peer_expiry)
         self.member_id = member_id
         self.role = role
         self.info = info
@@ -122,7 +130,7 @@ class EtcdMembership:
         end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
         while True:
             try:
-                listing = await self.session.call(
+                listing = await self.watch_session.call(
                     lambda c: c.get_prefix(self.prefix), self._deadline())
                 self.table = {}
                 revision = 0
@@ -134,13 +142,17 @@ class EtcdMembership:
                 self.listed = True
                 if self.lease is not None:  # our entry is written too: we are in
                     self.registered.set()
-                client = await self.session.client()
+                client = await asyncio.wait_for(self.watch_session.client(), self.ttl)
                 events: asyncio.Queue[Any] = asyncio.Queue()
-                watch = await client._watcher.add_callback(
-                    self.prefix, events.put, range_end=end, start_revision=revision + 1)
+                watch = await asyncio.wait_for(client._watcher.add_callback(
+                    self.prefix, events.put, range_end=end, start_revision=revision + 1),
+                    self.ttl)
                 try:
                     while True:
-                        event = await events.get()
+                        try:
+                            event = await asyncio.wait_for(events.get(), RELIST * self.ttl)
+                        except TimeoutError:
+                            break  # quiet for long: read the table again (see RELIST)
                         if isinstance(event, Exception):
                             raise event
                         if event.kind == "PUT":
@@ -154,7 +166,7 @@ class EtcdMembership:
                         stop_watch(client, watch.watch_id))
             except Exception as exc:
                 log.warning("etcd: membership watch broke (%r); reading it again", exc)
-                self.session.rotate(exc)
+                self.watch_session.rotate(exc)
                 await asyncio.sleep(0.2)
 
     def _put(self, key: bytes, value: bytes) -> None:
@@ -195,6 +207,7 @@ class EtcdMembership:
                 await self.session.call(lambda c: c.revoke_lease(lease.id),
                                         asyncio.get_running_loop().time() + 1.0)
         await self.session.close()
+        await self.watch_session.close()
 
 
 async def _refresh(lease_id: int, client: aetcd.Client) -> int:
