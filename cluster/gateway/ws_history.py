@@ -44,8 +44,10 @@ class GroupFeed:
         self.members = members  # group -> connections here
         self.ask = ask  # (rid, group, epoch, offset) -> asked the coordinator?
         self.timeout = timeout
-        self.last: dict[Key, int] = {}  # the newest offset sent to a connection
-        self.recovering: dict[Key, Recovery] = {}
+        # Per connection (so a connection's end costs only its own entries): the newest
+        # offset sent to it per group, and its recoveries under way.
+        self.last: dict[int, dict[str, int]] = {}
+        self.recovering: dict[int, dict[str, Recovery]] = {}
         self.queries: dict[int, Key] = {}
         self._rid = 0
         self.recovered = 0
@@ -59,7 +61,7 @@ class GroupFeed:
             self._announce(key, "", False)
             return
         self._rid += 1
-        self.recovering[key] = Recovery(offset, now)
+        self.recovering.setdefault(conn, {})[group] = Recovery(offset, now)
         self.queries[self._rid] = key
         if not self.ask(self._rid, group, epoch, offset):
             self.queries.pop(self._rid, None)
@@ -68,36 +70,40 @@ class GroupFeed:
     def on_message(self, group: str, epoch: str, offset: int, data: Any) -> None:
         frame = None
         for conn in list(self.members(group)):
-            key = (conn, group)
-            recovery = self.recovering.get(key)
+            recovery = self.recovering.get(conn, {}).get(group)
             if recovery is not None:
                 recovery.held.append((offset, epoch, data))
-            elif offset > self.last.get(key, 0):
+                continue
+            sent = self.last.setdefault(conn, {})
+            if offset > sent.get(group, 0):
                 frame = frame or _frame(group, epoch, offset, data)
-                self.last[key] = offset
+                sent[group] = offset
                 self.send(conn, frame)
 
     def on_answer(self, rid: int, epoch: str, messages: list[Any], complete: bool) -> None:
         key = self.queries.pop(rid, None)
-        if key is None or key not in self.recovering:
+        if key is None or key[1] not in self.recovering.get(key[0], {}):
             return  # its connection left, or it timed out
         self._finish(key, epoch, messages, complete)
 
     def check(self, conn: int, now: float) -> None:
         """A recovery with no answer in time: as if unrecoverable."""
-        for key in [k for k in self.recovering if k[0] == conn]:
-            if now - self.recovering[key].started > self.timeout:
-                log.warning("no history answer for %s within %.0fs", key, self.timeout)
-                self._finish(key, "", [], False)
+        for group, recovery in list(self.recovering.get(conn, {}).items()):
+            if now - recovery.started > self.timeout:
+                log.warning("no history answer for connection %s, group %r, within %.0fs",
+                            conn, group, self.timeout)
+                self._finish((conn, group), "", [], False)
 
     def forget(self, conn: int) -> None:
-        for table in (self.last, self.recovering):
-            for key in [k for k in table if k[0] == conn]:
-                del table[key]
+        self.last.pop(conn, None)
+        self.recovering.pop(conn, None)
 
     def _finish(self, key: Key, epoch: str, messages: list[Any], complete: bool) -> None:
-        recovery = self.recovering.pop(key)
         conn, group = key
+        pending = self.recovering[conn]
+        recovery = pending.pop(group)
+        if not pending:
+            del self.recovering[conn]
         self._announce(key, epoch, complete)
         last = recovery.since if complete else 0
         if complete:
@@ -110,7 +116,7 @@ class GroupFeed:
             if offset > last:
                 last = offset
                 self.send(conn, _frame(group, held_epoch, offset, data))
-        self.last[key] = last
+        self.last.setdefault(conn, {})[group] = last
 
     def _announce(self, key: Key, epoch: str, complete: bool) -> None:
         if complete:
