@@ -16,6 +16,7 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,12 +145,16 @@ class Child:
                 self.ready = lines[0]
                 self.last_beat = now
 
-    def wait_ready(self, timeout: float) -> dict[str, Any]:
-        """Block until ready; ChildFailed if it exits or `timeout` passes first."""
+    def wait_ready(self, timeout: float,
+                   abandon: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Block until ready; ChildFailed if it exits, `timeout` passes or `abandon()`
+        says so (a signal asked us to stop) first."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while self.ready is None:
             left = deadline - time.monotonic()
+            if abandon():
+                raise ChildFailed(f"stopped while waiting for {self.name} to be ready")
             if left <= 0:
                 raise ChildFailed(f"{self.name} did not become ready within {timeout:.0f}s")
             if self.fd < 0 or self.proc.poll() is not None:

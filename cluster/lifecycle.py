@@ -11,9 +11,11 @@ import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
+
+T = TypeVar("T")
 
 
 def setup_logging(level: str, role: str, fmt: str = "text") -> None:
@@ -107,6 +109,28 @@ async def beat_until_closed(fd: int, interval: float) -> None:
             os.close(fd)
 
 
+class StoppedWhileStarting(Exception):
+    """SIGTERM or SIGINT came while the process was still starting."""
+
+
+async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
+    """`work`'s result, or StoppedWhileStarting (and `work` cancelled) if `stop` is
+    set first: a process asked to stop while it waits for its peers stops now, not
+    when the wait times out."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise StoppedWhileStarting
+    return task.result()
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
                         ready_fd: int = -1, beat_interval: float = 1.0) -> None:
     """Run `main(stop)` on uvloop; SIGINT/SIGTERM set `stop` for an orderly exit.
@@ -120,8 +144,29 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None
         beats = loop.create_task(beat_until_closed(ready_fd, beat_interval))
         try:
             await main(stop)
+        except StoppedWhileStarting:
+            logging.getLogger("cluster").info("stopped while starting")
         finally:
             beats.cancel()
 
     raise_fd_limit()
+    if ready_fd >= 0:
+        die_with_parent()
     uvloop.run(runner())
+
+
+def die_with_parent() -> None:
+    """A process started by a supervisor (or a test) gets SIGTERM, and drains, if its
+    parent dies: killed with -9, it cannot stop its children, and they would serve on
+    unsupervised (Linux's PR_SET_PDEATHSIG; elsewhere nothing is done)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError) as exc:
+        logging.getLogger("cluster").debug("PR_SET_PDEATHSIG: %s", exc)
+    # (A parent that died in the few milliseconds before this call is not noticed:
+    # the reaper, often PID 1, is also a legitimate parent inside a container.)

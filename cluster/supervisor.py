@@ -126,6 +126,9 @@ class Supervisor:
         self.reloader: threading.Thread | None = None
         self.reloader_stop = threading.Event()
 
+    def _stop_asked(self) -> bool:
+        return self.stopping
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
             self.roll_wanted = True
@@ -157,7 +160,7 @@ class Supervisor:
         coord_cfg = subset(config, CoordinatorConfig, ready_fd=-1,
                            coordinator_bind=f"tcp://127.0.0.1:{port}")
         coordinator = self._spawn("coordinator", "coordinator", coord_cfg)
-        ready = coordinator.wait_ready(READY_TIMEOUT)
+        ready = coordinator.wait_ready(READY_TIMEOUT, self._stop_asked)
         endpoint: str = ready["endpoint"]
         # Pin the port: a restarted coordinator must be found where it was.
         coordinator.argv = child_command("coordinator", subset(
@@ -198,14 +201,14 @@ class Supervisor:
 
         urls = []
         for gateway, gw_cfg in gateways:
-            ready = gateway.wait_ready(READY_TIMEOUT + config.start_timeout)
+            ready = gateway.wait_ready(READY_TIMEOUT + config.start_timeout, self._stop_asked)
             bound = ready["port"]
             if not self.discovery:  # on etcd, every gateway serves discovery
                 self.discovery = ready.get("metrics", "")
             gateway.argv = child_command("gateway", subset(gw_cfg, GatewayConfig, port=bound))
             urls.append(f"http://{config.host}:{bound}")
         for worker in workers:
-            worker.wait_ready(READY_TIMEOUT)
+            worker.wait_ready(READY_TIMEOUT, self._stop_asked)
         return urls
 
     def watch(self) -> None:

@@ -29,7 +29,12 @@ from cluster.gateway.tls import TlsAcceptor, TlsCounters
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.http_fields import encode_fields
-from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.lifecycle import (
+    StoppedWhileStarting,
+    report_ready,
+    run_until_signalled,
+    unless_stopped,
+)
 from cluster.metrics import MetricsServer, metrics_page, target, targets_page
 from cluster.registry import CoordinatorLink, MemberLink
 from cluster.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
@@ -296,7 +301,11 @@ def serve(config: GatewayConfig) -> None:
                            wait=config.start_timeout)
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         gateway = Gateway(config, asyncio.get_running_loop(), ctx, security)
-        info = await gateway.start()
+        try:
+            info = await unless_stopped(gateway.start(), stop)
+        except StoppedWhileStarting:
+            ctx.destroy(linger=0)
+            raise
         report_ready(config.ready_fd, info)
         await stop.wait()
         log.info("gateway %s: stopping", gateway.id)

@@ -45,7 +45,12 @@ from cluster.errors import ConfigError, HandlerLoadError
 from cluster.etcd.membership import EtcdMembership
 from cluster.etcd.state import EtcdState
 from cluster.http_fields import BadField, encode_fields
-from cluster.lifecycle import report_ready, run_until_signalled
+from cluster.lifecycle import (
+    StoppedWhileStarting,
+    report_ready,
+    run_until_signalled,
+    unless_stopped,
+)
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink, MemberLink
 from cluster.security import Plaintext, Security, for_process
@@ -724,7 +729,11 @@ def serve(config: WorkerConfig) -> None:
         if metrics:
             worker.coordinator.info["metrics"] = metrics
         worker.start()
-        await worker.coordinator.wait_registered()
+        try:
+            await unless_stopped(worker.coordinator.wait_registered(), stop)
+        except StoppedWhileStarting:
+            ctx.destroy(linger=0)
+            raise
         realtime.install(worker)
         if not await worker.connected(config.start_timeout, stop):
             log.warning("not yet registered with every gateway; serving as they answer")

@@ -297,3 +297,38 @@ def test_processes_raise_their_file_descriptor_limit_and_probe_answers() -> None
         gone = subprocess.run([*probe_cmd, "ready", "127.0.0.1:1"], capture_output=True,
                               text=True, timeout=20)
         assert gone.returncode == 1 and "cluster probe:" in gone.stderr
+
+
+def test_children_stop_when_the_supervisor_is_killed_or_stopped_while_starting() -> None:
+    """kill -9 of `cluster run` leaves no child serving on unsupervised; SIGTERM while
+    it still waits for a child to be ready stops everything too."""
+    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log")
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "run", "--handler", APP, "--port", "0",
+         "--heartbeat-interval", "0.25"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_fd)
+    os.close(log_fd)
+    log = Path(log_name)
+    children = wait_for(lambda: [int(p) for p in re.findall(r"started \S+ pid (\d+)",
+                                                            log.read_text())][:4] if
+                        len(re.findall(r"started \S+ pid", log.read_text())) >= 4 else None,
+                        30, "the four children")
+    wait_for(lambda: "running" in log.read_text(), 30, "a worker running")
+    popen.kill()
+    popen.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in children), 30,
+             "every child gone with its supervisor")
+
+    # A gateway that cannot become ready (no worker will link: an etcd nobody runs).
+    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log")
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "run", "--handler", APP, "--port", "0",
+         "--state-backend", f"etcd://127.0.0.1:{free_port()}", "--start-timeout", "30"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_fd)
+    os.close(log_fd)
+    log = Path(log_name)
+    wait_for(lambda: "started gateway-1" in log.read_text(), 30, "the gateway started")
+    popen.send_signal(signal.SIGTERM)
+    assert popen.wait(30) == 1  # it gave up starting, and said why
+    assert "stopped while waiting" in log.read_text()
+    started = [int(p) for p in re.findall(r"started \S+ pid (\d+)", log.read_text())]
+    wait_for(lambda: not any(alive(pid) for pid in started), 30, "its children gone")
