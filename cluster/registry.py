@@ -63,18 +63,27 @@ class CoordinatorLink:
         self.last_heard = 0.0
         self.registered = asyncio.Event()
         self.pump: Pump | None = None
+        self.dropped = 0  # messages the socket refused (see _send_failed)
         self._task: asyncio.Task[None] | None = None
 
     def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame)
-        # Heartbeats are worthless once stale: never queue them toward a dead peer.
-        sock.setsockopt(zmq.SNDHWM, 16)
+        # Room for bursts (state writes, published group messages): at 16 frames, a
+        # burst of 2,000 publishes lost 224 of them. What queues toward a coordinator
+        # that died is dropped anyway: a silent link gets a fresh socket (below).
+        sock.setsockopt(zmq.SNDHWM, 10_000)
         self.security.coordinator_client(sock)
         sock.connect(self.config.coordinator)
         self.pump = Pump(loop, sock, self._on_messages, routed=False,
-                         max_frame=self.config.max_frame)
+                         max_frame=self.config.max_frame, on_send_error=self._send_failed)
+
+    def _send_failed(self, _peer: bytes | None, msgs: list[dict[str, Any]]) -> None:
+        """A frame the socket would not take (the coordinator is far behind or gone)."""
+        self.dropped += len(msgs)
+        log.warning("%d messages to the coordinator dropped (%d so far): it is not "
+                    "keeping up, or gone", len(msgs), self.dropped)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._connect(loop)

@@ -48,6 +48,10 @@ class Coordinator:
         self.security.server(self.sock)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame)
+        # Room for bursts toward members (published group messages): at the default
+        # 1,000 frames a ROUTER drops what does not fit, silently.
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.bind(config.coordinator_bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.routes: dict[str, bytes] = {}  # member id -> ROUTER identity

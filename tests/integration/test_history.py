@@ -25,7 +25,7 @@ def two_gateways() -> Iterator[tuple[Cluster, list[int]]]:
     with cluster() as c:
         c.coordinator.terminate()
         c.coordinator = c.start("coordinator", "--coordinator-bind", c.endpoint,
-                                "--history-size", "50")
+                                "--history-size", "50")  # the tests below rely on it
         ports = [int(c.gateway().ready["port"]), int(c.gateway().ready["port"])]
         c.worker(APP)
         c.worker(APP)
@@ -114,3 +114,19 @@ def test_too_old_or_another_epoch_is_said_plainly(
     assert frames(other, lambda got: len(got) == 1)[0]["recovered"] is False
     for ws in (old, other, publisher):
         ws.close()
+
+
+def test_a_burst_of_publishes_loses_none(two_gateways: tuple[Cluster, list[int]]) -> None:
+    """2,000 publishes as fast as one client can send: each subscriber gets all, in
+    order (the worker's link to the coordinator once dropped 224 of them)."""
+    _c, (first, second) = two_gateways
+    readers = [open_feed(first), open_feed(second)]
+    talker = open_talker(first)
+    time.sleep(0.3)
+    for i in range(2000):
+        talker.send(f"b{i}")
+    for reader in readers:
+        got = frames(reader, lambda got: len(got) == 2000, timeout=30)
+        assert [f["data"] for f in got] == [f"b{i}" for i in range(2000)]
+        reader.close()
+    talker.close()

@@ -1,0 +1,119 @@
+"""Group history: what numbering and keeping messages costs a broadcast, and how fast a
+client that missed 1,000 messages catches up.
+
+    .venv/bin/python -m loadtests.bench.history [--subscribers 200] [--messages 2000]
+
+A coordinator, 2 gateways and 1 worker (tests/apps/history_app.py). Subscribers in
+one room, half on each gateway; one talker sends `--messages` messages as fast as it
+can, each a publish (numbered by the coordinator, kept, fanned out to the gateways)
+or a plain broadcast (the worker to each gateway), in turns. Delivered messages/s =
+subscribers times messages over the time from the first send to the last delivery.
+Recovery: a client leaves, 1,000 messages are published, it comes back with its
+(epoch, offset) through the other gateway; the time from its connect to the last
+recovered message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+
+from websockets.asyncio.client import connect
+
+from tests.harness import cluster
+
+APP = "tests.apps.history_app:app"
+
+
+async def one_round(ports: list[int], subscribers: int, messages: int, plain: bool) -> float:
+    room = f"r{time.monotonic_ns()}"
+    query = "&plain=1" if plain else ""
+    subs = [await connect(f"ws://127.0.0.1:{ports[i % 2]}/feed/{room}?x=1{query}",
+                          max_queue=None) for i in range(subscribers)]
+    talker = await connect(f"ws://127.0.0.1:{ports[0]}/feed/{room}?talk_only=1{query}")
+    await asyncio.sleep(0.5)  # every subscription in place at its gateway
+
+    async def drain(ws: object) -> None:
+        for _ in range(messages):
+            await ws.recv()  # type: ignore[attr-defined]
+
+    readers = [asyncio.create_task(drain(ws)) for ws in subs]
+    began = time.perf_counter()
+    for i in range(messages):
+        await talker.send(f"m{i}")
+    await asyncio.wait_for(asyncio.gather(*readers), 120)
+    elapsed = time.perf_counter() - began
+    for ws in [*subs, talker]:
+        await ws.close()
+    return subscribers * messages / elapsed
+
+
+async def recovery(ports: list[int], missed: int) -> float:
+    room = f"rec{time.monotonic_ns()}"
+    talker = await connect(f"ws://127.0.0.1:{ports[1]}/feed/{room}?talk_only=1")
+    reader = await connect(f"ws://127.0.0.1:{ports[0]}/feed/{room}")
+    await asyncio.sleep(0.3)
+    await talker.send("first")
+    import json
+    seen = json.loads(await reader.recv())
+    await reader.close()
+    for i in range(missed):
+        await talker.send(f"m{i}")
+    probe = await connect(f"ws://127.0.0.1:{ports[1]}/feed/{room}?talk_only=1")
+    await asyncio.sleep(0.5)  # the publishes have reached the coordinator
+    await probe.close()
+    began = time.perf_counter()
+    back = await connect(f"ws://127.0.0.1:{ports[1]}/feed/{room}?since={seen['epoch']}:"
+                         f"{seen['offset']}", max_queue=None)
+    marker = json.loads(await back.recv())
+    assert marker["recovered"] is True, marker
+    for _ in range(missed):
+        await back.recv()
+    elapsed = time.perf_counter() - began
+    await back.close()
+    await talker.close()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rates: dict[str, list[float]] = {"publish (history)": [], "broadcast (none)": []}
+    catch_up: list[float] = []
+    with cluster(interval=["--log-level", "warning"]) as c:
+        c.coordinator.terminate()
+        c.coordinator = c.start("coordinator", "--coordinator-bind", c.endpoint,
+                                "--history-size", "5000", "--log-level", "warning")
+        ports = [int(c.gateway("--log-level", "warning").ready["port"]) for _ in range(2)]
+        c.worker(APP, "--log-level", "warning")
+        for rnd in range(args.rounds):
+            for label, plain in (("publish (history)", False), ("broadcast (none)", True)):
+                rate = asyncio.run(one_round(ports, args.subscribers, args.messages, plain))
+                rates[label].append(rate)
+                print(f"round {rnd + 1} {label}: {rate:,.0f} delivered msg/s", file=sys.stderr)
+            catch_up.append(asyncio.run(recovery(ports, 1000)))
+            print(f"round {rnd + 1} recovery of 1,000: {catch_up[-1] * 1000:.0f} ms",
+                  file=sys.stderr)
+    print(f"{args.subscribers} subscribers over 2 gateways, {args.messages} messages, "
+          f"{args.rounds} rounds; medians [min-max]\n")
+    print("| broadcast | delivered msg/s |\n|---|---:|")
+    for label, values in rates.items():
+        print(f"| {label} | {statistics.median(values):,.0f} "
+              f"[{min(values):,.0f}-{max(values):,.0f}] |")
+    pub, plain = (statistics.median(v) for v in rates.values())
+    print(f"\nhistory / none: {pub / plain:.2f}")
+    print(f"recovery of 1,000 missed messages, connect to caught up: "
+          f"{statistics.median(catch_up) * 1000:.0f} ms "
+          f"[{min(catch_up) * 1000:.0f}-{max(catch_up) * 1000:.0f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
