@@ -84,6 +84,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench.state
 	$(BIN)/python -m loadtests.bench.broadcast
 	$(BIN)/python -m loadtests.bench.overload
+	$(BIN)/python -m loadtests.bench.history
 
 ## make loadtest: locust (HTTP and WebSocket users) against `cluster run` on the demo
 ## app, headless and bounded; HTML and CSV reports in reports/
