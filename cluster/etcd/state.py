@@ -172,9 +172,6 @@ class EtcdState(ReplicaReads):
             raise
         return results
 
-    def on_coordinator(self, _msg: dict[str, Any]) -> None:
-        """There is no coordinator on etcd."""
-
     # -- writes --------------------------------------------------------------------
     async def _commit_queued(self) -> None:
         """Group commit: every batch queued while a transaction was out goes in the
@@ -405,9 +402,6 @@ class EtcdState(ReplicaReads):
     def _advance(self, revision: int) -> None:
         self.replica.seq = max(self.replica.seq, revision)
         self._advanced.set()
-
-    def resync(self) -> None:
-        """Nothing to ask: the watch resumes by itself."""
 
     def close(self) -> None:
         self._closing_now = True

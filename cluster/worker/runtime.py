@@ -210,9 +210,10 @@ class Worker:
             self.state = EtcdState(loop, config, self.framework)
         else:
             link = CoordinatorLink(config, ctx, self.id, "worker", info, self.on_members,
-                                   self._on_coordinator, security=self.security)
+                                   security=self.security)
             self.coordinator = link
             self.state = StateClient(loop, ctx, link, config.state_timeout, self.framework)
+            link.on_other = self.state.on_coordinator  # state acks, snapshots, MEMBERS
         self.adapter = make_adapter(handler, self.state)
         self.ws_info: dict[str, dict[str, Any]] = {}  # per open connection, from its connect
         self.ws_queues = ConnectionQueues(self._run_ws, loop.create_task)
@@ -258,9 +259,6 @@ class Worker:
         return ok, {"registered": registered, "state_synced": synced,
                     "gateways": len(self.gateways), "welcomed_by": welcomed,
                     "stopping": self.stopping}
-
-    def _on_coordinator(self, msg: dict[str, Any]) -> None:
-        self.state.on_coordinator(msg)
 
     async def connected(self, timeout: float, stop: asyncio.Event) -> bool:
         """Wait until registered, holding the state, and welcomed by every gateway we
