@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -57,7 +58,6 @@ async def recovery(ports: list[int], missed: int) -> float:
     reader = await connect(f"ws://127.0.0.1:{ports[0]}/feed/{room}")
     await asyncio.sleep(0.3)
     await talker.send("first")
-    import json
     seen = json.loads(await reader.recv())
     await reader.close()
     for i in range(missed):

@@ -26,9 +26,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from loadtests.bench.servers import BIN, ROOT, Server, WrkResult, ensure_wrk, free_port, run_wrk
+
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
 
 IDLE = 10_000
 SLOW = 1_000
@@ -47,7 +51,7 @@ class Siege:
         self.failed = 0
         self.gate = asyncio.Semaphore(OPENING)
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _open(self) -> tuple[Reader, Writer] | None:
         async with self.gate:
             try:
                 return await asyncio.open_connection("127.0.0.1", self.port)
@@ -56,7 +60,10 @@ class Siege:
                 await asyncio.sleep(1.0)  # the server is full or gone: back off
                 return None
 
-    async def idle_client(self) -> None:
+    async def _keep_connected(self, behave: Callable[[Reader, Writer], Awaitable[None]]
+                              ) -> None:
+        """One attacker: connected, behaving, and connected again when the server
+        closes it (each time after the first counted as a reconnect)."""
         first = True
         while True:
             opened = await self._open()
@@ -67,44 +74,37 @@ class Siege:
                 self.reconnects += 1
             first = False
             try:
-                writer.write(b"GET / HTTP/1.1\r\nHost: siege\r\n\r\n")
-                await reader.readuntil(b"hello\n")
-                self.idle += 1
-                try:
-                    await reader.read(1)  # until the server closes it
-                finally:
-                    self.idle -= 1
+                await behave(reader, writer)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 pass
             finally:
                 writer.close()
 
-    async def slow_client(self) -> None:
-        first = True
-        while True:
-            opened = await self._open()
-            if opened is None:
-                continue
-            reader, writer = opened
-            if not first:
-                self.reconnects += 1
-            first = False
-            self.slow += 1
-            try:
-                writer.write(b"GET / HTTP/1.1\r\nHost: siege\r\nX-Slow: ")
-                while not reader.at_eof():
-                    await asyncio.sleep(SLOW_EVERY)
-                    writer.write(b"a")
-                    await writer.drain()
-            except OSError:
-                pass
-            finally:
-                self.slow -= 1
-                writer.close()
+    async def _idle(self, reader: Reader, writer: Writer) -> None:
+        """One request, then hold the socket until the server closes it."""
+        writer.write(b"GET / HTTP/1.1\r\nHost: siege\r\n\r\n")
+        await reader.readuntil(b"hello\n")
+        self.idle += 1
+        try:
+            await reader.read(1)
+        finally:
+            self.idle -= 1
+
+    async def _slow(self, reader: Reader, writer: Writer) -> None:
+        """A request line, then one header byte every SLOW_EVERY seconds."""
+        self.slow += 1
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: siege\r\nX-Slow: ")
+            while not reader.at_eof():
+                await asyncio.sleep(SLOW_EVERY)
+                writer.write(b"a")
+                await writer.drain()
+        finally:
+            self.slow -= 1
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self.idle_client()) for _ in range(IDLE)]
-        tasks += [asyncio.create_task(self.slow_client()) for _ in range(SLOW)]
+        tasks = [asyncio.create_task(self._keep_connected(self._idle)) for _ in range(IDLE)]
+        tasks += [asyncio.create_task(self._keep_connected(self._slow)) for _ in range(SLOW)]
         announced = False
         while True:
             await asyncio.sleep(1.0)
