@@ -86,7 +86,7 @@ def index(req: dict[str, Any]) -> str:
 @app.route("/sleep/<float:seconds>")
 async def sleep(req: dict[str, Any], seconds: float) -> str:
     """HTTP that takes its time, beside the WebSockets (the drain tests)."""
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # the request's length is what the drain tests use
     return "slept\n"
 
 

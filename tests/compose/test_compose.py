@@ -18,8 +18,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +33,7 @@ from tests.compose.images import (
     size_mib,
 )
 from tests.harness import ROOT, wait_for
+from tests.integration.test_deploy import http
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("CLUSTER_COMPOSE_TEST") != "1",
@@ -43,15 +42,6 @@ pytestmark = [
 ]
 
 SERVICES = ["keys", "coordinator", "gateway-1", "gateway-2", "worker", "prometheus"]
-
-
-def http(url: str, method: str = "GET", timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, dict(answer.headers), answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
 
 
 def answers(url: str) -> bool:
@@ -118,7 +108,7 @@ def counter_workers(port: int, count: int) -> set[str]:
     workers = set()
     last = None
     for _ in range(count):
-        status, _headers, body = http(f"http://127.0.0.1:{port}/counter", "POST")
+        status, body = http(f"http://127.0.0.1:{port}/counter", "POST")
         assert status == 200, body
         answer = json.loads(body)
         if last is not None:
@@ -177,7 +167,7 @@ def test_docker_compose_up_for_real(record_property: Any) -> None:
             # Prometheus scrapes every process, found through discovery.
             def all_up() -> bool:
                 try:
-                    active = json.loads(http("http://127.0.0.1:9090/api/v1/targets")[2])[
+                    active = json.loads(http("http://127.0.0.1:9090/api/v1/targets")[1])[
                         "data"]["activeTargets"]
                 except (OSError, ValueError, KeyError):
                     return False

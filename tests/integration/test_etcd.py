@@ -14,12 +14,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,23 +31,13 @@ from websockets.sync.client import connect as ws_connect
 from cluster.security import ROLE_KEYS, keygen
 from tests.harness import wait_for
 from tests.integration.test_cli import cluster_run, ports_of
-from tests.integration.test_operations import free_port
+from tests.integration.test_deploy import free_port, http
 from tests.netns import Host, Hosts, start_etcd, three_hosts
 
 pytestmark = pytest.mark.timeout(240)
 
 APP = "tests.apps.fault_app:app"
 COMMON = ["--heartbeat-interval", "0.5"]
-
-
-def http(method: str, url: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None,
-                                     method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 @dataclass
@@ -100,10 +89,10 @@ def deployment() -> Iterator[Deployment]:
 
 def _ready(site: Site) -> bool:
     try:
-        gw = http("GET", f"{site.gateway_metrics}/ready", timeout=2)[0] == 200
-        wk = http("GET", f"{site.worker_metrics}/ready", timeout=2)[0] == 200
+        gw = http(f"{site.gateway_metrics}/ready", timeout=2)[0] == 200
+        wk = http(f"{site.worker_metrics}/ready", timeout=2)[0] == 200
         # Every worker linked to every gateway: 3 on each gateway.
-        workers = json.loads(http("GET", f"{site.gateway_metrics}/ready", timeout=2)[1])
+        workers = json.loads(http(f"{site.gateway_metrics}/ready", timeout=2)[1])
         return gw and wk and workers.get("workers") == 3
     except OSError:
         return False
@@ -141,7 +130,7 @@ class Load:
     def _try(self, site: Site, what: str, method: str, path: str, body: bytes = b"") -> bool:
         """One request; a failure is recorded with its status or error."""
         try:
-            status, _ = http(method, f"{site.url}{path}", body=body, timeout=5)
+            status, _ = http(f"{site.url}{path}", method, body, timeout=5)
         except OSError as exc:
             status, why = 0, repr(exc)
         else:
@@ -166,19 +155,19 @@ class Load:
 
 
 def counter(site: Site) -> int:
-    status, body = http("POST", f"{site.url}/incr")
+    status, body = http(f"{site.url}/incr", "POST")
     assert status == 200, body
     return int(json.loads(body)["n"]) - 1  # the read itself added one
 
 
 def sequence(site: Site) -> float:
-    body = http("GET", f"{site.worker_metrics}/metrics")[1].decode()
+    body = http(f"{site.worker_metrics}/metrics")[1].decode()
     found = re.search(r"^cluster_worker_state_sequence (\S+)$", body, re.M)
     return float(found.group(1)) if found else -1.0
 
 
 def members(site: Site) -> set[str]:
-    groups = json.loads(http("GET", f"{site.gateway_metrics}/targets")[1])
+    groups = json.loads(http(f"{site.gateway_metrics}/targets")[1])
     return {t for g in groups for t in g["targets"]}
 
 
@@ -199,7 +188,7 @@ def check_invariants(load: Load, survivors: list[Site], extra_incr: int = 0) -> 
         d_logs = "\n".join(s.host.log("worker")[-3000:] for s in survivors)
         raise AssertionError(f"replicas at {[sequence(s) for s in survivors]}\n{d_logs}") \
             from None
-    keys = set(json.loads(http("GET", f"{survivors[0].url}/kv-keys")[1]))
+    keys = set(json.loads(http(f"{survivors[0].url}/kv-keys")[1]))
     missing = [k for k in load.acked_puts if k not in keys]
     assert not missing, f"{len(missing)} acknowledged puts lost: {missing[:5]}"
     value = counter(survivors[0])
@@ -213,11 +202,11 @@ def test_state_and_membership_on_etcd_across_three_hosts() -> None:
     from all three add up exactly; discovery lists every process from any gateway."""
     with deployment() as d:
         a, b, c = d.sites
-        assert http("PUT", f"{a.url}/kv/greeting", body=b"hello")[0] == 200
-        wait_for(lambda: http("GET", f"{c.url}/kv/greeting")[0] == 200, 5, "the write on c")
+        assert http(f"{a.url}/kv/greeting", "PUT", b"hello")[0] == 200
+        wait_for(lambda: http(f"{c.url}/kv/greeting")[0] == 200, 5, "the write on c")
         load = Load(d.sites)
         with load.running():
-            time.sleep(3)
+            time.sleep(3)  # the load's duration: three seconds of contended writes
         assert not load.failures, (load.failures, warnings(d))
         check_invariants(load, d.sites)  # no failure: the counter is exact
         assert len(members(b)) == 6  # 3 gateways and 3 workers, from any gateway
@@ -249,7 +238,7 @@ class Listener:
 def test_a_host_killed_loses_no_acknowledged_write() -> None:
     with deployment() as d:
         a, b, c = d.sites
-        lost_worker = json.loads(http("GET", f"{c.worker_metrics}/live")[1])["pid"]
+        lost_worker = json.loads(http(f"{c.worker_metrics}/live")[1])["pid"]
         # WebSocket clients in one room on the surviving gateways; one of them, served
         # by a surviving worker, broadcasts throughout.
         listeners = [Listener(site) for site in (a, b) for _ in range(4)]
@@ -262,17 +251,17 @@ def test_a_host_killed_loses_no_acknowledged_write() -> None:
             while not stop_sending.is_set():
                 sent.append(f"m{len(sent)}")
                 sender.ws.send(sent[-1])
-                time.sleep(0.02)
+                time.sleep(0.02)  # the broadcast rate: 50 a second, through the kill
 
         sending = threading.Thread(target=send, daemon=True)
         load = Load([a, b])
         with load.running():
             sending.start()
-            time.sleep(2)
+            time.sleep(2)  # load and broadcasts under way before the fault
             before = dict(load.served)
             killed_at = time.monotonic()
             c.host.kill_all()  # its etcd member, gateway and worker, all at once
-            time.sleep(5)
+            time.sleep(5)  # the survivors under load after it: lease expiry, election
             stop_sending.set()
             sending.join(5)
         # The survivors served throughout: both kept answering after the kill.
@@ -304,24 +293,24 @@ def test_a_host_cut_off_or_stopped_rejoins(fault: str) -> None:
         a, b, c = d.sites
         load = Load([b, c])
         with load.running():
-            time.sleep(1.5)
+            time.sleep(1.5)  # load under way before the fault
             if fault == "partition":
                 a.host.cut()
             else:
-                a.host.signal_all(__import__("signal").SIGSTOP)
-            time.sleep(4)
+                a.host.signal_all(signal.SIGSTOP)
+            time.sleep(4)  # past a's leases (2 s) and an election: the others settled
             before = dict(load.served)
-            time.sleep(2)
+            time.sleep(2)  # the window in which b and c must serve while a is out
             assert all(load.served.get(s.host.name, 0) > before.get(s.host.name, 0)
                        for s in (b, c)), (before, load.served, load.failures,
                                            warnings(d))  # served while a is out
             if fault == "partition":
                 a.host.heal()
             else:
-                a.host.signal_all(__import__("signal").SIGCONT)
-            time.sleep(3)
+                a.host.signal_all(signal.SIGCONT)
+            time.sleep(3)  # load continues while a rejoins
         check_invariants(load, d.sites)  # a caught up: one revision everywhere
-        wait_for(lambda: http("POST", f"{a.url}/incr")[0] == 200, 15, "a serving again")
+        wait_for(lambda: http(f"{a.url}/incr", "POST")[0] == 200, 15, "a serving again")
         wait_for(lambda: len(members(a)) == 6, 15, "everyone back in the membership")
 
 
@@ -349,13 +338,13 @@ def test_cluster_run_on_etcd_has_no_coordinator(tmp_path: Path) -> None:
                          handler=APP) as run:
             port = ports_of(run.banner)[0]
             assert "started coordinator" not in run.log()
-            assert [http("POST", f"http://127.0.0.1:{port}/incr")[1] for _ in range(3)] == \
+            assert [http(f"http://127.0.0.1:{port}/incr", "POST")[1] for _ in range(3)] == \
                 [b'{"n":1}', b'{"n":2}', b'{"n":3}']
             discovery = re.search(r"discovery on (http://\S+)", run.banner)
             assert discovery is not None, run.banner
             url = discovery.group(1)
             wait_for(lambda: sorted(g["labels"]["role"] for g in json.loads(
-                http("GET", url)[1])) == ["gateway", "worker", "worker"], 10,
+                http(url)[1])) == ["gateway", "worker", "worker"], 10,
                 "every process in discovery")
     finally:
         member.terminate()

@@ -75,13 +75,13 @@ def test_a_reconnecting_client_gets_what_it_missed_once_and_in_order(
             publisher.send(f"m{i}")
             sent.append(f"m{i}")
             i += 1
-            time.sleep(0.005)
+            time.sleep(0.005)  # the publish rate: about 200 a second, across the seam
 
     talker = threading.Thread(target=keep_talking)
     talker.start()
-    time.sleep(0.05)
+    time.sleep(0.05)  # live publishes already flowing when it reconnects
     back = open_feed(second, f"{epoch}:{offset}")  # through the other gateway
-    time.sleep(0.5)
+    time.sleep(0.5)  # and still flowing while its recovery is answered: the seam
     stop.set()
     talker.join(10)
     got = frames(back, lambda got: bool(got) and got[-1].get("data") == sent[-1])
@@ -98,13 +98,14 @@ def test_too_old_or_another_epoch_is_said_plainly(
     _c, (first, second) = two_gateways
     publisher = open_talker(second)
     reader = open_feed(first)
-    time.sleep(0.3)
+    witness = open_feed(second)  # stays, to see the publishes through
+    time.sleep(0.3)  # both subscriptions in place at their gateways
     publisher.send("first")
     epoch = frames(reader, lambda got: len(got) == 1)[0]["epoch"]
     reader.close()
     for i in range(60):  # more than the 50 kept
         publisher.send(f"n{i}")
-    time.sleep(0.3)
+    frames(witness, lambda got: bool(got) and got[-1]["data"] == "n59")  # all numbered
     old = open_feed(first, f"{epoch}:1")
     assert frames(old, lambda got: len(got) == 1)[0] == \
         {"group": "room", "epoch": epoch, "recovered": False}
@@ -112,7 +113,7 @@ def test_too_old_or_another_epoch_is_said_plainly(
     assert frames(old, lambda got: bool(got))[0]["data"] == "live"  # then live, as usual
     other = open_feed(first, "another-epoch:3")
     assert frames(other, lambda got: len(got) == 1)[0]["recovered"] is False
-    for ws in (old, other, publisher):
+    for ws in (old, other, publisher, witness):
         ws.close()
 
 
@@ -122,7 +123,7 @@ def test_a_burst_of_publishes_loses_none(two_gateways: tuple[Cluster, list[int]]
     _c, (first, second) = two_gateways
     readers = [open_feed(first), open_feed(second)]
     talker = open_talker(first)
-    time.sleep(0.3)
+    time.sleep(0.3)  # both subscriptions in place at their gateways
     for i in range(2000):
         talker.send(f"b{i}")
     for reader in readers:

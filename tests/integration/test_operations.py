@@ -24,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 from tests.harness import ROOT, cluster, wait_for
 from tests.httpclient import Conn, get
 from tests.integration.test_cli import _status, alive, cluster_run, ports_of
+from tests.integration.test_deploy import free_port
 
 APP = "tests.apps.handlers:app"
 WS_APP = "tests.apps.ws_app:app"
@@ -37,12 +38,6 @@ def probe(target: str, path: str) -> tuple[int, dict[str, Any]]:
 
 def pid_served(port: int) -> int:
     return int(get(port, "/pid").header("x-pid") or 0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- readiness and liveness ----------------------------------------------------------
