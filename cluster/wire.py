@@ -54,6 +54,8 @@ WS_CLOSED = "wsc"  # gateway -> worker: the connection closed (ws.close)
 WS_ACTIONS = "wsa"  # worker -> gateway: accept/reject, send, close, join, leave, broadcast
 WS_QUERY = "wsq"  # worker -> gateway: who is in this group here?
 WS_QUERY_REPLY = "wsqr"  # gateway -> worker: the connection ids in that group
+WS_ADOPT = "wsad"  # gateway -> worker: handle this accepted connection (its shard is yours)
+WS_RELEASE = "wsrl"  # gateway -> worker: its shard moved; forget this connection
 
 # Group history (publish with offsets; recovery after a reconnect), via the coordinator
 HISTORY_PUBLISH = "hpub"  # worker -> coordinator: number and keep this group message
@@ -107,6 +109,9 @@ SCHEMA: dict[str, dict[str, type]] = {
     STATE_HEARTBEAT: {"epoch": _STR, "seq": _INT},
     WS_OPEN: {"conn": _INT, "target": _STR, "headers": _LIST, "subprotocols": _LIST,
               "addr": _LIST},
+    WS_ADOPT: {"conn": _INT, "shard": _STR, "target": _STR, "headers": _LIST,
+               "subprotocols": _LIST, "addr": _LIST},
+    WS_RELEASE: {"conn": _INT},
     WS_MESSAGE: {"conn": _INT},
     WS_CLOSED: {"conn": _INT, "code": _INT, "reason": _STR},
     WS_ACTIONS: {"actions": _LIST},

@@ -217,6 +217,7 @@ class Dispatcher:
     def _hello(self, peer: bytes, msg: dict[str, Any], now: float) -> None:
         link = self.workers.get(peer)
         credit = max(0, msg["credit"])
+        fresh = link is None
         if link is None:
             link = self.workers[peer] = WorkerLink(peer, msg["id"], credit, now)
             self._links = list(self.workers.values())
@@ -224,14 +225,17 @@ class Dispatcher:
         else:
             link.credit = credit - link.inflight
         draining = credit == 0
-        if draining and not link.draining:
+        was_live = not fresh and not link.draining
+        link.draining = draining
+        if draining and was_live:
             log.info("worker %s is draining (%d requests in flight)", link.name,
                      link.inflight)
             if self.hub is not None:
                 self.hub.worker_draining(peer)
-        link.draining = draining
         if not draining:
             self.linked.set()
+            if not was_live and self.hub is not None:
+                self.hub.rebalance()  # it may now own shard keys held elsewhere
         self._post(peer, wire.envelope(wire.WELCOME, id=self.gateway_id))
 
     def _post(self, peer: bytes, msg: dict[str, Any]) -> None:

@@ -11,6 +11,15 @@ broadcast from any worker is one message to each gateway, fanned out here. A
 worker that dies takes its connections with it: they are closed with 1012 (service
 restart) so clients reconnect and land on a live worker.
 
+A handler may name a shard key when it accepts (a room, a user id): the connection
+is then handed (WS_ADOPT) to the worker that rendezvous hashing picks for the key,
+the same one on every gateway, so a room's events run on one worker, in order
+there. A worker that leaves moves only its own keys (its connections close with
+1012 and land on the key's next owner). A worker that joins takes over the keys it
+now wins: their connections here stop being read until the old owner has answered
+everything they sent, then move to it (WS_RELEASE to the old owner, WS_ADOPT to
+the new), with no message lost or reordered.
+
 Output per connection is bounded: a client that still has more than `--ws-max-queue`
 unsent bytes when more output comes is closed with 1013 and counted, so a slow
 reader costs at most that queue plus one batch of output.
@@ -67,19 +76,22 @@ class Session:
         "closed",
         "conn",
         "core",
+        "fields",
         "groups",
+        "held",
         "inflight",
         "next_ping",
         "opened_at",
         "ping_sent",
         "pongs_seen",
         "reading_paused",
+        "shard",
         "transport",
         "worker",
     )
 
     def __init__(self, conn: int, core: WebSocketCore, transport: Transport,
-                 worker: bytes, now: float) -> None:
+                 worker: bytes, now: float, fields: dict[str, Any]) -> None:
         self.conn = conn
         self.core = core
         self.transport = transport
@@ -92,7 +104,12 @@ class Session:
         self.pongs_seen = 0
         self.closed = False
         self.inflight = 0  # messages at the worker, not yet acknowledged
-        self.reading_paused = False
+        self.reading_paused = False  # too many messages in flight
+        self.held = False  # not read while its shard moves to another worker
+        self.shard: str | None = None
+        # The handshake's request fields, until accepted; kept for a sharded
+        # connection, whose adoption by another worker needs them.
+        self.fields: dict[str, Any] | None = fields
 
 
 def rendezvous(conn_key: str, workers: list[tuple[bytes, str]]) -> bytes | None:
@@ -123,6 +140,9 @@ class WebSocketHub:
         self.open_timeout = open_timeout
         self.sessions: dict[int, Session] = {}
         self.groups: dict[str, set[int]] = {}
+        self.shards: dict[str, set[int]] = {}  # shard key -> its connections here
+        self.moving: dict[str, bytes] = {}  # shard key -> the worker it moves to
+        self.shard_moves = 0
         self.slow_closes = 0
         self.push_missing = 0
         self.messages_in = 0
@@ -148,7 +168,7 @@ class WebSocketHub:
         worker = rendezvous(f"{self.gateway_id}/{conn}", self.workers())
         if worker is None:
             return False
-        session = Session(conn, core, transport, worker, self.loop.time())
+        session = Session(conn, core, transport, worker, self.loop.time(), request_fields)
         self.sessions[conn] = session
         self.post(worker, wire.envelope(wire.WS_OPEN, conn=conn, **request_fields))
         return True
@@ -240,7 +260,8 @@ class WebSocketHub:
                          self.gateway_id, conn, self.push_missing)
             return
         if name == "accept":
-            self._accept(session, action[2], action[3])
+            self._accept(session, action[2], action[3],
+                         action[4] if len(action) > 4 else None)
         elif name == "reject":
             self._reject(session, int(action[2]), action[3])
         elif name == "send":
@@ -252,7 +273,10 @@ class WebSocketHub:
             session.inflight = max(0, session.inflight - int(action[2]))
             if session.reading_paused and session.inflight <= WS_INFLIGHT_LOW:
                 session.reading_paused = False
-                session.transport.resume_reading()
+                if not session.held:
+                    session.transport.resume_reading()
+            if session.inflight == 0 and session.shard in self.moving:
+                self._try_move(session.shard)
         elif name == "join":
             self.groups.setdefault(str(action[2]), set()).add(conn)
             session.groups.add(str(action[2]))
@@ -269,7 +293,8 @@ class WebSocketHub:
         else:
             raise ValueError(f"unknown action {name!r}")
 
-    def _accept(self, session: Session, subprotocol: Any, headers: Any) -> None:
+    def _accept(self, session: Session, subprotocol: Any, headers: Any,
+                shard: Any) -> None:
         if session.accepted:
             return
         pairs = [(str(h[0]), str(h[1])) for h in headers or []]
@@ -284,6 +309,71 @@ class WebSocketHub:
             return
         session.accepted = True
         session.next_ping = self.loop.time() + self.ping_interval
+        if isinstance(shard, str) and shard:
+            self._place(session, shard)
+        else:
+            session.fields = None
+
+    # -- shard keys ------------------------------------------------------------------
+    def _place(self, session: Session, shard: str) -> None:
+        """Hand a connection just accepted with `shard` to the key's worker (the worker
+        that accepted it forgot it when it named the key)."""
+        session.shard = shard
+        self.shards.setdefault(shard, set()).add(session.conn)
+        owner = self.moving.get(shard) or rendezvous(shard, self.workers())
+        if owner is not None:
+            session.worker = owner
+        self._adopt(session)
+
+    def _adopt(self, session: Session) -> None:
+        assert session.fields is not None and session.shard is not None
+        self.post(session.worker, wire.envelope(wire.WS_ADOPT, conn=session.conn,
+                                                shard=session.shard, **session.fields))
+
+    def rebalance(self) -> None:
+        """The live workers changed: every shard key here whose owner is now another
+        worker starts moving there (its connections are held until the old owner has
+        answered what they sent). Moves toward a worker that left are re-aimed."""
+        workers = self.workers()
+        for shard, conns in self.shards.items():
+            owner = rendezvous(shard, workers)
+            if owner is None:
+                continue
+            sessions = [self.sessions[c] for c in conns]
+            if all(s.worker == owner for s in sessions):
+                if self.moving.pop(shard, None) is not None:
+                    for session in sessions:
+                        self._release_hold(session)
+                continue
+            self.moving[shard] = owner
+            for session in sessions:
+                if not session.held:
+                    session.held = True
+                    if not session.reading_paused:
+                        session.transport.pause_reading()
+        for shard in list(self.moving):
+            self._try_move(shard)
+
+    def _try_move(self, shard: str) -> None:
+        """Move the shard once nothing its connections sent is still at a worker."""
+        owner = self.moving[shard]
+        sessions = [self.sessions[c] for c in self.shards.get(shard, ())]
+        if any(s.inflight for s in sessions):
+            return
+        del self.moving[shard]
+        self.shard_moves += 1
+        for session in sessions:
+            if session.worker != owner:
+                self.post(session.worker, wire.envelope(wire.WS_RELEASE, conn=session.conn))
+                session.worker = owner
+                self._adopt(session)
+            self._release_hold(session)
+
+    def _release_hold(self, session: Session) -> None:
+        if session.held:
+            session.held = False
+            if not session.reading_paused:
+                session.transport.resume_reading()
 
     def _reject(self, session: Session, status: int, body: Any) -> None:
         text = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) \
@@ -340,6 +430,15 @@ class WebSocketHub:
         for group in session.groups:
             self._remove_member(group, session.conn)
         session.groups.clear()
+        shard = session.shard
+        if shard is not None:
+            conns = self.shards[shard]
+            conns.discard(session.conn)
+            if not conns:
+                del self.shards[shard]
+                self.moving.pop(shard, None)
+            elif shard in self.moving:
+                self._try_move(shard)  # it may have been the one still waited for
 
     def _remove_member(self, group: str, conn: int) -> None:
         """Take `conn` out of `group`; a group left empty is forgotten."""
@@ -358,6 +457,7 @@ class WebSocketHub:
                 session.core.close(CLOSE_SERVICE_RESTART, "worker restarting")
                 self.flush(session)
                 self._finish(session, CLOSE_SERVICE_RESTART, "worker restarting")
+        self.rebalance()  # moves toward it go elsewhere
 
     def worker_gone(self, ident: bytes) -> None:
         """Its connections cannot go on in order elsewhere: 1012, the client reconnects."""
@@ -369,6 +469,7 @@ class WebSocketHub:
                 self._reject(session, 502, None)
                 continue
             self._drop(session)
+        self.rebalance()
 
     def members(self, group: str) -> list[int]:
         return sorted(self.groups.get(group, ()))

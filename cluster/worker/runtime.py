@@ -88,6 +88,8 @@ async def _aiter(items: Any) -> Any:
 
 WS_KINDS = {wire.WS_OPEN: "ws.connect", wire.WS_MESSAGE: "ws.message",
             wire.WS_CLOSED: "ws.close"}
+# A sharded connection arriving here, or leaving for another worker: no handler call.
+WS_HANDOVER = (wire.WS_ADOPT, wire.WS_RELEASE)
 
 
 class GatewayLink:
@@ -144,7 +146,7 @@ class GatewayLink:
             kind = msg["k"]
             if kind == wire.REQUEST:
                 self.worker.accept(self, msg)
-            elif kind in WS_KINDS:
+            elif kind in WS_KINDS or kind in WS_HANDOVER:
                 self.worker.ws_event(self, msg)
             elif kind == wire.GONE:
                 self.worker.client_gone(self, msg["id"])
@@ -216,6 +218,9 @@ class Worker:
             link.on_other = self.state.on_coordinator  # state acks, snapshots, MEMBERS
         self.adapter = make_adapter(handler, self.state)
         self.ws_info: dict[str, dict[str, Any]] = {}  # per open connection, from its connect
+        # connection -> its shard's event queue, for those adopted (a NUL first: a
+        # shard key never names a connection's own queue)
+        self.ws_shard_queue: dict[str, str] = {}
         self.ws_queues = ConnectionQueues(self._run_ws, loop.create_task)
         self.loop_thread = threading.get_ident()
         self._queries: dict[int, tuple[asyncio.Future[list[str]], set[str], list[str]]] = {}
@@ -515,16 +520,33 @@ class Worker:
     # -- WebSocket -------------------------------------------------------------
     def ws_event(self, link: GatewayLink, env: dict[str, Any]) -> None:
         if self.asgi is not None:
+            if env["k"] in WS_HANDOVER:
+                log.warning("an ASGI app cannot shard; %s ignored", env["k"])
+                return
             kind = WS_KINDS[env["k"]]
             self.ws_events[kind] = self.ws_events.get(kind, 0) + 1
             self.asgi.ws_event(link, kind, env)
             return
-        self.ws_queues.submit(f"{link.gateway_id}/{env['conn']}", (link, env))
+        key = f"{link.gateway_id}/{env['conn']}"
+        # A sharded connection's events queue with its shard's, so a room's messages
+        # run one at a time in arrival order; the queue is known from the adoption on.
+        k = env["k"]
+        if k == wire.WS_ADOPT:
+            self.ws_shard_queue[key] = "\0" + env["shard"]
+        queue = self.ws_shard_queue.pop(key, key) if k in (wire.WS_CLOSED, wire.WS_RELEASE) \
+            else self.ws_shard_queue.get(key, key)
+        self.ws_queues.submit(queue, (link, env))
 
     async def _run_ws(self, item: tuple[GatewayLink, dict[str, Any]]) -> None:
         link, env = item
         number: int = env["conn"]
         key = f"{link.gateway_id}/{number}"
+        if env["k"] == wire.WS_ADOPT:
+            self.ws_info[key] = {**connect_ws_info(env), "shard": env["shard"]}
+            return
+        if env["k"] == wire.WS_RELEASE:
+            self.ws_info.pop(key, None)
+            return
         kind = WS_KINDS[env["k"]]
         self.ws_events[kind] = self.ws_events.get(kind, 0) + 1
         if kind == "ws.connect":
@@ -552,7 +574,10 @@ class Worker:
             # 1011 after a connection was accepted; a refusal before.
             actions = [["reject", number, 500, None]] if kind == "ws.connect" else \
                 [["close", number, 1011, "internal error"]]
-        if kind == "ws.close" or (actions and actions[0][0] == "reject"):
+        if kind == "ws.close" or (actions and (actions[0][0] == "reject" or (
+                actions[0][0] == "accept" and actions[0][4] is not None))):
+            # Closed, refused, or accepted into a shard: the gateway hands that
+            # connection to the shard's worker (this one again, perhaps) with WS_ADOPT.
             self.ws_info.pop(key, None)
         if kind == "ws.message":
             actions.append(["ack", number, 1])  # the gateway may read the client again

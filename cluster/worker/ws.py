@@ -8,6 +8,9 @@ dict; `reply_actions` turns that into gateway actions:
 
     ws.connect: {'accept': True, 'subprotocol': 'chat', 'headers': {...}}
                 or {'status': 403} / None: refused
+                'shard': key  with the accept: every later event of the connection
+                runs on the key's worker, in one queue with the key's other
+                connections (all of a room's messages in arrival order)
     any event:  'send': data or [data, ...]       to this connection
                 'join' / 'leave': group or [group, ...]
                 'broadcast': {group: data, ...}    to every member, every gateway
@@ -59,7 +62,9 @@ def reply_actions(kind: str, number: int, msg: Any) -> list[list[Any]]:
             headers = msg.get("headers") or {}
             pairs = [[str(k), str(v)] for k, v in
                      (headers.items() if isinstance(headers, dict) else headers)]
-            actions.append(["accept", number, msg.get("subprotocol"), pairs])
+            shard = msg.get("shard")
+            actions.append(["accept", number, msg.get("subprotocol"), pairs,
+                            str(shard) if shard is not None and shard != "" else None])
         else:
             status = msg.get("status", 403) if isinstance(msg, dict) else 403
             body = msg.get("body") if isinstance(msg, dict) else None

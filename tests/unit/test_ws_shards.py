@@ -1,0 +1,140 @@
+"""Shard keys at the gateway's hub, without sockets: where a sharded connection is
+placed, and how a room moves to a worker that joins only once the old one has
+answered everything its connections sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cluster import wire
+from cluster.gateway.http_core import Request
+from cluster.gateway.ws_core import WebSocketCore, WsOptions
+from cluster.gateway.ws_hub import WebSocketHub, rendezvous
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.paused = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+UPGRADE = Request("GET", "/room", "1.1", [
+    ("host", "x"), ("upgrade", "websocket"), ("connection", "Upgrade"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="), ("sec-websocket-version", "13")])
+FIELDS = {"target": "/room", "headers": [], "subprotocols": [], "addr": ["127.0.0.1", 1]}
+
+
+class Hub:
+    """A hub whose posts to workers are recorded, over a worker set the test sets."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.live: list[tuple[bytes, str]] = [(b"A", "worker-a")]
+        self.posts: list[tuple[bytes, dict[str, Any]]] = []
+        self.hub = WebSocketHub(loop, "gw", lambda w, m: self.posts.append((w, m)),
+                                lambda: self.live, lambda: b"date", max_queue=1 << 20,
+                                ping_interval=20, ping_timeout=20, open_timeout=10)
+
+    def connect(self, conn: int, shard: str | None) -> FakeTransport:
+        core = WebSocketCore(WsOptions())
+        assert core.open_handshake(UPGRADE) is None
+        transport = FakeTransport()
+        assert self.hub.open(conn, core, transport, dict(FIELDS))
+        self.act(["accept", conn, None, [], shard])
+        return transport
+
+    def act(self, *actions: list[Any]) -> None:
+        self.hub.on_actions(b"A", {"actions": list(actions)})
+
+    def sent(self, kind: str) -> list[tuple[bytes, int]]:
+        return [(w, m["conn"]) for w, m in self.posts if m["k"] == kind]
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    loop = asyncio.new_event_loop()
+    yield Hub(loop)
+    loop.close()
+
+
+def test_a_sharded_connection_is_adopted_by_the_keys_worker(hub: Hub) -> None:
+    hub.live = [(b"A", "worker-a"), (b"B", "worker-b")]
+    hub.connect(1, "room:1")
+    owner = rendezvous("room:1", hub.live)
+    assert hub.sent(wire.WS_ADOPT) == [(owner, 1)]
+    adopt = next(m for _, m in hub.posts if m["k"] == wire.WS_ADOPT)
+    assert adopt["shard"] == "room:1" and adopt["target"] == "/room"
+    assert hub.hub.sessions[1].worker == owner and hub.hub.shards == {"room:1": {1}}
+
+
+def test_an_unsharded_connection_keeps_no_request_fields(hub: Hub) -> None:
+    hub.connect(1, None)
+    assert hub.sent(wire.WS_ADOPT) == [] and hub.hub.sessions[1].fields is None
+
+
+def test_a_joining_worker_gets_the_room_after_the_old_one_answered(hub: Hub) -> None:
+    # A key the joining worker B wins over A.
+    both = [(b"A", "worker-a"), (b"B", "worker-b")]
+    key = next(f"room:{i}" for i in range(100) if rendezvous(f"room:{i}", both) == b"B")
+    transport = hub.connect(1, key)
+    session = hub.hub.sessions[1]
+    session.inflight = 2  # two of its messages still at A
+    hub.live = both
+    hub.hub.rebalance()
+    assert transport.paused and hub.hub.moving == {key: b"B"}
+    assert hub.sent(wire.WS_RELEASE) == []
+    hub.act(["ack", 1, 1])
+    assert hub.sent(wire.WS_RELEASE) == [] and transport.paused
+    hub.act(["ack", 1, 1])  # A has answered all: the move happens, reading resumes
+    assert hub.sent(wire.WS_RELEASE) == [(b"A", 1)]
+    assert hub.sent(wire.WS_ADOPT)[-1] == (b"B", 1)
+    assert session.worker == b"B" and not transport.paused and not hub.hub.moving
+
+
+def test_a_move_toward_a_worker_that_leaves_is_called_off(hub: Hub) -> None:
+    both = [(b"A", "worker-a"), (b"B", "worker-b")]
+    key = next(f"room:{i}" for i in range(100) if rendezvous(f"room:{i}", both) == b"B")
+    transport = hub.connect(1, key)
+    hub.hub.sessions[1].inflight = 1
+    hub.live = both
+    hub.hub.rebalance()
+    assert transport.paused
+    hub.live = [(b"A", "worker-a")]
+    hub.hub.worker_gone(b"B")
+    assert not transport.paused and not hub.hub.moving
+    assert hub.hub.sessions[1].worker == b"A" and hub.sent(wire.WS_RELEASE) == []
+
+
+def test_a_closing_connection_no_longer_holds_its_room_back(hub: Hub) -> None:
+    both = [(b"A", "worker-a"), (b"B", "worker-b")]
+    key = next(f"room:{i}" for i in range(100) if rendezvous(f"room:{i}", both) == b"B")
+    hub.connect(1, key)
+    quiet = hub.connect(2, key)
+    hub.hub.sessions[1].inflight = 3
+    hub.live = both
+    hub.hub.rebalance()
+    hub.hub.connection_lost(hub.hub.sessions[1])  # the busy one goes away
+    assert hub.sent(wire.WS_RELEASE) == [(b"A", 2)] and not quiet.paused
+    assert hub.hub.shards == {key: {2}}
