@@ -26,19 +26,21 @@ $(RUN_STAMP): pyproject.toml
 # without an engine), openssl (TLS test certificates), wrk (steady load through a
 # rolling restart), etcd and iproute2 (the scale-out backend, three members in
 # network namespaces the tests make), chromium and its driver (the chat page in a
-# real browser). Debian packages, installed once when missing.
+# real browser), curl and nghttp2-client (HTTP/2 clients: curl, nghttp, h2load).
+# Debian packages, installed once when missing.
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || \
 	    ! command -v docker-compose >/dev/null || ! command -v openssl >/dev/null || \
 	    ! command -v wrk >/dev/null || ! command -v etcd >/dev/null || \
 	    ! command -v etcdctl >/dev/null || ! command -v ip >/dev/null || \
-	    ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-	  echo "installing prometheus, docker-compose, openssl, wrk, etcd, iproute2 and" \
-	    "chromium with apt-get"; \
+	    ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || \
+	    ! command -v curl >/dev/null || ! command -v h2load >/dev/null; then \
+	  echo "installing prometheus, docker-compose, openssl, wrk, etcd, iproute2," \
+	    "chromium, curl and nghttp2-client with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    prometheus docker-compose openssl wrk etcd-server etcd-client iproute2 \
-	    chromium chromium-driver >/dev/null; \
+	    chromium chromium-driver curl nghttp2-client >/dev/null; \
 	fi
 	touch $(TOOLS)
 

@@ -15,6 +15,7 @@ from cluster.realtime import (
     publish,
     push,
     reply,
+    subscribe,
 )
 from cluster.responses import redirect
 from cluster.state import StateError, StateUnavailable
@@ -34,5 +35,6 @@ __all__ = [
     "push",
     "redirect",
     "reply",
+    "subscribe",
 ]
 __version__ = "0.1.0"

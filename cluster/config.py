@@ -134,6 +134,13 @@ class GatewayConfig(Common):
     static: str = opt("", "serve files at the gateway: /url=DIRECTORY[,/url2=DIR2]")
     certfile: str = opt("", "TLS certificate chain (PEM): serve HTTPS and WSS")
     keyfile: str = opt("", "TLS private key (PEM) for --certfile")
+    http2: bool = opt(True, "speak HTTP/2: by ALPN over TLS, and with prior knowledge "
+                      "(the client starts with HTTP/2's preface) on the cleartext port")
+    h2_max_streams: int = opt(100, "HTTP/2 streams per connection at once, counting "
+                              "requests a client reset that are still at a worker")
+    h2_stall_timeout: float = opt(30.0, "seconds an HTTP/2 response may wait for the client "
+                                  "to open its flow-control window (or read at all) before "
+                                  "the stream (or connection) is dropped")
     max_connections: int = opt(10_000, "open client connections at most; one more is "
                                "answered 503 and closed at once (TLS: closed)")
     wait_for_worker: bool = opt(False, "open the HTTP port only once a worker is linked, "

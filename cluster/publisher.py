@@ -117,6 +117,13 @@ class Publisher:
                 self._send(sock, ["broadcast", group, frame_data(data), None])
             return len(self._gateways)
 
+    def publish(self, group: str, data: Any) -> None:
+        """A broadcast with history, as cluster.publish: the coordinator numbers it,
+        keeps it and hands it to every gateway. `data` must be JSON-able."""
+        with self._lock:
+            self._coord.send(wire.encode_one(wire.HISTORY_PUBLISH, id=self.id, group=group,
+                                             data=data))
+
     def push(self, conn: str, data: Any) -> bool:
         """Send to one connection; False when its gateway is not in the cluster."""
         gateway, number = split_conn(conn)

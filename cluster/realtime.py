@@ -107,6 +107,17 @@ def publish(group: str, data: Any) -> None:
     _rt().publish(group, data)
 
 
+def subscribe(conn: str, group: str, since: tuple[str, int] | list[Any] | None = None
+              ) -> bool:
+    """Join `conn` to `group` for its published messages; with `since`, the (epoch,
+    offset) of the last one it saw, it first gets what it missed (docs/websocket.md).
+    The same as a handler's reply {"subscribe": ...}, for any layer: an ASGI app
+    calls it after websocket.accept with scope["extensions"]["cluster"]["conn"]."""
+    gateway, number = split_conn(conn)
+    epoch, offset = (since[0], since[1]) if since is not None else (None, None)
+    return _rt().act(gateway, ["subscribe", number, group, epoch, offset])
+
+
 def join(conn: str, group: str) -> bool:
     gateway, number = split_conn(conn)
     return _rt().act(gateway, ["join", number, group])

@@ -15,100 +15,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from cluster import wire
-from cluster.errors import ClusterError
 from cluster.gateway import http_core, static
+from cluster.gateway.client_context import (
+    FILE_CHUNK,
+    BadResponseHead,
+    ConnectionContext,
+    check_head,
+)
 from cluster.gateway.exchange import Exchange
+from cluster.gateway.h2_connection import H2Connection
+from cluster.gateway.h2_core import PREFACE
 from cluster.gateway.http_core import (
     CONTINUE_RESPONSE,
     LAST_CHUNK,
     ContinueExpected,
     HttpCore,
-    HttpLimits,
     ProtocolError,
     Request,
 )
-from cluster.gateway.static import Mount
-from cluster.gateway.ws_core import WebSocketCore, WsOptions, is_websocket_upgrade
-from cluster.gateway.ws_hub import Session, WebSocketHub
-from cluster.http_fields import encode_fields, well_formed
-from cluster.metrics import ShardedHistogram
+from cluster.gateway.ws_core import WebSocketCore, is_websocket_upgrade
+from cluster.gateway.ws_hub import Session
+from cluster.http_fields import encode_fields
 
 log = logging.getLogger("cluster.gateway.http")
-
-
-class BadResponseHead(ClusterError):
-    """A worker's response part has no valid status or header block (502)."""
-
-
-# End to end: from a request's last byte to its response's last byte, so it includes
-# the hop to the worker and the handler. Fine buckets below 10 ms.
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-FILE_CHUNK = 64 * 1024  # static files go out this much at a time
-MAX_GOOD_HEADS = 1024  # header blocks remembered as well formed
-
-# Parse errors by the status they are answered with, as the metrics name them.
-ERROR_KINDS = {400: "bad_request", 408: "header_timeout", 413: "body_too_large",
-               414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented",
-               505: "version_not_supported"}
-
-
-class ConnectionContext:
-    """What all connections of one gateway share, and what they count."""
-
-    def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
-                 header_timeout: float, keepalive_timeout: float, max_pipeline: int,
-                 ws_options: WsOptions, hub: WebSocketHub | None = None, *,
-                 gateway_id: str = "", access_log: bool = False,
-                 client_gone: Callable[[Exchange], None] | None = None,
-                 scheme: str = "http",
-                 static: list[Mount] | None = None,
-                 stream_credit: Callable[[Exchange, int], None] | None = None) -> None:
-        self.limits = limits
-        self.ws_options = ws_options
-        self.hub = hub
-        self.submit = submit
-        self.header_timeout = header_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.max_pipeline = max_pipeline
-        self.date = b""
-        self.connections: set[HttpConnection] = set()  # those with HTTP timeouts to check
-        self.open = 0  # client connections open, WebSockets included (--max-connections)
-        self.next_conn = 0
-        self.errors_by_status: dict[int, int] = {}
-        self.gateway_id = gateway_id
-        self.access_log = access_log
-        self.client_gone = client_gone  # a request's client left before its answer
-        self.tls = scheme == "https"
-        self.static = static or []
-        # Bytes of a worker's stream handed to its client: the worker may send more.
-        self.stream_credit = stream_credit
-        # End-to-end seconds of each finished response, by (method, status); every
-        # connection runs on the loop's thread, so one shard of rows serves them all.
-        self.latency = ShardedHistogram(DURATION_BUCKETS)
-        self._rows = self.latency.shard()
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.good_heads: set[bytes] = set()
-
-    def remember_head(self, fields: bytes) -> None:
-        """A header block found well formed: a handler answers with the same few all
-        day, and a set lookup costs less than checking again."""
-        if len(self.good_heads) >= MAX_GOOD_HEADS:
-            self.good_heads.clear()
-        self.good_heads.add(fields)
-
-    def finished(self, ex: Exchange, now: float) -> None:
-        self.latency.observe_in(self._rows, (ex.method, ex.status), now - ex.began)
-        if self.access_log:
-            log.info("%s %s %d %.1fms", ex.method, ex.envelope.get("target", "-"), ex.status,
-                     (now - ex.began) * 1000,
-                     extra={"request_id": f"{self.gateway_id}/{ex.id}" if ex.id else None})
 
 
 class HttpConnection(asyncio.Protocol):
@@ -133,6 +65,8 @@ class HttpConnection(asyncio.Protocol):
         # that waits for its turn (an Event and its deque are 0.7 KiB a connection).
         self._turn: asyncio.Event | None = None
         self._owed: list[tuple[Exchange, int]] = []  # stream credit held while backed up
+        # Until the first bytes show whether this is HTTP/2 with prior knowledge.
+        self.preface: bytes | None = b"" if ctx.h2 is not None and not ctx.tls else None
 
     # -- asyncio callbacks ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,6 +77,10 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         self.ctx.connections.add(self)
         self.ctx.open += 1
+        if self.ctx.h2 is not None and self.ctx.tls:
+            tls = transport.get_extra_info("ssl_object")
+            if tls is not None and tls.selected_alpn_protocol() == "h2":
+                self._become_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.open -= 1
@@ -211,6 +149,15 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
         self.last_activity = now
+        if self.preface is not None:  # the connection's first bytes: HTTP/2's preface?
+            data = self.preface + data
+            if PREFACE.startswith(data[:len(PREFACE)]) and self.ctx.h2 is not None:
+                if len(data) < len(PREFACE):
+                    self.preface = data  # not enough to tell yet
+                    return
+                self._become_h2(data)
+                return
+            self.preface = None
         self.ctx.bytes_in += len(data)
         if self.ws is not None:
             if self.ws.accepted and self.ctx.hub is not None:
@@ -236,6 +183,16 @@ class HttpConnection(asyncio.Protocol):
                 self.exchanges[-1].keep_alive = False
             else:
                 self._close()
+
+    def _become_h2(self, data: bytes) -> None:
+        """Hand this connection to HTTP/2 (ALPN chose it, or a cleartext client sent
+        the preface): it keeps our place in the counts and timers."""
+        assert self.transport is not None and self.ctx.h2 is not None
+        self.closed = True  # as an HTTP/1.1 connection
+        self.ctx.connections.discard(self)
+        h2 = H2Connection(self.ctx, self.loop, self.ctx.h2, self.ctx.h2_stall_timeout)
+        self.transport.set_protocol(h2)
+        h2.take_over(self.transport, self.conn_id, self.addr, data)
 
     def _on_request(self, request: Request, now: float) -> None:
         if self.closing:
@@ -445,17 +402,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool) -> bytes:
         """The response head: the worker's checked header block, framed here."""
-        status = part.get("status", 200)
-        fields = part.get("head", b"")
-        if type(status) is not int or not 100 <= status <= 999:
-            raise BadResponseHead(f"status {status!r}")
-        if fields not in self.ctx.good_heads:
-            if not well_formed(fields):
-                raise BadResponseHead("a malformed header block")
-            self.ctx.remember_head(fields)
-        ex.status = status
+        status, fields = check_head(self.ctx, ex, part)
         no_body = status in (204, 304) or status < 200
-        ex.head_only = no_body or ex.method == "HEAD"
         content_length: int | None = None
         if no_body:
             pass
@@ -497,6 +445,9 @@ class HttpConnection(asyncio.Protocol):
             self._update_reading()
         else:
             self._close()
+
+    def close_now(self) -> None:
+        self._close()
 
     def _close(self) -> None:
         if self.transport is not None and not self.closed:

@@ -19,9 +19,11 @@ from cluster import wire
 from cluster.config import GatewayConfig
 from cluster.errors import ConfigError
 from cluster.gateway.admission import Admission
+from cluster.gateway.client_context import ClientConnection, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
-from cluster.gateway.http_connection import ConnectionContext, HttpConnection
+from cluster.gateway.h2_core import H2Limits
+from cluster.gateway.http_connection import HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.static import parse_mounts
@@ -88,7 +90,13 @@ class Gateway:
                                       client_gone=self.dispatcher.client_gone,
                                       scheme="https" if config.certfile else "http",
                                       static=parse_mounts(config.static),
-                                      stream_credit=self.dispatcher.stream_credit)
+                                      stream_credit=self.dispatcher.stream_credit,
+                                      h2=H2Limits(
+                                          max_streams=config.h2_max_streams,
+                                          max_header_bytes=config.max_header_bytes,
+                                          max_header_count=config.max_header_count,
+                                          max_body=config.max_body) if config.http2 else None,
+                                      h2_stall_timeout=config.h2_stall_timeout)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)},
                                             ready=self.readiness)
         self.admission = Admission(config.max_connections, tls=bool(config.certfile))
@@ -164,7 +172,7 @@ class Gateway:
             await coordinator.wait_registered()
         self._tasks = [self.loop.create_task(self._sweep()),
                        self.loop.create_task(self._in_slices(
-                           lambda: list(self.http.connections), HttpConnection.check_timeouts)),
+                           lambda: list(self.http.connections), _check_connection)),
                        self.loop.create_task(self._in_slices(
                            lambda: list(self.hub.sessions.values()), self.hub.check)),
                        self.loop.create_task(self._heartbeat())]
@@ -212,6 +220,8 @@ class Gateway:
             context.load_cert_chain(self.config.certfile, self.config.keyfile)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"--certfile/--keyfile: cannot load: {exc}") from None
+        # HTTP/2 by ALPN, HTTP/1.1 for clients that offer nothing else.
+        context.set_alpn_protocols(["h2", "http/1.1"] if self.config.http2 else ["http/1.1"])
         return context
 
     def _watch_disconnects(self, sock: zmq.Socket[bytes]) -> None:
@@ -282,7 +292,7 @@ class Gateway:
         self.dispatcher.fail_all(503)
         self.dispatcher.goodbye()
         for conn in list(self.http.connections):
-            conn._close()
+            conn.close_now()
         for task in self._tasks:
             task.cancel()
         if self.coordinator is not None:
@@ -293,6 +303,10 @@ class Gateway:
         self._monitor.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
+
+
+def _check_connection(conn: ClientConnection, now: float) -> None:
+    conn.check_timeouts(now)
 
 
 def serve(config: GatewayConfig) -> None:

@@ -411,6 +411,10 @@ class Lifespan:
         except Exception as exc:
             # An app without lifespan support raises on the unknown scope type.
             await self.from_app.put({"type": "_raised", "error": exc})
+        else:
+            # Or it returns at once (as uvicorn allows): no answer will come.
+            await self.from_app.put({"type": "_raised",
+                                     "error": "it returned without answering"})
 
     async def startup(self, timeout: float) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())

@@ -7,6 +7,9 @@ Side by side, in one run, with the same client processes:
 
 - cluster: a coordinator, 2 gateways (500 clients each), 1 worker whose handler joins
   every connection to the group; `cluster.publisher.Publisher` broadcasts.
+- history: the same, with history: the handler subscribes every connection and the
+  Publisher publishes, so each message goes to the coordinator, is numbered and kept
+  there, and reaches the clients as {"group", "epoch", "offset", "data"} JSON.
 - socketio: python-socketio's AsyncServer with AsyncRedisManager on uvicorn
   --workers 2 (the kernel spreads the 1,000 clients over both), Debian's
   redis-server between them; an AsyncRedisManager(write_only=True) publishes,
@@ -52,6 +55,8 @@ BUCKET = 1e-4  # latency histogram resolution: 0.1 ms
 BUCKETS = 100_000  # up to 10 s
 SATURATED = 0.9  # a phase delivering under 90% of the offered rate per second
 SOCKETIO_PREFIX = b'42["m","'  # a socket.io EVENT packet: 42["m","<message>"]
+HISTORY_DATA = b'"data":"'  # a published message: {"group", "epoch", "offset", "data"}
+SIDES = ["cluster", "history", "socketio"]
 
 
 def message(phase: int) -> str:
@@ -117,7 +122,7 @@ class Client(asyncio.Protocol):
                 return
             del self.buf[:end + 4]
             self.upgraded = True
-            if self.kind == "cluster":
+            if self.kind != "socketio":
                 self.opened.set_result(None)
         now = time.monotonic()
         buf, pos, size = self.buf, 0, len(self.buf)
@@ -152,7 +157,8 @@ class Client(asyncio.Protocol):
             elif payload == b"2":  # engine.io ping
                 self.transport.write(masked(0x1, b"3"))
             return
-        o = self.offset
+        o = self.offset if self.kind != "history" else \
+            payload.find(HISTORY_DATA) + len(HISTORY_DATA)
         phase = int(payload[o:o + 2])
         tally = self.tally
         if phase == 0:
@@ -230,10 +236,11 @@ def start_cluster_role(role: str, *args: str) -> tuple[subprocess.Popen[bytes], 
 
 
 class ClusterSide:
-    kind = "cluster"
-
-    def __init__(self, insecure: bool = False) -> None:
-        """CURVE on every link, as shipped; `insecure` measures its cost."""
+    def __init__(self, insecure: bool = False, history: bool = False) -> None:
+        """CURVE on every link, as shipped; `insecure` measures its cost. `history`:
+        publish (numbered and kept by the coordinator) instead of broadcast."""
+        self.kind = "history" if history else "cluster"
+        handler = "subscribe_all" if history else "join_all"
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         keys = "" if insecure else bench_keys()
         security = ["--insecure"] if insecure else ["--keys", keys]
@@ -249,7 +256,7 @@ class ClusterSide:
                 self.procs.append(gw)
                 self.ports.append(int(info["port"]))
             worker, _ = start_cluster_role("worker", "--coordinator", endpoint, "--handler",
-                                           "loadtests.bench.broadcast_apps:join_all",
+                                           f"loadtests.bench.broadcast_apps:{handler}",
                                            *security)
             self.procs.append(worker)
         except BaseException:
@@ -259,7 +266,10 @@ class ClusterSide:
         self.publisher = Publisher(endpoint, keys=keys, insecure=insecure)
 
     async def publish(self, data: str) -> None:
-        self.publisher.broadcast("bench", data)
+        if self.kind == "history":
+            self.publisher.publish("bench", data)
+        else:
+            self.publisher.broadcast("bench", data)
 
     def stop(self) -> None:
         self.publisher.close()
@@ -415,7 +425,7 @@ def main() -> int:
     parser.add_argument("--rates", default="5,10,25,50,100,200,400",
                         help="offered broadcasts per second, one phase each")
     parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--only", choices=["cluster", "socketio"])
+    parser.add_argument("--only", choices=SIDES)
     parser.add_argument("--insecure", action="store_true",
                         help="the cluster side without CURVE (to measure what it costs)")
     args = parser.parse_args()
@@ -425,11 +435,11 @@ def main() -> int:
     redis_server = ensure_redis()
     table: dict[str, tuple[list[PhaseResult], int]] = {}
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
-        for kind in ["cluster", "socketio"]:
+        for kind in SIDES:
             if args.only and kind != args.only:
                 continue
-            side: Any = ClusterSide(args.insecure) if kind == "cluster" else \
-                SocketioSide(redis_server, Path(tmp))
+            side: Any = SocketioSide(redis_server, Path(tmp)) if kind == "socketio" else \
+                ClusterSide(args.insecure, history=kind == "history")
             try:
                 table[kind] = asyncio.run(run_side(side, args.clients, args.client_processes,
                                                    rates, args.seconds))
@@ -457,9 +467,12 @@ def main() -> int:
         within = [r.per_second for r in results if r.p99_ms < 50]
         print(f"| {kind} | {best[kind]:,.0f} | "
               f"{f'{max(within):,.0f}' if within else 'none'} |")
-    if len(best) == 2:
+    if "cluster" in best and "socketio" in best:
         print(f"\nratio cluster / socketio (most delivered): "
               f"{best['cluster'] / best['socketio']:.2f}")
+    if "cluster" in best and "history" in best:
+        print(f"ratio history / cluster (most delivered): "
+              f"{best['history'] / best['cluster']:.2f}")
     return 0
 
 

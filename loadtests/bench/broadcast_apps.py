@@ -2,6 +2,7 @@
 client into one group ("bench") when it connects.
 
 cluster:  cluster-worker --handler loadtests.bench.broadcast_apps:join_all
+          (subscribe_all for the history side: cluster.publish)
 socketio: uvicorn loadtests.bench.broadcast_apps:socketio_app --workers 2, with
           BENCH_REDIS_URL naming the redis-server its AsyncRedisManager shares.
 """
@@ -17,6 +18,13 @@ GROUP = "bench"
 def join_all(req: dict[str, Any], state: Any) -> dict[str, Any] | None:
     if req["type"] == "ws.connect":
         return {"accept": True, "join": GROUP}
+    return None
+
+
+def subscribe_all(req: dict[str, Any], state: Any) -> dict[str, Any] | None:
+    """The same, subscribed for published (numbered, kept) messages."""
+    if req["type"] == "ws.connect":
+        return {"accept": True, "subscribe": {"group": GROUP}}
     return None
 
 

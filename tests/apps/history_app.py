@@ -1,11 +1,13 @@
 """A room with history: members subscribe (recovering from ?since=EPOCH:OFFSET);
-every message is published with an offset."""
+every message is published with an offset. `app` answers with the handler's reply,
+`asgi` is the same room as an ASGI app calling cluster.subscribe."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
-from cluster import App, broadcast, publish
+from cluster import App, broadcast, publish, subscribe
 
 app = App()
 
@@ -27,3 +29,23 @@ async def feed(req: dict[str, Any], room: str) -> dict[str, Any] | None:
         else:
             publish(room, req["text"])
     return None
+
+
+async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same room as a plain ASGI app: subscribe() after the accept."""
+    if scope["type"] != "websocket":
+        return
+    room = scope["path"].rsplit("/", 1)[1]
+    query = dict(parse_qsl(scope["query_string"].decode()))
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    if "talk_only" not in query:
+        epoch, _, offset = query.get("since", "").partition(":")
+        since = (epoch, int(offset) if offset.isdigit() else -1) if epoch else None
+        subscribe(scope["extensions"]["cluster"]["conn"], room, since)
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text"):
+            publish(room, message["text"])

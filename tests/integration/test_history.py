@@ -21,14 +21,15 @@ APP = "tests.apps.history_app:app"
 
 
 @pytest.fixture
-def two_gateways() -> Iterator[tuple[Cluster, list[int]]]:
+def two_gateways(request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, list[int]]]:
     with cluster() as c:
         c.coordinator.terminate()
         c.coordinator = c.start("coordinator", "--coordinator-bind", c.endpoint,
                                 "--history-size", "50")  # the tests below rely on it
         ports = [int(c.gateway().ready["port"]), int(c.gateway().ready["port"])]
-        c.worker(APP)
-        c.worker(APP)
+        app = getattr(request, "param", APP)
+        c.worker(app)
+        c.worker(app)
         yield c, ports
 
 
@@ -50,6 +51,8 @@ def frames(ws: ClientConnection, until: Any, timeout: float = 10) -> list[dict[s
     return got
 
 
+@pytest.mark.parametrize("two_gateways", [APP, "tests.apps.history_app:asgi"],
+                         ids=["handler", "asgi"], indirect=True)
 def test_a_reconnecting_client_gets_what_it_missed_once_and_in_order(
         two_gateways: tuple[Cluster, list[int]]) -> None:
     _c, (first, second) = two_gateways
@@ -131,3 +134,19 @@ def test_a_burst_of_publishes_loses_none(two_gateways: tuple[Cluster, list[int]]
         assert [f["data"] for f in got] == [f"b{i}" for i in range(2000)]
         reader.close()
     talker.close()
+
+
+def test_a_publisher_outside_the_cluster_publishes_with_history(
+        two_gateways: tuple[Cluster, list[int]]) -> None:
+    from cluster.publisher import Publisher
+
+    c, (first, second) = two_gateways
+    readers = [open_feed(first), open_feed(second)]
+    time.sleep(0.3)  # both subscriptions in place at their gateways
+    with Publisher(c.endpoint, keys=c.keys) as pub:
+        for i in range(3):
+            pub.publish("room", {"n": i})
+    for reader in readers:
+        got = frames(reader, lambda got: len(got) == 3)
+        assert [(f["offset"], f["data"]) for f in got] == [(i + 1, {"n": i}) for i in range(3)]
+        reader.close()

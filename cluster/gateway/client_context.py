@@ -1,0 +1,127 @@
+"""What every client connection of a gateway shares, HTTP/1.1 and HTTP/2 alike: the
+limits, the way to the dispatcher, the counters, and the check of a worker's
+response head.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cluster.errors import ClusterError
+from cluster.gateway.exchange import Exchange
+from cluster.gateway.h2_core import H2Limits
+from cluster.gateway.http_core import HttpLimits
+from cluster.gateway.static import Mount
+from cluster.gateway.ws_core import WsOptions
+from cluster.gateway.ws_hub import WebSocketHub
+from cluster.http_fields import well_formed
+from cluster.metrics import ShardedHistogram
+
+log = logging.getLogger("cluster.gateway.http")
+
+
+class ClientConnection(Protocol):
+    """An HTTP/1.1 or HTTP/2 connection, as the gateway's timers and shutdown see it."""
+
+    def check_timeouts(self, now: float) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def close_now(self) -> None: ...
+
+
+class BadResponseHead(ClusterError):
+    """A worker's response part has no valid status or header block (502)."""
+
+
+# End to end: from a request's last byte to its response's last byte, so it includes
+# the hop to the worker and the handler. Fine buckets below 10 ms.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+FILE_CHUNK = 64 * 1024  # static files go out this much at a time
+MAX_GOOD_HEADS = 1024  # header blocks remembered as well formed
+
+# Parse errors by the status they are answered with, as the metrics name them.
+ERROR_KINDS = {400: "bad_request", 408: "header_timeout", 413: "body_too_large",
+               414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented",
+               505: "version_not_supported"}
+
+
+class ConnectionContext:
+    """What all connections of one gateway share, and what they count."""
+
+    def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
+                 header_timeout: float, keepalive_timeout: float, max_pipeline: int,
+                 ws_options: WsOptions, hub: WebSocketHub | None = None, *,
+                 gateway_id: str = "", access_log: bool = False,
+                 client_gone: Callable[[Exchange], None] | None = None,
+                 scheme: str = "http",
+                 static: list[Mount] | None = None,
+                 stream_credit: Callable[[Exchange, int], None] | None = None,
+                 h2: H2Limits | None = None, h2_stall_timeout: float = 30.0) -> None:
+        self.limits = limits
+        self.ws_options = ws_options
+        self.hub = hub
+        self.submit = submit
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_pipeline = max_pipeline
+        self.date = b""
+        self.connections: set[ClientConnection] = set()  # those with timeouts to check
+        self.open = 0  # client connections open, WebSockets included (--max-connections)
+        self.next_conn = 0
+        self.errors_by_status: dict[int, int] = {}
+        self.gateway_id = gateway_id
+        self.access_log = access_log
+        self.client_gone = client_gone  # a request's client left before its answer
+        self.tls = scheme == "https"
+        self.static = static or []
+        # Bytes of a worker's stream handed to its client: the worker may send more.
+        self.stream_credit = stream_credit
+        # End-to-end seconds of each finished response, by (method, status); every
+        # connection runs on the loop's thread, so one shard of rows serves them all.
+        self.latency = ShardedHistogram(DURATION_BUCKETS)
+        self._rows = self.latency.shard()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.good_heads: set[bytes] = set()
+        self.h2 = h2  # None: HTTP/1.1 only
+        self.h2_stall_timeout = h2_stall_timeout
+        self.h2_connections = 0  # connections that became HTTP/2
+        self.h2_abusive = 0  # HTTP/2 connections sent GOAWAY for abuse
+        self.h2_stalls = 0  # HTTP/2 streams or connections closed for a shut window
+
+    def remember_head(self, fields: bytes) -> None:
+        """A header block found well formed: a handler answers with the same few all
+        day, and a set lookup costs less than checking again."""
+        if len(self.good_heads) >= MAX_GOOD_HEADS:
+            self.good_heads.clear()
+        self.good_heads.add(fields)
+
+    def finished(self, ex: Exchange, now: float) -> None:
+        self.latency.observe_in(self._rows, (ex.method, ex.status), now - ex.began)
+        if self.access_log:
+            log.info("%s %s %d %.1fms", ex.method, ex.envelope.get("target", "-"), ex.status,
+                     (now - ex.began) * 1000,
+                     extra={"request_id": f"{self.gateway_id}/{ex.id}" if ex.id else None})
+
+
+
+
+def check_head(ctx: ConnectionContext, ex: Exchange, part: dict[str, Any]) -> tuple[int, bytes]:
+    """A worker's status and header block, checked; sets the exchange's status and
+    whether its response has a body. Raises `BadResponseHead` (the client gets 502)."""
+    status = part.get("status", 200)
+    fields = part.get("head", b"")
+    if type(status) is not int or not 100 <= status <= 999:
+        raise BadResponseHead(f"status {status!r}")
+    if fields not in ctx.good_heads:
+        if not well_formed(fields):
+            raise BadResponseHead("a malformed header block")
+        ctx.remember_head(fields)
+    ex.status = status
+    ex.head_only = status in (204, 304) or status < 200 or ex.method == "HEAD"
+    return status, fields

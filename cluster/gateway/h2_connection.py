@@ -1,0 +1,401 @@
+"""The asyncio side of one HTTP/2 client connection: bytes to the sans-I/O `H2Core`,
+its requests to the dispatcher as the same envelopes HTTP/1.1 makes (version "2"),
+the workers' answers back into the core.
+
+A connection becomes HTTP/2 in `HttpConnection`: by ALPN after a TLS handshake, or
+when a cleartext connection starts with the HTTP/2 preface (prior knowledge); it then
+hands its transport over to this protocol (`take_over`).
+
+Each stream's exchange has its own `StreamSink`, so a stream the client resets is
+closed for the dispatcher (a request still waiting for a worker is never sent; one
+already sent is cancelled with GONE) while its connection goes on. Response bodies
+are flow-controlled twice over: the worker's stream credit comes back only as bytes
+leave for the client (`Sent`), and nothing is moved into the connection while the
+socket is backed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from h2.errors import ErrorCodes
+
+from cluster import wire
+from cluster.gateway import http_core, static
+from cluster.gateway.client_context import (
+    FILE_CHUNK,
+    BadResponseHead,
+    ConnectionContext,
+    check_head,
+)
+from cluster.gateway.exchange import Exchange
+from cluster.gateway.h2_core import (
+    ConnectionEnded,
+    Event,
+    H2Core,
+    H2Limits,
+    Sent,
+    StreamCancelled,
+    StreamFinished,
+    StreamRefused,
+    StreamRequest,
+)
+from cluster.http_fields import encode_fields
+
+log = logging.getLogger("cluster.gateway.h2")
+
+
+class StreamSink:
+    """Where one stream's response goes (a ResponseSink for its exchange)."""
+
+    __slots__ = ("closed", "conn", "ex", "final", "sid", "worker_done")
+
+    def __init__(self, conn: H2Connection, sid: int, ex: Exchange) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.ex = ex
+        self.closed = False  # reset, or its connection gone: nothing more to send
+        self.final = False  # the last part has been handled
+        self.worker_done = False  # counted off the connection's requests at workers
+
+    def deliver(self, ex: Exchange, part: dict[str, Any]) -> None:
+        self.conn.deliver(self, part)
+
+    def deliver_error(self, ex: Exchange, status: int,
+                      headers: list[tuple[str, str]] | None = None) -> None:
+        self.conn.deliver_error(self, status, headers)
+
+
+class H2Connection(asyncio.Protocol):
+    def __init__(self, ctx: ConnectionContext, loop: asyncio.AbstractEventLoop,
+                 limits: H2Limits, stall_timeout: float) -> None:
+        self.ctx = ctx
+        self.loop = loop
+        self.core = H2Core(limits, tls=ctx.tls)
+        self.stall_timeout = stall_timeout
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, StreamSink] = {}
+        self.conn_id = 0
+        self.addr: list[Any] = ["", 0]
+        self.closed = False
+        self.writing_paused = False
+        self.paused_since = 0.0
+        self.last_progress = 0.0
+        self._drained: asyncio.Event | None = None  # for file senders waiting on windows
+        self._write_scheduled = False
+
+    def take_over(self, transport: asyncio.Transport, conn_id: int, addr: list[Any],
+                  data: bytes) -> None:
+        """Become the protocol of a connection HttpConnection accepted and counted."""
+        self.transport = transport
+        self.conn_id = conn_id
+        self.addr = addr
+        self.last_progress = self.loop.time()
+        self.ctx.connections.add(self)
+        self.ctx.h2_connections += 1
+        self._write_out()  # our SETTINGS
+        if data:
+            self.data_received(data)
+
+    # -- asyncio callbacks -------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        self.ctx.bytes_in += len(data)
+        events = self.core.receive_data(data, now)
+        if events:
+            self.last_progress = now
+            self._handle(events, now)
+        self._write_out()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.open -= 1
+        self.closed = True
+        self.ctx.connections.discard(self)
+        for sink in self.streams.values():
+            self._cancel(sink)
+        self.streams.clear()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.paused_since = self.loop.time()
+        if self.transport is not None:
+            self.transport.pause_reading()  # nor make us answer more PINGs and SETTINGS
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        now = self.loop.time()
+        out: list[Event] = []
+        for sid in list(self.core.outbound):
+            out += self.core.send_body(sid, b"", self.core.outbound[sid].ending, now)
+        self._handle(out, now)
+        self._write_out()
+        self._wake()
+
+    # -- events from the core ------------------------------------------------------------
+    def _handle(self, events: list[Event], now: float) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is StreamRequest:
+                self._on_request(event, now)  # type: ignore[arg-type]
+            elif kind is Sent:
+                self._on_sent(event)  # type: ignore[arg-type]
+            elif kind is StreamFinished:
+                sink = self.streams.get(event.stream_id)  # type: ignore[union-attr]
+                if sink is not None and sink.final:
+                    del self.streams[sink.sid]
+            elif kind is StreamCancelled:
+                sink = self.streams.pop(event.stream_id, None)  # type: ignore[union-attr]
+                if sink is not None:
+                    self._cancel(sink)
+            elif kind is StreamRefused:
+                self._on_refused(event)  # type: ignore[arg-type]
+            elif kind is ConnectionEnded:
+                self._on_ended(event)  # type: ignore[arg-type]
+        self._close_if_drained()
+
+    def _on_request(self, req: StreamRequest, now: float) -> None:
+        env = {"k": wire.REQUEST, "id": 0, "conn": self.conn_id, "method": req.method,
+               "target": req.target, "version": "2", "headers": req.headers,
+               "body": req.body, "addr": self.addr}
+        if req.scheme == "https":
+            env["scheme"] = "https"
+        ex = Exchange(env, req.method, "2", True, None)  # type: ignore[arg-type]
+        sink = StreamSink(self, req.stream_id, ex)
+        ex.sink = sink
+        ex.began = now
+        self.streams[req.stream_id] = sink
+        answer = static.plan(self.ctx.static, req.method, req.target, req.headers) \
+            if self.ctx.static else None
+        if answer is None:
+            self.ctx.submit(ex)
+        elif isinstance(answer, static.Refusal):
+            if answer.status == 304:
+                self.deliver(sink, {"more": False, "status": 304,
+                                    "head": encode_fields(answer.headers)[0]})
+            else:
+                self.deliver_error(sink, answer.status, answer.headers)
+        else:
+            self.loop.create_task(self._send_file(sink, answer))
+
+    def _on_sent(self, event: Sent) -> None:
+        sink = self.streams.get(event.stream_id)
+        credit = self.ctx.stream_credit
+        if sink is not None and not sink.final and sink.ex.worker is not None and \
+                credit is not None:
+            credit(sink.ex, event.nbytes)
+
+    def _on_refused(self, event: StreamRefused) -> None:
+        log.info("client %s:%s stream %d: %d %s", self.addr[0], self.addr[1],
+                 event.stream_id, event.status, event.reason)
+        counts = self.ctx.errors_by_status
+        counts[event.status] = counts.get(event.status, 0) + 1
+        sink = self.streams.pop(event.stream_id, None)
+        if sink is not None:  # a body over the limit, after the request was made
+            self._cancel(sink)
+        self._respond_whole(event.stream_id, event.status, http_core.TEXT_PLAIN,
+                            http_core.status_body(event.status))
+        if event.status == 413:
+            self.core.reset(event.stream_id, ErrorCodes.NO_ERROR)  # stop sending, no error
+
+    def _on_ended(self, event: ConnectionEnded) -> None:
+        if event.abusive:
+            self.ctx.h2_abusive += 1
+            log.warning("client %s:%s: %s; GOAWAY", self.addr[0], self.addr[1], event.reason)
+        else:
+            log.info("client %s:%s: HTTP/2 connection ends: %s", self.addr[0], self.addr[1],
+                     event.reason)
+        self._write_out()
+        self.close_now()
+
+    def _cancel(self, sink: StreamSink) -> None:
+        """The client no longer wants this stream's answer."""
+        sink.closed = True
+        ex = sink.ex
+        if ex.worker is None:
+            # Never sent (a static file, or still waiting for credit: the dispatcher
+            # skips closed sinks), so no worker answer will count it off.
+            self._worker_done(sink)
+        elif not sink.final and self.ctx.client_gone is not None:
+            self.ctx.client_gone(ex)
+
+    def _worker_done(self, sink: StreamSink) -> None:
+        if not sink.worker_done:
+            sink.worker_done = True
+            self.core.finish_request()
+
+    # -- responses -------------------------------------------------------------------
+    def deliver(self, sink: StreamSink, part: dict[str, Any]) -> None:
+        ex = sink.ex
+        more = part.get("more", False)
+        if not more:
+            self._worker_done(sink)
+        if sink.closed or sink.final or self.closed:
+            self._close_if_drained()
+            return
+        now = self.loop.time()
+        body = part.get("body", b"")
+        if not isinstance(body, bytes):
+            body = b""
+        sid = sink.sid
+        if part.get("abort"):
+            self._finish(sink, now)
+            self.core.reset(sid, ErrorCodes.INTERNAL_ERROR)
+        elif not ex.started:
+            ex.started = True
+            try:
+                status, fields = check_head(self.ctx, ex, part)
+            except BadResponseHead as exc:
+                log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
+                          extra={"request_id": f"{self.ctx.gateway_id}/{ex.id}"})
+                ex.status = 502
+                self._respond_whole(sid, 502, http_core.TEXT_PLAIN, http_core.status_body(502))
+                self._finish(sink, now)
+            else:
+                declared = part.get("length")
+                length = None if status in (204, 304) or status < 200 else \
+                    len(body) if not more else \
+                    declared if type(declared) is int and declared >= 0 else None
+                end = ex.head_only or (not more and not body)
+                self.core.respond(sid, status, fields, self.ctx.date, content_length=length,
+                                  end=end)
+                if end:
+                    self._finish(sink, now)
+                else:
+                    self._body(sink, body, more, now)
+        elif not ex.head_only:
+            self._body(sink, body, more, now)
+        elif not more:
+            self._finish(sink, now)
+        self._write_soon()
+        self._close_if_drained()
+
+    def _body(self, sink: StreamSink, body: bytes, more: bool, now: float) -> None:
+        if not more:
+            self._finish(sink, now)
+        if self.writing_paused:  # queued; moved into the connection on resume_writing
+            stream = self.core.outbound.get(sink.sid)
+            if stream is not None:
+                if body:
+                    stream.chunks.append(body)
+                stream.ending = not more
+            return
+        self._handle(self.core.send_body(sink.sid, body, not more, now), now)
+
+    def _finish(self, sink: StreamSink, now: float) -> None:
+        sink.final = True
+        if sink.sid not in self.core.outbound:
+            self.streams.pop(sink.sid, None)
+        self.ctx.finished(sink.ex, now)
+
+    def deliver_error(self, sink: StreamSink, status: int,
+                      headers: list[tuple[str, str]] | None = None) -> None:
+        if sink.ex.started:
+            self.deliver(sink, {"more": False, "abort": True})
+            return
+        fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
+        self.deliver(sink, {"more": False, "status": status, "head": fields,
+                            "body": http_core.status_body(status)})
+
+    def _respond_whole(self, sid: int, status: int, fields: bytes, body: bytes) -> None:
+        self.core.respond(sid, status, fields, self.ctx.date, content_length=len(body),
+                          end=False)
+        self.core.send_body(sid, body, True, self.loop.time())
+        self._write_out()
+
+    async def _send_file(self, sink: StreamSink, plan: static.FilePlan) -> None:
+        """A file a chunk at a time, each once the last has left for the client."""
+        ex = sink.ex
+        try:
+            with open(plan.path, "rb") as f:
+                f.seek(plan.offset)
+                left = 0 if ex.method == "HEAD" else plan.length
+                self.deliver(sink, {"more": True, "status": plan.status, "length": plan.length,
+                                    "head": encode_fields(plan.headers)[0], "body": b""})
+                while left > 0:
+                    while not (self.closed or sink.closed) and (
+                            self.writing_paused or (self.core.outbound.get(sink.sid) is not None
+                            and self.core.outbound[sink.sid].chunks)):
+                        if self._drained is None:
+                            self._drained = asyncio.Event()
+                        self._drained.clear()
+                        await self._drained.wait()
+                    if self.closed or sink.closed:
+                        return
+                    chunk = f.read(min(FILE_CHUNK, left))
+                    if not chunk:  # the file shrank under us
+                        self.deliver(sink, {"more": False, "abort": True})
+                        return
+                    left -= len(chunk)
+                    self.deliver(sink, {"more": True, "body": chunk})
+                self.deliver(sink, {"more": False, "body": b""})
+        except OSError as exc:
+            log.warning("static file %s: %s", plan.path, exc)
+            self.deliver_error(sink, 500)
+
+    def _wake(self) -> None:
+        if self._drained is not None:
+            self._drained.set()
+
+    def _write_soon(self) -> None:
+        """Responses arrive from workers in batches: one write per connection per pass
+        of the loop, not one per response (the write is most of a small one's cost)."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._write_scheduled = False
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.ctx.bytes_out += len(data)
+            self.transport.write(data)
+        if self._drained is not None and not self.writing_paused:
+            self._wake()
+
+    # -- timers and shutdown ---------------------------------------------------------------
+    def check_timeouts(self, now: float) -> None:
+        if self.closed:
+            return
+        stalled = self.core.stalled(now, self.stall_timeout)
+        for sid in stalled:
+            log.info("client %s:%s stream %d: no window for %.0fs; reset", self.addr[0],
+                     self.addr[1], sid, self.stall_timeout)
+            self.ctx.h2_stalls += 1
+            sink = self.streams.pop(sid, None)
+            if sink is not None:
+                self._cancel(sink)
+            self.core.reset(sid)
+        if self.writing_paused and now - self.paused_since > self.stall_timeout:
+            log.info("client %s:%s: reads nothing for %.0fs; closing", self.addr[0],
+                     self.addr[1], self.stall_timeout)
+            self.ctx.h2_stalls += 1
+            self.close_now()
+        elif self.core.idle and now - self.last_progress > self.ctx.keepalive_timeout:
+            self.core.goaway()
+            self._close_if_drained()
+        elif stalled:
+            self._write_out()
+
+    def shutdown(self) -> None:
+        """No new streams (they are refused, so a client retries them elsewhere);
+        close once those under way are answered."""
+        self.core.goaway()
+        self._write_out()
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.core.draining and self.core.idle and not self.closed:
+            self.core.goaway()  # idle now: the GOAWAY itself
+            self._write_out()
+            self.close_now()
+
+    def close_now(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.ctx.connections.discard(self)

@@ -1,0 +1,466 @@
+"""HTTP/2 server protocol core, sans-I/O: bytes in, events out; responses to bytes.
+
+Theory of operation
+-------------------
+h2 (python-hyper's sans-I/O HTTP/2) does the framing, HPACK, stream states and the
+flow-control arithmetic. This core puts the gateway's rules around it:
+
+- **Requests.** A stream's header block and body become one `StreamRequest`, with the
+  same fields an HTTP/1.1 request has (`:authority` as Host, split cookie fields
+  joined). Bodies are gathered up to `max_body`; past it the stream is answered 413
+  and reset with NO_ERROR (RFC 9113 §8.1), and the connection goes on.
+- **Flow control, inbound.** Received body bytes are acknowledged (the client's
+  window reopened) only while the connection holds less than `max_buffered` bytes of
+  bodies not yet handed on; beyond that the acknowledgements wait for `release`, so
+  a client can make us hold at most that plus one window.
+- **Flow control, outbound.** Response bodies wait in the stream until its window and
+  the connection's allow them; `Sent` events say how much left, which is when the
+  worker gets its stream credit back. A stream that waits for a window longer than
+  the stall timeout is found by `stalled` and reset.
+- **Abuse.** Streams the client resets (rapid reset, CVE-2023-44487), and frames that
+  cost work but carry no request (SETTINGS, PING, PRIORITY, empty DATA) are counted
+  per `ABUSE_WINDOW` seconds; past their budget the connection gets GOAWAY
+  ENHANCE_YOUR_CALM. A stream opened while `max_streams` of this connection's
+  requests are still at workers (reset ones included: their work is not undone by
+  the reset) is refused with REFUSED_STREAM. CONTINUATION floods (CVE-2024-27316)
+  end in h2 itself: more than 64 frames in one header block is a connection error;
+  a header list over `max_header_bytes` (our SETTINGS_MAX_HEADER_LIST_SIZE) too.
+
+Nothing here reads a clock or touches a socket: callers pass `now`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.exceptions import StreamClosedError
+from h2.settings import SettingCodes
+
+from cluster.gateway.http_rules import valid_host
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+ABUSE_WINDOW = 10.0  # seconds over which resets and control frames are counted
+
+# Hop-by-hop fields have no place in HTTP/2 (RFC 9113 §8.2.2): dropped from responses.
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
+                         b"transfer-encoding", b"upgrade", b"te"})
+
+
+@dataclass(frozen=True)
+class H2Limits:
+    max_streams: int = 100
+    max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100
+    max_body: int = 1024 * 1024
+    header_table_size: int = 4096
+    max_buffered: int = 4 * 1024 * 1024  # request bodies held per connection
+    max_resets: int = 200  # client resets per ABUSE_WINDOW
+    max_control: int = 500  # SETTINGS, PING, PRIORITY, empty DATA per ABUSE_WINDOW
+
+
+# -- events ----------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class StreamRequest:
+    """A whole request on a stream: headers and body."""
+    stream_id: int
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    scheme: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefused:
+    """A request refused before it went anywhere; the core has answered it."""
+    stream_id: int
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCancelled:
+    """The client reset a stream (or it was reset here): its request is not wanted."""
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """This many bytes of a stream's response body went into the connection."""
+    stream_id: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFinished:
+    """The stream's response is wholly sent."""
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEnded:
+    """GOAWAY went out (or came in): send what is queued, then close."""
+    reason: str
+    abusive: bool = False
+
+
+Event = StreamRequest | StreamRefused | StreamCancelled | Sent | StreamFinished | \
+    ConnectionEnded
+
+
+@dataclass(slots=True)
+class _Inbound:
+    headers: list[tuple[str, str]]
+    method: str
+    target: str
+    scheme: str
+    body: bytearray = field(default_factory=bytearray)
+    refused: bool = False
+
+
+@dataclass(slots=True)
+class _Outbound:
+    chunks: deque[bytes] = field(default_factory=deque)
+    ending: bool = False  # the last part arrived: end the stream once chunks are out
+    ended: bool = False  # END_STREAM sent
+    waiting_since: float = 0.0  # when it last had data and no window; 0: not waiting
+
+
+class _Budget:
+    """Events per ABUSE_WINDOW, counted in fixed windows (cheap, and an abuser is
+    over any reasonable budget by far)."""
+
+    __slots__ = ("count", "limit", "started")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.started = 0.0
+
+    def spend(self, now: float) -> bool:
+        """Count one; False once over the budget."""
+        if now - self.started > ABUSE_WINDOW:
+            self.started, self.count = now, 0
+        self.count += 1
+        return self.count <= self.limit
+
+
+class H2Core:
+    def __init__(self, limits: H2Limits, *, tls: bool) -> None:
+        self.limits = limits
+        self.default_scheme = "https" if tls else "http"
+        # Inbound headers are validated by h2, as they come from anyone. Outbound ones
+        # are made here from blocks a worker checked (`well_formed`: no CR, LF or NUL,
+        # no framing fields) with names lowered: checking them again cost a fifth of
+        # the gateway's time per request.
+        config = H2Configuration(client_side=False, header_encoding=None,
+                                 validate_inbound_headers=True,
+                                 normalize_inbound_headers=True,
+                                 validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
+        self.conn = H2Connection(config)
+        self.conn.local_settings.update({
+            SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+            SettingCodes.HEADER_TABLE_SIZE: limits.header_table_size,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        self.conn.initiate_connection()
+        # Enforced from the first byte, not once the client acknowledges our SETTINGS.
+        self.conn.decoder.max_header_list_size = limits.max_header_bytes
+        self.conn.decoder.max_allowed_table_size = limits.header_table_size
+        self.inbound: dict[int, _Inbound] = {}
+        self.outbound: dict[int, _Outbound] = {}
+        self.at_workers = 0  # requests handed on and not finished (reset ones too)
+        self.buffered = 0  # request body bytes held here or not yet handed on
+        self.held_acks: list[tuple[int, int]] = []  # (stream, bytes) not acknowledged
+        self.resets = _Budget(limits.max_resets)
+        self.control = _Budget(limits.max_control)
+        self.ended = False  # GOAWAY sent or received: nothing more is read
+        self.draining = False  # shutting down: new streams are refused
+
+    # -- input ---------------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        if self.ended:
+            return []
+        try:
+            received = self.conn.receive_data(data)
+        except H2ProtocolError as exc:
+            # h2 has queued GOAWAY with the error's code already.
+            self.ended = True
+            calm = getattr(exc, "error_code", None) == ErrorCodes.ENHANCE_YOUR_CALM
+            return [ConnectionEnded(f"protocol error: {exc}", abusive=calm)]
+        out: list[Event] = []
+        for event in received:
+            kind = type(event)
+            if kind is RequestReceived:
+                self._on_headers(event, out)  # type: ignore[arg-type]
+            elif kind is DataReceived:
+                self._on_data(event, now, out)  # type: ignore[arg-type]
+            elif kind is StreamEnded:
+                self._on_end(event.stream_id, out)  # type: ignore[attr-defined]
+            elif kind is WindowUpdated:
+                self._flush_all(now, out)
+            elif kind is StreamReset:
+                self._on_reset(event.stream_id, event.remote_reset,  # type: ignore[attr-defined]
+                               now, out)
+            elif kind in (PingReceived, RemoteSettingsChanged, PriorityUpdated):
+                if not self.control.spend(now):
+                    self._calm(f"more than {self.limits.max_control} SETTINGS, PING or "
+                               f"PRIORITY frames in {ABUSE_WINDOW:.0f}s", out)
+                if kind is RemoteSettingsChanged:
+                    self._flush_all(now, out)  # the initial window may have grown
+            elif kind is TrailersReceived:
+                pass  # request trailers are not carried (docs/http2.md)
+            elif kind is ConnectionTerminated:
+                self.ended = True
+                out.append(ConnectionEnded("the client sent GOAWAY"))
+            if self.ended:
+                break
+        return out
+
+    def _on_headers(self, event: RequestReceived, out: list[Event]) -> None:
+        sid = event.stream_id
+        if self.at_workers >= self.limits.max_streams or self.draining:
+            # Its earlier streams' work is still running (reset ones too), or we are
+            # going away: REFUSED_STREAM tells the client it may retry it elsewhere.
+            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        pseudo: dict[bytes, bytes] = {}
+        headers: list[tuple[str, str]] = []
+        cookies: list[str] = []
+        for name, value in event.headers or ():
+            if name[:1] == b":":
+                pseudo[name] = value
+            elif name == b"cookie":
+                cookies.append(value.decode("latin-1"))
+            else:
+                headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        method = pseudo.get(b":method", b"").decode("latin-1")
+        authority = pseudo.get(b":authority", b"").decode("latin-1")
+        target = pseudo.get(b":path", b"").decode("latin-1")
+        scheme = pseudo.get(b":scheme", b"").decode("latin-1") or self.default_scheme
+        if cookies:  # RFC 9113 §8.2.3: one field again for HTTP/1.1 semantics
+            headers.append(("cookie", "; ".join(cookies)))
+        if authority and not any(n == "host" for n, _ in headers):
+            headers.insert(0, ("host", authority))
+        stream = _Inbound(headers, method, target, scheme)
+        self.inbound[sid] = stream
+        refusal = self._refusal(method, target, scheme, headers)
+        if refusal is not None:
+            self._refuse(sid, stream, refusal[0], refusal[1], out)
+        if event.stream_ended:
+            self._on_end(sid, out)
+
+    def _refusal(self, method: str, target: str, scheme: str,
+                 headers: list[tuple[str, str]]) -> tuple[int, str] | None:
+        if len(headers) > self.limits.max_header_count:
+            return 431, f"more than {self.limits.max_header_count} header fields"
+        if method == "CONNECT":
+            return 501, "CONNECT: this is not a proxy"
+        if scheme not in ("http", "https"):
+            return 400, f"scheme {scheme!r}"
+        if not (target.startswith("/") or (target == "*" and method == "OPTIONS")):
+            return 400, "a :path that is not origin form"
+        hosts = [v for n, v in headers if n == "host"]
+        if len(hosts) > 1 or (hosts and not valid_host(hosts[0])):
+            return 400, "an invalid or repeated Host"
+        return None
+
+    def _refuse(self, sid: int, stream: _Inbound, status: int, reason: str,
+                out: list[Event]) -> None:
+        stream.refused = True
+        self._release_stream(stream)
+        out.append(StreamRefused(sid, status, reason))
+
+    def _on_data(self, event: DataReceived, now: float, out: list[Event]) -> None:
+        sid = event.stream_id
+        size = event.flow_controlled_length
+        stream = self.inbound.get(sid)
+        if not event.data and not event.stream_ended and not self.control.spend(now):
+            self._calm(f"more than {self.limits.max_control} empty frames in "
+                       f"{ABUSE_WINDOW:.0f}s", out)
+            return
+        if stream is None or stream.refused:
+            self._ack(sid, size)  # discarded: the window must not shrink for it
+            return
+        if len(stream.body) + len(event.data) > self.limits.max_body:
+            self._ack(sid, size)
+            self._refuse(sid, stream, 413, f"a body over {self.limits.max_body} bytes", out)
+            return
+        stream.body += event.data
+        self.buffered += size
+        if self.buffered <= self.limits.max_buffered:
+            self._ack(sid, size)
+        else:
+            self.held_acks.append((sid, size))
+
+    def _on_end(self, sid: int, out: list[Event]) -> None:
+        stream = self.inbound.pop(sid, None)
+        if stream is None or stream.refused:
+            return
+        self.at_workers += 1
+        out.append(StreamRequest(sid, stream.method, stream.target, stream.headers,
+                                 bytes(stream.body), stream.scheme))
+        self.release(len(stream.body))
+
+    def _on_reset(self, sid: int, remote: bool, now: float, out: list[Event]) -> None:
+        stream = self.inbound.pop(sid, None)
+        if stream is not None:
+            self._release_stream(stream)
+        self.outbound.pop(sid, None)
+        out.append(StreamCancelled(sid))
+        if remote and not self.resets.spend(now):
+            self._calm(f"more than {self.limits.max_resets} streams reset in "
+                       f"{ABUSE_WINDOW:.0f}s (rapid reset)", out)
+
+    def _release_stream(self, stream: _Inbound) -> None:
+        self.release(len(stream.body))
+        stream.body = bytearray()
+
+    def _calm(self, reason: str, out: list[Event]) -> None:
+        self.ended = True
+        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        out.append(ConnectionEnded(reason, abusive=True))
+
+    def _ack(self, sid: int, size: int) -> None:
+        if size:
+            try:
+                self.conn.acknowledge_received_data(size, sid)
+            except StreamClosedError:
+                self.conn.increment_flow_control_window(size)  # the connection's share
+
+    def release(self, nbytes: int) -> None:
+        """Body bytes no longer held here: acknowledge what waited for room."""
+        self.buffered = max(0, self.buffered - nbytes)
+        while self.held_acks and self.buffered <= self.limits.max_buffered:
+            sid, size = self.held_acks.pop(0)
+            self._ack(sid, size)
+
+    # -- output ---------------------------------------------------------------------
+    def respond(self, sid: int, status: int, fields: bytes, date: bytes, *,
+                content_length: int | None, end: bool) -> None:
+        """The response head: `fields` is a header block of `encode_fields`' shape."""
+        headers = [(b":status", b"%d" % status), (b"server", b"cluster"), (b"date", date)]
+        for line in fields.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep:
+                lower = name.lower()
+                if lower not in _HOP_BY_HOP:
+                    headers.append((lower, value.strip()))
+        if content_length is not None:
+            headers.append((b"content-length", b"%d" % content_length))
+        try:
+            self.conn.send_headers(sid, headers, end_stream=end)
+        except StreamClosedError:
+            return
+        if not end:
+            self.outbound[sid] = _Outbound()
+
+    def send_body(self, sid: int, data: bytes, end: bool, now: float) -> list[Event]:
+        """Queue a part of the body; sends what the windows allow."""
+        stream = self.outbound.get(sid)
+        if stream is None:
+            return []
+        if data:
+            stream.chunks.append(data)
+        stream.ending = end
+        out: list[Event] = []
+        self._flush(sid, stream, now, out)
+        return out
+
+    def _flush_all(self, now: float, out: list[Event]) -> None:
+        for sid, stream in list(self.outbound.items()):
+            self._flush(sid, stream, now, out)
+
+    def _flush(self, sid: int, stream: _Outbound, now: float, out: list[Event]) -> None:
+        conn = self.conn
+        sent = 0
+        try:
+            while stream.chunks:
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = stream.chunks[0]
+                if len(chunk) <= window:
+                    stream.chunks.popleft()
+                    # The last part ends the stream in its own DATA frame.
+                    last = stream.ending and not stream.chunks
+                    conn.send_data(sid, chunk, end_stream=last)
+                    sent += len(chunk)
+                    if last:
+                        stream.ending = False
+                        stream.ended = True
+                else:
+                    conn.send_data(sid, chunk[:window])
+                    stream.chunks[0] = chunk[window:]
+                    sent += window
+            if not stream.chunks and stream.ending:
+                conn.end_stream(sid)
+                stream.ending = False
+                stream.ended = True
+        except StreamClosedError:
+            self.outbound.pop(sid, None)
+            return
+        if sent:
+            out.append(Sent(sid, sent))
+        if not stream.chunks:
+            stream.waiting_since = 0.0
+            if stream.ended:
+                del self.outbound[sid]
+                out.append(StreamFinished(sid))
+        elif sent or not stream.waiting_since:
+            stream.waiting_since = now  # progress, or the start of a wait
+
+    def finish_request(self) -> None:
+        """A request handed on is over at its worker (answered, failed or gone)."""
+        self.at_workers = max(0, self.at_workers - 1)
+
+    def reset(self, sid: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        self.outbound.pop(sid, None)
+        stream = self.inbound.pop(sid, None)
+        if stream is not None:
+            self._release_stream(stream)
+        with contextlib.suppress(StreamClosedError, H2ProtocolError):
+            self.conn.reset_stream(sid, code)
+
+    def stalled(self, now: float, timeout: float) -> list[int]:
+        """Streams whose response has waited for a window longer than `timeout`."""
+        return [sid for sid, s in self.outbound.items()
+                if s.waiting_since and now - s.waiting_since > timeout]
+
+    def goaway(self) -> None:
+        """No new streams; once those under way are done, GOAWAY. (h2 sends nothing on
+        a connection after its GOAWAY, so the first step is ours: new streams are
+        refused with REFUSED_STREAM, which a client may retry elsewhere.)"""
+        self.draining = True
+        if self.idle and not self.ended:
+            self.ended = True
+            self.conn.close_connection(ErrorCodes.NO_ERROR,
+                                       last_stream_id=self.conn.highest_inbound_stream_id)
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+    @property
+    def idle(self) -> bool:
+        return not self.inbound and not self.outbound and not self.at_workers
