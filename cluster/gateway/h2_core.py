@@ -52,7 +52,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 
 from cluster.gateway.http_rules import valid_host
 
@@ -178,7 +178,9 @@ class H2Core:
                                  validate_outbound_headers=False,
                                  normalize_outbound_headers=False)
         self.conn = H2Connection(config)
-        self.conn.local_settings.update({
+        # As the initial values, so our first SETTINGS frame carries them (an update
+        # would be sent as the old values and applied only once acknowledged).
+        self.conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
             SettingCodes.HEADER_TABLE_SIZE: limits.header_table_size,
@@ -213,7 +215,7 @@ class H2Core:
         for event in received:
             kind = type(event)
             if kind is RequestReceived:
-                self._on_headers(event, out)  # type: ignore[arg-type]
+                self._on_headers(event, now, out)  # type: ignore[arg-type]
             elif kind is DataReceived:
                 self._on_data(event, now, out)  # type: ignore[arg-type]
             elif kind is StreamEnded:
@@ -238,12 +240,18 @@ class H2Core:
                 break
         return out
 
-    def _on_headers(self, event: RequestReceived, out: list[Event]) -> None:
+    def _on_headers(self, event: RequestReceived, now: float, out: list[Event]) -> None:
         sid = event.stream_id
         if self.at_workers >= self.limits.max_streams or self.draining:
             # Its earlier streams' work is still running (reset ones too), or we are
             # going away: REFUSED_STREAM tells the client it may retry it elsewhere.
-            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            # Streams refused count with those reset: a client opening and resetting
+            # streams faster than workers finish spends the same budget either way.
+            with contextlib.suppress(StreamClosedError):  # reset by the client already
+                self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            if not self.draining and not self.resets.spend(now):
+                self._calm(f"more than {self.limits.max_resets} streams reset or refused "
+                           f"in {ABUSE_WINDOW:.0f}s (rapid reset)", out)
             return
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[str, str]] = []
@@ -330,7 +338,7 @@ class H2Core:
         self.outbound.pop(sid, None)
         out.append(StreamCancelled(sid))
         if remote and not self.resets.spend(now):
-            self._calm(f"more than {self.limits.max_resets} streams reset in "
+            self._calm(f"more than {self.limits.max_resets} streams reset or refused in "
                        f"{ABUSE_WINDOW:.0f}s (rapid reset)", out)
 
     def _release_stream(self, stream: _Inbound) -> None:
@@ -371,7 +379,7 @@ class H2Core:
             headers.append((b"content-length", b"%d" % content_length))
         try:
             self.conn.send_headers(sid, headers, end_stream=end)
-        except StreamClosedError:
+        except H2ProtocolError:  # the stream closed meanwhile (a reset crossed it)
             return
         if not end:
             self.outbound[sid] = _Outbound()

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -68,11 +69,11 @@ class Server:
         self.popen = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, context: ssl.SSLContext | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(self.url, timeout=1) as resp:
+                with urllib.request.urlopen(self.url, timeout=1, context=context) as resp:
                     if resp.status == 200:
                         return
             except OSError:
@@ -124,8 +125,12 @@ def _role(pid: str) -> str:
         return "supervisor" if role == "run" else role
     if any("uvicorn" in w for w in words[:2]):
         return "uvicorn"
+    if "hypercorn" in words[1:3] or any(w.endswith("/hypercorn") for w in words[:2]):
+        return "hypercorn"
     if any("multiprocessing" in w for w in words):
-        return "uvicorn"  # uvicorn's worker processes are multiprocessing children
+        # uvicorn's and hypercorn's worker processes: named after their parent
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _role(stat[stat.rindex(")") + 2:].split()[1])
     return Path(words[0]).name if words and words[0] else "?"
 
 

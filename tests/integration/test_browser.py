@@ -32,14 +32,14 @@ pytestmark = [
 
 
 @contextmanager
-def browser(name: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+def browser(name: str, request: pytest.FixtureRequest, *flags: str) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--disable-gpu", "--window-size=1000,800"):
+                 "--disable-gpu", "--window-size=1000,800", *flags):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=str(DRIVER)), options=options)
     driver.set_page_load_timeout(20)
