@@ -79,7 +79,7 @@ conformance: $(STAMP)
 
 ## make bench: the side-by-side benchmarks (installs wrk and redis-server with apt-get
 ## when missing)
-bench: $(STAMP)
+bench: $(TOOLS)
 	$(BIN)/python -m loadtests.bench.http --chart docs/performance-http.svg
 	$(BIN)/python -m loadtests.bench.asgi --chart docs/performance-asgi.svg
 	$(BIN)/python -m loadtests.bench.blocking
@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench.broadcast
 	$(BIN)/python -m loadtests.bench.overload
 	$(BIN)/python -m loadtests.bench.history
+	$(BIN)/python -m loadtests.bench.http2
 
 ## make loadtest: locust (HTTP and WebSocket users) against `cluster run` on the demo
 ## app, headless and bounded; HTML and CSV reports in reports/
