@@ -28,7 +28,7 @@ class GatewayMetrics:
         conns = GaugeMetricFamily("cluster_gateway_connections",
                                   "Open client connections by protocol",
                                   labels=["protocol"])
-        conns.add_metric(["http"], len(http.connections))
+        conns.add_metric(["http"], len(http.connections))  # HTTP/2 ones included
         conns.add_metric(["websocket"], len(hub.sessions))
         yield conns
 
@@ -105,6 +105,17 @@ class GatewayMetrics:
         yield _gauge("cluster_gateway_open_connections",
                      "Client connections open (HTTP and WebSocket), against --max-connections",
                      http.open)
+        yield _counter("cluster_gateway_http2_connections",
+                       "Client connections that spoke HTTP/2 (ALPN or prior knowledge)",
+                       http.h2_connections)
+        yield _counter("cluster_gateway_http2_abusive",
+                       "HTTP/2 connections sent GOAWAY for abuse (rapid reset, floods, "
+                       "oversized header lists)", http.h2_abusive)
+        yield _counter("cluster_gateway_http2_stalls",
+                       "HTTP/2 streams reset, or connections closed, after waiting "
+                       "--h2-stall-timeout for the client's window", http.h2_stalls)
+        yield _counter("cluster_gateway_websocket_shard_moves",
+                       "Shard keys moved to a worker that joined", hub.shard_moves)
         yield _counter("cluster_gateway_tls_handshake_failures",
                        "TLS handshakes with clients that failed or timed out (plain HTTP "
                        "to the HTTPS port, old protocols, scanners)", gw.tls.failed)

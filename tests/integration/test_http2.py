@@ -23,6 +23,7 @@ from h2.settings import SettingCodes
 
 from tests.harness import Cluster, cluster, wait_for
 from tests.integration.test_browser import CHROMIUM, DRIVER, browser
+from tests.integration.test_observability import metrics_port, sample, scrape
 from tests.integration.test_tls import certificate  # noqa: F401  (a fixture)
 
 APP = "tests.apps.h2_app:app"
@@ -60,7 +61,7 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @needs["curl"]
-def test_curl_with_prior_knowledge(h2c: tuple[Cluster, int]) -> None:
+def test_curl_with_prior_knowledge(h2c: tuple[Cluster, int], tmp_path: Path) -> None:
     _c, port = h2c
     url = f"http://127.0.0.1:{port}"
     got = curl("--http2-prior-knowledge", "-w", "\n%{http_version}", "-b", "a=1; b=2",
@@ -76,6 +77,10 @@ def test_curl_with_prior_knowledge(h2c: tuple[Cluster, int]) -> None:
     assert len(curl("--http2-prior-knowledge", f"{url}/big/3000000").stdout) == 3_000_000
     streamed = curl("--http2-prior-knowledge", f"{url}/stream/40").stdout
     assert len(streamed) == 40 * 16384 and streamed.endswith("n" * 16384)
+    # A body over --max-body (1 MiB): 413 on its stream.
+    (tmp_path / "big").write_bytes(b"b" * 2_000_000)
+    assert curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}",
+                "--data-binary", f"@{tmp_path / 'big'}", f"{url}/echo").stdout == "413"
     # The same port still speaks HTTP/1.1.
     assert curl("--http1.1", "-w", "%{http_version}", "-o", "/dev/null",
                 f"{url}/echo").stdout == "1.1"
@@ -195,6 +200,9 @@ def test_rapid_reset_costs_no_worker_more_than_the_stream_limit_and_gets_goaway(
         started = int(curl("--http2-prior-knowledge",
                            f"http://127.0.0.1:{port}/slow-started").stdout)
         assert started <= 100, f"{started} reset requests ran at the worker"
+    gateway = next(p for p in _c.procs if p.role == "gateway")
+    assert "rapid reset" in gateway.wait_log("GOAWAY")
+    assert sample(scrape(metrics_port(gateway.ready)), "cluster_gateway_http2_abusive_total") == 1
 
 
 def test_a_window_never_opened_resets_the_stream_after_the_stall_timeout(
@@ -209,6 +217,9 @@ def test_a_window_never_opened_resets_the_stream_after_the_stall_timeout(
         assert reset and reset[0].stream_id == sid and reset[0].error_code == ErrorCodes.CANCEL
         assert not any(isinstance(e, DataReceived) and e.data for e in seen)
         assert 0.9 < time.monotonic() - began < 5
+        gateway = next(p for p in _c.procs if p.role == "gateway")
+        assert sample(scrape(metrics_port(gateway.ready)),
+                      "cluster_gateway_http2_stalls_total") == 1
         # The connection itself goes on.
         other = client.get("/echo")
         client.h2.increment_flow_control_window(1_000_000, None)
