@@ -114,7 +114,7 @@ class Publisher:
             if not self._gateways:
                 raise PublisherError("the cluster has no gateway")
             for sock in self._gateways.values():
-                self._send(sock, ["broadcast", group, frame_data(data), None])
+                self._send(sock, wire.broadcast(group, frame_data(data)))
             return len(self._gateways)
 
     def publish(self, group: str, data: Any) -> None:
@@ -133,7 +133,7 @@ class Publisher:
             sock = self._gateways.get(gateway)
             if sock is None:
                 return False
-            self._send(sock, ["send", number, frame_data(data)])
+            self._send(sock, wire.send(number, frame_data(data)))
             return True
 
     def close(self) -> None:

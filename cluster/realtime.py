@@ -24,9 +24,14 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from cluster import wire
+
 
 class PushRuntime(Protocol):
-    def act(self, gateway_id: str | None, action: list[Any]) -> bool: ...
+    def act(self, gateway_id: str, action: list[Any]) -> bool: ...
+
+    def broadcast(self, group: str, data: str | bytes,
+                  exclude: tuple[str, int] | None) -> None: ...
 
     def reply(self, gateway_id: str, number: int, msg: Any) -> bool: ...
 
@@ -82,18 +87,12 @@ def split_conn(conn: str) -> tuple[str, int]:
 
 def push(conn: str, data: Any) -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, ["send", number, frame_data(data)])
+    return _rt().act(gateway, wire.send(number, frame_data(data)))
 
 
 def broadcast(group: str, data: Any, exclude: str | None = None) -> None:
     """One message to each gateway; each fans out to its members of `group`."""
-    payload = frame_data(data)
-    if exclude is None:
-        _rt().act(None, ["broadcast", group, payload, None])
-        return
-    ex_gateway, ex_number = split_conn(exclude)
-    rt = _rt()
-    rt.act(None, ["broadcast-except", group, payload, ex_gateway, ex_number])
+    _rt().broadcast(group, frame_data(data), split_conn(exclude) if exclude else None)
 
 
 def publish(group: str, data: Any) -> None:
@@ -115,22 +114,22 @@ def subscribe(conn: str, group: str, since: tuple[str, int] | list[Any] | None =
     calls it after websocket.accept with scope["extensions"]["cluster"]["conn"]."""
     gateway, number = split_conn(conn)
     epoch, offset = (since[0], since[1]) if since is not None else (None, None)
-    return _rt().act(gateway, ["subscribe", number, group, epoch, offset])
+    return _rt().act(gateway, wire.subscribe(number, group, epoch, offset))
 
 
 def join(conn: str, group: str) -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, ["join", number, group])
+    return _rt().act(gateway, wire.join(number, group))
 
 
 def leave(conn: str, group: str) -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, ["leave", number, group])
+    return _rt().act(gateway, wire.leave(number, group))
 
 
 def close(conn: str, code: int = 1000, reason: str = "") -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, ["close", number, code, reason])
+    return _rt().act(gateway, wire.close(number, code, reason))
 
 
 def reply(request_id: str, msg: Any) -> bool:

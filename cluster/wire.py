@@ -154,6 +154,89 @@ def encode_one(kind: str, **fields: Any) -> bytes:
 _FIELDS = {kind: tuple(fields.items()) for kind, fields in SCHEMA.items()}
 
 
+# -- WebSocket actions ----------------------------------------------------------------
+# What a worker asks a gateway to do, carried in WS_ACTIONS' "actions" list. An action
+# is a list, [name, *fields], built only by the functions below and checked by the
+# gateway with `check_action` before it runs it (gateway/ws_hub.py, from a table).
+# `conn` is the connection's number at that gateway.
+ACCEPT = "accept"  # [accept, conn, subprotocol|None, headers [[name, value], ...], shard|None]
+REJECT = "reject"  # [reject, conn, status, body|None]: refuse the handshake with an HTTP status
+SEND = "send"  # [send, conn, data]: a text (str) or binary (bytes) message
+CLOSE = "close"  # [close, conn, code, reason]
+JOIN = "join"  # [join, conn, group]
+LEAVE = "leave"  # [leave, conn, group]
+SUBSCRIBE = "subscribe"  # [subscribe, conn, group, epoch|None, offset|None]: join, recover
+ACK = "ack"  # [ack, conn, count]: the worker handled this many of the connection's messages
+BROADCAST = "broadcast"  # [broadcast, group, data, exclude conn|None]: to every member here
+
+_NONE = type(None)
+_DATA = (str, bytes)
+ACTIONS: dict[str, tuple[tuple[type, ...], ...]] = {
+    ACCEPT: ((int,), (str, _NONE), (list,), (str, _NONE)),
+    REJECT: ((int,), (int,), (str, bytes, _NONE)),
+    SEND: ((int,), _DATA),
+    CLOSE: ((int,), (int,), (str,)),
+    JOIN: ((int,), (str,)),
+    LEAVE: ((int,), (str,)),
+    SUBSCRIBE: ((int,), (str,), (str, _NONE), (int, _NONE)),
+    ACK: ((int,), (int,)),
+    BROADCAST: ((str,), _DATA, (int, _NONE)),
+}
+
+
+def check_action(action: object) -> str | None:
+    """Why `action` is not a well-formed action, or None when it is."""
+    if type(action) is not list or not action:
+        return "not a list"
+    shape = ACTIONS.get(action[0]) if type(action[0]) is str else None
+    if shape is None:
+        return f"unknown action {action[0]!r}"
+    if len(action) != len(shape) + 1:
+        return f"{action[0]}: {len(action) - 1} fields, not {len(shape)}"
+    for value, types in zip(action[1:], shape, strict=True):
+        if type(value) not in types:
+            return f"{action[0]}: {type(value).__name__} where {types} belong"
+    return None
+
+
+def accept(conn: int, subprotocol: str | None, headers: list[list[str]],
+           shard: str | None = None) -> list[Any]:
+    return [ACCEPT, conn, subprotocol, headers, shard]
+
+
+def reject(conn: int, status: int, body: str | bytes | None = None) -> list[Any]:
+    return [REJECT, conn, status, body]
+
+
+def send(conn: int, data: str | bytes) -> list[Any]:
+    return [SEND, conn, data]
+
+
+def close(conn: int, code: int, reason: str = "") -> list[Any]:
+    return [CLOSE, conn, code, reason]
+
+
+def join(conn: int, group: str) -> list[Any]:
+    return [JOIN, conn, group]
+
+
+def leave(conn: int, group: str) -> list[Any]:
+    return [LEAVE, conn, group]
+
+
+def subscribe(conn: int, group: str, epoch: str | None = None,
+              offset: int | None = None) -> list[Any]:
+    return [SUBSCRIBE, conn, group, epoch, offset]
+
+
+def ack(conn: int, count: int = 1) -> list[Any]:
+    return [ACK, conn, count]
+
+
+def broadcast(group: str, data: str | bytes, exclude: int | None = None) -> list[Any]:
+    return [BROADCAST, group, data, exclude]
+
+
 def _check(msg: object) -> dict[str, Any]:
     if type(msg) is not dict:
         raise WireError("envelope is not a map")

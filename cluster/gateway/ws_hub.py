@@ -160,6 +160,12 @@ class WebSocketHub:
         self.ask_history: Callable[[int, str, str, int], bool] = lambda *_: False
         self.feed = GroupFeed(self._queue_text, lambda g: self.groups.get(g, set()),
                               lambda *args: self.ask_history(*args), open_timeout)
+        # What each action on a connection does; broadcasts, to a group, apart.
+        self._run: dict[str, Callable[[Session, list[Any], set[int]], None]] = {
+            wire.ACCEPT: self._act_accept, wire.REJECT: self._act_reject,
+            wire.SEND: self._act_send, wire.CLOSE: self._act_close, wire.ACK: self._act_ack,
+            wire.JOIN: self._act_join, wire.LEAVE: self._act_leave,
+            wire.SUBSCRIBE: self._act_subscribe}
 
     # -- from client connections ------------------------------------------------
     def open(self, conn: int, core: WebSocketCore, transport: Transport,
@@ -204,14 +210,23 @@ class WebSocketHub:
     # -- from workers -------------------------------------------------------------
     def on_actions(self, peer: bytes, msg: dict[str, Any]) -> None:
         touched = self._unflushed
+        run = self._run
         for action in msg["actions"]:
-            if not isinstance(action, list) or not action or not isinstance(action[0], str):
-                log.warning("malformed WebSocket action from a worker; ignored")
+            fault = wire.check_action(action)
+            if fault is not None:
+                log.warning("bad WebSocket action from a worker (%s); ignored", fault)
                 continue
-            try:
-                self._act(peer, action, touched)
-            except (TypeError, ValueError, IndexError) as exc:
-                log.warning("bad WebSocket action %r: %s", action[0], exc)
+            if action[0] == wire.BROADCAST:
+                self._broadcast(action, touched)
+                continue
+            session = self.sessions.get(action[1])
+            if session is None or session.closed:
+                if action[0] == wire.SEND:
+                    self.push_missing += 1
+                    log.info("push to connection %s/%s, which is gone (%d so far)",
+                             self.gateway_id, action[1], self.push_missing)
+                continue
+            run[action[0]](session, action, touched)
         if touched and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_unflushed)
@@ -240,66 +255,58 @@ class WebSocketHub:
             if session is not None:
                 self.flush(session)
 
-    def _act(self, peer: bytes, action: list[Any], touched: set[int]) -> None:
-        name = action[0]
-        if name == "broadcast":
-            self.broadcasts += 1
-            group, data, exclude = action[1], action[2], action[3]
-            for conn in list(self.groups.get(group, ())):
-                if conn != exclude:
-                    self._send(conn, data, touched)
-            return
-        conn = action[1]
-        if not isinstance(conn, int):
-            raise TypeError("connection id must be an int")
-        session = self.sessions.get(conn)
-        if session is None or session.closed:
-            if name == "send":
-                self.push_missing += 1
-                log.info("push to connection %s/%s, which is gone (%d so far)",
-                         self.gateway_id, conn, self.push_missing)
-            return
-        if name == "accept":
-            self._accept(session, action[2], action[3],
-                         action[4] if len(action) > 4 else None)
-        elif name == "reject":
-            self._reject(session, int(action[2]), action[3])
-        elif name == "send":
-            self._send(conn, action[2], touched)
-        elif name == "close":
-            session.core.close(int(action[2]), str(action[3])[:120])
-            touched.add(conn)
-        elif name == "ack":  # the worker handled this many of the connection's messages
-            session.inflight = max(0, session.inflight - int(action[2]))
-            if session.reading_paused and session.inflight <= WS_INFLIGHT_LOW:
-                session.reading_paused = False
-                if not session.held:
-                    session.transport.resume_reading()
-            if session.inflight == 0 and session.shard in self.moving:
-                self._try_move(session.shard)
-        elif name == "join":
-            self.groups.setdefault(str(action[2]), set()).add(conn)
-            session.groups.add(str(action[2]))
-        elif name == "leave":
-            group = str(action[2])
-            session.groups.discard(group)
-            self._remove_member(group, conn)
-        elif name == "subscribe":  # join, and recover what was missed since (epoch, offset)
-            group = str(action[2])
-            self.groups.setdefault(group, set()).add(conn)
-            session.groups.add(group)
-            if action[3] is not None:
-                self.feed.subscribe(conn, group, action[3], action[4], self.loop.time())
-        else:
-            raise ValueError(f"unknown action {name!r}")
+    # -- the actions (wire.ACTIONS), each on a connection here that is still open -----
+    def _broadcast(self, action: list[Any], touched: set[int]) -> None:
+        self.broadcasts += 1
+        _, group, data, exclude = action
+        for conn in list(self.groups.get(group, ())):
+            if conn != exclude:
+                self._send(conn, data, touched)
 
-    def _accept(self, session: Session, subprotocol: Any, headers: Any,
-                shard: Any) -> None:
+    def _act_accept(self, session: Session, action: list[Any], _touched: set[int]) -> None:
+        self._accept(session, action[2], action[3], action[4])
+
+    def _act_reject(self, session: Session, action: list[Any], _touched: set[int]) -> None:
+        self._reject(session, action[2], action[3])
+
+    def _act_send(self, session: Session, action: list[Any], touched: set[int]) -> None:
+        self._send(session.conn, action[2], touched)
+
+    def _act_close(self, session: Session, action: list[Any], touched: set[int]) -> None:
+        session.core.close(action[2], action[3][:120])
+        touched.add(session.conn)
+
+    def _act_ack(self, session: Session, action: list[Any], _touched: set[int]) -> None:
+        session.inflight = max(0, session.inflight - action[2])
+        if session.reading_paused and session.inflight <= WS_INFLIGHT_LOW:
+            session.reading_paused = False
+            if not session.held:
+                session.transport.resume_reading()
+        if session.inflight == 0 and session.shard in self.moving:
+            self._try_move(session.shard)
+
+    def _act_join(self, session: Session, action: list[Any], _touched: set[int]) -> None:
+        self.groups.setdefault(action[2], set()).add(session.conn)
+        session.groups.add(action[2])
+
+    def _act_leave(self, session: Session, action: list[Any], _touched: set[int]) -> None:
+        session.groups.discard(action[2])
+        self._remove_member(action[2], session.conn)
+
+    def _act_subscribe(self, session: Session, action: list[Any], touched: set[int]) -> None:
+        """Join, and recover what was missed since (epoch, offset)."""
+        self._act_join(session, action, touched)
+        if action[3] is not None and action[4] is not None:
+            self.feed.subscribe(session.conn, action[2], action[3], action[4],
+                                self.loop.time())
+
+    def _accept(self, session: Session, subprotocol: str | None, headers: list[Any],
+                shard: str | None) -> None:
         if session.accepted:
             return
-        pairs = [(str(h[0]), str(h[1])) for h in headers or []]
-        status, data = session.core.accept(subprotocol if isinstance(subprotocol, str)
-                                           else None, pairs)
+        pairs = [(h[0], h[1]) for h in headers
+                 if type(h) is list and len(h) == 2 and type(h[0]) is str and type(h[1]) is str]
+        status, data = session.core.accept(subprotocol, pairs)
         session.transport.write(data)
         if status != 101:
             # websockets refused the handshake itself (origin, key): it wrote why.
@@ -309,7 +316,7 @@ class WebSocketHub:
             return
         session.accepted = True
         session.next_ping = self.loop.time() + self.ping_interval
-        if isinstance(shard, str) and shard:
+        if shard:
             self._place(session, shard)
         else:
             session.fields = None

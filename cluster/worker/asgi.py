@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
+from cluster import wire
 from cluster.http_fields import BadField
 from cluster.state import Backend, SharedState
 from cluster.worker.flow import StreamWindow
@@ -315,7 +316,7 @@ class WebSocketSession:
     async def receive(self) -> Message:
         message = await self.queue.get()
         if message["type"] == "websocket.receive" and not self.client_gone:
-            self.act(["ack", self.number, 1])  # taken: the gateway may read more
+            self.act(wire.ack(self.number))  # taken: the gateway may read more
         return message
 
     async def send(self, message: Message) -> None:
@@ -327,25 +328,27 @@ class WebSocketSession:
             if self.stage != "connecting" or self._deny is not None:
                 raise ASGIError("websocket.accept after the handshake was decided")
             headers = _str_headers(message.get("headers") or [])
-            self.act(["accept", n, message.get("subprotocol"), headers])
+            subprotocol = message.get("subprotocol")
+            self.act(wire.accept(n, subprotocol if isinstance(subprotocol, str) else None,
+                                 headers))
             self.stage = "accepted"
         elif kind == "websocket.send":
             if self.stage != "accepted":
                 raise ASGIError("websocket.send before websocket.accept")
             text, data = message.get("text"), message.get("bytes")
             if isinstance(text, str):
-                self.act(["send", n, text])
+                self.act(wire.send(n, text))
             elif isinstance(data, (bytes, bytearray)):
-                self.act(["send", n, bytes(data)])
+                self.act(wire.send(n, bytes(data)))
             else:
                 raise ASGIError("websocket.send needs 'text' or 'bytes'")
         elif kind == "websocket.close":
             if self.stage == "connecting":
-                self.act(["reject", n, 403, None])
+                self.act(wire.reject(n, 403))
             else:
                 code = message.get("code", 1000)
                 reason = message.get("reason") or ""
-                self.act(["close", n, int(code), str(reason)[:120]])
+                self.act(wire.close(n, int(code), str(reason)[:120]))
             self.stage = "closed"
         elif kind == "websocket.http.response.start":
             if self.stage != "connecting" or self._deny is not None:
@@ -359,7 +362,7 @@ class WebSocketSession:
                 raise ASGIError("websocket.http.response.body before its start")
             self._deny[1].append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
-                self.act(["reject", n, self._deny[0], b"".join(self._deny[1])])
+                self.act(wire.reject(n, self._deny[0], b"".join(self._deny[1])))
                 self.stage = "closed"
         else:
             raise ASGIError(f"{kind!r} is not a WebSocket message")
@@ -383,9 +386,9 @@ class WebSocketSession:
         if self.client_gone or self.stage == "closed":
             return
         if self.stage == "connecting":
-            self.act(["reject", self.number, refuse, None])
+            self.act(wire.reject(self.number, refuse))
         else:
-            self.act(["close", self.number, close, "" if close == 1000 else "internal error"])
+            self.act(wire.close(self.number, close, "" if close == 1000 else "internal error"))
         self.stage = "closed"
 
 

@@ -572,36 +572,39 @@ class Worker:
         except Exception as exc:
             self._log_failure(req, exc)
             # 1011 after a connection was accepted; a refusal before.
-            actions = [["reject", number, 500, None]] if kind == "ws.connect" else \
-                [["close", number, 1011, "internal error"]]
-        if kind == "ws.close" or (actions and (actions[0][0] == "reject" or (
-                actions[0][0] == "accept" and actions[0][4] is not None))):
+            actions = [wire.reject(number, 500)] if kind == "ws.connect" else \
+                [wire.close(number, 1011, "internal error")]
+        if kind == "ws.close" or (actions and (actions[0][0] == wire.REJECT or (
+                actions[0][0] == wire.ACCEPT and actions[0][4] is not None))):
             # Closed, refused, or accepted into a shard: the gateway hands that
             # connection to the shard's worker (this one again, perhaps) with WS_ADOPT.
             self.ws_info.pop(key, None)
         if kind == "ws.message":
-            actions.append(["ack", number, 1])  # the gateway may read the client again
+            actions.append(wire.ack(number))  # the gateway may read the client again
         if actions:
             link.post(wire.envelope(wire.WS_ACTIONS, actions=actions))
 
     # -- cluster.push runtime ------------------------------------------------------
-    def act(self, gateway_id: str | None, action: list[Any]) -> bool:
-        """Send one WebSocket action: to a gateway, or to all (broadcasts)."""
+    def act(self, gateway_id: str, action: list[Any]) -> bool:
+        """Send one WebSocket action (a `wire` action) to a gateway."""
         if threading.get_ident() != self.loop_thread:
             self.loop.call_soon_threadsafe(self._act, gateway_id, action)
-            return gateway_id is None or gateway_id in self.links
+            return gateway_id in self.links
         return self._act(gateway_id, action)
 
-    def _act(self, gateway_id: str | None, action: list[Any]) -> bool:
-        if gateway_id is None:
-            for gid, link in self.links.items():
-                if action[0] == "broadcast-except":
-                    _, group, data, ex_gateway, ex_number = action
-                    one = ["broadcast", group, data, ex_number if gid == ex_gateway else None]
-                else:
-                    one = action
-                link.post(wire.envelope(wire.WS_ACTIONS, actions=[one]))
-            return True
+    def broadcast(self, group: str, data: str | bytes,
+                  exclude: tuple[str, int] | None) -> None:
+        """To every gateway, which fans out to its members of `group`; `exclude` is a
+        connection (gateway, number) that is not sent to."""
+        if threading.get_ident() != self.loop_thread:
+            self.loop.call_soon_threadsafe(self.broadcast, group, data, exclude)
+            return
+        for gid, link in self.links.items():
+            skip = exclude[1] if exclude is not None and exclude[0] == gid else None
+            link.post(wire.envelope(wire.WS_ACTIONS,
+                                    actions=[wire.broadcast(group, data, skip)]))
+
+    def _act(self, gateway_id: str, action: list[Any]) -> bool:
         target = self.links.get(gateway_id)
         if target is None:
             log.info("push to a connection of gateway %s, which this worker does not know",
@@ -641,7 +644,7 @@ class Worker:
             self._said_no_history = True
             log.warning("cluster.publish on --state-backend etcd: no history there yet; "
                         "sent as a plain broadcast")
-        self.act(None, ["broadcast", group, realtime.frame_data(data), None])
+        self.broadcast(group, realtime.frame_data(data), None)
 
     def _post_to_gateway(self, gateway_id: str, env: dict[str, Any]) -> bool:
         link = self.links.get(gateway_id)

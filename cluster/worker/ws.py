@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from cluster import wire
 from cluster.realtime import frame_data
 from cluster.worker.messages import target_fields
 
@@ -63,37 +64,41 @@ def reply_actions(kind: str, number: int, msg: Any) -> list[list[Any]]:
             pairs = [[str(k), str(v)] for k, v in
                      (headers.items() if isinstance(headers, dict) else headers)]
             shard = msg.get("shard")
-            actions.append(["accept", number, msg.get("subprotocol"), pairs,
-                            str(shard) if shard is not None and shard != "" else None])
+            subprotocol = msg.get("subprotocol")
+            actions.append(wire.accept(number, subprotocol if isinstance(subprotocol, str)
+                                       else None, pairs,
+                                       str(shard) if shard is not None and shard != "" else None))
         else:
             status = msg.get("status", 403) if isinstance(msg, dict) else 403
             body = msg.get("body") if isinstance(msg, dict) else None
-            return [["reject", number, status if isinstance(status, int) else 403,
-                     body if isinstance(body, (str, bytes)) else None]]
+            return [wire.reject(number, status if type(status) is int else 403,
+                                body if isinstance(body, (str, bytes)) else None)]
     if not isinstance(msg, dict):
         return actions
     for group in _many(msg.get("join")):
-        actions.append(["join", number, str(group)])
+        actions.append(wire.join(number, str(group)))
     for group in _many(msg.get("leave")):
-        actions.append(["leave", number, str(group)])
+        actions.append(wire.leave(number, str(group)))
     for sub in _many(msg.get("subscribe")):
         # {"group": g} joins; with "since": [epoch, offset] it also recovers.
         if isinstance(sub, dict) and "group" in sub:
             since = sub.get("since")
             epoch, offset = since if isinstance(since, (list, tuple)) and \
                 len(since) == 2 else (None, None)
-            actions.append(["subscribe", number, str(sub["group"]), epoch, offset])
+            actions.append(wire.subscribe(
+                number, str(sub["group"]), epoch if isinstance(epoch, str) else None,
+                offset if type(offset) is int else None))
     send = msg.get("send")
     for data in (send if isinstance(send, list) else _many(send)):
-        actions.append(["send", number, frame_data(data)])
+        actions.append(wire.send(number, frame_data(data)))
     broadcasts = msg.get("broadcast")
     if isinstance(broadcasts, dict):
         for group, data in broadcasts.items():
-            actions.append(["broadcast", str(group), frame_data(data), None])
+            actions.append(wire.broadcast(str(group), frame_data(data)))
     close = msg.get("close")
     if close is not None:
         code, reason = (close[0], close[1]) if isinstance(close, (list, tuple)) else (close, "")
-        actions.append(["close", number, int(code), str(reason)])
+        actions.append(wire.close(number, int(code), str(reason)))
     return actions
 
 

@@ -80,3 +80,33 @@ def test_random_bytes_never_escape_as_another_exception() -> None:
         cut = rng.randint(0, len(data))
         with contextlib.suppress(WireError):
             wire.decode_frame(bytes(data[:cut]))
+
+
+# -- WebSocket actions --------------------------------------------------------------------
+
+def test_every_builder_makes_an_action_the_gateway_accepts() -> None:
+    built = [wire.accept(1, None, [["x-a", "b"]], "room:1"), wire.accept(1, "chat", []),
+             wire.reject(1, 403), wire.reject(1, 401, b"who?"), wire.send(1, "t"),
+             wire.send(1, b"b"), wire.close(1, 1000), wire.join(1, "g"), wire.leave(1, "g"),
+             wire.subscribe(1, "g"), wire.subscribe(1, "g", "e", 3), wire.ack(1, 2),
+             wire.broadcast("g", "t"), wire.broadcast("g", b"b", 7)]
+    assert {a[0] for a in built} == set(wire.ACTIONS)
+    for action in built:
+        assert wire.check_action(action) is None, action
+
+
+@pytest.mark.parametrize(("action", "fault"), [
+    ("send", "not a list"),
+    ([], "not a list"),
+    (["explode", 1], "unknown action 'explode'"),
+    ([3, 1], "unknown action 3"),
+    (["send", 1], "send: 1 fields, not 2"),
+    (["send", "1", "x"], "send: str where"),
+    (["send", True, "x"], "send: bool where"),  # a bool is not a connection number
+    (["send", 1, 5], "send: int where"),
+    (["close", 1, 1000, None], "close: NoneType where"),
+    (["broadcast", "g", "x", "all"], "broadcast: str where"),
+])
+def test_malformed_actions_are_named(action: object, fault: str) -> None:
+    found = wire.check_action(action)
+    assert found is not None and found.startswith(fault)

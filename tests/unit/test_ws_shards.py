@@ -62,7 +62,7 @@ class Hub:
         assert core.open_handshake(UPGRADE) is None
         transport = FakeTransport()
         assert self.hub.open(conn, core, transport, dict(FIELDS))
-        self.act(["accept", conn, None, [], shard])
+        self.act(wire.accept(conn, None, [], shard))
         return transport
 
     def act(self, *actions: list[Any]) -> None:
@@ -105,9 +105,9 @@ def test_a_joining_worker_gets_the_room_after_the_old_one_answered(hub: Hub) -> 
     hub.hub.rebalance()
     assert transport.paused and hub.hub.moving == {key: b"B"}
     assert hub.sent(wire.WS_RELEASE) == []
-    hub.act(["ack", 1, 1])
+    hub.act(wire.ack(1))
     assert hub.sent(wire.WS_RELEASE) == [] and transport.paused
-    hub.act(["ack", 1, 1])  # A has answered all: the move happens, reading resumes
+    hub.act(wire.ack(1))  # A has answered all: the move happens, reading resumes
     assert hub.sent(wire.WS_RELEASE) == [(b"A", 1)]
     assert hub.sent(wire.WS_ADOPT)[-1] == (b"B", 1)
     assert session.worker == b"B" and not transport.paused and not hub.hub.moving
@@ -138,3 +138,12 @@ def test_a_closing_connection_no_longer_holds_its_room_back(hub: Hub) -> None:
     hub.hub.connection_lost(hub.hub.sessions[1])  # the busy one goes away
     assert hub.sent(wire.WS_RELEASE) == [(b"A", 2)] and not quiet.paused
     assert hub.hub.shards == {key: {2}}
+
+
+def test_a_malformed_action_is_logged_once_and_the_next_one_runs(
+        hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    hub.connect(1, None)
+    hub.act(["join", 1], ["join", 1, 5], ["launch", 1], wire.join(1, "g"))
+    assert hub.hub.groups == {"g": {1}}
+    faults = [r.getMessage() for r in caplog.records if "bad WebSocket action" in r.message]
+    assert len(faults) == 3 and "join: 1 fields, not 2" in faults[0]
