@@ -5,6 +5,7 @@ coordinator code.
 """
 
 from cluster.app import App
+from cluster.errors import StateError, StateUnavailable
 from cluster.realtime import (
     DEFER,
     broadcast,
@@ -18,7 +19,6 @@ from cluster.realtime import (
     subscribe,
 )
 from cluster.responses import redirect
-from cluster.state import StateError, StateUnavailable
 
 __all__ = [
     "DEFER",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import ClusterError
+from cluster.errors import ChildFailed
 from cluster.lifecycle import BEAT
 
 log = logging.getLogger("cluster.supervisor")
@@ -28,9 +28,6 @@ log = logging.getLogger("cluster.supervisor")
 MAX_LINE = 64 * 1024  # a ready line is a few hundred bytes; more is not one
 MIN_BACKOFF = 0.5
 
-
-class ChildFailed(ClusterError):
-    """A child did not become ready."""
 
 
 class PipeReader:

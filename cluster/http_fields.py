@@ -20,12 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from cluster.errors import ClusterError
-
-
-class BadField(ClusterError):
-    """A response header that would split or corrupt the response."""
-
+from cluster.errors import BadField
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # Headers the gateway owns: a handler's values are dropped, not repeated. A declared

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import uvloop
 
+from cluster.errors import StoppedWhileStarting
+
 T = TypeVar("T")
 
 
@@ -108,9 +110,6 @@ async def beat_until_closed(fd: int, interval: float) -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
 
-
-class StoppedWhileStarting(Exception):
-    """SIGTERM or SIGINT came while the process was still starting."""
 
 
 async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:

@@ -27,13 +27,9 @@ from typing import Any
 import zmq
 
 from cluster import wire
-from cluster.errors import ClusterError, ConfigError
+from cluster.errors import ConfigError, PublisherError
 from cluster.realtime import frame_data, split_conn
 from cluster.security import for_process
-
-
-class PublisherError(ClusterError):
-    """The coordinator could not be reached, or knows no gateway."""
 
 
 class Publisher:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.errors import RouteError
+
 # converter name -> (regex, conversion)
 CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "str": (r"[^/]+", str),
@@ -17,9 +19,6 @@ CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 _PARAM = re.compile(r"<(?:(?P<conv>[a-z]+):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
 
-
-class RouteError(ValueError):
-    """A route pattern cannot be compiled (a programming error, found at import)."""
 
 
 @dataclass(frozen=True)

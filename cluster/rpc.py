@@ -66,7 +66,8 @@ class RpcEndpoint:
         try:
             call = json.loads(text)
         except ValueError as exc:
-            return error(None, None, "bad_request", f"not JSON: {exc}")
+            log.info("RPC: a message that is not JSON (%s)", exc)
+            return error(None, None, "bad_request", "not JSON")
         if not isinstance(call, dict):
             return error(None, None, "bad_request", "a request is a JSON object")
         request_id = call.get("request_id")
@@ -86,7 +87,9 @@ class RpcEndpoint:
         try:
             inspect.signature(fn).bind(req, **data)
         except TypeError as exc:
-            return error(request_id, module, "bad_request", f"bad arguments: {exc}")
+            log.info("RPC %s.%s (request %r): %s", module, method, request_id, exc)
+            return error(request_id, module, "bad_request",
+                         f"data does not match the parameters of {module}.{method}")
         try:
             if inspect.iscoroutinefunction(fn):
                 result = await fn(req, **data)

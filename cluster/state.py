@@ -23,20 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import Any, Protocol
 
-from cluster.errors import ClusterError
-
-
-class StateError(ClusterError):
-    """A state operation was refused (a limit, a read-only key, a bad argument)."""
-
-
-class StateUnavailable(StateError):
-    """The coordinator cannot be reached: writes are not possible right now."""
-
-
-class ReadOnlyKey(StateError):
-    """Keys beginning with an upper-case letter belong to the framework."""
-
+from cluster.errors import ReadOnlyKey, StateError
 
 _MISSING = object()
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.child import MIN_BACKOFF, Child, ChildFailed
+from cluster.child import MIN_BACKOFF, Child
 from cluster.config import (
     CoordinatorConfig,
     GatewayConfig,
@@ -36,6 +36,7 @@ from cluster.config import (
     subset,
     to_argv,
 )
+from cluster.errors import ChildFailed
 from cluster.security import ROLE_KEYS, keygen
 
 log = logging.getLogger("cluster.supervisor")

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cluster.child import ChildFailed, read_ready
+from cluster.child import read_ready
+from cluster.errors import ChildFailed
 from cluster.security import ROLE_KEYS, Curve, keygen
 
 ROOT = Path(__file__).resolve().parent.parent

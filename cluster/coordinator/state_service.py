@@ -33,8 +33,8 @@ from cluster import wire
 from cluster.config import CoordinatorConfig
 from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.coordinator.wal import Recovered, WriteAheadLog
+from cluster.errors import StateError
 from cluster.security import Plaintext, Security
-from cluster.state import StateError
 from cluster.zmqio import advertised
 
 log = logging.getLogger("cluster.coordinator.state")

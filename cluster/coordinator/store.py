@@ -15,7 +15,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from cluster.state import StateError, framework_key
+from cluster.errors import StateError
+from cluster.state import framework_key
 
 Change = list[Any]  # [key, value or None, expires_at]
 

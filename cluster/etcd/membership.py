@@ -26,14 +26,8 @@ from typing import Any
 import aetcd
 
 from cluster.config import Common
-from cluster.errors import CoordinatorUnreachable
-from cluster.etcd.session import (
-    FAILURES,
-    EtcdSession,
-    EtcdUnavailable,
-    parse_backend,
-    stop_watch,
-)
+from cluster.errors import CoordinatorUnreachable, EtcdUnavailable
+from cluster.etcd.session import FAILURES, EtcdSession, parse_backend, stop_watch
 from cluster.registry import MembersHandler
 from cluster.security import Plaintext, Security
 from cluster.zmqio import Pump

@@ -26,7 +26,7 @@ import aetcd
 import aetcd.exceptions
 import grpc
 
-from cluster.errors import ConfigError
+from cluster.errors import ConfigError, EtcdUnavailable
 
 log = logging.getLogger("cluster.etcd")
 
@@ -36,9 +36,6 @@ T = TypeVar("T")
 FAILURES = (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, asyncio.TimeoutError,
             OSError)
 
-
-class EtcdUnavailable(Exception):
-    """No etcd member answered within the deadline."""
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,8 @@ import msgpack  # type: ignore[import-untyped]
 
 from cluster.config import WorkerConfig
 from cluster.coordinator.store import StateStore, StoreLimits
-from cluster.etcd.session import (
-    EtcdSession,
-    EtcdUnavailable,
-    parse_backend,
-    stop_watch,
-)
-from cluster.state import StateError, StateUnavailable
+from cluster.errors import EtcdUnavailable, StateError, StateUnavailable
+from cluster.etcd.session import EtcdSession, parse_backend, stop_watch
 from cluster.worker.replica import Replica, ReplicaReads
 
 log = logging.getLogger("cluster.etcd.state")

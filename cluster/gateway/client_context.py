@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cluster.errors import ClusterError
+from cluster.errors import BadResponseHead
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_core import HttpLimits
@@ -31,9 +31,6 @@ class ClientConnection(Protocol):
 
     def close_now(self) -> None: ...
 
-
-class BadResponseHead(ClusterError):
-    """A worker's response part has no valid status or header block (502)."""
 
 
 # End to end: from a request's last byte to its response's last byte, so it includes

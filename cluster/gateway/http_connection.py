@@ -18,13 +18,9 @@ from collections import deque
 from typing import Any
 
 from cluster import wire
+from cluster.errors import BadResponseHead
 from cluster.gateway import http_core, static
-from cluster.gateway.client_context import (
-    FILE_CHUNK,
-    BadResponseHead,
-    ConnectionContext,
-    check_head,
-)
+from cluster.gateway.client_context import FILE_CHUNK, ConnectionContext, check_head
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_connection import H2Connection
 from cluster.gateway.h2_core import PREFACE

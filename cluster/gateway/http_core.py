@@ -26,6 +26,7 @@ from http import HTTPStatus
 
 import httptools
 
+from cluster.errors import ClusterError
 from cluster.gateway.http_rules import VALID_HOSTS, origin_form, refusal, transfer_codings
 from cluster.http_fields import encode_fields
 
@@ -63,7 +64,7 @@ class ProtocolError:
 Event = Request | ContinueExpected | ProtocolError
 
 
-class _LimitExceeded(Exception):
+class _LimitExceeded(ClusterError):
     """Raised inside a parser callback to stop llhttp at once."""
 
 

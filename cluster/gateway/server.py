@@ -17,7 +17,7 @@ import zmq
 
 from cluster import wire
 from cluster.config import GatewayConfig
-from cluster.errors import ConfigError
+from cluster.errors import ConfigError, StoppedWhileStarting
 from cluster.gateway.admission import Admission
 from cluster.gateway.client_context import ClientConnection, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
@@ -31,12 +31,7 @@ from cluster.gateway.tls import TlsAcceptor, TlsCounters
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.http_fields import encode_fields
-from cluster.lifecycle import (
-    StoppedWhileStarting,
-    report_ready,
-    run_until_signalled,
-    unless_stopped,
-)
+from cluster.lifecycle import report_ready, run_until_signalled, unless_stopped
 from cluster.metrics import MetricsServer, metrics_page, target, targets_page
 from cluster.registry import CoordinatorLink, MemberLink
 from cluster.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process

@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from cluster import wire
-from cluster.http_fields import BadField
+from cluster.errors import ASGIError, BadField, ClientDisconnected, LifespanError
 from cluster.state import Backend, SharedState
 from cluster.worker.flow import StreamWindow
 from cluster.worker.messages import (
@@ -60,12 +60,6 @@ Emit = Callable[[dict[str, Any]], None]  # an envelope to the gateway
 Act = Callable[[list[Any]], None]  # a WebSocket action to the gateway
 
 
-class ASGIError(Exception):
-    """The application sent a message the ASGI spec does not allow at that point."""
-
-
-class ClientDisconnected(OSError):
-    """Raised in the app by send() after the client has gone (as the spec asks)."""
 
 
 def is_asgi_app(obj: Any, positional: int | None) -> bool:
@@ -391,9 +385,6 @@ class WebSocketSession:
             self.act(wire.close(self.number, close, "" if close == 1000 else "internal error"))
         self.stage = "closed"
 
-
-class LifespanError(Exception):
-    """The app reported that its startup failed."""
 
 
 class Lifespan:

@@ -10,7 +10,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cluster import wire
-from cluster.state import SharedState, StateError
+from cluster.errors import StateError
+from cluster.state import SharedState
 from cluster.worker.asgi import (
     ASGIHandler,
     HttpExchange,

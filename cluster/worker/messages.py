@@ -19,13 +19,10 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from cluster import wire
+from cluster.errors import BadResponse
 from cluster.http_fields import encode_fields
 from cluster.responses import parse_cookies, set_cookie_headers
 from cluster.worker.compression import accepts_gzip, gzip_response
-
-
-class BadResponse(Exception):
-    """The handler's return value is not a response we can send."""
 
 
 def target_fields(env: dict[str, Any], scheme: str) -> dict[str, Any]:

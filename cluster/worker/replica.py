@@ -15,7 +15,7 @@ import time
 from enum import Enum
 from typing import Any
 
-from cluster.state import StateError
+from cluster.errors import StateError
 
 MAX_HELD = 10_000  # updates held out of order before we give up and re-sync
 

@@ -41,27 +41,29 @@ import zmq
 from cluster import realtime, wire
 from cluster.app import App
 from cluster.config import WorkerConfig
-from cluster.errors import ConfigError, HandlerLoadError
+from cluster.errors import (
+    BadField,
+    BadResponse,
+    ConfigError,
+    HandlerLoadError,
+    LifespanError,
+    StateError,
+    StateUnavailable,
+    StoppedWhileStarting,
+)
 from cluster.etcd.membership import EtcdMembership
 from cluster.etcd.state import EtcdState
-from cluster.http_fields import BadField, encode_fields
-from cluster.lifecycle import (
-    StoppedWhileStarting,
-    report_ready,
-    run_until_signalled,
-    unless_stopped,
-)
+from cluster.http_fields import encode_fields
+from cluster.lifecycle import report_ready, run_until_signalled, unless_stopped
 from cluster.metrics import MetricsServer, metrics_page, target
 from cluster.registry import CoordinatorLink, MemberLink
 from cluster.security import Plaintext, Security, for_process
-from cluster.state import StateError, StateUnavailable
 from cluster.worker.adapters import Invocation, settle
-from cluster.worker.asgi import ASGIHandler, LifespanError
+from cluster.worker.asgi import ASGIHandler
 from cluster.worker.asgi_runner import AsgiRunner
 from cluster.worker.flow import Streams
 from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.messages import (
-    BadResponse,
     StreamEnvelopes,
     build_request,
     normalize,

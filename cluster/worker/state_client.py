@@ -22,8 +22,8 @@ from typing import Any
 import zmq
 
 from cluster import wire
+from cluster.errors import StateError, StateUnavailable
 from cluster.registry import CoordinatorLink
-from cluster.state import StateError, StateUnavailable
 from cluster.worker.replica import MAX_HELD, Offer, Replica, ReplicaReads
 from cluster.zmqio import Pump
 

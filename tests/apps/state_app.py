@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from cluster import App
-from cluster.state import StateError
+from cluster.errors import StateError
 
 app = App()
 

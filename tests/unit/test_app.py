@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 
 from cluster import App
-from cluster.routing import RouteError, compile_route
+from cluster.errors import RouteError
+from cluster.routing import compile_route
 from cluster.worker.adapters import AppHandler
 from tests.unit.store_backend import StoreBackend
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from cluster.http_fields import BadField, encode_fields, well_formed
+from cluster.errors import BadField
+from cluster.http_fields import encode_fields, well_formed
 
 
 def test_fields_become_lines_in_order() -> None:

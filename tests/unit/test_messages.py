@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from cluster.worker.messages import BadResponse, build_request, chunk_bytes, normalize
+from cluster.errors import BadResponse
+from cluster.worker.messages import build_request, chunk_bytes, normalize
 
 
 def ctype(headers: list[list[str]]) -> str:

@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 
 from cluster import redirect
+from cluster.errors import BadResponse
 from cluster.responses import parse_cookies, set_cookie_headers
-from cluster.worker.messages import BadResponse, normalize
+from cluster.worker.messages import normalize
 
 
 def test_redirect() -> None:

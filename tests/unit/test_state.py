@@ -11,7 +11,8 @@ import pytest
 
 from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.coordinator.wal import HEADER, WriteAheadLog
-from cluster.state import ReadOnlyKey, SharedState, StateError
+from cluster.errors import ReadOnlyKey, StateError
+from cluster.state import SharedState
 from cluster.worker.adapters import FunctionHandler, split_state
 from cluster.worker.replica import Offer, Replica
 from tests.unit.store_backend import StoreBackend
