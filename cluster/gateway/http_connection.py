@@ -26,7 +26,6 @@ from cluster.gateway.h2_connection import H2Connection
 from cluster.gateway.h2_core import PREFACE
 from cluster.gateway.http_core import (
     CONTINUE_RESPONSE,
-    LAST_CHUNK,
     ContinueExpected,
     HttpCore,
     ProtocolError,
@@ -352,11 +351,10 @@ class HttpConnection(asyncio.Protocol):
             ex.keep_alive = False
             self._done(ex)
             return
-        out = b""
         if not ex.started:
             ex.started = True
             try:
-                head = self._head(ex, part, body, more)
+                status, fields = check_head(self.ctx, ex, part)
             except BadResponseHead as exc:
                 log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
                           extra={"request_id": f"{self.ctx.gateway_id}/{ex.id}"})
@@ -366,16 +364,10 @@ class HttpConnection(asyncio.Protocol):
                 self._write(http_core.error_response(502, self.ctx.date, version=ex.version))
                 self._done(ex)
                 return
-            if ex.head_only or not body:
-                out = head
-            elif not ex.chunked:
-                out = head + body
-            else:
-                out = head + http_core.encode_chunk(body)
-        elif body and not ex.head_only:
-            out = http_core.encode_chunk(body) if ex.chunked else body
-        if not more and ex.chunked and not ex.head_only:
-            out += LAST_CHUNK
+            out = http_core.frame_start(ex, status, fields, body, more, part.get("length"),
+                                        self.ctx.date)
+        else:
+            out = http_core.frame_part(ex, body, more)
         if out:
             self._write(out)
         if more and body and ex.worker is not None and self.ctx.stream_credit is not None:
@@ -395,29 +387,6 @@ class HttpConnection(asyncio.Protocol):
     def _done(self, ex: Exchange) -> None:
         ex.done = True
         self.ctx.finished(ex, self.loop.time())
-
-    def _head(self, ex: Exchange, part: dict[str, Any], body: bytes, more: bool) -> bytes:
-        """The response head: the worker's checked header block, framed here."""
-        status, fields = check_head(self.ctx, ex, part)
-        no_body = status in (204, 304) or status < 200
-        content_length: int | None = None
-        if no_body:
-            pass
-        elif not more:
-            content_length = len(body)
-        else:
-            declared = part.get("length")
-            if type(declared) is int and declared >= 0:
-                content_length = declared
-            elif ex.version == "1.1":
-                ex.chunked = True
-            else:
-                ex.keep_alive = False  # HTTP/1.0 stream: the body ends when we close
-        if ex.head_only and ex.method == "HEAD" and more and content_length is None:
-            ex.chunked = False
-        return http_core.encode_head(
-            ex.version, status, fields, content_length=content_length, chunked=ex.chunked,
-            keep_alive=ex.keep_alive, date=self.ctx.date)
 
     # -- timers and shutdown ---------------------------------------------------
     def check_timeouts(self, now: float) -> None:

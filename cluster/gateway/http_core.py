@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Protocol
 
 import httptools
 
@@ -268,6 +269,54 @@ def encode_head(version: str, status: int, fields: bytes, *, content_length: int
         framing += b"connection: keep-alive\r\n"
     return b"%bserver: cluster\r\ndate: %b\r\n%b%b\r\n" % (
         status_line(version, status), date, fields, framing)
+
+
+class Framed(Protocol):
+    """A response being written, as framing sees it (the gateway's Exchange)."""
+
+    version: str  # the request's: "1.1" or "1.0"
+    method: str
+    keep_alive: bool
+    chunked: bool
+    head_only: bool  # no body goes out: HEAD, 1xx, 204, 304
+
+
+def frame_start(r: Framed, status: int, fields: bytes, body: bytes, more: bool,
+                declared: object, date: bytes) -> bytes:
+    """The head and the first part of the body, framed. The framing: Content-Length
+    when the size is known (a whole response, or a stream that declared its length),
+    chunked for an HTTP/1.1 stream that did not, and for HTTP/1.0 the body ends when
+    the connection closes. Sets `r.chunked` and, for that last case, `r.keep_alive`."""
+    content_length: int | None = None
+    if status in (204, 304) or status < 200:
+        pass
+    elif not more:
+        content_length = len(body)
+    elif type(declared) is int and declared >= 0:
+        content_length = declared
+    elif r.version == "1.1":
+        r.chunked = True
+    else:
+        r.keep_alive = False
+    if r.head_only and r.method == "HEAD" and more and content_length is None:
+        r.chunked = False  # HEAD of a stream of unknown length: no framing header at all
+    out = encode_head(r.version, status, fields, content_length=content_length,
+                      chunked=r.chunked, keep_alive=r.keep_alive, date=date)
+    if body and not r.head_only:
+        out += encode_chunk(body) if r.chunked else body
+    if not more and r.chunked and not r.head_only:
+        out += LAST_CHUNK
+    return out
+
+
+def frame_part(r: Framed, body: bytes, more: bool) -> bytes:
+    """A later part of the body, framed as `frame_start` decided."""
+    out = b""
+    if body and not r.head_only:
+        out = encode_chunk(body) if r.chunked else body
+    if not more and r.chunked and not r.head_only:
+        out += LAST_CHUNK
+    return out
 
 
 def encode_chunk(data: bytes) -> bytes:

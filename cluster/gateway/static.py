@@ -85,10 +85,10 @@ def _byte_range(value: str, size: int) -> tuple[int, int] | bool | None:
         end = int(last) if last else size - 1
     except ValueError:
         return None
+    if start >= size:
+        return False  # even an open range ("bytes=10-" of 10 bytes): RFC 9110 §14.1.2
     if start < 0 or end < start:
         return None
-    if start >= size:
-        return False
     end = min(end, size - 1)
     return start, end - start + 1
 

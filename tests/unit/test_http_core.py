@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import pytest
@@ -16,6 +17,8 @@ from cluster.gateway.http_core import (
     encode_chunk,
     encode_head,
     error_response,
+    frame_part,
+    frame_start,
 )
 from tests.malformed import MALFORMED, NOT_IMPLEMENTED
 
@@ -224,3 +227,78 @@ def test_error_response_is_generic() -> None:
     assert head.startswith(b"HTTP/1.1 413 " + phrase + b"\r\n")
     assert body == phrase + b"\n"
     assert b"content-length: %d" % len(body) in head and b"connection: close" in head
+
+
+# -- response framing, byte for byte -------------------------------------------------------
+
+@dataclass
+class Resp:
+    version: str = "1.1"
+    method: str = "GET"
+    keep_alive: bool = True
+    chunked: bool = False
+    head_only: bool = False
+
+
+DAY = b"Sun, 22 Nov 2026 09:00:00 GMT"
+CT = b"content-type: text/plain\r\n"
+
+
+def head(status: bytes, *lines: bytes, version: bytes = b"1.1") -> bytes:
+    return b"HTTP/" + version + b" " + status + b"\r\nserver: cluster\r\ndate: " + DAY + \
+        b"\r\n" + CT + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+
+def test_a_whole_response_gets_its_length() -> None:
+    assert frame_start(Resp(), 200, CT, b"hello", False, None, DAY) == \
+        head(b"200 OK", b"content-length: 5") + b"hello"
+
+
+def test_a_stream_of_unknown_length_is_chunked_and_ends_with_the_last_chunk() -> None:
+    r = Resp()
+    assert frame_start(r, 200, CT, b"ab", True, None, DAY) == \
+        head(b"200 OK", b"transfer-encoding: chunked") + b"2\r\nab\r\n"
+    assert r.chunked
+    assert frame_part(r, b"c" * 17, True) == b"11\r\n" + b"c" * 17 + b"\r\n"
+    assert frame_part(r, b"", True) == b""  # an empty chunk would end the body
+    assert frame_part(r, b"z", False) == b"1\r\nz\r\n0\r\n\r\n"
+
+
+def test_a_stream_that_declared_its_length_is_not_chunked() -> None:
+    r = Resp()
+    assert frame_start(r, 200, CT, b"", True, 10, DAY) == head(b"200 OK", b"content-length: 10")
+    assert frame_part(r, b"0123456789", False) == b"0123456789" and not r.chunked
+
+
+def test_an_http10_stream_ends_with_the_connection() -> None:
+    r = Resp(version="1.0")
+    assert frame_start(r, 200, CT, b"ab", True, None, DAY) == \
+        head(b"200 OK", b"connection: close", version=b"1.0") + b"ab"
+    assert not r.keep_alive and not r.chunked
+    assert frame_part(r, b"cd", False) == b"cd"
+
+
+def test_an_http10_whole_response_keeps_alive_when_asked() -> None:
+    assert frame_start(Resp(version="1.0"), 200, CT, b"x", False, None, DAY) == \
+        head(b"200 OK", b"content-length: 1", b"connection: keep-alive", version=b"1.0") + b"x"
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses_have_no_length_and_no_body(status: int) -> None:
+    r = Resp(head_only=True)
+    phrase = b"204 No Content" if status == 204 else b"304 Not Modified"
+    assert frame_start(r, status, CT, b"ignored", False, None, DAY) == head(phrase)
+
+
+def test_head_gets_the_length_of_the_body_it_does_not_get() -> None:
+    r = Resp(method="HEAD", head_only=True)
+    assert frame_start(r, 200, CT, b"hello", False, None, DAY) == \
+        head(b"200 OK", b"content-length: 5")
+    stream = Resp(method="HEAD", head_only=True)
+    assert frame_start(stream, 200, CT, b"ab", True, None, DAY) == head(b"200 OK")
+    assert frame_part(stream, b"more", False) == b""
+
+
+def test_a_closing_response_says_so() -> None:
+    assert frame_start(Resp(keep_alive=False), 404, CT, b"", False, None, DAY) == \
+        head(b"404 Not Found", b"content-length: 0", b"connection: close")

@@ -1,0 +1,85 @@
+"""Stream flow control in a worker: a producer waits once WINDOW bytes are unacknowledged,
+from the loop or from a pool thread, and goes on with credit or when the client is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from cluster.worker.flow import WINDOW, Streams, StreamWindow
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_a_window_blocks_past_its_size_and_credit_opens_it(
+        loop: asyncio.AbstractEventLoop) -> None:
+    window = StreamWindow(loop)
+    window.sent(WINDOW)
+    assert not window.blocked()
+    window.sent(1)
+    assert window.blocked()
+    window.credit(1)
+    assert not window.blocked()
+
+
+def test_an_async_producer_waits_for_credit() -> None:
+    async def go() -> None:
+        window = StreamWindow(asyncio.get_running_loop())
+        window.sent(WINDOW + 10)
+        waiter = asyncio.create_task(window.wait())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        window.credit(5)  # still over the window
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        window.credit(5)
+        await asyncio.wait_for(waiter, 1)
+
+    asyncio.run(go())
+
+
+def test_a_thread_producer_waits_and_times_out(loop: asyncio.AbstractEventLoop) -> None:
+    window = StreamWindow(loop)
+    window.sent(WINDOW + 1)
+    assert window.wait_sync(0.01) is False
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(window.wait_sync(5)))
+    waiter.start()
+    window.credit(1)
+    waiter.join(5)
+    assert result == [True]
+
+
+def test_a_gone_client_releases_every_waiter() -> None:
+    async def go() -> None:
+        window = StreamWindow(asyncio.get_running_loop())
+        window.sent(WINDOW * 3)
+        waiter = asyncio.create_task(window.wait())
+        await asyncio.sleep(0)
+        window.client_gone()
+        await asyncio.wait_for(waiter, 1)
+        assert window.wait_sync(0) is True and window.gone
+
+    asyncio.run(go())
+
+
+def test_streams_route_credit_and_gone_by_gateway_and_request(
+        loop: asyncio.AbstractEventLoop) -> None:
+    streams = Streams(loop)
+    a, b = streams.open("gw-1", 7), streams.open("gw-2", 7)
+    a.sent(WINDOW + 1)
+    b.sent(WINDOW + 1)
+    streams.credit("gw-1", 7, 1)
+    streams.client_gone("gw-2", 7)
+    assert not a.blocked() and b.gone and not a.gone
+    streams.close("gw-1", 7)
+    streams.credit("gw-1", 7, 100)  # a late credit for a closed stream: ignored
+    assert a.unacked == WINDOW and list(streams.windows) == [("gw-2", 7)]
