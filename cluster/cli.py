@@ -65,7 +65,7 @@ def gateway_main(argv: Sequence[str] | None = None) -> int:
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
-    from cluster.worker.runtime import serve
+    from cluster.worker.server import serve
     return _role("cluster-worker", "Cluster worker: runs --handler for every gateway.",
                  WorkerConfig, serve, argv)  # type: ignore[arg-type]
 

@@ -24,7 +24,8 @@ from cluster.worker.ws import build_ws_request
 from cluster.worker.ws import connect_info as connect_ws_info
 
 if TYPE_CHECKING:
-    from cluster.worker.runtime import GatewayLink, Worker
+    from cluster.worker.gateway_link import GatewayLink
+    from cluster.worker.server import Worker
 
 log = logging.getLogger("cluster.worker.asgi")
 
@@ -51,10 +52,10 @@ class AsgiRunner:
             scope, view = self.adapter.http_scope(env, label)
         except (TypeError, ValueError):  # only a broken frame: the gateway sends pairs
             log.exception("request %s could not be prepared", label)
-            worker.send(link, server_error(rid, label))
+            worker.requests.send(link, server_error(rid, label))
             return
-        exchange = HttpExchange(rid, label, env["body"], partial(worker.send, link),
-                                partial(worker.streams.open, link.gateway_id, rid),
+        exchange = HttpExchange(rid, label, env["body"], partial(worker.requests.send, link),
+                                partial(worker.requests.streams.open, link.gateway_id, rid),
                                 stall_timeout=worker.config.stream_stall_timeout,
                                 request_headers=env["headers"],
                                 gzip_min_size=worker.config.gzip_min_size)
@@ -69,7 +70,7 @@ class AsgiRunner:
                       label, exc, extra={"request_id": label})
         finally:
             self.http.pop(key, None)
-            worker.streams.close(link.gateway_id, rid)
+            worker.requests.streams.close(link.gateway_id, rid)
         worker.metrics.record((ROUTE, status), time.perf_counter() - began)
 
     def client_gone(self, link: GatewayLink, rid: int) -> bool:

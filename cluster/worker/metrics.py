@@ -2,7 +2,7 @@
 
 Handler outcomes are recorded from the handler's own thread (sync handlers run in
 a pool) into a ShardedHistogram: per-thread rows, no lock. Everything else is
-read from the runtime when Prometheus scrapes.
+read from the worker's parts when Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from cluster.metrics import ReadAtScrape, ShardedHistogram, merge_rows, new_registry, pump_metrics
 
 if TYPE_CHECKING:
-    from cluster.worker.runtime import Worker
+    from cluster.worker.server import Worker
 
 HANDLER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -52,10 +52,10 @@ class WorkerMetrics:
                                   "Time in the handler, by route (state writes included)",
                                   ["route"], merge_rows(rows, lambda key: key[:1]))
         yield GaugeMetricFamily("cluster_worker_running",
-                                "Requests being handled now", value=worker.running)
+                                "Requests being handled now", value=worker.requests.running)
         yield GaugeMetricFamily("cluster_worker_backlog",
                                 "Requests received beyond --concurrency, waiting here",
-                                value=len(worker.backlog))
+                                value=len(worker.requests.backlog))
         credit = GaugeMetricFamily("cluster_worker_credit",
                                    "Credit granted to each gateway (requests it may send)",
                                    labels=["gateway"])
@@ -69,7 +69,7 @@ class WorkerMetrics:
                                           if link.welcomed))
         events = CounterMetricFamily("cluster_worker_websocket_events",
                                      "WebSocket events handled, by type", labels=["type"])
-        for kind, count in sorted(worker.ws_events.items()):
+        for kind, count in sorted(worker.ws_events.counts.items()):
             events.add_metric([kind], count)
         yield events
         state = worker.state

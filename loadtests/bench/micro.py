@@ -38,8 +38,9 @@ from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.ws_core import WsOptions
+from cluster.worker.gateway_link import GatewayLink
 from cluster.worker.loader import load_handler
-from cluster.worker.runtime import GatewayLink, Worker
+from cluster.worker.server import Worker
 
 BATCH = 32
 WORKER_HANDLERS = {"sync fun": "examples.hello:fun", "async afun": "examples.hello:afun",
@@ -182,7 +183,7 @@ def worker_run(requests: int, handler: str) -> float:
         return time.process_time() - began
 
     spent = loop.run_until_complete(drive())
-    worker.pool.shutdown(timeout=1.0)
+    worker.requests.pool.shutdown(timeout=1.0)
     loop.close()
     ctx.term()
     return spent * 1e6 / (len(frames) * BATCH)

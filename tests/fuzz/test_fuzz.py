@@ -198,8 +198,9 @@ def gateway() -> Iterator[tuple[Feed, Loop]]:
 @pytest.fixture(scope="module")
 def worker() -> Iterator[tuple[Feed, Loop]]:
     from cluster.config import WorkerConfig
+    from cluster.worker.gateway_link import GatewayLink
     from cluster.worker.loader import load_handler
-    from cluster.worker.runtime import GatewayLink, Worker
+    from cluster.worker.server import Worker
     from loadtests.bench.micro import BenchLink
 
     class FuzzLink(BenchLink):
@@ -219,7 +220,7 @@ def worker() -> Iterator[tuple[Feed, Loop]]:
                load_handler(handler), "wk-fuzz")
     link = FuzzLink(w)
     yield (lambda envs: GatewayLink.on_messages(link, None, envs)), loop
-    w.pool.shutdown(timeout=1.0)
+    w.requests.pool.shutdown(timeout=1.0)
     loop.loop.close()
     ctx.destroy(linger=0)
 

@@ -1,0 +1,120 @@
+"""A worker's link to one gateway: a DEALER whose identity is the worker id, the
+HELLO that gives the gateway its credit, heartbeats both ways, and the drain.
+
+A gateway silent for the expiry is sent HELLO again until it answers (a restarted
+gateway learns of us that way). To drain, the link says HELLO with credit 0; the
+WELCOME that answers it is, on an ordered link, the proof that no REQUEST is still
+on its way (`drained`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from cluster import wire
+from cluster.worker.ws_events import HANDOVER, KINDS
+from cluster.zmqio import Pump
+
+if TYPE_CHECKING:
+    from cluster.worker.server import Worker
+
+log = logging.getLogger("cluster.worker")
+
+
+class GatewayLink:
+    def __init__(self, worker: Worker, gateway_id: str, endpoint: str, key: bytes) -> None:
+        self.worker = worker
+        self.gateway_id = gateway_id
+        self.endpoint = endpoint
+        self.closed = False
+        self.welcomed = False
+        self.hellos = 0  # sent; the gateway answers each with a WELCOME, in order
+        self.welcomes = 0
+        self.drain_mark = -1  # the HELLO with credit 0 that began draining is this one
+        self.gone = False  # the gateway said BYE: it is stopping
+        self.orphaned = False  # gone from membership; closed once it is silent too
+        self.last_heard = time.monotonic()
+        sock = worker.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt_string(zmq.IDENTITY, worker.id)
+        sock.setsockopt(zmq.MAXMSGSIZE, worker.config.max_frame)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        worker.security.client(sock, key)  # the gateway's key, from its membership entry
+        sock.connect(endpoint)
+        self.pump = Pump(worker.loop, sock, self.on_messages, routed=False,
+                         max_frame=worker.config.max_frame)
+        self.hello()
+
+    def hello(self) -> None:
+        config = self.worker.config
+        credit = 0 if self.worker.stopping else config.concurrency + config.prefetch
+        self.hellos += 1
+        self.post(wire.envelope(wire.HELLO, id=self.worker.id, credit=credit))
+
+    def drain(self) -> None:
+        """Credit 0: the gateway sends nothing more after it has read this."""
+        self.hello()
+        # A gateway that never welcomed us (or forgot us) has sent us nothing.
+        self.drain_mark = self.hellos if self.welcomed else 0
+
+    @property
+    def drained(self) -> bool:
+        """Nothing more can come on this link: the gateway answered our credit-0 HELLO
+        (every REQUEST it sent is here), said BYE, or is silent past the expiry."""
+        return self.closed or self.gone or 0 <= self.drain_mark <= self.welcomes or \
+            self.silent
+
+    def post(self, msg: dict[str, Any]) -> None:
+        if not self.closed:
+            self.pump.post(msg)
+
+    def on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        self.last_heard = time.monotonic()
+        for msg in messages:
+            kind = msg["k"]
+            if kind == wire.REQUEST:
+                self.worker.requests.accept(self, msg)
+            elif kind in KINDS or kind in HANDOVER:
+                self.worker.ws_events.event(self, msg)
+            elif kind == wire.GONE:
+                self.worker.requests.client_gone(self, msg["id"])
+            elif kind == wire.STREAM_CREDIT:
+                self.worker.requests.streams.credit(self.gateway_id, msg["id"], msg["bytes"])
+            elif kind == wire.WS_QUERY_REPLY:
+                self.worker.push.on_query_reply(self.gateway_id, msg)
+            elif kind == wire.WELCOME:
+                self.welcomes += 1
+                if not self.welcomed:
+                    log.info("connected to gateway %s at %s", self.gateway_id, self.endpoint)
+                self.welcomed = True
+            elif kind == wire.WHO:
+                self.welcomed = False
+                self.hello()
+            elif kind == wire.BYE:
+                self.gone = True  # it stops; a restarted one says WHO to our heartbeat
+                self.welcomed = False
+            elif kind != wire.HEARTBEAT:
+                log.warning("unexpected %s from gateway; ignored", kind)
+
+    @property
+    def silent(self) -> bool:
+        return time.monotonic() - self.last_heard > self.worker.config.peer_expiry
+
+    def heartbeat(self) -> None:
+        if self.silent:
+            if self.welcomed:
+                log.warning("gateway %s silent; saying hello until it answers", self.gateway_id)
+            self.welcomed = False
+        if self.welcomed:
+            self.post(wire.envelope(wire.HEARTBEAT, id=self.worker.id))
+        else:
+            self.hello()
+
+    def close(self, linger: float = 0.0) -> None:
+        self.closed = True
+        self.pump.close(linger)

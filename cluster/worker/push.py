@@ -1,0 +1,139 @@
+"""The push runtime of a worker process: what `cluster.push`, `broadcast`, `join`,
+`publish`, `reply`, `members` and the rest (cluster/realtime.py) do here.
+
+Any thread may call them: a handler's pool thread hands its action to the loop,
+which alone writes to the gateway links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from cluster import realtime, wire
+from cluster.errors import BadField, BadResponse
+from cluster.http_fields import encode_fields
+from cluster.registry import CoordinatorLink
+from cluster.worker.messages import normalize
+
+if TYPE_CHECKING:
+    from cluster.worker.server import Worker
+
+log = logging.getLogger("cluster.worker")
+
+
+class Push:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.loop = worker.loop
+        self.loop_thread = threading.get_ident()
+        self._queries: dict[int, tuple[asyncio.Future[list[str]], set[str], list[str]]] = {}
+        self._query_rid = 0
+        self._said_no_history = False
+
+    def act(self, gateway_id: str, action: list[Any]) -> bool:
+        """Send one WebSocket action (a `wire` action) to a gateway."""
+        if threading.get_ident() != self.loop_thread:
+            self.loop.call_soon_threadsafe(self._act, gateway_id, action)
+            return gateway_id in self.worker.links
+        return self._act(gateway_id, action)
+
+    def broadcast(self, group: str, data: str | bytes,
+                  exclude: tuple[str, int] | None) -> None:
+        """To every gateway, which fans out to its members of `group`; `exclude` is a
+        connection (gateway, number) that is not sent to."""
+        if threading.get_ident() != self.loop_thread:
+            self.loop.call_soon_threadsafe(self.broadcast, group, data, exclude)
+            return
+        for gid, link in self.worker.links.items():
+            skip = exclude[1] if exclude is not None and exclude[0] == gid else None
+            link.post(wire.envelope(wire.WS_ACTIONS,
+                                    actions=[wire.broadcast(group, data, skip)]))
+
+    def _act(self, gateway_id: str, action: list[Any]) -> bool:
+        target = self.worker.links.get(gateway_id)
+        if target is None:
+            log.info("push to a connection of gateway %s, which this worker does not know",
+                     gateway_id)
+            return False
+        target.post(wire.envelope(wire.WS_ACTIONS, actions=[action]))
+        return True
+
+    def reply(self, gateway_id: str, number: int, msg: Any) -> bool:
+        """cluster.reply: the answer to a deferred request, whole (no streaming)."""
+        status, headers, body = normalize(msg)
+        if not isinstance(body, bytes):
+            raise BadResponse("a deferred reply cannot be streamed")
+        try:
+            head = encode_fields(headers)[0]
+        except BadField as exc:
+            raise BadResponse(str(exc)) from None
+        env = wire.envelope(wire.DEFERRED_REPLY, id=number, status=status, head=head,
+                            body=body)
+        if threading.get_ident() != self.loop_thread:
+            self.loop.call_soon_threadsafe(self._post_to_gateway, gateway_id, env)
+            return gateway_id in self.worker.links
+        return self._post_to_gateway(gateway_id, env)
+
+    def publish(self, group: str, data: Any) -> None:
+        """cluster.publish: to the coordinator, which numbers, keeps and fans out."""
+        if isinstance(self.worker.coordinator, CoordinatorLink):
+            env = wire.envelope(wire.HISTORY_PUBLISH, id=self.worker.id, group=group, data=data)
+            if threading.get_ident() != self.loop_thread:
+                self.loop.call_soon_threadsafe(self.worker.coordinator.post, env)
+            else:
+                self.worker.coordinator.post(env)
+            return
+        # On etcd there is no coordinator to number messages (not built yet): a plain
+        # broadcast, without offsets, said once.
+        if not self._said_no_history:
+            self._said_no_history = True
+            log.warning("cluster.publish on --state-backend etcd: no history there yet; "
+                        "sent as a plain broadcast")
+        self.broadcast(group, realtime.frame_data(data), None)
+
+    def _post_to_gateway(self, gateway_id: str, env: dict[str, Any]) -> bool:
+        link = self.worker.links.get(gateway_id)
+        if link is None:
+            log.info("reply for gateway %s, which this worker does not know", gateway_id)
+            return False
+        link.post(env)
+        return True
+
+    def on_loop(self) -> bool:
+        return threading.get_ident() == self.loop_thread
+
+    def members_blocking(self, group: str) -> list[str]:
+        """From a handler thread: ask on the loop, wait here."""
+        future = asyncio.run_coroutine_threadsafe(self.members(group), self.loop)
+        return future.result(self.worker.config.state_timeout + 1.0)
+
+    async def members(self, group: str) -> list[str]:
+        self._query_rid += 1
+        rid = self._query_rid
+        fut: asyncio.Future[list[str]] = self.loop.create_future()
+        waiting = set(self.worker.links)
+        self._queries[rid] = (fut, waiting, [])
+        for link in self.worker.links.values():
+            link.post(wire.envelope(wire.WS_QUERY, rid=rid, group=group))
+        if not waiting:
+            fut.set_result([])
+        try:
+            return await asyncio.wait_for(fut, self.worker.config.state_timeout)
+        except TimeoutError:
+            # A gateway that does not answer: report who did answer.
+            return sorted(self._queries[rid][2])
+        finally:
+            self._queries.pop(rid, None)
+
+    def on_query_reply(self, gateway_id: str, msg: dict[str, Any]) -> None:
+        query = self._queries.get(msg["rid"])
+        if query is None:
+            return
+        fut, waiting, found = query
+        found.extend(f"{gateway_id}/{n}" for n in msg["conns"] if isinstance(n, int))
+        waiting.discard(gateway_id)
+        if not waiting and not fut.done():
+            fut.set_result(sorted(found))

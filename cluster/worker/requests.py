@@ -1,0 +1,278 @@
+"""A worker's HTTP requests: run the handler (on the loop, on a pool thread, or
+inline), send its answer, whole or streamed under the gateway's flow control.
+
+At most `--concurrency` requests run at once; any excess (the prefetched ones, or
+several gateways each using their full credit) waits in a local queue, which the
+credit keeps bounded. A final response (or DEFERRED) ends a request and starts the
+next one waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from cluster import realtime, wire
+from cluster.errors import BadField, BadResponse, StateError, StateUnavailable
+from cluster.worker.adapters import Invocation, settle
+from cluster.worker.asgi import ASGIHandler
+from cluster.worker.flow import Streams
+from cluster.worker.messages import (
+    StreamEnvelopes,
+    build_request,
+    normalize,
+    response,
+    server_error,
+)
+from cluster.worker.threadpool import Emit, ThreadPool
+
+if TYPE_CHECKING:
+    from cluster.worker.asgi_runner import AsgiRunner
+    from cluster.worker.gateway_link import GatewayLink
+    from cluster.worker.server import Worker
+
+log = logging.getLogger("cluster.worker")
+
+
+@dataclass(slots=True)
+class AsyncStream:
+    """An async generator a sync handler returned: a pool thread hands it to the
+    loop, which alone can run it."""
+    link: GatewayLink
+    rid: int
+    req: dict[str, Any]
+    stream: StreamEnvelopes
+    body: Any
+
+
+Outgoing = tuple["GatewayLink", dict[str, Any]] | AsyncStream
+
+
+async def _aiter(items: Any) -> Any:
+    """A sync iterable as an async one (the loop runs it between sends)."""
+    for item in items:
+        yield item
+
+
+class Requests:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.config = worker.config
+        self.loop = worker.loop
+        self.state = worker.state
+        self.adapter = worker.adapter
+        self.asgi: AsgiRunner | None = None  # set by the worker for an ASGI app
+        self.running = 0
+        self.backlog: deque[tuple[GatewayLink, dict[str, Any]]] = deque()
+        self.pool: ThreadPool[Outgoing] = ThreadPool(self.loop, self.config.threads,
+                                                     self._emitted)
+        self.streams = Streams(self.loop)  # flow control of the responses being streamed
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.backlog
+
+    def accept(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        if self.running >= self.config.concurrency:
+            self.backlog.append((link, env))
+            return
+        self._start(link, env)
+
+    def _start(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        self.running += 1
+        rid: int = env["id"]
+        if self.asgi is not None:
+            self.asgi.request(link, env)  # builds its scope from the envelope itself
+            return
+        try:
+            req = build_request(env, link.gateway_id)
+            assert not isinstance(self.adapter, ASGIHandler)  # then self.asgi runs it
+            inv = self.adapter.prepare(req)
+        except Exception:
+            log.exception("request %s/%s could not be prepared", link.gateway_id, rid)
+            self.send(link, server_error(rid, f"{link.gateway_id}/{rid}"))
+            return
+        if inv.inline:
+            self._run_sync(link, rid, req, inv, self._send_now)
+        elif inv.is_async:
+            self.loop.create_task(self._run_async(link, rid, req, inv))
+        else:
+            self.pool.submit(partial(self._run_sync, link, rid, req, inv))
+
+    def _run_sync(self, link: GatewayLink, rid: int, req: dict[str, Any], inv: Invocation,
+                  emit: Emit[Outgoing]) -> None:
+        """Runs in a pool thread (or inline for ready answers)."""
+        began = time.perf_counter()
+        try:
+            msg, ops = settle(inv, inv.fn(*inv.args, **inv.kwargs))
+            if ops:
+                self.state.call(ops)  # the answer waits until the writes are durable
+            if msg is realtime.DEFER:
+                self.worker.metrics.record((inv.route, "deferred"), time.perf_counter() - began)
+                emit((link, wire.envelope(wire.DEFERRED, id=rid)))
+                return
+            status, headers, body = normalize(msg)
+            if isinstance(body, bytes):
+                env = self._whole(rid, req, status, headers, body)
+            else:
+                stream = StreamEnvelopes(rid, status, headers)
+        except Exception as exc:
+            emit((link, self._failure(rid, req, exc, inv.route, began)))
+            return
+        self.worker.metrics.record((inv.route, status), time.perf_counter() - began)
+        if isinstance(body, bytes):
+            emit((link, env))
+        elif hasattr(body, "__anext__"):
+            # An async generator from a sync handler: it can only run on the loop.
+            emit(AsyncStream(link, rid, req, stream, body))
+        else:
+            window = self.streams.open(link.gateway_id, rid)
+            try:
+                for chunk in body:
+                    env = stream.chunk(chunk)
+                    window.sent(len(env["body"]))
+                    emit((link, env))
+                    if window.blocked() and not window.wait_sync(
+                            self.config.stream_stall_timeout):
+                        self._stalled(req)
+                        window.client_gone()
+                    if window.gone:
+                        break
+            except Exception as exc:
+                log_failure(req, exc)
+                emit((link, stream.failed(req["id"])))
+                return
+            finally:
+                self.streams.close(link.gateway_id, rid)
+            if window.gone:
+                getattr(body, "close", lambda: None)()  # run the generator's finally
+                emit((link, stream.failed(req["id"])))
+                return
+            emit((link, stream.end()))
+
+    async def _run_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
+                         inv: Invocation) -> None:
+        began = time.perf_counter()
+        try:
+            msg, ops = settle(inv, await inv.fn(*inv.args, **inv.kwargs))
+            if ops:
+                await self.state.acall(ops)
+            if msg is realtime.DEFER:
+                self.worker.metrics.record((inv.route, "deferred"), time.perf_counter() - began)
+                self.send(link, wire.envelope(wire.DEFERRED, id=rid))
+                return
+            status, headers, body = normalize(msg)
+            if isinstance(body, bytes):
+                env = self._whole(rid, req, status, headers, body)
+            else:
+                stream = StreamEnvelopes(rid, status, headers)
+        except Exception as exc:
+            self.send(link, self._failure(rid, req, exc, inv.route, began))
+            return
+        self.worker.metrics.record((inv.route, status), time.perf_counter() - began)
+        if isinstance(body, bytes):
+            self.send(link, env)
+        else:
+            await self._stream_async(link, rid, req, stream, body)
+
+    def _whole(self, rid: int, req: dict[str, Any], status: int, headers: list[list[str]],
+               body: bytes) -> dict[str, Any]:
+        """A whole response's envelope (see `messages.response`)."""
+        return response(rid, status, headers, body, request_headers=req["raw_headers"],
+                        gzip_min_size=self.config.gzip_min_size)
+
+    async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
+                            stream: StreamEnvelopes, body: Any) -> None:
+        window = self.streams.open(link.gateway_id, rid)
+        chunks = body if hasattr(body, "__anext__") else _aiter(body)
+        try:
+            async for chunk in chunks:
+                env = stream.chunk(chunk)
+                window.sent(len(env["body"]))
+                self.send(link, env)
+                if window.blocked():
+                    try:
+                        await asyncio.wait_for(window.wait(),
+                                               self.config.stream_stall_timeout)
+                    except TimeoutError:
+                        self._stalled(req)
+                        window.client_gone()
+                if window.gone:
+                    break
+        except Exception as exc:
+            log_failure(req, exc)
+            self.send(link, stream.failed(req["id"]))
+            return
+        finally:
+            self.streams.close(link.gateway_id, rid)
+        if window.gone:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()  # run the generator's finally
+            else:
+                getattr(body, "close", lambda: None)()
+            self.send(link, stream.failed(req["id"]))
+            return
+        self.send(link, stream.end())
+
+    def _stalled(self, req: dict[str, Any]) -> None:
+        log.warning("request %s: the client took nothing of the stream for %.0fs; cut",
+                    req["id"], self.config.stream_stall_timeout,
+                    extra={"request_id": req["id"]})
+
+    def client_gone(self, link: GatewayLink, rid: int) -> None:
+        if self.asgi is None or not self.asgi.client_gone(link, rid):
+            self.streams.client_gone(link.gateway_id, rid)
+
+    def _failure(self, rid: int, req: dict[str, Any], exc: Exception, route: str,
+                 began: float) -> dict[str, Any]:
+        """The response for a handler that failed: 503 when the shared state is out
+        of reach (the client may retry), 500 for everything else."""
+        self.worker.metrics.failed(route, exc)
+        if isinstance(exc, StateUnavailable):
+            log.warning("request %s: shared state unavailable: %s; 503", req["id"], exc,
+                        extra={"request_id": req["id"]})
+            self.worker.metrics.record((route, 503), time.perf_counter() - began)
+            return response(rid, 503, [["content-type", "text/plain; charset=utf-8"],
+                                       ["retry-after", "1"]],
+                            b"Service Unavailable: shared state unreachable\n")
+        log_failure(req, exc)
+        self.worker.metrics.record((route, 500), time.perf_counter() - began)
+        return server_error(rid, req["id"])
+
+    def _emitted(self, batch: list[Outgoing]) -> None:
+        """What pool threads produced, on the loop: envelopes to send, and async
+        generators a sync handler returned (only the loop can run those)."""
+        for item in batch:
+            if isinstance(item, AsyncStream):
+                self.loop.create_task(self._stream_async(
+                    item.link, item.rid, item.req, item.stream, item.body))
+            else:
+                self.send(item[0], item[1])
+
+    def _send_now(self, item: Outgoing) -> None:
+        """An inline answer's emit: on the loop already."""
+        self._emitted([item])
+
+    def send(self, link: GatewayLink, env: dict[str, Any]) -> None:
+        link.post(env)
+        if not env.get("more"):  # a final response, or DEFERRED: the call is over
+            self.running -= 1
+            if self.backlog and self.running < self.config.concurrency:
+                self._start(*self.backlog.popleft())
+
+
+def log_failure(req: dict[str, Any], exc: Exception) -> None:
+    extra = {"request_id": req["id"]}
+    if isinstance(exc, (BadResponse, BadField)):
+        log.error("request %s: handler returned a bad response: %s", req["id"], exc,
+                  extra=extra)
+    elif isinstance(exc, StateError):
+        log.error("request %s: state operation refused: %s", req["id"], exc, extra=extra)
+    else:
+        log.error("request %s: handler raised", req["id"], exc_info=exc, extra=extra)
