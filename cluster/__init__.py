@@ -5,9 +5,9 @@ coordinator code.
 """
 
 from cluster.app import App
+from cluster.deferred import DEFER, reply
 from cluster.errors import StateError, StateUnavailable
 from cluster.realtime import (
-    DEFER,
     broadcast,
     close,
     join,
@@ -15,7 +15,6 @@ from cluster.realtime import (
     members,
     publish,
     push,
-    reply,
     subscribe,
 )
 from cluster.responses import redirect

@@ -1,3 +1,3 @@
-from cluster.cli import cluster
+from cluster.commands.cli import cluster
 
 cluster()

@@ -26,10 +26,10 @@ from typing import Any
 
 import zmq
 
-from cluster import wire
 from cluster.errors import ConfigError, PublisherError
+from cluster.plumbing import wire
+from cluster.plumbing.security import for_process
 from cluster.realtime import frame_data, split_conn
-from cluster.security import for_process
 
 
 class Publisher:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from cluster import wire
+from cluster.plumbing import wire
 
 
 class PushRuntime(Protocol):
@@ -44,16 +44,6 @@ class PushRuntime(Protocol):
     def members_blocking(self, group: str) -> list[str]: ...
 
 
-class _Defer:
-    """The answer a handler gives when it will reply later, with `reply()`."""
-
-    def __repr__(self) -> str:
-        return "DEFER"
-
-
-DEFER: Any = _Defer()
-
-
 _runtime: PushRuntime | None = None
 
 
@@ -63,7 +53,7 @@ def install(runtime: PushRuntime | None) -> None:
     _runtime = runtime
 
 
-def _rt() -> PushRuntime:
+def runtime() -> PushRuntime:
     if _runtime is None:
         raise RuntimeError("push, broadcast, join, leave, close and members work inside a "
                            "cluster worker process")
@@ -87,12 +77,12 @@ def split_conn(conn: str) -> tuple[str, int]:
 
 def push(conn: str, data: Any) -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, wire.send(number, frame_data(data)))
+    return runtime().act(gateway, wire.send(number, frame_data(data)))
 
 
 def broadcast(group: str, data: Any, exclude: str | None = None) -> None:
     """One message to each gateway; each fans out to its members of `group`."""
-    _rt().broadcast(group, frame_data(data), split_conn(exclude) if exclude else None)
+    runtime().broadcast(group, frame_data(data), split_conn(exclude) if exclude else None)
 
 
 def publish(group: str, data: Any) -> None:
@@ -103,7 +93,7 @@ def publish(group: str, data: Any) -> None:
     last saw, subscribed with `{"subscribe": {"group": g, "since": [epoch, offset]}}`,
     gets what it missed, once and in order, then the live messages
     (docs/websocket.md). Fire and forget, like broadcast."""
-    _rt().publish(group, data)
+    runtime().publish(group, data)
 
 
 def subscribe(conn: str, group: str, since: tuple[str, int] | list[Any] | None = None
@@ -114,30 +104,22 @@ def subscribe(conn: str, group: str, since: tuple[str, int] | list[Any] | None =
     calls it after websocket.accept with scope["extensions"]["cluster"]["conn"]."""
     gateway, number = split_conn(conn)
     epoch, offset = (since[0], since[1]) if since is not None else (None, None)
-    return _rt().act(gateway, wire.subscribe(number, group, epoch, offset))
+    return runtime().act(gateway, wire.subscribe(number, group, epoch, offset))
 
 
 def join(conn: str, group: str) -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, wire.join(number, group))
+    return runtime().act(gateway, wire.join(number, group))
 
 
 def leave(conn: str, group: str) -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, wire.leave(number, group))
+    return runtime().act(gateway, wire.leave(number, group))
 
 
 def close(conn: str, code: int = 1000, reason: str = "") -> bool:
     gateway, number = split_conn(conn)
-    return _rt().act(gateway, wire.close(number, code, reason))
-
-
-def reply(request_id: str, msg: Any) -> bool:
-    """Answer a request whose handler returned DEFER; from any worker, at any time
-    before the gateway's --defer-timeout. `msg` is what a handler would return.
-    False when the request's gateway is not known here."""
-    gateway, number = split_conn(request_id)
-    return _rt().reply(gateway, number, msg)
+    return runtime().act(gateway, wire.close(number, code, reason))
 
 
 def members(group: str) -> Any:
@@ -145,7 +127,7 @@ def members(group: str) -> Any:
 
     In async code `await members(group)`; in a sync handler (a pool thread) call it
     plainly: it waits for the gateways' answers and returns the dict."""
-    rt = _rt()
+    rt = runtime()
     if rt.on_loop():
         return _members_async(rt, group)
     conns = rt.members_blocking(group)

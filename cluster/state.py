@@ -24,12 +24,9 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any, Protocol
 
 from cluster.errors import ReadOnlyKey, StateError
+from cluster.plumbing.state_keys import framework_key
 
 _MISSING = object()
-
-
-def framework_key(key: str) -> bool:
-    return bool(key) and key[0].isupper()
 
 
 def check_key(key: object) -> str:

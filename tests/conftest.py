@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.security import ROLE_KEYS, keygen
+from cluster.plumbing.security import ROLE_KEYS, keygen
 from tests import httpclient
 
 

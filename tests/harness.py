@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cluster.child import read_ready
 from cluster.errors import ChildFailed
-from cluster.security import ROLE_KEYS, Curve, keygen
+from cluster.plumbing.child import read_ready
+from cluster.plumbing.security import ROLE_KEYS, Curve, keygen
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--heartbeat-interval", "0.25"]
@@ -168,7 +168,7 @@ class Probe:
                  info: dict[str, Any] | None = None) -> None:
         import zmq
 
-        from cluster import wire
+        from cluster.plumbing import wire
         self.wire = wire
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from cluster.metrics import ReadAtScrape, new_registry, pump_metrics, targets_page
+from cluster.plumbing.metrics import ReadAtScrape, new_registry, pump_metrics, targets_page
 
 if TYPE_CHECKING:
     from cluster.coordinator.server import Coordinator

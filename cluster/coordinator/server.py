@@ -15,16 +15,16 @@ from typing import Any
 
 import zmq
 
-from cluster import wire
-from cluster.config import CoordinatorConfig
 from cluster.coordinator.history import HistoryBook
 from cluster.coordinator.membership import Membership
 from cluster.coordinator.metrics import CoordinatorMetrics
 from cluster.coordinator.state_service import StateService
-from cluster.lifecycle import report_ready, run_until_signalled
-from cluster.metrics import MetricsServer, metrics_page, target
-from cluster.security import HANDSHAKE_FAILED, Plaintext, Security, for_process
-from cluster.zmqio import Monitor, Pump
+from cluster.plumbing import wire
+from cluster.plumbing.config import CoordinatorConfig
+from cluster.plumbing.lifecycle import report_ready, run_until_signalled
+from cluster.plumbing.metrics import MetricsServer, metrics_page, target
+from cluster.plumbing.security import HANDSHAKE_FAILED, Plaintext, Security, for_process
+from cluster.plumbing.zmqio import Monitor, Pump
 
 log = logging.getLogger("cluster.coordinator")
 

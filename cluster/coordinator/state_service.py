@@ -29,13 +29,13 @@ from typing import Any
 
 import zmq
 
-from cluster import wire
-from cluster.config import CoordinatorConfig
 from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.coordinator.wal import Recovered, WriteAheadLog
 from cluster.errors import StateError
-from cluster.security import Plaintext, Security
-from cluster.zmqio import advertised
+from cluster.plumbing import wire
+from cluster.plumbing.config import CoordinatorConfig
+from cluster.plumbing.security import Plaintext, Security
+from cluster.plumbing.zmqio import advertised
 
 log = logging.getLogger("cluster.coordinator.state")
 

@@ -16,7 +16,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from cluster.errors import StateError
-from cluster.state import framework_key
+from cluster.plumbing.state_keys import framework_key
 
 Change = list[Any]  # [key, value or None, expires_at]
 

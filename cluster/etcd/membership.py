@@ -25,12 +25,12 @@ from typing import Any
 
 import aetcd
 
-from cluster.config import Common
 from cluster.errors import CoordinatorUnreachable, EtcdUnavailable
 from cluster.etcd.session import FAILURES, EtcdSession, parse_backend, stop_watch
-from cluster.registry import MembersHandler
-from cluster.security import Plaintext, Security
-from cluster.zmqio import Pump
+from cluster.plumbing.config import Common
+from cluster.plumbing.coordinator_link import MembersHandler
+from cluster.plumbing.security import Plaintext, Security
+from cluster.plumbing.zmqio import Pump
 
 log = logging.getLogger("cluster.etcd.members")
 

@@ -40,10 +40,10 @@ from typing import Any
 import aetcd
 import msgpack  # type: ignore[import-untyped]
 
-from cluster.config import WorkerConfig
 from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.errors import EtcdUnavailable, StateError, StateUnavailable
 from cluster.etcd.session import EtcdSession, parse_backend, stop_watch
+from cluster.plumbing.config import WorkerConfig
 from cluster.worker.replica import Replica, ReplicaReads
 
 log = logging.getLogger("cluster.etcd.state")

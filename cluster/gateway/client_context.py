@@ -16,8 +16,8 @@ from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.static import Mount
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
-from cluster.http_fields import well_formed
-from cluster.metrics import ShardedHistogram
+from cluster.plumbing.http_fields import well_formed
+from cluster.plumbing.metrics import ShardedHistogram
 
 log = logging.getLogger("cluster.gateway.http")
 

@@ -30,10 +30,10 @@ import logging
 from collections import deque
 from typing import Any
 
-from cluster import wire
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.ws_hub import WebSocketHub
-from cluster.zmqio import Pump
+from cluster.plumbing import wire
+from cluster.plumbing.zmqio import Pump
 
 log = logging.getLogger("cluster.gateway.dispatch")
 

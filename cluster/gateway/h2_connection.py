@@ -22,7 +22,6 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
-from cluster import wire
 from cluster.errors import BadResponseHead
 from cluster.gateway import http_core, static
 from cluster.gateway.client_context import FILE_CHUNK, ConnectionContext, check_head
@@ -38,7 +37,8 @@ from cluster.gateway.h2_core import (
     StreamRefused,
     StreamRequest,
 )
-from cluster.http_fields import encode_fields
+from cluster.plumbing import wire
+from cluster.plumbing.http_fields import encode_fields
 
 log = logging.getLogger("cluster.gateway.h2")
 

@@ -17,7 +17,6 @@ import logging
 from collections import deque
 from typing import Any
 
-from cluster import wire
 from cluster.errors import BadResponseHead
 from cluster.gateway import http_core, static
 from cluster.gateway.client_context import FILE_CHUNK, ConnectionContext, check_head
@@ -33,7 +32,8 @@ from cluster.gateway.http_core import (
 )
 from cluster.gateway.ws_core import WebSocketCore, is_websocket_upgrade
 from cluster.gateway.ws_hub import Session
-from cluster.http_fields import encode_fields
+from cluster.plumbing import wire
+from cluster.plumbing.http_fields import encode_fields
 
 log = logging.getLogger("cluster.gateway.http")
 

@@ -29,7 +29,7 @@ import httptools
 
 from cluster.errors import ClusterError
 from cluster.gateway.http_rules import VALID_HOSTS, origin_form, refusal, transfer_codings
-from cluster.http_fields import encode_fields
+from cluster.plumbing.http_fields import encode_fields
 
 
 @dataclass(frozen=True)

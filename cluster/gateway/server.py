@@ -15,8 +15,6 @@ from typing import Any, TypeVar
 
 import zmq
 
-from cluster import wire
-from cluster.config import GatewayConfig
 from cluster.errors import ConfigError, StoppedWhileStarting
 from cluster.gateway.admission import Admission
 from cluster.gateway.client_context import ClientConnection, ConnectionContext
@@ -30,12 +28,14 @@ from cluster.gateway.static import parse_mounts
 from cluster.gateway.tls import TlsAcceptor, TlsCounters
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
-from cluster.http_fields import encode_fields
-from cluster.lifecycle import report_ready, run_until_signalled, unless_stopped
-from cluster.metrics import MetricsServer, metrics_page, target, targets_page
-from cluster.registry import CoordinatorLink, MemberLink
-from cluster.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
-from cluster.zmqio import Monitor, Pump, advertised
+from cluster.plumbing import wire
+from cluster.plumbing.config import GatewayConfig
+from cluster.plumbing.coordinator_link import CoordinatorLink, MemberLink
+from cluster.plumbing.http_fields import encode_fields
+from cluster.plumbing.lifecycle import report_ready, run_until_signalled, unless_stopped
+from cluster.plumbing.metrics import MetricsServer, metrics_page, target, targets_page
+from cluster.plumbing.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
+from cluster.plumbing.zmqio import Monitor, Pump, advertised
 
 log = logging.getLogger("cluster.gateway")
 T = TypeVar("T")

@@ -33,10 +33,10 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cluster import wire
 from cluster.gateway.http_core import error_response
 from cluster.gateway.ws_core import Binary, Closed, Event, Text, WebSocketCore
 from cluster.gateway.ws_history import GroupFeed
+from cluster.plumbing import wire
 
 log = logging.getLogger("cluster.gateway.ws")
 

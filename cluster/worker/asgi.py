@@ -41,8 +41,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-from cluster import wire
 from cluster.errors import ASGIError, BadField, ClientDisconnected, LifespanError
+from cluster.plumbing import wire
 from cluster.state import Backend, SharedState
 from cluster.worker.flow import StreamWindow
 from cluster.worker.messages import (

@@ -9,8 +9,8 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from cluster import wire
 from cluster.errors import StateError
+from cluster.plumbing import wire
 from cluster.state import SharedState
 from cluster.worker.asgi import (
     ASGIHandler,

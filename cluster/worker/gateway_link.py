@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from cluster import wire
+from cluster.plumbing import wire
+from cluster.plumbing.zmqio import Pump
 from cluster.worker.ws_events import HANDOVER, KINDS
-from cluster.zmqio import Pump
 
 if TYPE_CHECKING:
     from cluster.worker.server import Worker

@@ -5,7 +5,7 @@
 body is bytes or an iterator of chunks for a streamed response; anything it cannot
 turn into a valid response raises `BadResponse`, which the worker answers with 500.
 `response` and `StreamEnvelopes` make the RESPONSE envelopes: the headers checked
-and encoded here, once (`cluster.http_fields`), and a whole response gzipped here
+and encoded here, once (`cluster.plumbing.http_fields`), and a whole response gzipped here
 when the client accepts it, so neither costs the gateway anything.
 """
 
@@ -18,9 +18,9 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from cluster import wire
 from cluster.errors import BadResponse
-from cluster.http_fields import encode_fields
+from cluster.plumbing import wire
+from cluster.plumbing.http_fields import encode_fields
 from cluster.responses import parse_cookies, set_cookie_headers
 from cluster.worker.compression import accepts_gzip, gzip_response
 

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from cluster.metrics import ReadAtScrape, ShardedHistogram, merge_rows, new_registry, pump_metrics
+from cluster.plumbing.metrics import (
+    ReadAtScrape,
+    ShardedHistogram,
+    merge_rows,
+    new_registry,
+    pump_metrics,
+)
 
 if TYPE_CHECKING:
     from cluster.worker.server import Worker

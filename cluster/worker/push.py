@@ -12,10 +12,11 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from cluster import realtime, wire
+from cluster import realtime
 from cluster.errors import BadField, BadResponse
-from cluster.http_fields import encode_fields
-from cluster.registry import CoordinatorLink
+from cluster.plumbing import wire
+from cluster.plumbing.coordinator_link import CoordinatorLink
+from cluster.plumbing.http_fields import encode_fields
 from cluster.worker.messages import normalize
 
 if TYPE_CHECKING:

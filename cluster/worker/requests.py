@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from cluster import realtime, wire
+from cluster.deferred import DEFER
 from cluster.errors import BadField, BadResponse, StateError, StateUnavailable
+from cluster.plumbing import wire
 from cluster.worker.adapters import Invocation, settle
 from cluster.worker.asgi import ASGIHandler
 from cluster.worker.flow import Streams
@@ -112,7 +113,7 @@ class Requests:
             msg, ops = settle(inv, inv.fn(*inv.args, **inv.kwargs))
             if ops:
                 self.state.call(ops)  # the answer waits until the writes are durable
-            if msg is realtime.DEFER:
+            if msg is DEFER:
                 self.worker.metrics.record((inv.route, "deferred"), time.perf_counter() - began)
                 emit((link, wire.envelope(wire.DEFERRED, id=rid)))
                 return
@@ -162,7 +163,7 @@ class Requests:
             msg, ops = settle(inv, await inv.fn(*inv.args, **inv.kwargs))
             if ops:
                 await self.state.acall(ops)
-            if msg is realtime.DEFER:
+            if msg is DEFER:
                 self.worker.metrics.record((inv.route, "deferred"), time.perf_counter() - began)
                 self.send(link, wire.envelope(wire.DEFERRED, id=rid))
                 return

@@ -36,9 +36,8 @@ from typing import Any
 
 import zmq
 
-from cluster import realtime, wire
+from cluster import realtime
 from cluster.app import App
-from cluster.config import WorkerConfig
 from cluster.errors import (
     ConfigError,
     HandlerLoadError,
@@ -47,10 +46,12 @@ from cluster.errors import (
 )
 from cluster.etcd.membership import EtcdMembership
 from cluster.etcd.state import EtcdState
-from cluster.lifecycle import report_ready, run_until_signalled, unless_stopped
-from cluster.metrics import MetricsServer, metrics_page, target
-from cluster.registry import CoordinatorLink, MemberLink
-from cluster.security import Plaintext, Security, for_process
+from cluster.plumbing import wire
+from cluster.plumbing.config import WorkerConfig
+from cluster.plumbing.coordinator_link import CoordinatorLink, MemberLink
+from cluster.plumbing.lifecycle import report_ready, run_until_signalled, unless_stopped
+from cluster.plumbing.metrics import MetricsServer, metrics_page, target
+from cluster.plumbing.security import Plaintext, Security, for_process
 from cluster.worker.asgi import ASGIHandler
 from cluster.worker.asgi_runner import AsgiRunner
 from cluster.worker.gateway_link import GatewayLink

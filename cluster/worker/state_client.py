@@ -21,11 +21,11 @@ from typing import Any
 
 import zmq
 
-from cluster import wire
 from cluster.errors import StateError, StateUnavailable
-from cluster.registry import CoordinatorLink
+from cluster.plumbing import wire
+from cluster.plumbing.coordinator_link import CoordinatorLink
+from cluster.plumbing.zmqio import Pump
 from cluster.worker.replica import MAX_HELD, Offer, Replica, ReplicaReads
-from cluster.zmqio import Pump
 
 log = logging.getLogger("cluster.worker.state")
 

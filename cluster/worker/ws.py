@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from cluster import wire
+from cluster.plumbing import wire
 from cluster.realtime import frame_data
 from cluster.worker.messages import target_fields
 

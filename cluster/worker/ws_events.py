@@ -13,7 +13,7 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from cluster import wire
+from cluster.plumbing import wire
 from cluster.worker.adapters import settle
 from cluster.worker.asgi import ASGIHandler
 from cluster.worker.requests import log_failure

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from cluster.child import read_ready
+from cluster.plumbing.child import read_ready
 from loadtests.bench.servers import BIN, ROOT, bench_keys, free_port
 from loadtests.bench.state import ensure_redis, start_redis, stop
 

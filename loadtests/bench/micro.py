@@ -32,12 +32,12 @@ from typing import Any
 import uvloop
 import zmq
 
-from cluster import wire
-from cluster.config import WorkerConfig
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.http_connection import ConnectionContext, HttpConnection
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.ws_core import WsOptions
+from cluster.plumbing import wire
+from cluster.plumbing.config import WorkerConfig
 from cluster.worker.gateway_link import GatewayLink
 from cluster.worker.loader import load_handler
 from cluster.worker.server import Worker

@@ -32,7 +32,7 @@ def bench_keys() -> str:
     if not _KEYS:
         import atexit
 
-        from cluster.security import ROLE_KEYS, keygen
+        from cluster.plumbing.security import ROLE_KEYS, keygen
         directory = tempfile.mkdtemp(prefix="bench-keys-")
         keygen(directory, ROLE_KEYS)
         atexit.register(shutil.rmtree, directory, True)

@@ -29,8 +29,8 @@ from typing import Any
 
 import zmq
 
-from cluster import wire
-from cluster.security import Curve
+from cluster.plumbing import wire
+from cluster.plumbing.security import Curve
 from loadtests.bench.servers import ROOT, bench_keys, free_port
 
 PY = sys.executable
@@ -100,8 +100,8 @@ def etcd_client(target: tuple[str, bool, int], seconds: float, out: Any) -> None
 
     import uvloop
 
-    from cluster.config import WorkerConfig
     from cluster.etcd.state import EtcdState
+    from cluster.plumbing.config import WorkerConfig
 
     async def run() -> int:
         state = EtcdState(asyncio.get_running_loop(),
@@ -148,7 +148,7 @@ def start_coordinator(data_dir: Path, fsync: str) -> tuple[subprocess.Popen[byte
          str(write_fd), "--keys", bench_keys()], cwd=ROOT, pass_fds=(write_fd,),
         stderr=subprocess.DEVNULL)
     os.close(write_fd)
-    from cluster.child import read_ready
+    from cluster.plumbing.child import read_ready
     read_ready(read_fd, proc, 20, "coordinator")
     os.close(read_fd)
     ctx = zmq.Context()
@@ -220,8 +220,8 @@ def etcd_propagation(url: str, samples: int) -> tuple[list[float], list[float]]:
 
     import uvloop
 
-    from cluster.config import WorkerConfig
     from cluster.etcd.state import EtcdState
+    from cluster.plumbing.config import WorkerConfig
 
     async def run() -> tuple[list[float], list[float]]:
         loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ import resource
 import subprocess
 import sys
 
-from cluster.child import read_ready
+from cluster.plumbing.child import read_ready
 from loadtests.bench.servers import ROOT, bench_keys, free_port
 
 PY = sys.executable

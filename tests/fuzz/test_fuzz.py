@@ -25,7 +25,6 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cluster import wire
 from cluster.errors import WireError
 from cluster.gateway.http_core import (
     ContinueExpected,
@@ -35,6 +34,7 @@ from cluster.gateway.http_core import (
     Request,
 )
 from cluster.gateway.ws_core import Binary, Closed, Text, WebSocketCore, WsOptions
+from cluster.plumbing import wire
 
 SEEDS = Path(__file__).parent / "seeds"
 EXAMPLES = 300
@@ -197,7 +197,7 @@ def gateway() -> Iterator[tuple[Feed, Loop]]:
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[tuple[Feed, Loop]]:
-    from cluster.config import WorkerConfig
+    from cluster.plumbing.config import WorkerConfig
     from cluster.worker.gateway_link import GatewayLink
     from cluster.worker.loader import load_handler
     from cluster.worker.server import Worker
@@ -227,8 +227,8 @@ def worker() -> Iterator[tuple[Feed, Loop]]:
 
 @pytest.fixture(scope="module")
 def coordinator() -> Iterator[tuple[Feed, Loop]]:
-    from cluster.config import CoordinatorConfig
     from cluster.coordinator.server import Coordinator
+    from cluster.plumbing.config import CoordinatorConfig
     loop = Loop()
     ctx: zmq.Context[Any] = zmq.Context()
     coord = Coordinator(CoordinatorConfig(coordinator_bind="tcp://127.0.0.1:0",

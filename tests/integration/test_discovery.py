@@ -8,7 +8,7 @@ import time
 
 import zmq
 
-from cluster import wire
+from cluster.plumbing import wire
 from tests.harness import cluster, wait_for
 from tests.httpclient import get
 

@@ -28,7 +28,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from cluster.security import ROLE_KEYS, keygen
+from cluster.plumbing.security import ROLE_KEYS, keygen
 from tests.harness import wait_for
 from tests.integration.test_cli import cluster_run, ports_of
 from tests.integration.test_deploy import free_port, http

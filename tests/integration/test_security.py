@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import zmq
 
-from cluster import wire
-from cluster.security import Curve, fingerprint, keygen
+from cluster.plumbing import wire
+from cluster.plumbing.security import Curve, fingerprint, keygen
 from tests.harness import Cluster, Proc, cluster, wait_for
 from tests.httpclient import get
 from tests.integration.test_observability import metrics_port, sample, scrape

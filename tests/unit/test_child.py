@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cluster.child import MAX_LINE, PipeReader
+from cluster.plumbing.child import MAX_LINE, PipeReader
 
 
 def test_beats_before_and_after_the_ready_line_are_counted() -> None:

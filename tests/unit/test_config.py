@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.config import GatewayConfig, RunConfig, WorkerConfig, parse, subset, to_argv
 from cluster.errors import ConfigError
+from cluster.plumbing.config import GatewayConfig, RunConfig, WorkerConfig, parse, subset, to_argv
 
 
 def test_flag_beats_env_beats_default() -> None:

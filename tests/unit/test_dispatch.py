@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from cluster import wire
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
+from cluster.plumbing import wire
 
 
 class Clock:

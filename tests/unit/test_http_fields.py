@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cluster.errors import BadField
-from cluster.http_fields import encode_fields, well_formed
+from cluster.plumbing.http_fields import encode_fields, well_formed
 
 
 def test_fields_become_lines_in_order() -> None:

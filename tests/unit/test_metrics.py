@@ -4,7 +4,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cluster.metrics import ReadAtScrape, ShardedHistogram, merge_rows
+from cluster.plumbing.metrics import ReadAtScrape, ShardedHistogram, merge_rows
 
 
 def test_observations_land_in_the_first_bucket_at_or_above_them() -> None:
@@ -51,7 +51,7 @@ def test_exposition_is_cumulative_with_count_and_sum() -> None:
 def test_the_endpoint_closes_a_connection_that_sends_nothing() -> None:
     import asyncio
 
-    from cluster.metrics import MetricsServer
+    from cluster.plumbing.metrics import MetricsServer
 
     async def go() -> bytes:
         server = MetricsServer({"/metrics": lambda: (b"x 1\n", "text/plain")},

@@ -8,8 +8,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from cluster import wire
 from cluster.errors import WireError
+from cluster.plumbing import wire
 
 
 def req(**over: Any) -> dict[str, Any]:

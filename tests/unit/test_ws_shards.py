@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from cluster import wire
 from cluster.gateway.http_core import Request
 from cluster.gateway.ws_core import WebSocketCore, WsOptions
 from cluster.gateway.ws_hub import WebSocketHub, rendezvous
+from cluster.plumbing import wire
 
 
 class FakeTransport:

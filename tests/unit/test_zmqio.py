@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import zmq
 
-from cluster import wire
-from cluster.zmqio import Monitor, Pump
+from cluster.plumbing import wire
+from cluster.plumbing.zmqio import Monitor, Pump
 
 
 def run(test: Any) -> None:

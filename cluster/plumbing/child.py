@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.errors import ChildFailed
-from cluster.lifecycle import BEAT
+from cluster.plumbing.lifecycle import BEAT
 
 log = logging.getLogger("cluster.supervisor")
 

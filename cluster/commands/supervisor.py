@@ -2,7 +2,7 @@
 
 Each child is the ordinary command (`python -m cluster gateway ...`) with its
 configuration as flags, plus a pipe on which it reports readiness as one JSON line
-and then beats (`cluster.child`). A child that exits unexpectedly, or whose beats
+and then beats (`cluster.plumbing.child`). A child that exits unexpectedly, or whose beats
 stop for `--child-timeout` (it hangs: killed), is started again after a backoff
 that doubles up to `MAX_BACKOFF` and resets once the child has stayed up for
 `STABLE_AFTER`; its ports are pinned to the ones it first bound, so peers find it
@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.child import MIN_BACKOFF, Child
-from cluster.config import (
+from cluster.errors import ChildFailed
+from cluster.plumbing.child import MIN_BACKOFF, Child
+from cluster.plumbing.config import (
     CoordinatorConfig,
     GatewayConfig,
     RunConfig,
@@ -36,8 +37,7 @@ from cluster.config import (
     subset,
     to_argv,
 )
-from cluster.errors import ChildFailed
-from cluster.security import ROLE_KEYS, keygen
+from cluster.plumbing.security import ROLE_KEYS, keygen
 
 log = logging.getLogger("cluster.supervisor")
 

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import zmq
 
-from cluster import wire
-from cluster.config import Common
 from cluster.errors import CoordinatorUnreachable
-from cluster.security import Plaintext, Security
-from cluster.zmqio import Pump
+from cluster.plumbing import wire
+from cluster.plumbing.config import Common
+from cluster.plumbing.security import Plaintext, Security
+from cluster.plumbing.zmqio import Pump
 
 log = logging.getLogger("cluster.registry")
 

@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from cluster.config import (
+from cluster.errors import ConfigError, CoordinatorUnreachable, HandlerLoadError
+from cluster.plumbing.config import (
     Common,
     CoordinatorConfig,
     GatewayConfig,
@@ -15,8 +16,7 @@ from cluster.config import (
     WorkerConfig,
     parse,
 )
-from cluster.errors import ConfigError, CoordinatorUnreachable, HandlerLoadError
-from cluster.lifecycle import setup_logging
+from cluster.plumbing.lifecycle import setup_logging
 
 USAGE = """usage: cluster COMMAND [flags]
 
@@ -71,7 +71,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
-    from cluster.supervisor import Supervisor
+    from cluster.commands.supervisor import Supervisor
     from cluster.worker.loader import load_handler
     try:
         config = parse(RunConfig, argv, "cluster run",
@@ -87,7 +87,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
 def keygen_main(argv: Sequence[str]) -> int:
     """`cluster keygen DIR [NAME...]`: a key pair per name (default: one per role),
     keeping pairs that exist. Every process given DIR as --keys allows them all."""
-    from cluster.security import ROLE_KEYS, fingerprint, keygen
+    from cluster.plumbing.security import ROLE_KEYS, fingerprint, keygen
     if not argv or argv[0].startswith("-"):
         print("usage: cluster keygen DIR [NAME...]  (names default to "
               f"{' '.join(ROLE_KEYS)})", file=sys.stderr)

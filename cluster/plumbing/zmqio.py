@@ -27,8 +27,8 @@ from typing import Any
 
 import zmq
 
-from cluster import wire
 from cluster.errors import WireError
+from cluster.plumbing import wire
 
 log = logging.getLogger("cluster.zmq")
 

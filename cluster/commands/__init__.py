@@ -1,0 +1,1 @@
+"""The command line: `cluster` and its subcommands, and `cluster run`'s supervisor."""
