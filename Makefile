@@ -50,7 +50,7 @@ run: $(RUN_STAMP)
 
 ## make test: lint, type-check, then every test (real processes on 127.0.0.1)
 test: lint typecheck $(TOOLS)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --cov --cov-report=term --cov-report=html:reports/coverage
 
 lint: $(STAMP)
 	$(BIN)/ruff check cluster tests examples loadtests
@@ -59,7 +59,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q --ignore=tests/integration --ignore=tests/compose tests
 
 integration: $(TOOLS)
 	$(BIN)/pytest -q tests/integration

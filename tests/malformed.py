@@ -1,7 +1,7 @@
 """Requests RFC 9112 says a server must refuse with 400: one list, used by the unit
 tests of the HTTP core and by the end-to-end tests through a real gateway. Each has a
 Host, so it is refused for the fault it names (an HTTP/1.1 request without Host is a
-400 of its own, in tests/unit/test_http_rules.py)."""
+400 of its own, in tests/gateway/test_http_rules.py)."""
 
 MALFORMED = {
     "cl-and-te": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,12 +53,13 @@ def cluster_run(*args: str, env: dict[str, str] | None = None,
     try:
         assert popen.stdout is not None
         os.set_blocking(popen.stdout.fileno(), False)
-        deadline = time.monotonic() + 30
-        while "\n" not in running.banner:
-            assert time.monotonic() < deadline, f"no banner; log:\n{running.log()}"
+
+        def banner_line() -> bool:
             assert popen.poll() is None, f"exited; log:\n{running.log()}"
-            running.banner += (popen.stdout.read() or b"").decode()
-            time.sleep(0.02)  # poll
+            running.banner += (popen.stdout.read() or b"").decode()  # type: ignore[union-attr]
+            return "\n" in running.banner
+
+        wait_for(banner_line, 30, "the banner")
         yield running
     finally:
         if popen.poll() is None:

@@ -28,14 +28,14 @@ def test_any_worker_answers_deferred_requests() -> None:
         polls = [poll_in_background(port, "/poll/news") for _ in range(4)]
         # Longer than the request timeout: deferred requests are not subject to it,
         # and hold no worker credit meanwhile.
-        deadline = time.monotonic() + 10
-        answered = 0
-        while answered < 4:
-            assert time.monotonic() < deadline, "the polls never registered"
+        answered = [0]  # the waiters register as they arrive: send until all 4 had it
+
+        def all_answered() -> bool:
             resp = get(port, "/send/news", method="POST", body=b"extra!")
-            answered += json.loads(resp.body)["answered"]
-            if answered < 4:
-                time.sleep(0.05)  # poll: the waiters register as they arrive
+            answered[0] += json.loads(resp.body)["answered"]
+            return answered[0] >= 4
+
+        wait_for(all_answered, 10, "the polls to register and be answered")
         for thread, out in polls:
             thread.join(10)
             assert out[0].status == 200 and out[0].body == b"extra!"

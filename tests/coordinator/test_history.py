@@ -1,4 +1,4 @@
-"""Group history (coordinator) and the gateway's recovery merge, without sockets."""
+"""Group history at the coordinator, without sockets: offsets, epochs, size and TTL."""
 
 from __future__ import annotations
 
@@ -36,29 +36,3 @@ class Feed:
 
     def to(self, conn: int) -> list[Any]:
         return [m.get("offset", m.get("recovered")) for c, m in self.out if c == conn]
-
-
-def test_the_seam_between_recovery_and_live_has_no_gap_and_no_duplicate() -> None:
-    f = Feed()
-    f.feed.subscribe(1, "g", "E", 3, now=0.0)
-    f.feed.on_message("g", "E", 6, "live6")  # held for 1, sent to 2
-    f.feed.on_message("g", "E", 7, "live7")
-    rid = f.asked[0][0]
-    f.feed.on_answer(rid, "E", [[4, "d4"], [5, "d5"], [6, "d6"]], True)
-    f.feed.on_message("g", "E", 7, "again")  # a duplicate: never twice
-    f.feed.on_message("g", "E", 8, "live8")
-    assert f.to(1) == [True, 4, 5, 6, 7, 8]
-    assert f.to(2) == [6, 7, 8]
-
-
-def test_unrecoverable_or_unanswered_is_said_then_live() -> None:
-    f = Feed()
-    f.feed.subscribe(1, "g", "E", 3, now=0.0)
-    f.feed.on_message("g", "E", 9, "live")
-    f.feed.on_answer(f.asked[0][0], "F", [], False)
-    assert f.to(1) == [False, 9]
-    f.feed.subscribe(2, "g", "E", 1, now=0.0)
-    f.feed.check(2, now=6.0)  # no answer within the timeout
-    assert f.to(2) == [9, False]
-    f.feed.subscribe(1, "g", None, None, now=0.0)  # a malformed since: said at once
-    assert f.to(1)[-1] is False

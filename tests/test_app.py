@@ -8,7 +8,7 @@ from cluster import App
 from cluster.errors import RouteError
 from cluster.routing import compile_route
 from cluster.worker.adapters import AppHandler
-from tests.unit.store_backend import StoreBackend
+from tests.store_backend import StoreBackend
 
 
 def view(req: dict[str, Any], **kw: Any) -> Any:

@@ -1,0 +1,114 @@
+"""The coordinator's write-ahead log and snapshots, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+
+from cluster.coordinator.wal import HEADER, WriteAheadLog
+
+
+def fill(path: Path, n: int, fsync: str = "batch") -> WriteAheadLog:
+    wal = WriteAheadLog(path, fsync)
+    wal.open()
+    for i in range(1, n + 1):
+        wal.append(i, [[f"k{i}", i, 0]])
+    wal.sync()
+    return wal
+
+
+def test_log_round_trip(tmp_path: Path) -> None:
+    fill(tmp_path, 5, "always").close()
+    rec = WriteAheadLog(tmp_path, "always").open()
+    assert [r[0] for r in rec.records] == [1, 2, 3, 4, 5] and rec.cut_bytes == 0
+
+
+def test_torn_tail_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
+    fill(tmp_path, 5).close()
+    log_path = tmp_path / "state.log"
+    size = log_path.stat().st_size
+    with open(log_path, "r+b") as f:
+        f.truncate(size - 3)  # the last record half-written
+    rec = WriteAheadLog(tmp_path, "batch").open()
+    assert [r[0] for r in rec.records] == [1, 2, 3, 4] and rec.cut_bytes > 0
+    assert log_path.stat().st_size < size - 3  # cut at the last good record
+
+
+def test_flipped_byte_keeps_every_record_before_it(tmp_path: Path) -> None:
+    fill(tmp_path, 5).close()
+    log_path = tmp_path / "state.log"
+    data = bytearray(log_path.read_bytes())
+    record = HEADER.size + HEADER.unpack_from(data, 0)[0]
+    data[record * 2 + HEADER.size + 2] ^= 0xFF  # inside the third record's payload
+    log_path.write_bytes(bytes(data))
+    rec = WriteAheadLog(tmp_path, "batch").open()
+    assert [r[0] for r in rec.records] == [1, 2]
+
+
+def test_snapshot_compacts_and_replay_skips_older_records(tmp_path: Path) -> None:
+    wal = fill(tmp_path, 3)
+    wal.snapshot(3, [["k1", 1, 0], ["k2", 2, 0], ["k3", 3, 0]])
+    assert (tmp_path / "state.log").stat().st_size == 0
+    wal.append(4, [["k4", 4, 0]])
+    wal.close()
+    rec = WriteAheadLog(tmp_path, "batch").open()
+    assert rec.seq == 3 and len(rec.entries) == 3 and [r[0] for r in rec.records] == [4]
+
+
+def test_crash_between_snapshot_and_truncate_is_safe(tmp_path: Path) -> None:
+    wal = fill(tmp_path, 3)
+    log_bytes = (tmp_path / "state.log").read_bytes()
+    wal.snapshot(3, [["k3", 3, 0]])
+    wal.close()
+    (tmp_path / "state.log").write_bytes(log_bytes)  # as if the truncate never happened
+    rec = WriteAheadLog(tmp_path, "batch").open()
+    assert rec.seq == 3 and rec.records == []
+
+
+def test_damaged_snapshot_refuses_to_start(tmp_path: Path) -> None:
+    fill(tmp_path, 1).snapshot(1, [["a", 1, 0]])
+    snap = tmp_path / "state.snapshot"
+    data = bytearray(snap.read_bytes())
+    data[-1] ^= 1
+    snap.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="damaged"):
+        WriteAheadLog(tmp_path, "batch").open()
+
+
+def test_record_framing_is_length_and_crc(tmp_path: Path) -> None:
+    fill(tmp_path, 1).close()
+    data = (tmp_path / "state.log").read_bytes()
+    length, crc = HEADER.unpack_from(data, 0)
+    assert length == len(data) - HEADER.size and crc == zlib.crc32(data[HEADER.size:])
+    assert os.path.getsize(tmp_path / "state.log") == len(data)
+
+
+def test_a_failed_write_leaves_no_torn_record_and_the_log_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from cluster.coordinator import wal as wal_module
+    wal = fill(tmp_path, 3)
+    good = wal.log_path.stat().st_size
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:  # a disk that fills mid-record
+        if len(data) > 4:
+            return real_write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal_module.os, "write", half_then_full)
+    wal.append(4, [["big", "x" * 100, 0]])
+    with pytest.raises(OSError):
+        wal.flush()
+    monkeypatch.setattr(wal_module.os, "write", real_write)
+    assert wal.log_path.stat().st_size == good == wal.written
+    assert [r[0] for r in wal.reread().records] == [1, 2, 3]
+    wal.append(4, [["k4", 4, 0]])  # room again: the same sequence number goes on
+    wal.sync()
+    wal.close()
+    assert [r[0] for r in WriteAheadLog(tmp_path, "always").open().records] == [1, 2, 3, 4]
