@@ -126,6 +126,7 @@ class Supervisor:
         self.own_keys = ""  # a key directory we made, removed when we stop
         self.reloader: threading.Thread | None = None
         self.reloader_stop = threading.Event()
+        self.reloader_ready = threading.Event()
 
     def _stop_asked(self) -> bool:
         return self.stopping
@@ -289,8 +290,15 @@ class Supervisor:
         import watchfiles  # only --reload needs it
 
         log.info("--reload: watching %s for changed Python files", root)
+        # An empty yield after a quiet spell (yield_on_timeout) is the sign that the
+        # watch is in place: `run` waits for it before it says the cluster is up, so
+        # an edit made right after that is not missed.
         for changes in watchfiles.watch(root, watch_filter=watchfiles.PythonFilter(),
-                                        stop_event=self.reloader_stop, raise_interrupt=False):
+                                        stop_event=self.reloader_stop, raise_interrupt=False,
+                                        rust_timeout=200, yield_on_timeout=True):
+            self.reloader_ready.set()
+            if not changes:
+                continue
             names = sorted({os.path.relpath(path, root) for _change, path in changes})
             log.info("--reload: %s changed; rolling the workers", ", ".join(names[:5]))
             self.roll_wanted = True
@@ -308,6 +316,12 @@ class Supervisor:
             if self.own_keys:
                 shutil.rmtree(self.own_keys, ignore_errors=True)
             return 1
+        if self.config.reload:
+            self.reloader = threading.Thread(target=self._watch_files, args=(root,),
+                                             name="reload", daemon=True)
+            self.reloader.start()
+            if not self.reloader_ready.wait(10):
+                log.warning("--reload: the watch did not start within 10s")
         print(f"cluster: {self.config.handler} on {', '.join(urls)} "
               f"({self.config.gateways} gateways, {self.config.workers} workers)", flush=True)
         if self.discovery:
@@ -316,10 +330,6 @@ class Supervisor:
         if self.config.keys:
             print(f"cluster: CURVE keys in {self.config.keys} (publisher.key_secret for "
                   f"scripts{'; removed at exit' if self.own_keys else ''})", flush=True)
-        if self.config.reload:
-            self.reloader = threading.Thread(target=self._watch_files, args=(root,),
-                                             name="reload", daemon=True)
-            self.reloader.start()
         try:
             self.watch()
         finally:

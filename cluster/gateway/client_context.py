@@ -10,13 +10,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from cluster.errors import BadResponseHead
+from cluster.gateway import static
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.static import Mount
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
-from cluster.plumbing.http_fields import well_formed
+from cluster.plumbing.http_fields import encode_fields, well_formed
 from cluster.plumbing.metrics import ShardedHistogram
 
 log = logging.getLogger("cluster.gateway.http")
@@ -97,6 +98,23 @@ class ConnectionContext:
         if len(self.good_heads) >= MAX_GOOD_HEADS:
             self.good_heads.clear()
         self.good_heads.add(fields)
+
+    def static_or_submit(self, ex: Exchange, method: str, target: str,
+                         headers: list[tuple[str, str]]) -> static.FilePlan | None:
+        """A request's first stop: a file under --static (returned, for the connection
+        to stream), a refusal about one (answered here), or a worker (submitted)."""
+        answer = static.plan(self.static, method, target, headers) if self.static else None
+        if answer is None:
+            self.submit(ex)
+        elif isinstance(answer, static.Refusal):
+            if answer.status == 304:
+                ex.sink.deliver(ex, {"more": False, "status": 304,
+                                     "head": encode_fields(answer.headers)[0]})
+            else:
+                ex.sink.deliver_error(ex, answer.status, answer.headers)
+        else:
+            return answer
+        return None
 
     def finished(self, ex: Exchange, now: float) -> None:
         self.latency.observe_in(self._rows, (ex.method, ex.status), now - ex.began)

@@ -165,18 +165,9 @@ class H2Connection(asyncio.Protocol):
         ex.sink = sink
         ex.began = now
         self.streams[req.stream_id] = sink
-        answer = static.plan(self.ctx.static, req.method, req.target, req.headers) \
-            if self.ctx.static else None
-        if answer is None:
-            self.ctx.submit(ex)
-        elif isinstance(answer, static.Refusal):
-            if answer.status == 304:
-                self.deliver(sink, {"more": False, "status": 304,
-                                    "head": encode_fields(answer.headers)[0]})
-            else:
-                self.deliver_error(sink, answer.status, answer.headers)
-        else:
-            self.loop.create_task(self._send_file(sink, answer))
+        plan = self.ctx.static_or_submit(ex, req.method, req.target, req.headers)
+        if plan is not None:
+            self.loop.create_task(self._send_file(sink, plan))
 
     def _on_sent(self, event: Sent) -> None:
         sink = self.streams.get(event.stream_id)

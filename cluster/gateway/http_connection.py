@@ -212,18 +212,9 @@ class HttpConnection(asyncio.Protocol):
         if not self.ctx.static:
             self.ctx.submit(ex)
             return
-        answer = static.plan(self.ctx.static, request.method, request.target,
-                             request.headers)
-        if answer is None:
-            self.ctx.submit(ex)
-        elif isinstance(answer, static.Refusal):
-            if answer.status == 304:
-                self.deliver(ex, {"more": False, "status": 304,
-                                  "head": encode_fields(answer.headers)[0]})
-            else:
-                self.deliver_error(ex, answer.status, answer.headers)
-        else:
-            self.loop.create_task(self._send_file(ex, answer))
+        plan = self.ctx.static_or_submit(ex, request.method, request.target, request.headers)
+        if plan is not None:
+            self.loop.create_task(self._send_file(ex, plan))
 
     def _upgrade(self, request: Request) -> None:
         """Hand a WebSocket upgrade to the hub, which asks the connection's worker."""

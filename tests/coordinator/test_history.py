@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from cluster.coordinator.history import HistoryBook
-from cluster.gateway.ws_history import GroupFeed
 
 
 def test_offsets_are_per_group_and_the_book_keeps_size_and_ttl() -> None:
@@ -20,19 +16,3 @@ def test_offsets_are_per_group_and_the_book_keeps_size_and_ttl() -> None:
     assert book.since("a", "other", 4, 1.0) == ([], False)  # another epoch
     assert book.since("new", book.epoch, 0, 1.0) == ([], True)
     assert book.since("a", book.epoch, 4, 20.0) == ([], False)  # expired
-
-
-class Feed:
-    def __init__(self) -> None:
-        self.out: list[tuple[int, dict[str, Any]]] = []
-        self.asked: list[tuple[int, str, str, int]] = []
-        self.group = {1, 2}
-        self.feed = GroupFeed(lambda conn, text: self.out.append((conn, json.loads(text))),
-                              lambda _g: self.group, self._ask, timeout=5.0)
-
-    def _ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
-        self.asked.append((rid, group, epoch, offset))
-        return True
-
-    def to(self, conn: int) -> list[Any]:
-        return [m.get("offset", m.get("recovered")) for c, m in self.out if c == conn]
