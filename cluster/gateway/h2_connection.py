@@ -125,10 +125,7 @@ class H2Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
         now = self.loop.time()
-        out: list[Event] = []
-        for sid in list(self.core.outbound):
-            out += self.core.send_body(sid, b"", self.core.outbound[sid].ending, now)
-        self._handle(out, now)
+        self._handle(self.core.flush(now), now)
         self._write_out()
         self._wake()
 
@@ -264,18 +261,13 @@ class H2Connection(asyncio.Protocol):
     def _body(self, sink: StreamSink, body: bytes, more: bool, now: float) -> None:
         if not more:
             self._finish(sink, now)
-        if self.writing_paused:  # queued; moved into the connection on resume_writing
-            stream = self.core.outbound.get(sink.sid)
-            if stream is not None:
-                if body:
-                    stream.chunks.append(body)
-                stream.ending = not more
-            return
-        self._handle(self.core.send_body(sink.sid, body, not more, now), now)
+        # While the socket is backed up the part waits in the core (resume_writing).
+        self._handle(self.core.send_body(sink.sid, body, not more, now,
+                                         flush=not self.writing_paused), now)
 
     def _finish(self, sink: StreamSink, now: float) -> None:
         sink.final = True
-        if sink.sid not in self.core.outbound:
+        if not self.core.sending(sink.sid):
             self.streams.pop(sink.sid, None)
         self.ctx.finished(sink.ex, now)
 
@@ -305,8 +297,7 @@ class H2Connection(asyncio.Protocol):
                                     "head": encode_fields(plan.headers)[0], "body": b""})
                 while left > 0:
                     while not (self.closed or sink.closed) and (
-                            self.writing_paused or (self.core.outbound.get(sink.sid) is not None
-                            and self.core.outbound[sink.sid].chunks)):
+                            self.writing_paused or self.core.holds(sink.sid)):
                         if self._drained is None:
                             self._drained = asyncio.Event()
                         self._drained.clear()

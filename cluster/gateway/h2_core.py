@@ -384,8 +384,10 @@ class H2Core:
         if not end:
             self.outbound[sid] = _Outbound()
 
-    def send_body(self, sid: int, data: bytes, end: bool, now: float) -> list[Event]:
-        """Queue a part of the body; sends what the windows allow."""
+    def send_body(self, sid: int, data: bytes, end: bool, now: float,
+                  flush: bool = True) -> list[Event]:
+        """Queue a part of the body; sends what the windows allow (nothing, with
+        `flush` False: the socket is backed up; `flush()` later)."""
         stream = self.outbound.get(sid)
         if stream is None:
             return []
@@ -393,8 +395,24 @@ class H2Core:
             stream.chunks.append(data)
         stream.ending = end
         out: list[Event] = []
-        self._flush(sid, stream, now, out)
+        if flush:
+            self._flush(sid, stream, now, out)
         return out
+
+    def flush(self, now: float) -> list[Event]:
+        """Send what every stream holds, as far as the windows allow."""
+        out: list[Event] = []
+        self._flush_all(now, out)
+        return out
+
+    def holds(self, sid: int) -> bool:
+        """Whether part of the stream's body is still waiting here."""
+        stream = self.outbound.get(sid)
+        return stream is not None and bool(stream.chunks)
+
+    def sending(self, sid: int) -> bool:
+        """Whether the stream's response is still being sent."""
+        return sid in self.outbound
 
     def _flush_all(self, now: float, out: list[Event]) -> None:
         for sid, stream in list(self.outbound.items()):

@@ -4,6 +4,7 @@ real socket: rapid reset, a window never opened."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -297,3 +298,23 @@ def test_sigterm_answers_streams_under_way_and_refuses_new_ones(
         goaway = next(e for e in seen if isinstance(e, ConnectionTerminated))
         assert goaway.error_code == ErrorCodes.NO_ERROR
     assert gateway.popen.wait(15) == 0
+
+
+def test_a_client_that_reads_nothing_is_cut_after_the_stall_timeout(
+        h2c: tuple[Cluster, int]) -> None:
+    c, port = h2c
+    with RawClient(port) as client:
+        # Windows wide open, then nothing read: only TCP's buffers hold the gateway back.
+        client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.h2.increment_flow_control_window(2**31 - 1 - 65535)
+        client.get("/big/30000000")
+        client.flush()
+        gateway = next(p for p in c.procs if p.role == "gateway")
+        line = gateway.wait_log("reads nothing for", timeout=15)
+        assert "closing" in line
+        assert sample(scrape(metrics_port(gateway.ready)),
+                      "cluster_gateway_http2_stalls_total") == 1
+        client.sock.settimeout(10)
+        with contextlib.suppress(ConnectionError):  # what TCP still held, then the close
+            while client.sock.recv(1 << 20):
+                pass
