@@ -47,11 +47,11 @@ class StreamSink:
     """Where one stream's response goes (a ResponseSink for its exchange)."""
 
     __slots__ = ("closed", "conn", "ex", "final", "sid", "worker_done")
+    ex: Exchange  # set once the exchange that names this sink exists
 
-    def __init__(self, conn: H2Connection, sid: int, ex: Exchange) -> None:
+    def __init__(self, conn: H2Connection, sid: int) -> None:
         self.conn = conn
         self.sid = sid
-        self.ex = ex
         self.closed = False  # reset, or its connection gone: nothing more to send
         self.final = False  # the last part has been handled
         self.worker_done = False  # counted off the connection's requests at workers
@@ -132,23 +132,22 @@ class H2Connection(asyncio.Protocol):
     # -- events from the core ------------------------------------------------------------
     def _handle(self, events: list[Event], now: float) -> None:
         for event in events:
-            kind = type(event)
-            if kind is StreamRequest:
-                self._on_request(event, now)  # type: ignore[arg-type]
-            elif kind is Sent:
-                self._on_sent(event)  # type: ignore[arg-type]
-            elif kind is StreamFinished:
-                sink = self.streams.get(event.stream_id)  # type: ignore[union-attr]
+            if isinstance(event, StreamRequest):
+                self._on_request(event, now)
+            elif isinstance(event, Sent):
+                self._on_sent(event)
+            elif isinstance(event, StreamFinished):
+                sink = self.streams.get(event.stream_id)
                 if sink is not None and sink.final:
                     del self.streams[sink.sid]
-            elif kind is StreamCancelled:
-                sink = self.streams.pop(event.stream_id, None)  # type: ignore[union-attr]
+            elif isinstance(event, StreamCancelled):
+                sink = self.streams.pop(event.stream_id, None)
                 if sink is not None:
                     self._cancel(sink)
-            elif kind is StreamRefused:
-                self._on_refused(event)  # type: ignore[arg-type]
-            elif kind is ConnectionEnded:
-                self._on_ended(event)  # type: ignore[arg-type]
+            elif isinstance(event, StreamRefused):
+                self._on_refused(event)
+            elif isinstance(event, ConnectionEnded):
+                self._on_ended(event)
         self._close_if_drained()
 
     def _on_request(self, req: StreamRequest, now: float) -> None:
@@ -157,9 +156,8 @@ class H2Connection(asyncio.Protocol):
                "body": req.body, "addr": self.addr}
         if req.scheme == "https":
             env["scheme"] = "https"
-        ex = Exchange(env, req.method, "2", True, None)  # type: ignore[arg-type]
-        sink = StreamSink(self, req.stream_id, ex)
-        ex.sink = sink
+        sink = StreamSink(self, req.stream_id)
+        ex = sink.ex = Exchange(env, req.method, "2", True, sink)
         ex.began = now
         self.streams[req.stream_id] = sink
         plan = self.ctx.static_or_submit(ex, req.method, req.target, req.headers)

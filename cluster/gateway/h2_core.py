@@ -47,7 +47,6 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
-    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError as H2ProtocolError
@@ -213,29 +212,26 @@ class H2Core:
             return [ConnectionEnded(f"protocol error: {exc}", abusive=calm)]
         out: list[Event] = []
         for event in received:
-            kind = type(event)
-            if kind is RequestReceived:
-                self._on_headers(event, now, out)  # type: ignore[arg-type]
-            elif kind is DataReceived:
-                self._on_data(event, now, out)  # type: ignore[arg-type]
-            elif kind is StreamEnded:
-                self._on_end(event.stream_id, out)  # type: ignore[attr-defined]
-            elif kind is WindowUpdated:
+            if isinstance(event, RequestReceived):
+                self._on_headers(event, now, out)
+            elif isinstance(event, DataReceived):
+                self._on_data(event, now, out)
+            elif isinstance(event, StreamEnded):
+                self._on_end(event.stream_id, out)
+            elif isinstance(event, WindowUpdated):
                 self._flush_all(now, out)
-            elif kind is StreamReset:
-                self._on_reset(event.stream_id, event.remote_reset,  # type: ignore[attr-defined]
-                               now, out)
-            elif kind in (PingReceived, RemoteSettingsChanged, PriorityUpdated):
+            elif isinstance(event, StreamReset):
+                self._on_reset(event.stream_id, event.remote_reset, now, out)
+            elif isinstance(event, (PingReceived, RemoteSettingsChanged, PriorityUpdated)):
                 if not self.control.spend(now):
                     self._calm(f"more than {self.limits.max_control} SETTINGS, PING or "
                                f"PRIORITY frames in {ABUSE_WINDOW:.0f}s", out)
-                if kind is RemoteSettingsChanged:
+                if isinstance(event, RemoteSettingsChanged):
                     self._flush_all(now, out)  # the initial window may have grown
-            elif kind is TrailersReceived:
-                pass  # request trailers are not carried (docs/http2.md)
-            elif kind is ConnectionTerminated:
+            elif isinstance(event, ConnectionTerminated):
                 self.ended = True
                 out.append(ConnectionEnded("the client sent GOAWAY"))
+            # TrailersReceived and the rest: request trailers are not carried (docs/http2.md)
             if self.ended:
                 break
         return out
