@@ -82,7 +82,7 @@ class WsEvents:
         if info is None:
             return  # an event after the close of a connection we never accepted
         req = build_ws_request(kind, key, info, env)
-        assert not isinstance(self.adapter, ASGIHandler)  # ws_event sent those elsewhere
+        assert not isinstance(self.adapter, ASGIHandler)  # `event` sent those elsewhere
         try:
             inv = self.adapter.prepare_ws(req)
             if inv.is_async:
