@@ -226,7 +226,10 @@ class WebSocketHub:
                     log.info("push to connection %s/%s, which is gone (%d so far)",
                              self.gateway_id, action[1], self.push_missing)
                 continue
-            run[action[0]](session, action, touched)
+            try:
+                run[action[0]](session, action, touched)
+            except Exception as exc:  # well formed, yet refused below us (a bad close code)
+                log.warning("WebSocket action %r from a worker failed: %s", action[0], exc)
         if touched and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_unflushed)

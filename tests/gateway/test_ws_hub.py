@@ -147,3 +147,11 @@ def test_a_malformed_action_is_logged_once_and_the_next_one_runs(
     assert hub.hub.groups == {"g": {1}}
     faults = [r.getMessage() for r in caplog.records if "bad WebSocket action" in r.message]
     assert len(faults) == 3 and "join: 1 fields, not 2" in faults[0]
+
+
+def test_an_action_refused_below_the_hub_costs_only_itself(
+        hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    hub.connect(1, None)
+    hub.act(wire.close(1, 99999, "no such code"), wire.join(1, "g"))
+    assert hub.hub.groups == {"g": {1}}
+    assert "'close' from a worker failed" in caplog.text
