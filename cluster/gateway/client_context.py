@@ -126,17 +126,26 @@ class ConnectionContext:
 
 
 
-def check_head(ctx: ConnectionContext, ex: Exchange, part: dict[str, Any]) -> tuple[int, bytes]:
+def check_head(ctx: ConnectionContext, ex: Exchange,
+               part: dict[str, Any]) -> tuple[int, bytes] | None:
     """A worker's status and header block, checked; sets the exchange's status and
-    whether its response has a body. Raises `BadResponseHead` (the client gets 502)."""
+    whether its response has a body. None for a broken one: logged, and the
+    exchange's status is 502, which the caller answers."""
     status = part.get("status", 200)
     fields = part.get("head", b"")
-    if type(status) is not int or not 100 <= status <= 999:
-        raise BadResponseHead(f"status {status!r}")
-    if fields not in ctx.good_heads:
-        if not well_formed(fields):
-            raise BadResponseHead("a malformed header block")
-        ctx.remember_head(fields)
+    try:
+        if type(status) is not int or not 100 <= status <= 999:
+            raise BadResponseHead(f"status {status!r}")
+        if fields not in ctx.good_heads:
+            if not well_formed(fields):
+                raise BadResponseHead("a malformed header block")
+            ctx.remember_head(fields)
+    except BadResponseHead as exc:
+        log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
+                  extra={"request_id": f"{ctx.gateway_id}/{ex.id}"})
+        ex.status = 502
+        ex.head_only = True
+        return None
     ex.status = status
     ex.head_only = status in (204, 304) or status < 200 or ex.method == "HEAD"
     return status, fields

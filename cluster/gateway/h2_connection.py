@@ -22,7 +22,6 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
-from cluster.errors import BadResponseHead
 from cluster.gateway import http_core, static
 from cluster.gateway.client_context import FILE_CHUNK, ConnectionContext, check_head
 from cluster.gateway.exchange import Exchange
@@ -229,15 +228,12 @@ class H2Connection(asyncio.Protocol):
             self.core.reset(sid, ErrorCodes.INTERNAL_ERROR)
         elif not ex.started:
             ex.started = True
-            try:
-                status, fields = check_head(self.ctx, ex, part)
-            except BadResponseHead as exc:
-                log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
-                          extra={"request_id": f"{self.ctx.gateway_id}/{ex.id}"})
-                ex.status = 502
+            head = check_head(self.ctx, ex, part)
+            if head is None:
                 self._respond_whole(sid, 502, http_core.TEXT_PLAIN, http_core.status_body(502))
                 self._finish(sink, now)
             else:
+                status, fields = head
                 declared = part.get("length")
                 length = None if status in (204, 304) or status < 200 else \
                     len(body) if not more else \

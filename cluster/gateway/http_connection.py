@@ -17,7 +17,6 @@ import logging
 from collections import deque
 from typing import Any
 
-from cluster.errors import BadResponseHead
 from cluster.gateway import http_core, static
 from cluster.gateway.client_context import FILE_CHUNK, ConnectionContext, check_head
 from cluster.gateway.exchange import Exchange
@@ -344,18 +343,13 @@ class HttpConnection(asyncio.Protocol):
             return
         if not ex.started:
             ex.started = True
-            try:
-                status, fields = check_head(self.ctx, ex, part)
-            except BadResponseHead as exc:
-                log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
-                          extra={"request_id": f"{self.ctx.gateway_id}/{ex.id}"})
-                ex.status = 502
+            head = check_head(self.ctx, ex, part)
+            if head is None:
                 ex.keep_alive = False
-                ex.head_only = True
                 self._write(http_core.error_response(502, self.ctx.date, version=ex.version))
                 self._done(ex)
                 return
-            out = http_core.frame_start(ex, status, fields, body, more, part.get("length"),
+            out = http_core.frame_start(ex, head[0], head[1], body, more, part.get("length"),
                                         self.ctx.date)
         else:
             out = http_core.frame_part(ex, body, more)
