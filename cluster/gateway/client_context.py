@@ -6,7 +6,7 @@ response head.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cluster.errors import BadResponseHead
@@ -149,3 +149,30 @@ def check_head(ctx: ConnectionContext, ex: Exchange,
     ex.status = status
     ex.head_only = status in (204, 304) or status < 200 or ex.method == "HEAD"
     return status, fields
+
+
+async def send_file(ex: Exchange, plan: static.FilePlan,
+                    my_turn: Callable[[], Awaitable[bool]]) -> None:
+    """Stream a --static file to `ex`'s sink a chunk at a time, each once `my_turn()`
+    says the last has left for the client (False: the client is gone): memory stays
+    one chunk. HTTP/1.1 and HTTP/2 differ only in what "my turn" means."""
+    sink = ex.sink
+    try:
+        with open(plan.path, "rb") as f:
+            f.seek(plan.offset)
+            left = 0 if ex.method == "HEAD" else plan.length
+            sink.deliver(ex, {"more": True, "status": plan.status, "length": plan.length,
+                              "head": encode_fields(plan.headers)[0], "body": b""})
+            while left > 0:
+                if not await my_turn():
+                    return
+                chunk = f.read(min(FILE_CHUNK, left))
+                if not chunk:  # the file shrank under us: the length is a lie now
+                    sink.deliver(ex, {"more": False, "abort": True})
+                    return
+                left -= len(chunk)
+                sink.deliver(ex, {"more": True, "body": chunk})
+            sink.deliver(ex, {"more": False, "body": b""})
+    except OSError as exc:
+        log.warning("static file %s: %s", plan.path, exc)
+        sink.deliver_error(ex, 500)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from h2.errors import ErrorCodes
 
-from cluster.gateway import http_core, static
-from cluster.gateway.client_context import FILE_CHUNK, ConnectionContext, check_head
+from cluster.gateway import http_core
+from cluster.gateway.client_context import ConnectionContext, check_head, send_file
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import (
     ConnectionEnded,
@@ -161,7 +162,7 @@ class H2Connection(asyncio.Protocol):
         self.streams[req.stream_id] = sink
         plan = self.ctx.static_or_submit(ex, req.method, req.target, req.headers)
         if plan is not None:
-            self.loop.create_task(self._send_file(sink, plan))
+            self.loop.create_task(send_file(ex, plan, partial(self._my_turn, sink)))
 
     def _on_sent(self, event: Sent) -> None:
         sink = self.streams.get(event.stream_id)
@@ -280,34 +281,16 @@ class H2Connection(asyncio.Protocol):
         self.core.send_body(sid, body, True, self.loop.time())
         self._write_out()
 
-    async def _send_file(self, sink: StreamSink, plan: static.FilePlan) -> None:
-        """A file a chunk at a time, each once the last has left for the client."""
-        ex = sink.ex
-        try:
-            with open(plan.path, "rb") as f:
-                f.seek(plan.offset)
-                left = 0 if ex.method == "HEAD" else plan.length
-                self.deliver(sink, {"more": True, "status": plan.status, "length": plan.length,
-                                    "head": encode_fields(plan.headers)[0], "body": b""})
-                while left > 0:
-                    while not (self.closed or sink.closed) and (
-                            self.writing_paused or self.core.holds(sink.sid)):
-                        if self._drained is None:
-                            self._drained = asyncio.Event()
-                        self._drained.clear()
-                        await self._drained.wait()
-                    if self.closed or sink.closed:
-                        return
-                    chunk = f.read(min(FILE_CHUNK, left))
-                    if not chunk:  # the file shrank under us
-                        self.deliver(sink, {"more": False, "abort": True})
-                        return
-                    left -= len(chunk)
-                    self.deliver(sink, {"more": True, "body": chunk})
-                self.deliver(sink, {"more": False, "body": b""})
-        except OSError as exc:
-            log.warning("static file %s: %s", plan.path, exc)
-            self.deliver_error(sink, 500)
+    async def _my_turn(self, sink: StreamSink) -> bool:
+        """A file sender's wait: until the stream's last chunk has left for the client
+        and the socket is not backed up. False once the stream or connection is gone."""
+        while not (self.closed or sink.closed) and (
+                self.writing_paused or self.core.holds(sink.sid)):
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            self._drained.clear()
+            await self._drained.wait()
+        return not (self.closed or sink.closed)
 
     def _wake(self) -> None:
         if self._drained is not None:

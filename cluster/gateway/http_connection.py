@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from functools import partial
 from typing import Any
 
-from cluster.gateway import http_core, static
-from cluster.gateway.client_context import FILE_CHUNK, ConnectionContext, check_head
+from cluster.gateway import http_core
+from cluster.gateway.client_context import ConnectionContext, check_head, send_file
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_connection import H2Connection
 from cluster.gateway.h2_core import PREFACE
@@ -103,38 +104,16 @@ class HttpConnection(asyncio.Protocol):
             for ex, nbytes in owed:
                 credit(ex, nbytes)
 
-    async def _send_file(self, ex: Exchange, plan: static.FilePlan) -> None:
-        """Stream a file a chunk at a time, each only when this response is the one
-        being written and the client has drained the last: memory stays one chunk."""
-        try:
-            with open(plan.path, "rb") as f:
-                f.seek(plan.offset)
-                left = 0 if ex.method == "HEAD" else plan.length
-                self.deliver(ex, {"more": True, "status": plan.status, "length": plan.length,
-                                  "head": encode_fields(plan.headers)[0], "body": b""})
-                while left > 0:
-                    await self._my_turn(ex)
-                    if self.closed:
-                        return
-                    chunk = f.read(min(FILE_CHUNK, left))
-                    if not chunk:  # the file shrank under us: the length is a lie now
-                        ex.keep_alive = False
-                        self.deliver(ex, {"more": False, "abort": True})
-                        return
-                    left -= len(chunk)
-                    self.deliver(ex, {"more": True, "body": chunk})
-                self.deliver(ex, {"more": False, "body": b""})
-        except OSError as exc:
-            log.warning("static file %s: %s", plan.path, exc)
-            self.deliver_error(ex, 500)
-
-    async def _my_turn(self, ex: Exchange) -> None:
+    async def _my_turn(self, ex: Exchange) -> bool:
+        """A file sender's wait: until this response is the one being written and the
+        client has drained the last chunk. False once the connection is closed."""
         while not self.closed and (self.writing_paused or not self.exchanges
                                    or self.exchanges[0] is not ex):
             if self._turn is None:
                 self._turn = asyncio.Event()
             self._turn.clear()
             await self._turn.wait()
+        return not self.closed
 
     def _wake(self) -> None:
         if self._turn is not None:
@@ -213,7 +192,7 @@ class HttpConnection(asyncio.Protocol):
             return
         plan = self.ctx.static_or_submit(ex, request.method, request.target, request.headers)
         if plan is not None:
-            self.loop.create_task(self._send_file(ex, plan))
+            self.loop.create_task(send_file(ex, plan, partial(self._my_turn, ex)))
 
     def _upgrade(self, request: Request) -> None:
         """Hand a WebSocket upgrade to the hub, which asks the connection's worker."""

@@ -113,22 +113,15 @@ class Requests:
             msg, ops = settle(inv, inv.fn(*inv.args, **inv.kwargs))
             if ops:
                 self.state.call(ops)  # the answer waits until the writes are durable
-            if msg is DEFER:
-                self.worker.metrics.record((inv.route, "deferred"), time.perf_counter() - began)
-                emit((link, wire.envelope(wire.DEFERRED, id=rid)))
-                return
-            status, headers, body = normalize(msg)
-            if isinstance(body, bytes):
-                env = self._whole(rid, req, status, headers, body)
-            else:
-                stream = StreamEnvelopes(rid, status, headers)
+            out, body = self._answer(rid, req, msg, inv.route, began)
         except Exception as exc:
             emit((link, self._failure(rid, req, exc, inv.route, began)))
             return
-        self.worker.metrics.record((inv.route, status), time.perf_counter() - began)
-        if isinstance(body, bytes):
-            emit((link, env))
-        elif hasattr(body, "__anext__"):
+        if not isinstance(out, StreamEnvelopes):
+            emit((link, out))
+            return
+        stream = out
+        if hasattr(body, "__anext__"):
             # An async generator from a sync handler: it can only run on the loop.
             emit(AsyncStream(link, rid, req, stream, body))
         else:
@@ -163,23 +156,29 @@ class Requests:
             msg, ops = settle(inv, await inv.fn(*inv.args, **inv.kwargs))
             if ops:
                 await self.state.acall(ops)
-            if msg is DEFER:
-                self.worker.metrics.record((inv.route, "deferred"), time.perf_counter() - began)
-                self.send(link, wire.envelope(wire.DEFERRED, id=rid))
-                return
-            status, headers, body = normalize(msg)
-            if isinstance(body, bytes):
-                env = self._whole(rid, req, status, headers, body)
-            else:
-                stream = StreamEnvelopes(rid, status, headers)
+            out, body = self._answer(rid, req, msg, inv.route, began)
         except Exception as exc:
             self.send(link, self._failure(rid, req, exc, inv.route, began))
             return
-        self.worker.metrics.record((inv.route, status), time.perf_counter() - began)
-        if isinstance(body, bytes):
-            self.send(link, env)
+        if isinstance(out, StreamEnvelopes):
+            await self._stream_async(link, rid, req, out, body)
         else:
-            await self._stream_async(link, rid, req, stream, body)
+            self.send(link, out)
+
+    def _answer(self, rid: int, req: dict[str, Any], msg: Any, route: str,
+                began: float) -> tuple[dict[str, Any] | StreamEnvelopes, Any]:
+        """What a handler's settled answer becomes, for sync and async handlers alike:
+        an envelope to send (DEFERRED, or a whole response), or a stream's envelopes
+        with the body to draw them from. Records the route's time."""
+        if msg is DEFER:
+            self.worker.metrics.record((route, "deferred"), time.perf_counter() - began)
+            return wire.envelope(wire.DEFERRED, id=rid), None
+        status, headers, body = normalize(msg)
+        out: dict[str, Any] | StreamEnvelopes = \
+            self._whole(rid, req, status, headers, body) if isinstance(body, bytes) \
+            else StreamEnvelopes(rid, status, headers)
+        self.worker.metrics.record((route, status), time.perf_counter() - began)
+        return out, body
 
     def _whole(self, rid: int, req: dict[str, Any], status: int, headers: list[list[str]],
                body: bytes) -> dict[str, Any]:

@@ -35,10 +35,10 @@ def test_an_async_producer_waits_for_credit() -> None:
         window = StreamWindow(asyncio.get_running_loop())
         window.sent(WINDOW + 10)
         waiter = asyncio.create_task(window.wait())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop pass: the waiter runs up to its wait
         assert not waiter.done()
         window.credit(5)  # still over the window
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one pass: the waiter woke, saw it still blocked, waits again
         assert not waiter.done()
         window.credit(5)
         await asyncio.wait_for(waiter, 1)
@@ -49,7 +49,7 @@ def test_an_async_producer_waits_for_credit() -> None:
 def test_a_thread_producer_waits_and_times_out(loop: asyncio.AbstractEventLoop) -> None:
     window = StreamWindow(loop)
     window.sent(WINDOW + 1)
-    assert window.wait_sync(0.01) is False
+    assert window.wait_sync(0.01) is False  # the timeout is what this line tests
     result: list[bool] = []
     waiter = threading.Thread(target=lambda: result.append(window.wait_sync(5)))
     waiter.start()
@@ -63,7 +63,7 @@ def test_a_gone_client_releases_every_waiter() -> None:
         window = StreamWindow(asyncio.get_running_loop())
         window.sent(WINDOW * 3)
         waiter = asyncio.create_task(window.wait())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop pass: the waiter runs up to its wait
         window.client_gone()
         await asyncio.wait_for(waiter, 1)
         assert window.wait_sync(0) is True and window.gone
