@@ -15,6 +15,7 @@ of these, and each is defined here.
     │   │                      a bad argument; uncaught in a handler: 500
     │   ├── ReadOnlyKey        an upper-case (framework) key was written
     │   └── StateUnavailable   the state cannot be reached; uncaught: 503
+    ├── StateLogDamaged        the coordinator's log or snapshot is corrupt: no start
     ├── BadResponse            a handler's answer is not a response we can send: 500
     │   └── BadField           a response header that would split or corrupt it
     ├── BadResponseHead        a worker's response head reached a gateway broken: 502
@@ -72,6 +73,10 @@ class PublisherError(ClusterError):
 
 class StateError(ClusterError):
     """A state operation was refused (a limit, a read-only key, a bad argument)."""
+
+
+class StateLogDamaged(ClusterError):
+    """The coordinator's state log or snapshot is corrupt: it refuses to start."""
 
 
 class StateUnavailable(StateError):

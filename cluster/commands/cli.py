@@ -7,7 +7,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from cluster.errors import ConfigError, CoordinatorUnreachable, HandlerLoadError
+from cluster.errors import (
+    ConfigError,
+    CoordinatorUnreachable,
+    HandlerLoadError,
+    StateLogDamaged,
+)
 from cluster.plumbing.config import (
     Common,
     CoordinatorConfig,
@@ -26,8 +31,9 @@ commands:
   coordinator  membership and discovery
   gateway      HTTP front end; dispatches to workers
   worker       runs a handler: cluster worker --handler pkg.module:fun
-  keygen       write CURVE key pairs: cluster keygen DIR [NAME...]
+  keygen       write CURVE key pairs: cluster keygen DIR [NAME...] [--export DIR2]
   probe        ask a process its /ready or /live: cluster probe ready [HOST:]PORT
+  repair       cut a coordinator's damaged state log: cluster repair --data-dir DIR
 
 `cluster COMMAND --help` lists a command's flags and their CLUSTER_* twins."""
 
@@ -41,7 +47,7 @@ def _role(prog: str, description: str, cls: type[Common],
     except (ConfigError, HandlerLoadError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    except CoordinatorUnreachable as exc:
+    except (CoordinatorUnreachable, StateLogDamaged) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # most often: the port or endpoint is taken
@@ -85,16 +91,25 @@ def run_main(argv: Sequence[str] | None = None) -> int:
 
 
 def keygen_main(argv: Sequence[str]) -> int:
-    """`cluster keygen DIR [NAME...]`: a key pair per name (default: one per role),
-    keeping pairs that exist. Every process given DIR as --keys allows them all."""
-    from cluster.plumbing.security import ROLE_KEYS, fingerprint, keygen
-    if not argv or argv[0].startswith("-"):
-        print("usage: cluster keygen DIR [NAME...]  (names default to "
+    """`cluster keygen DIR [NAME...] [--export DIR2]`: a key pair per name (default: one
+    per role), keeping pairs that exist. Every process given DIR as --keys allows them
+    all. With --export, each DIR2/NAME that exists gets NAME's secret and the public
+    keys alone (compose mounts one volume per role there)."""
+    from cluster.plumbing.security import ROLE_KEYS, export, fingerprint, keygen
+    args = list(argv)
+    to = ""
+    if "--export" in args:
+        at = args.index("--export")
+        to = args[at + 1] if at + 1 < len(args) else ""
+        del args[at:at + 2]
+    if not args or args[0].startswith("-") or ("--export" in argv and not to):
+        print("usage: cluster keygen DIR [NAME...] [--export DIR2]  (names default to "
               f"{' '.join(ROLE_KEYS)})", file=sys.stderr)
         return 2
-    directory, names = argv[0], list(argv[1:]) or list(ROLE_KEYS)
+    directory, names = args[0], list(args[1:]) or list(ROLE_KEYS)
     try:
         written = keygen(directory, names)
+        exported = export(directory, to) if to else []
     except (ConfigError, OSError) as exc:
         print(f"cluster keygen: {exc}", file=sys.stderr)
         return 2
@@ -102,8 +117,9 @@ def keygen_main(argv: Sequence[str]) -> int:
     for name in names:
         public, _ = zmq.auth.load_certificate(f"{directory}/{name}.key")
         state = "written" if name in written else "kept"
+        where = f"; exported to {to}/{name}" if name in exported else ""
         print(f"{name}: {directory}/{name}.key_secret ({state}), fingerprint "
-              f"{fingerprint(public)}")
+              f"{fingerprint(public)}{where}")
     return 0
 
 
@@ -127,6 +143,36 @@ def probe_main(argv: Sequence[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"cluster probe: {url}: {exc}", file=sys.stderr)
     return 1
+
+
+def repair_main(argv: Sequence[str]) -> int:
+    """`cluster repair --data-dir DIR`: cut the coordinator's state log at its first
+    damage, saying what that drops. Run it only with the coordinator stopped."""
+    from pathlib import Path
+
+    from cluster.coordinator.wal import repair
+    if len(argv) != 2 or argv[0] != "--data-dir":
+        print("usage: cluster repair --data-dir DIR  (with the coordinator stopped)",
+              file=sys.stderr)
+        return 2
+    directory = Path(argv[1])
+    if not (directory / "state.log").is_file():
+        print(f"cluster repair: no state log in {directory}", file=sys.stderr)
+        return 2
+    try:
+        kept, damage = repair(directory)
+    except OSError as exc:
+        print(f"cluster repair: {exc}", file=sys.stderr)
+        return 1
+    if damage is None:
+        print(f"cluster repair: {directory}/state.log is whole ({kept} records); "
+              "nothing cut")
+    else:
+        dropped = damage.later + 1
+        print(f"cluster repair: cut {directory}/state.log at byte {damage.offset} "
+              f"({damage.reason}): {kept} records kept, {dropped} dropped (the damaged "
+              f"one and {damage.later} after it); the next start begins a new epoch")
+    return 0
 
 
 def routes_main(argv: Sequence[str]) -> int:
@@ -163,6 +209,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "worker": worker_main,
     "keygen": keygen_main,
     "probe": probe_main,
+    "repair": repair_main,
 }
 
 

@@ -17,16 +17,15 @@ import importlib.util
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from cluster.commands.run_keys import RunKeys
 from cluster.errors import ChildFailed
 from cluster.plumbing.child import MIN_BACKOFF, Child
 from cluster.plumbing.config import (
@@ -123,7 +122,7 @@ class Supervisor:
         self.roll_wanted = False  # SIGHUP, or a changed file under --reload
         self.roll: RollingRestart | None = None
         self.discovery = ""  # the coordinator's metrics host:port, serving /targets
-        self.own_keys = ""  # a key directory we made, removed when we stop
+        self.own_keys: RunKeys | None = None  # a key directory we made, removed at stop
         self.reloader: threading.Thread | None = None
         self.reloader_stop = threading.Event()
         self.reloader_ready = threading.Event()
@@ -145,7 +144,8 @@ class Supervisor:
             return
         directory = config.keys
         if not directory:
-            directory = self.own_keys = tempfile.mkdtemp(prefix="cluster-keys-")
+            self.own_keys = RunKeys()
+            directory = self.own_keys.make()
         keygen(directory, ROLE_KEYS)
         self.config = subset(config, RunConfig, keys=directory)
 
@@ -208,7 +208,7 @@ class Supervisor:
             if not self.discovery:  # on etcd, every gateway serves discovery
                 self.discovery = ready.get("metrics", "")
             gateway.argv = child_command("gateway", subset(gw_cfg, GatewayConfig, port=bound))
-            urls.append(f"http://{config.host}:{bound}")
+            urls.append(f"{'https' if config.certfile else 'http'}://{config.host}:{bound}")
         for worker in workers:
             worker.wait_ready(READY_TIMEOUT, self._stop_asked)
         return urls
@@ -313,8 +313,8 @@ class Supervisor:
         except ChildFailed as exc:
             log.error("%s", exc)
             self.stop()
-            if self.own_keys:
-                shutil.rmtree(self.own_keys, ignore_errors=True)
+            if self.own_keys is not None:
+                self.own_keys.remove()
             return 1
         if self.config.reload:
             self.reloader = threading.Thread(target=self._watch_files, args=(root,),
@@ -335,8 +335,8 @@ class Supervisor:
         finally:
             log.info("stopping")
             self.stop()
-            if self.own_keys:
-                shutil.rmtree(self.own_keys, ignore_errors=True)
+            if self.own_keys is not None:
+                self.own_keys.remove()
         return 0
 
 

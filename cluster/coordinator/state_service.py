@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from cluster.coordinator.store import StateStore, StoreLimits
-from cluster.coordinator.wal import Recovered, WriteAheadLog
+from cluster.coordinator.wal import FILE_MODE, Recovered, WriteAheadLog
 from cluster.errors import StateError
 from cluster.plumbing import wire
 from cluster.plumbing.config import CoordinatorConfig
@@ -83,14 +83,15 @@ class StateService:
     def _recover(self, directory: Path) -> None:
         assert self.wal is not None
         epoch_file = directory / "epoch"
-        directory.mkdir(parents=True, exist_ok=True)
-        recovered = self.wal.open()
+        recovered = self.wal.open()  # makes the directory, private
         if epoch_file.exists() and not recovered.cut_bytes:
             self.epoch = epoch_file.read_text().strip()
         else:
-            # A first start, or a log that lost its damaged tail: a new history.
-            # Replicas that saw the lost records notice the new epoch and re-sync.
-            epoch_file.write_text(self.epoch)
+            # A first start, or a log that lost its torn tail (or was repaired): a new
+            # history. Replicas that saw the lost records notice the new epoch and re-sync.
+            fd = os.open(epoch_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with open(fd, "w") as f:
+                f.write(self.epoch)
         self._load(recovered)
         log.info("state recovered: %d keys at seq %d (snapshot seq %d + %d log records)",
                  len(self.store.data), self.store.seq, recovered.seq, len(recovered.records))

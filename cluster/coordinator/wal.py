@@ -14,9 +14,16 @@ framing). Writing one: to `state.snapshot.tmp`, fsync, rename over the old one,
 fsync the directory, then empty the log. A crash anywhere in between is safe: on
 start, records at or below the snapshot's sequence are skipped.
 
-On start the log is read until the first record whose length or checksum is wrong;
-the file is cut there (a torn write at a crash, or damage), with one log line
-saying how many bytes were dropped. Everything before the damage is kept.
+On start the log is read record by record. Damage at its end (a record cut short, or
+one whose checksum fails with nothing whole after it) is a torn write at a crash: what
+was being written was never acknowledged, so the file is cut there with one log line.
+Damage with whole records after it is corruption of acknowledged writes: the start
+is refused (`StateLogDamaged`), naming the file, the offset and `cluster repair`, which
+cuts the log at the damage and says how many records that drops. A record whose
+checksum holds but whose content is not `[seq, changes]` is corruption too, wherever
+it stands. So no acknowledged write is ever dropped without someone deciding it.
+
+The directory is 0700 and its files 0600: the shared state is the application's data.
 
 A write that fails (the disk is full, an I/O error) raises to the caller, after the
 file is cut back to the records written before it (`written`): what was never
@@ -38,6 +45,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
+from cluster.errors import StateLogDamaged
+
 log = logging.getLogger("cluster.coordinator.wal")
 
 HEADER = struct.Struct("<II")
@@ -49,25 +58,116 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(data: bytes) -> tuple[list[Any], int]:
-    """Decode records from the start of `data`; return them and the good length."""
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_ARRAY_OF_TWO = 0x92  # msgpack's first byte of every payload: [seq, changes]
+
+
+@dataclass(frozen=True)
+class Damage:
+    offset: int  # where the first bad record begins
+    reason: str
+    later: int  # whole records found after it (0 and not `checksummed`: a torn tail)
+    checksummed: bool  # the record's checksum held: its content is wrong, not torn
+
+    @property
+    def torn_tail(self) -> bool:
+        return not self.later and not self.checksummed
+
+
+def _well_formed(record: Any) -> bool:
+    """`[seq, changes]`, each change `[key, value, expires_at]`."""
+    if not (isinstance(record, list) and len(record) == 2 and type(record[0]) is int
+            and isinstance(record[1], list)):
+        return False
+    return all(isinstance(c, list) and len(c) == 3 and isinstance(c[0], str)
+               and type(c[2]) in (int, float) for c in record[1])
+
+
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    reason: str
+    checksummed: bool  # the checksum held: the content is wrong, not torn
+
+
+def _record_at(data: bytes, pos: int) -> tuple[Any, int] | _Bad:
+    """The record at `pos` and where it ends; or why there is none there."""
+    if pos + HEADER.size > len(data):
+        return _Bad("a record header cut short", False)
+    length, crc = HEADER.unpack_from(data, pos)
+    start = pos + HEADER.size
+    end = start + length
+    if length > MAX_RECORD or end > len(data):
+        return _Bad("a record longer than what follows it", False)
+    payload = data[start:end]
+    if zlib.crc32(payload) != crc:
+        return _Bad("a checksum that does not match", False)
+    try:
+        record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several kinds for garbage
+        return _Bad("a checksummed record that is not msgpack", True)
+    if not _well_formed(record):
+        return _Bad("a checksummed record that is not [seq, changes]", True)
+    return record, end
+
+
+def _records_after(data: bytes, pos: int) -> int:
+    """How many whole records stand after damage at `pos`: found by looking for the
+    next place a well-formed, checksummed record begins, then reading on from it."""
+    at = data.find(bytes([_ARRAY_OF_TWO]), pos + 1 + HEADER.size)
+    while at != -1:
+        if not isinstance(_record_at(data, at - HEADER.size), _Bad):
+            count, here = 0, at - HEADER.size
+            while here < len(data):
+                step = _record_at(data, here)
+                if isinstance(step, _Bad):
+                    break
+                count, here = count + 1, step[1]
+            return count
+        at = data.find(bytes([_ARRAY_OF_TWO]), at + 1)
+    return 0
+
+
+def scan(data: bytes) -> tuple[list[Any], int, Damage | None]:
+    """The whole records from the start of `data`, the length they take, and the
+    damage that stopped the reading, if any."""
     records: list[Any] = []
     pos = 0
-    while pos + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, pos)
-        start = pos + HEADER.size
-        end = start + length
-        if length > MAX_RECORD or end > len(data):
-            break
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            break
-        try:
-            records.append(msgpack.unpackb(payload, raw=False, strict_map_key=False))
-        except Exception:  # a checksum collision on garbage: treat as damage
-            break
-        pos = end
-    return records, pos
+    while pos < len(data):
+        found = _record_at(data, pos)
+        if isinstance(found, _Bad):
+            return records, pos, Damage(pos, found.reason, _records_after(data, pos),
+                                        found.checksummed)
+        records.append(found[0])
+        pos = found[1]
+    return records, pos, None
+
+
+def repair(directory: Path) -> tuple[int, Damage | None]:
+    """`cluster repair`: cut the state log at its first damage. Returns the records
+    kept and the damage cut (None: the log was whole). The epoch file goes too, so
+    the next start begins a new history and every replica re-syncs."""
+    path = directory / "state.log"
+    data = path.read_bytes() if path.exists() else b""
+    records, good, damage = scan(data)
+    if damage is not None:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+            os.fsync(f.fileno())
+        (directory / "epoch").unlink(missing_ok=True)
+    return len(records), damage
+
+
+def make_private(directory: Path) -> None:
+    """The data directory 0700 and what is in it 0600, made or mended."""
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if directory.stat().st_mode & 0o777 != DIR_MODE:
+        log.warning("%s was mode %o; now %o", directory, directory.stat().st_mode & 0o777,
+                    DIR_MODE)
+        directory.chmod(DIR_MODE)
+    for path in directory.iterdir():
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(FILE_MODE)
 
 
 @dataclass
@@ -96,9 +196,9 @@ class WriteAheadLog:
         self.observe_fsync: Callable[[float], None] | None = None  # seconds per log fsync
 
     def open(self) -> Recovered:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private(self.directory)
         recovered = self.reread()
-        self.fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         self.bytes = self.written
         self.records_since_snapshot = len(recovered.records)
         return recovered
@@ -108,15 +208,26 @@ class WriteAheadLog:
         damaged tail is cut off."""
         recovered = Recovered()
         if self.snapshot_path.exists():
-            snaps, good = read_records(self.snapshot_path.read_bytes())
-            if not snaps:
-                raise OSError(f"{self.snapshot_path} is damaged; refusing to start without it")
+            snaps, _, damage = scan(self.snapshot_path.read_bytes())
+            if damage is not None or len(snaps) != 1 or \
+                    not all(isinstance(e, list) and len(e) == 3 for e in snaps[0][1]):
+                why = damage.reason if damage is not None else "not one snapshot record"
+                raise StateLogDamaged(
+                    f"{self.snapshot_path} is damaged ({why}); refusing to start without it: "
+                    "restore the data directory from a backup")
             recovered.seq, recovered.entries = snaps[0][0], snaps[0][1]
         data = self.log_path.read_bytes() if self.log_path.exists() else b""
-        records, good = read_records(data)
-        if good < len(data):
+        records, good, damage = scan(data)
+        if damage is not None and not damage.torn_tail:
+            raise StateLogDamaged(
+                f"{self.log_path} is damaged at byte {damage.offset} of {len(data)} "
+                f"({damage.reason}; {len(records)} good records before it, {damage.later} "
+                f"after it); refusing to start rather than drop acknowledged writes. To cut "
+                f"the log there, losing the records from that offset on: cluster repair "
+                f"--data-dir {self.directory}")
+        if damage is not None:
             recovered.cut_bytes = len(data) - good
-            log.warning("state log: cut %d damaged or torn bytes at offset %d "
+            log.warning("state log: cut a torn tail of %d bytes at offset %d "
                         "(%d good records kept)", len(data) - good, good, len(records))
             with open(self.log_path, "r+b") as f:
                 f.truncate(good)
@@ -175,7 +286,8 @@ class WriteAheadLog:
         self.sync()
         tmp = self.snapshot_path.with_suffix(".snapshot.tmp")
         try:
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with open(fd, "wb") as f:
                 f.write(frame(msgpack.packb([seq, entries], use_bin_type=True)))
                 f.flush()
                 os.fsync(f.fileno())

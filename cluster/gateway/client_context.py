@@ -5,12 +5,17 @@ response head.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cluster.errors import BadResponseHead
 from cluster.gateway import static
+from cluster.gateway.body_budget import UNLIMITED, BodyBudget
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_core import HttpLimits
@@ -43,9 +48,25 @@ FILE_CHUNK = 64 * 1024  # static files go out this much at a time
 MAX_GOOD_HEADS = 1024  # header blocks remembered as well formed
 
 # Parse errors by the status they are answered with, as the metrics name them.
-ERROR_KINDS = {400: "bad_request", 408: "header_timeout", 413: "body_too_large",
+ERROR_KINDS = {400: "bad_request", 408: "request_timeout", 413: "body_too_large",
                414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented",
                505: "version_not_supported"}
+
+# Refusals a client may retry in a moment say when.
+ERROR_HEADERS = {503: [("retry-after", "1")]}
+
+
+class ClientTimeouts:
+    """How long a client may take at each phase of a connection (besides the header
+    and keep-alive timeouts): each a flag, each answered by the connection."""
+
+    __slots__ = ("body", "body_total", "send")
+
+    def __init__(self, body: float = 20.0, body_total: float = 60.0,
+                 send: float = 30.0) -> None:
+        self.body = body  # a request body without a byte (408)
+        self.body_total = body_total  # a request body from its headers to its end (408)
+        self.send = send  # a client that reads nothing of what we send (closed)
 
 
 class ConnectionContext:
@@ -59,7 +80,9 @@ class ConnectionContext:
                  scheme: str = "http",
                  static: list[Mount] | None = None,
                  stream_credit: Callable[[Exchange, int], None] | None = None,
-                 h2: H2Limits | None = None, h2_stall_timeout: float = 30.0) -> None:
+                 h2: H2Limits | None = None, h2_stall_timeout: float = 30.0,
+                 timeouts: ClientTimeouts | None = None,
+                 budget: BodyBudget | None = None) -> None:
         self.limits = limits
         self.ws_options = ws_options
         self.hub = hub
@@ -91,6 +114,13 @@ class ConnectionContext:
         self.h2_connections = 0  # connections that became HTTP/2
         self.h2_abusive = 0  # HTTP/2 connections sent GOAWAY for abuse
         self.h2_stalls = 0  # HTTP/2 streams or connections closed for a shut window
+        self.timeouts = timeouts or ClientTimeouts()
+        self.timed_out: dict[str, int] = {}  # clients cut for a timeout, by phase
+        # Unfinished request bodies, all connections together (--max-body-buffer).
+        self.budget = budget if budget is not None else BodyBudget(UNLIMITED)
+
+    def timed_out_in(self, phase: str) -> None:
+        self.timed_out[phase] = self.timed_out.get(phase, 0) + 1
 
     def remember_head(self, fields: bytes) -> None:
         """A header block found well formed: a handler answers with the same few all
@@ -151,6 +181,17 @@ def check_head(ctx: ConnectionContext, ex: Exchange,
     return status, fields
 
 
+def reset(transport: asyncio.Transport) -> None:
+    """Close a connection whose client reads nothing, with a reset: a plain close leaves
+    what it would not read in the kernel, which goes on trying to send it for minutes
+    (nginx's reset_timedout_connection)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 async def send_file(ex: Exchange, plan: static.FilePlan,
                     my_turn: Callable[[], Awaitable[bool]]) -> None:
     """Stream a --static file to `ex`'s sink a chunk at a time, each once `my_turn()`
@@ -174,5 +215,7 @@ async def send_file(ex: Exchange, plan: static.FilePlan,
                 sink.deliver(ex, {"more": True, "body": chunk})
             sink.deliver(ex, {"more": False, "body": b""})
     except OSError as exc:
-        log.warning("static file %s: %s", plan.path, exc)
-        sink.deliver_error(ex, 500)
+        # Between plan and open the file can go or lose its permissions: an answer still.
+        status = static.status_for(exc)
+        log.info("static file %s: %s; %d", plan.path, exc.strerror, status)
+        sink.deliver_error(ex, status)  # an abort, once the head has gone out

@@ -24,7 +24,13 @@ from typing import Any
 from h2.errors import ErrorCodes
 
 from cluster.gateway import http_core
-from cluster.gateway.client_context import ConnectionContext, check_head, send_file
+from cluster.gateway.client_context import (
+    ERROR_HEADERS,
+    ConnectionContext,
+    check_head,
+    reset,
+    send_file,
+)
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import (
     ConnectionEnded,
@@ -69,7 +75,7 @@ class H2Connection(asyncio.Protocol):
                  limits: H2Limits, stall_timeout: float) -> None:
         self.ctx = ctx
         self.loop = loop
-        self.core = H2Core(limits, tls=ctx.tls)
+        self.core = H2Core(limits, tls=ctx.tls, budget=ctx.budget)
         self.stall_timeout = stall_timeout
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamSink] = {}
@@ -108,6 +114,7 @@ class H2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.open -= 1
         self.closed = True
+        self.core.close()  # what unfinished bodies held goes back to the budget
         self.ctx.connections.discard(self)
         for sink in self.streams.values():
             self._cancel(sink)
@@ -179,10 +186,13 @@ class H2Connection(asyncio.Protocol):
         sink = self.streams.pop(event.stream_id, None)
         if sink is not None:  # a body over the limit, after the request was made
             self._cancel(sink)
-        self._respond_whole(event.stream_id, event.status, http_core.TEXT_PLAIN,
+        extra = encode_fields(ERROR_HEADERS[event.status])[0] \
+            if event.status in ERROR_HEADERS else b""
+        self._respond_whole(event.stream_id, event.status, http_core.TEXT_PLAIN + extra,
                             http_core.status_body(event.status))
-        if event.status == 413:
-            self.core.reset(event.stream_id, ErrorCodes.NO_ERROR)  # stop sending, no error
+        if event.status in (408, 413, 503):
+            # Refused mid-body: the client must stop sending it (no error: RFC 9113 §8.1).
+            self.core.reset(event.stream_id, ErrorCodes.NO_ERROR)
 
     def _on_ended(self, event: ConnectionEnded) -> None:
         if event.abusive:
@@ -316,6 +326,18 @@ class H2Connection(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         if self.closed:
             return
+        timeouts = self.ctx.timeouts
+        if self.writing_paused and now - self.paused_since > timeouts.send:
+            log.info("client %s:%s: read nothing of what we sent for %.0fs (--send-timeout); "
+                     "closing", self.addr[0], self.addr[1], timeouts.send)
+            self.ctx.timed_out_in("send")
+            self.abort()
+            return
+        expired = self.core.expire_bodies(now, timeouts.body, timeouts.body_total)
+        if expired:
+            for _ in expired:
+                self.ctx.timed_out_in("body")
+            self._handle(expired, now)
         stalled = self.core.stalled(now, self.stall_timeout)
         for sid in stalled:
             log.info("client %s:%s stream %d: no window for %.0fs; reset", self.addr[0],
@@ -325,15 +347,10 @@ class H2Connection(asyncio.Protocol):
             if sink is not None:
                 self._cancel(sink)
             self.core.reset(sid)
-        if self.writing_paused and now - self.paused_since > self.stall_timeout:
-            log.info("client %s:%s: reads nothing for %.0fs; closing", self.addr[0],
-                     self.addr[1], self.stall_timeout)
-            self.ctx.h2_stalls += 1
-            self.close_now()
-        elif self.core.idle and now - self.last_progress > self.ctx.keepalive_timeout:
+        if self.core.idle and now - self.last_progress > self.ctx.keepalive_timeout:
             self.core.goaway()
             self._close_if_drained()
-        elif stalled:
+        elif stalled or expired:
             self._write_out()
 
     def shutdown(self) -> None:
@@ -353,4 +370,11 @@ class H2Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
+        self.ctx.connections.discard(self)
+
+    def abort(self) -> None:
+        """Close without flushing: what the client would not read is dropped."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            reset(self.transport)
         self.ctx.connections.discard(self)

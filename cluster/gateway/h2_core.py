@@ -12,7 +12,9 @@ flow-control arithmetic. This core puts the gateway's rules around it:
 - **Flow control, inbound.** Received body bytes are acknowledged (the client's
   window reopened) only while the connection holds less than `max_buffered` bytes of
   bodies not yet handed on; beyond that the acknowledgements wait for `release`, so
-  a client can make us hold at most that plus one window.
+  a client can make us hold at most that plus one window. Those bytes are also taken
+  from the gateway's `BodyBudget` (503 when it has no room), and a body that goes
+  without a byte, or takes too long in all, is found by `expire_bodies` (408).
 - **Flow control, outbound.** Response bodies wait in the stream until its window and
   the connection's allow them; `Sent` events say how much left, which is when the
   worker gets its stream credit back. A stream that waits for a window longer than
@@ -32,6 +34,7 @@ Nothing here reads a clock or touches a socket: callers pass `now`.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -53,6 +56,7 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
 from h2.settings import SettingCodes, Settings
 
+from cluster.gateway.body_budget import UNLIMITED, BodyBudget
 from cluster.gateway.http_rules import valid_host
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -61,6 +65,12 @@ ABUSE_WINDOW = 10.0  # seconds over which resets and control frames are counted
 # Hop-by-hop fields have no place in HTTP/2 (RFC 9113 §8.2.2): dropped from responses.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                          b"transfer-encoding", b"upgrade", b"te"})
+
+
+# What HTTP/1.1's parser refuses with 400, refused here too: control characters in the
+# target (space included) and in field values (HTAB excepted). h2 lets them through.
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,8 @@ class _Inbound:
     method: str
     target: str
     scheme: str
+    began: float  # when its headers came
+    last_data: float  # when its body last grew
     body: bytearray = field(default_factory=bytearray)
     refused: bool = False
 
@@ -164,8 +176,9 @@ class _Budget:
 
 
 class H2Core:
-    def __init__(self, limits: H2Limits, *, tls: bool) -> None:
+    def __init__(self, limits: H2Limits, *, tls: bool, budget: BodyBudget | None = None) -> None:
         self.limits = limits
+        self.budget = budget if budget is not None else BodyBudget(UNLIMITED)
         self.default_scheme = "https" if tls else "http"
         # Inbound headers are validated by h2, as they come from anyone. Outbound ones
         # are made here from blocks a worker checked (`well_formed`: no CR, LF or NUL,
@@ -267,7 +280,7 @@ class H2Core:
             headers.append(("cookie", "; ".join(cookies)))
         if authority and not any(n == "host" for n, _ in headers):
             headers.insert(0, ("host", authority))
-        stream = _Inbound(headers, method, target, scheme)
+        stream = _Inbound(headers, method, target, scheme, now, now)
         self.inbound[sid] = stream
         refusal = self._refusal(method, target, scheme, headers)
         if refusal is not None:
@@ -285,7 +298,18 @@ class H2Core:
             return 400, f"scheme {scheme!r}"
         if not (target.startswith("/") or (target == "*" and method == "OPTIONS")):
             return 400, "a :path that is not origin form"
-        hosts = [v for n, v in headers if n == "host"]
+        if _BAD_TARGET.search(target):
+            return 400, "a control character in :path"
+        hosts: list[str] = []
+        for name, value in headers:
+            if _BAD_VALUE.search(value):
+                return 400, f"a control character in {name}"
+            if name == "host":
+                hosts.append(value)
+            elif name == "content-length" and int(value) > self.limits.max_body:
+                # Refused at the header, as HTTP/1.1 does, before any of the body comes
+                # (h2 has ended the connection for a value that is not digits).
+                return 413, f"content-length {value} over {self.limits.max_body}"
         if len(hosts) > 1 or (hosts and not valid_host(hosts[0])):
             return 400, "an invalid or repeated Host"
         return None
@@ -311,6 +335,13 @@ class H2Core:
             self._ack(sid, size)
             self._refuse(sid, stream, 413, f"a body over {self.limits.max_body} bytes", out)
             return
+        if not self.budget.take(len(event.data)):
+            self._ack(sid, size)
+            self._refuse(sid, stream, 503, f"no room for another body: the gateway holds "
+                         f"{self.budget.held} bytes of unfinished ones (--max-body-buffer)",
+                         out)
+            return
+        stream.last_data = now
         stream.body += event.data
         self.buffered += size
         if self.buffered <= self.limits.max_buffered:
@@ -325,7 +356,7 @@ class H2Core:
         self.at_workers += 1
         out.append(StreamRequest(sid, stream.method, stream.target, stream.headers,
                                  bytes(stream.body), stream.scheme))
-        self.release(len(stream.body))
+        self._release_stream(stream)  # whole: the dispatcher's to bound now
 
     def _on_reset(self, sid: int, remote: bool, now: float, out: list[Event]) -> None:
         stream = self.inbound.pop(sid, None)
@@ -338,8 +369,33 @@ class H2Core:
                        f"{ABUSE_WINDOW:.0f}s (rapid reset)", out)
 
     def _release_stream(self, stream: _Inbound) -> None:
+        self.budget.give(len(stream.body))
         self.release(len(stream.body))
         stream.body = bytearray()
+
+    def close(self) -> None:
+        """The connection is gone: give back what unfinished bodies held."""
+        for stream in self.inbound.values():
+            self.budget.give(len(stream.body))
+            stream.body = bytearray()
+        self.inbound.clear()
+
+    def expire_bodies(self, now: float, idle: float, total: float) -> list[Event]:
+        """Streams whose body went `idle` seconds without a byte, or is not whole
+        `total` seconds after its headers: refused with 408 (the caller answers and
+        resets them), or, already answered, reset."""
+        out: list[Event] = []
+        for sid, stream in list(self.inbound.items()):
+            if now - stream.last_data <= idle and now - stream.began <= total:
+                continue
+            if stream.refused:
+                self.reset(sid)
+            else:
+                waited = now - stream.last_data
+                self._refuse(sid, stream, 408,
+                             f"no body byte for {waited:.0f}s" if waited > idle else
+                             f"body not whole within {total:.0f}s", out)
+        return out
 
     def _calm(self, reason: str, out: list[Event]) -> None:
         self.ended = True

@@ -7,7 +7,9 @@ back in any order and in several parts: the one at the head of the pipeline is
 written as it arrives, later ones wait in their exchange until it is their turn.
 
 Timers are not per request: the gateway sweeps every connection a few times a
-second (`check_timeouts`) for an idle keep-alive or a header block that is late.
+second (`check_timeouts`) for an idle keep-alive, a header block that is late, a body
+that stalls or is late as a whole (408), and a client that reads nothing of what we
+send (cut, its unsent bytes dropped).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from functools import partial
 from typing import Any
 
 from cluster.gateway import http_core
-from cluster.gateway.client_context import ConnectionContext, check_head, send_file
+from cluster.gateway.client_context import (
+    ERROR_HEADERS,
+    ConnectionContext,
+    check_head,
+    reset,
+    send_file,
+)
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_connection import H2Connection
 from cluster.gateway.h2_core import PREFACE
@@ -42,7 +50,7 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, ctx: ConnectionContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
         self.loop = loop
-        self.core = HttpCore(ctx.limits)
+        self.core = HttpCore(ctx.limits, ctx.budget)
         self.transport: asyncio.Transport | None = None
         self.exchanges: deque[Exchange] = deque()
         self.closed = False
@@ -51,6 +59,8 @@ class HttpConnection(asyncio.Protocol):
         self.writing_paused = False
         self.last_activity = 0.0
         self.request_began = 0.0
+        self.body_began = 0.0  # when the request being read finished its headers
+        self.paused_since = 0.0  # when the client last stopped taking our bytes
         ctx.next_conn += 1
         self.conn_id = ctx.next_conn
         self.addr: list[Any] = ["", 0]
@@ -79,6 +89,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.open -= 1
+        self.core.close()  # what an unfinished body held goes back to the budget
         if self.ws is not None and self.ctx.hub is not None:
             self.ctx.hub.connection_lost(self.ws)
         self.closed = True
@@ -92,6 +103,7 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.paused_since = self.loop.time()
         self._update_reading()
 
     def resume_writing(self) -> None:
@@ -141,6 +153,7 @@ class HttpConnection(asyncio.Protocol):
             self.request_began = now
         for event in core.receive_data(data):
             if type(event) is Request:
+                self.body_began = 0.0
                 self._on_request(event, now)
             elif type(event) is ContinueExpected:
                 # Only when nothing is ahead of it, or 100 would split a response.
@@ -148,6 +161,8 @@ class HttpConnection(asyncio.Protocol):
                     self.transport.write(CONTINUE_RESPONSE)
             elif isinstance(event, ProtocolError):
                 self._on_protocol_error(event)
+        if not self.body_began and core.awaiting_body:
+            self.body_began = now
         if core.upgraded and not self.closing and self.ws is None and \
                 self.pending_upgrade is None:
             # No protocol switch here: answer the request, then close.
@@ -211,8 +226,8 @@ class HttpConnection(asyncio.Protocol):
         core = WebSocketCore(self.ctx.ws_options)
         refusal = core.open_handshake(request)
         if refusal is not None:
-            log.info("client %s:%s: bad WebSocket handshake; %d", self.addr[0], self.addr[1],
-                     refusal)
+            log.info("client %s:%s: WebSocket upgrade refused, %s; %d", self.addr[0],
+                     self.addr[1], core.refusal, refusal)
             extra = [("sec-websocket-version", "13")] if refusal == 426 else []
             transport.write(http_core.error_response(refusal, self.ctx.date, extra=extra))
             self._close()
@@ -241,7 +256,7 @@ class HttpConnection(asyncio.Protocol):
         ex = Exchange(env, "-", "1.1", False, self)
         ex.began = self.loop.time()
         self.exchanges.append(ex)
-        self.deliver_error(ex, error.status)
+        self.deliver_error(ex, error.status, ERROR_HEADERS.get(error.status))
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -356,15 +371,36 @@ class HttpConnection(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         if self.closed:
             return
-        if self.core.awaiting_headers:
-            if now - self.request_began > self.ctx.header_timeout and not self.closing:
-                log.info("client %s:%s: headers not complete within %.0fs; 408",
-                         self.addr[0], self.addr[1], self.ctx.header_timeout)
-                self.core.failed = True
-                self._on_protocol_error(ProtocolError(408, "header timeout"))
-        elif not self.exchanges and not self.core.mid_request and \
-                now - self.last_activity > self.ctx.keepalive_timeout:
+        ctx, core = self.ctx, self.core
+        if self.writing_paused:
+            if now - self.paused_since > ctx.timeouts.send:
+                log.info("client %s:%s: read nothing of what we sent for %.0fs "
+                         "(--send-timeout); closing", self.addr[0], self.addr[1],
+                         ctx.timeouts.send)
+                ctx.timed_out_in("send")
+                self._abort()
+            return  # reading is paused meanwhile: the client's silence is ours
+        if self.closing:
+            return
+        if core.awaiting_headers:
+            if now - self.request_began > ctx.header_timeout:
+                self._time_out("headers", f"headers not complete within "
+                               f"{ctx.header_timeout:.0f}s (--header-timeout)")
+        elif core.awaiting_body and not self.reading_paused:
+            if now - self.last_activity > ctx.timeouts.body:
+                self._time_out("body", f"no body byte for {ctx.timeouts.body:.0f}s "
+                               "(--body-timeout)")
+            elif now - self.body_began > ctx.timeouts.body_total:
+                self._time_out("body", f"body not whole within {ctx.timeouts.body_total:.0f}s"
+                               " (--body-total-timeout)")
+        elif not self.exchanges and not core.mid_request and \
+                now - self.last_activity > ctx.keepalive_timeout:
             self._close()
+
+    def _time_out(self, phase: str, reason: str) -> None:
+        self.ctx.timed_out_in(phase)
+        self.core.close()
+        self._on_protocol_error(ProtocolError(408, reason))
 
     def shutdown(self) -> None:
         """Stop taking requests; close once what is in flight is answered."""
@@ -382,5 +418,12 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
+        self.ctx.connections.discard(self)
+
+    def _abort(self) -> None:
+        """Close without flushing: what the client would not read is dropped."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            reset(self.transport)
         self.ctx.connections.discard(self)
 

@@ -13,7 +13,14 @@ Transfer-Encoding, differing Content-Lengths, obs-fold, NUL or bare CR in a fiel
 bad chunk sizes); `http_rules` judges the rest (Host, versions, target forms,
 transfer codings) once a header block is complete. This core adds the size limits,
 which llhttp does not keep, and counts them while bytes stream in, so nothing over a
-limit is ever buffered.
+limit is ever buffered:
+
+- a body over `max_body` is 413; so are chunk extensions past `FRAMING_SLACK` bytes
+  plus `FRAMING_PER_CHUNK` a chunk (llhttp skips extensions without a callback, so
+  a client could send them for ever and never reach `max_body`: CVE-2024-22019);
+- trailer fields count against the header block's bytes and field count (431);
+- body bytes held while a request is unfinished are taken from the gateway's
+  `BodyBudget`, and a request that finds no room is 503.
 
 Nothing here reads a clock or touches a socket; timeouts live in the asyncio layer,
 which asks `awaiting_headers` to know whether a request has started.
@@ -28,6 +35,7 @@ from typing import Protocol
 import httptools
 
 from cluster.errors import ClusterError
+from cluster.gateway.body_budget import UNLIMITED, BodyBudget
 from cluster.gateway.http_rules import VALID_HOSTS, origin_form, refusal, transfer_codings
 from cluster.plumbing.http_fields import encode_fields
 
@@ -38,6 +46,12 @@ class HttpLimits:
     max_header_bytes: int = 16 * 1024
     max_header_count: int = 100
     max_body: int = 1024 * 1024
+
+
+# Chunked framing: a chunk's size line and CRLFs cost a few bytes each; what is more
+# than this (extensions, padding) counts against a slack that ends in 413.
+FRAMING_PER_CHUNK = 64
+FRAMING_SLACK = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -73,8 +87,9 @@ class _Partial:
     """The request being parsed (a plain class: a dataclass with default factories
     cost a microsecond per request to build)."""
 
-    __slots__ = ("body", "body_bytes", "codings", "expect_continue", "header_bytes",
-                 "headers", "headers_done", "hosts", "request", "url")
+    __slots__ = ("body", "body_bytes", "chunks", "codings", "expect_continue", "framing",
+                 "header_bytes", "headers", "headers_done", "hosts", "request", "trailers",
+                 "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -87,11 +102,15 @@ class _Partial:
         self.hosts: list[str] | None = None  # every Host value (RFC 9112 §3.2: one)
         self.codings: list[str] | None = None  # every transfer coding, in order
         self.request: Request | None = None
+        self.chunks = 0  # chunk headers parsed
+        self.framing = 0  # bytes of a chunked body that were not body
+        self.trailers = 0  # trailer fields
 
 
 class HttpCore:
-    def __init__(self, limits: HttpLimits) -> None:
+    def __init__(self, limits: HttpLimits, budget: BodyBudget | None = None) -> None:
         self.limits = limits
+        self.budget = budget if budget is not None else BodyBudget(UNLIMITED)
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._partial: _Partial | None = None
@@ -104,12 +123,22 @@ class HttpCore:
         return self._partial is not None and not self._partial.headers_done
 
     @property
+    def awaiting_body(self) -> bool:
+        """A request's header block is complete and its body is not."""
+        return self._partial is not None and self._partial.headers_done
+
+    @property
     def mid_request(self) -> bool:
         return self._partial is not None
 
     def receive_data(self, data: bytes) -> list[Event]:
         if self.failed or self.upgraded:
             return []
+        # Bytes of a chunked body that were not body: counted over feeds that begin and
+        # end inside one body (a feed crossing a request's edge is one read at most).
+        partial = self._partial
+        chunked = partial is not None and partial.headers_done and partial.codings is not None
+        before = partial.body_bytes if partial is not None else 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -124,11 +153,25 @@ class HttpCore:
                     pass
                 else:
                     self._fail(400, f"malformed request: {exc}")
+        if chunked and partial is self._partial and partial is not None:
+            partial.framing += len(data) - (partial.body_bytes - before)
+            if partial.framing > FRAMING_SLACK + FRAMING_PER_CHUNK * partial.chunks:
+                self._fail(413, f"{partial.framing} bytes of chunk framing and extensions "
+                           f"for {partial.chunks} chunks")
         events, self._events = self._events, []
         return events
 
+    def close(self) -> None:
+        """The connection is gone: give back what its unfinished body held."""
+        if self._partial is not None:
+            self.budget.give(self._partial.body_bytes)
+            self._partial = None
+        self.failed = True
+
     def _fail(self, status: int, reason: str) -> None:
         self.failed = True
+        if self._partial is not None:
+            self.budget.give(self._partial.body_bytes)
         self._partial = None
         self._events.append(ProtocolError(status, reason))
 
@@ -154,7 +197,11 @@ class HttpCore:
         if partial.header_bytes > self.limits.max_header_bytes:
             self._limit(431, f"header block over {self.limits.max_header_bytes} bytes")
         if partial.headers_done:
-            return  # a trailer field: counted against the limit, not kept
+            # A trailer field: counted against the limits, not kept.
+            partial.trailers += 1
+            if partial.trailers > self.limits.max_header_count:
+                self._limit(431, f"more than {self.limits.max_header_count} trailer fields")
+            return
         lname = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         partial.headers.append((lname, text))
@@ -213,16 +260,25 @@ class HttpCore:
     def on_body(self, body: bytes) -> None:
         partial = self._partial
         assert partial is not None
-        partial.body_bytes += len(body)
-        if partial.body_bytes > self.limits.max_body:
+        if partial.body_bytes + len(body) > self.limits.max_body:
             self._limit(413, f"body over {self.limits.max_body} bytes")
+        if not self.budget.take(len(body)):
+            self._limit(503, f"no room for another body: the gateway holds "
+                        f"{self.budget.held} bytes of unfinished ones (--max-body-buffer)")
+        partial.body_bytes += len(body)
         partial.body.append(body)
+
+    def on_chunk_header(self) -> None:
+        partial = self._partial
+        assert partial is not None
+        partial.chunks += 1
 
     def on_message_complete(self) -> None:
         partial = self._partial
         assert partial is not None and partial.request is not None
         request = partial.request
         request.body = b"".join(partial.body) if partial.body else b""
+        self.budget.give(partial.body_bytes)  # whole: the dispatcher's to bound now
         self._partial = None
         self._events.append(request)
 

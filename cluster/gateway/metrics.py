@@ -114,6 +114,20 @@ class GatewayMetrics:
         yield _counter("cluster_gateway_http2_stalls",
                        "HTTP/2 streams reset, or connections closed, after waiting "
                        "--h2-stall-timeout for the client's window", http.h2_stalls)
+        timed_out = CounterMetricFamily("cluster_gateway_client_timeouts",
+                                        "Clients answered 408 or cut for taking too long, by "
+                                        "phase: headers, body (--body-timeout, "
+                                        "--body-total-timeout), send (--send-timeout)",
+                                        labels=["phase"])
+        for phase in ("headers", "body", "send"):
+            timed_out.add_metric([phase], http.timed_out.get(phase, 0))
+        yield timed_out
+        yield _gauge("cluster_gateway_body_buffer_bytes",
+                     "Bytes of unfinished request bodies held, against --max-body-buffer",
+                     http.budget.held)
+        yield _counter("cluster_gateway_body_buffer_refused",
+                       "Requests refused 503 for want of room in --max-body-buffer",
+                       http.budget.refused)
         yield _counter("cluster_gateway_websocket_shard_moves",
                        "Shard keys moved to a worker that joined", hub.shard_moves)
         yield _counter("cluster_gateway_tls_handshake_failures",

@@ -17,7 +17,8 @@ import zmq
 
 from cluster.errors import ConfigError, StoppedWhileStarting
 from cluster.gateway.admission import Admission
-from cluster.gateway.client_context import ClientConnection, ConnectionContext
+from cluster.gateway.body_budget import BodyBudget
+from cluster.gateway.client_context import ClientConnection, ClientTimeouts, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import H2Limits
@@ -48,6 +49,8 @@ SWEEP_INTERVAL = 0.1
 CHECK_PERIOD = 0.5
 CHECK_SLICES = 25
 PROBE_INTERVAL = 0.1  # at most one probe of every worker per this many seconds
+# TLS 1.2's suites: forward secret and AEAD only (TLS 1.3's are all that already).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
 
 
 class Gateway:
@@ -84,14 +87,19 @@ class Gateway:
                                       access_log=config.access_log,
                                       client_gone=self.dispatcher.client_gone,
                                       scheme="https" if config.certfile else "http",
-                                      static=parse_mounts(config.static),
+                                      static=parse_mounts(config.static,
+                                                          config.static_dotfiles),
                                       stream_credit=self.dispatcher.stream_credit,
                                       h2=H2Limits(
                                           max_streams=config.h2_max_streams,
                                           max_header_bytes=config.max_header_bytes,
                                           max_header_count=config.max_header_count,
                                           max_body=config.max_body) if config.http2 else None,
-                                      h2_stall_timeout=config.h2_stall_timeout)
+                                      h2_stall_timeout=config.h2_stall_timeout,
+                                      timeouts=ClientTimeouts(config.body_timeout,
+                                                              config.body_total_timeout,
+                                                              config.send_timeout),
+                                      budget=BodyBudget(config.max_body_buffer))
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)},
                                             ready=self.readiness)
         self.admission = Admission(config.max_connections, tls=bool(config.certfile))
@@ -215,6 +223,11 @@ class Gateway:
             context.load_cert_chain(self.config.certfile, self.config.keyfile)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"--certfile/--keyfile: cannot load: {exc}") from None
+        # RFC 9113 §9.2: HTTP/2 needs TLS 1.2 or later with an ephemeral key exchange
+        # and an AEAD cipher. The same suites serve HTTP/1.1 (Mozilla's "intermediate"
+        # profile is AEAD-only too), so no handshake can end in a suite h2 forbids.
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(TLS12_CIPHERS)
         # HTTP/2 by ALPN, HTTP/1.1 for clients that offer nothing else.
         context.set_alpn_protocols(["h2", "http/1.1"] if self.config.http2 else ["http/1.1"])
         return context

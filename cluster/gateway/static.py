@@ -3,13 +3,22 @@
 `plan()` maps a request to a file under one of the mounted directories and decides
 the answer: 200 or 206 (one byte range) with the headers, 304 when the client's
 ETag matches, 416 for a range past the end, 404 for anything outside the directory
-(`..`, encoded or not, symlinks leading out, NUL bytes), 405 for other methods. The
-connection then streams the file in chunks; it is never read whole.
+(`..`, encoded or not, symlinks leading out, NUL bytes), for a dotfile (`.env`,
+`.git/config`: unless the mount allows them), and for a file named with a trailing
+slash; 405 for other methods. The connection then streams the file in chunks; it is
+never read whole.
+
+Whatever the file system says about a path (a name too long, no permission, a symlink
+loop) is an answer too: 404, or 403 for a permission, with one log line. It must never
+escape as an exception: over HTTP/2 that would end the whole connection, other
+streams' downloads with it.
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
+import logging
 import mimetypes
 import os
 import stat
@@ -19,11 +28,14 @@ from urllib.parse import unquote
 
 from cluster.errors import ConfigError
 
+log = logging.getLogger("cluster.gateway.static")
+
 
 @dataclass(frozen=True)
 class Mount:
     prefix: str  # "/static", no trailing slash
     root: Path  # resolved directory
+    dotfiles: bool = False  # serve names that begin with "." (--static-dotfiles)
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class Refusal:
     headers: list[tuple[str, str]]
 
 
-def parse_mounts(spec: str) -> list[Mount]:
+def parse_mounts(spec: str, dotfiles: bool = False) -> list[Mount]:
     """'/static=./public,/assets=/srv/a' -> mounts, longest prefix first."""
     mounts = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -51,7 +63,7 @@ def parse_mounts(spec: str) -> list[Mount]:
         root = Path(directory).resolve()
         if not root.is_dir():
             raise ConfigError(f"--static {item!r}: {directory} is not a directory")
-        mounts.append(Mount(prefix.rstrip("/") or "", root))
+        mounts.append(Mount(prefix.rstrip("/") or "", root, dotfiles))
     return sorted(mounts, key=lambda m: len(m.prefix), reverse=True)
 
 
@@ -93,6 +105,36 @@ def _byte_range(value: str, size: int) -> tuple[int, int] | bool | None:
     return start, end - start + 1
 
 
+def _find(mount: Mount, relative: str) -> tuple[Path, os.stat_result | None]:
+    """The file a mount-relative path names and its stat; None for the stat when there
+    is no regular file to serve there. Raises what the file system says."""
+    candidate = (mount.root / relative.lstrip("/")).resolve()
+    if candidate != mount.root and not candidate.is_relative_to(mount.root):
+        return candidate, None  # '..' or a symlink leading out: as if it did not exist
+    try:
+        st = candidate.stat()
+    except FileNotFoundError:
+        return candidate, None
+    if stat.S_ISDIR(st.st_mode):
+        candidate = candidate / "index.html"
+        try:
+            st = candidate.stat()
+        except FileNotFoundError:
+            return candidate, None
+    elif relative.endswith("/"):
+        return candidate, None  # a file is not a directory: /index.html/ names nothing
+    if not stat.S_ISREG(st.st_mode):
+        return candidate, None
+    return candidate, st
+
+
+def status_for(exc: OSError | RuntimeError) -> int:
+    """What a client is told when the file system refuses a path: 403 for a permission,
+    404 for the rest (too long a name, a symlink loop, ...), never an error page."""
+    code = exc.errno if isinstance(exc, OSError) else errno.ELOOP
+    return 403 if code in (errno.EACCES, errno.EPERM) else 404
+
+
 def plan(mounts: list[Mount], method: str, target: str,
          headers: list[tuple[str, str]]) -> FilePlan | Refusal | None:
     """What to answer, or None when the path is under no mount (a worker's request)."""
@@ -104,16 +146,17 @@ def plan(mounts: list[Mount], method: str, target: str,
     relative = unquote(rest)
     if "\x00" in relative or "\\" in relative:
         return Refusal(404, [])
-    candidate = (mount.root / relative.lstrip("/")).resolve()
-    if candidate != mount.root and not candidate.is_relative_to(mount.root):
-        return Refusal(404, [])  # '..' or a symlink leading out: as if it did not exist
-    if candidate.is_dir():
-        candidate = candidate / "index.html"
+    parts = relative.split("/")
+    if not mount.dotfiles and any(p.startswith(".") and p not in (".", "..") for p in parts):
+        return Refusal(404, [])  # .env, .git/config: never meant for the public
     try:
-        st = candidate.stat()
-    except OSError:
-        return Refusal(404, [])
-    if not stat.S_ISREG(st.st_mode):
+        candidate, st = _find(mount, relative)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: resolve() met a symlink loop
+        status = status_for(exc)
+        log.info("static %s: %s; %d", raw_path[:200],
+                 exc.strerror if isinstance(exc, OSError) else exc, status)
+        return Refusal(status, [])
+    if st is None:
         return Refusal(404, [])
     if method not in ("GET", "HEAD"):
         return Refusal(405, [("allow", "GET, HEAD")])

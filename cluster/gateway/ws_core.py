@@ -27,7 +27,7 @@ from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import Origin, Subprotocol
+from websockets.typing import Subprotocol
 
 from cluster.gateway.http_core import Request
 
@@ -55,7 +55,8 @@ Event = Text | Binary | Closed
 class WsOptions:
     max_size: int = 1024 * 1024
     deflate: bool = True
-    origins: tuple[str, ...] = ()  # empty: any origin
+    # Origins a browser's upgrade may come from besides the page's own host; "*": any.
+    origins: tuple[str, ...] = ()
 
 
 def _deflate() -> ServerPerMessageDeflateFactory:
@@ -86,15 +87,32 @@ class _ServerProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
+def _authority(value: str, scheme: str) -> str:
+    """host[:port] lower-cased, without the scheme's default port."""
+    value = value.strip().lower()
+    default = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}.get(scheme, "")
+    return value[:-len(default)] if default and value.endswith(default) else value
+
+
+def origin_refused(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Cross-Site WebSocket Hijacking: a page on another site could open a WebSocket
+    with the user's cookies. Browsers always send Origin, so an upgrade whose Origin
+    is neither the request's own host nor on the allow-list is refused; a client that
+    sends none is not a browser, and is let in."""
+    if origin is None or "*" in allowed or origin in allowed:
+        return False
+    scheme, sep, rest = origin.partition("://")
+    if not sep or host is None:
+        return True  # "null" (a sandboxed page, a file) or no Host to compare with
+    return _authority(rest, scheme) != _authority(host, scheme)
+
+
 class WebSocketCore:
     def __init__(self, options: WsOptions) -> None:
-        origins: list[Origin | None] | None = None
-        if options.origins:
-            # The allow-list guards against pages on other sites, and browsers always
-            # send Origin; a client without one (not a browser) is not refused.
-            origins = [Origin(o) for o in options.origins] + [None]
+        self.origins = options.origins
+        self.refusal = ""  # why open_handshake refused, for the log
         self.protocol = _ServerProtocol(
-            origins=origins,
+            origins=None,  # judged in open_handshake, before any worker is asked
             extensions=[_deflate()] if options.deflate else None,
             max_size=options.max_size,
             select_subprotocol=self._selector(),
@@ -114,10 +132,17 @@ class WebSocketCore:
         self.offered = [p.strip() for name, v in request.headers
                         if name == "sec-websocket-protocol" for p in v.split(",") if p.strip()]
         if request.method != "GET" or request.version != "1.1":
+            self.refusal = "not a GET over HTTP/1.1"
             return 400
         versions = [v for name, v in request.headers if name == "sec-websocket-version"]
         if versions and versions != ["13"]:
+            self.refusal = f"version {versions[0][:20]!r}"
             return 426
+        fields = dict(request.headers)
+        if origin_refused(fields.get("origin"), fields.get("host"), self.origins):
+            self.refusal = (f"Origin {fields.get('origin', '')[:100]!r} is another site's "
+                            f"(Host {fields.get('host', '')[:100]!r}; --ws-origins allows more)")
+            return 403
         # websockets' parser must see the request itself to move on to frames: give it
         # the head again, as llhttp already validated it.
         head = [f"GET {request.target} HTTP/1.1\r\n"]
@@ -126,6 +151,7 @@ class WebSocketCore:
         self.protocol.receive_data("".join(head).encode("latin-1"))
         parsed = [e for e in self.protocol.events_received() if isinstance(e, WsRequest)]
         if not parsed:
+            self.refusal = "an invalid handshake"
             return 400
         self.handshake_request = parsed[0]
         return None

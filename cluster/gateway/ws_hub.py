@@ -312,7 +312,7 @@ class WebSocketHub:
         status, data = session.core.accept(subprotocol, pairs)
         session.transport.write(data)
         if status != 101:
-            # websockets refused the handshake itself (origin, key): it wrote why.
+            # websockets refused the handshake itself (a missing key): it wrote why.
             log.info("WebSocket handshake refused with %d", status)
             self._drop(session)
             session.transport.close()

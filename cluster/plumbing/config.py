@@ -119,6 +119,15 @@ class GatewayConfig(Common):
     request_timeout: float = opt(30.0, "seconds a worker may take before the client gets 504")
     header_timeout: float = opt(10.0, "seconds to receive a request's headers (408 after)")
     keepalive_timeout: float = opt(5.0, "seconds an idle keep-alive connection stays open")
+    body_timeout: float = opt(20.0, "seconds a request body may go without a byte (408 "
+                              "after; HTTP/2: the stream is answered 408 and reset)")
+    body_total_timeout: float = opt(60.0, "seconds from a request's headers to the last "
+                                    "byte of its body (408 after)")
+    send_timeout: float = opt(30.0, "seconds a client may read nothing of what we send it "
+                              "(a response, a file) before its connection is cut")
+    max_body_buffer: int = opt(256 * 1024 * 1024, "bytes of unfinished request bodies one "
+                               "gateway holds, all connections together; a body that finds "
+                               "no room gets 503 + Retry-After")
     max_queue: int = opt(4096, "requests waiting for worker credit before 503")
     max_pipeline: int = opt(32, "pipelined requests in flight per connection before reading pauses")
     defer_timeout: float = opt(60.0, "seconds a deferred request waits for reply() (504 after)")
@@ -129,9 +138,12 @@ class GatewayConfig(Common):
                            "decompression (1009 above)")
     ws_max_queue: int = opt(1024 * 1024, "bytes waiting to be sent to one WebSocket client "
                             "before it is closed as too slow (1013)")
-    ws_origins: str = opt("", "comma-separated Origin allow-list (empty: any); a browser "
-                          "sending another gets 403; clients sending none are let in")
+    ws_origins: str = opt("", "comma-separated origins a browser's WebSocket may come from "
+                          "besides the request's own host (* for any); a browser sending "
+                          "another Origin gets 403; clients sending none are let in")
     static: str = opt("", "serve files at the gateway: /url=DIRECTORY[,/url2=DIR2]")
+    static_dotfiles: bool = opt(False, "serve files and directories under --static whose "
+                                "names begin with a dot (.env, .git/): 404 otherwise")
     certfile: str = opt("", "TLS certificate chain (PEM): serve HTTPS and WSS")
     keyfile: str = opt("", "TLS private key (PEM) for --certfile")
     http2: bool = opt(True, "speak HTTP/2: by ALPN over TLS, and with prior knowledge "
@@ -166,7 +178,7 @@ class GatewayConfig(Common):
                 raise ConfigError(f"--{name} {path!r}: no such file")
         for name in ("request_timeout", "header_timeout", "keepalive_timeout",
                      "ws_ping_interval", "ws_ping_timeout",
-                     "defer_timeout"):
+                     "defer_timeout", "body_timeout", "body_total_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
 

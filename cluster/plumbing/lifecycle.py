@@ -32,15 +32,29 @@ def setup_logging(level: str, role: str, fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
+# Control characters (C0, DEL, C1) as \xNN: a message carries what clients sent (close
+# reasons, paths, header values, h2's error text), and a raw CR or LF in it would let a
+# client write a line of its own into the log, ESC sequences rewrite a terminal.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+def escape_controls(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per event. The message is escaped; a traceback, our own text, follows
+    on lines of its own as Python prints it."""
+
     def __init__(self, role: str) -> None:
         super().__init__(f"%(asctime)s {role}[{os.getpid()}] %(levelname)s %(name)s: "
                          "%(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        line = super().formatMessage(record)
         request_id = getattr(record, "request_id", None)
-        return f"{line} request_id={request_id}" if request_id else line
+        return f"{line} request_id={escape_controls(str(request_id))}" if request_id else line
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,9 +25,11 @@ logged once per address with its fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterable
@@ -71,6 +73,29 @@ def keygen(directory: str | Path, names: Iterable[str]) -> list[str]:
     return written
 
 
+def export(directory: str | Path, to: str | Path) -> list[str]:
+    """For each subdirectory `to/NAME` that exists (a volume mounted there), write the
+    key directory process NAME needs and nothing more: its own secret key and every
+    public key. A container then mounts only its own secret. Returns the names."""
+    source, target = Path(directory), Path(to)
+    publics = sorted(source.glob("*.key"))
+    done = []
+    for place in sorted(p for p in target.iterdir() if p.is_dir()):
+        secret = source / f"{place.name}.key_secret"
+        if not secret.exists():
+            raise ConfigError(f"--export {to}: {place.name}/ has no key pair in {directory}")
+        for old in place.glob("*.key_secret"):
+            if old.name != secret.name:
+                old.unlink()  # another name's secret has no business here
+        for public in publics:
+            shutil.copyfile(public, place / public.name)
+        fd = os.open(place / secret.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as out:
+            out.write(secret.read_bytes())
+        done.append(place.name)
+    return done
+
+
 class Plaintext:
     """--insecure: sockets as they are; anyone who reaches a port is a member."""
 
@@ -96,6 +121,13 @@ class Curve:
         self.directory = Path(directory)
         secret_file = self.directory / f"{name}.key_secret"
         coordinator_file = self.directory / f"{COORDINATOR_KEY}.key"
+        with contextlib.suppress(FileNotFoundError):  # said below, with the fix
+            mode = secret_file.stat().st_mode & 0o777
+            if mode & 0o077:
+                # As ssh refuses such a key: anyone who can read it is a member.
+                raise ConfigError(f"--keys {directory}: {secret_file} is mode {mode:04o}, "
+                                  f"readable by others; `chmod 600 {secret_file}` (a secret "
+                                  "key must be readable by its owner alone)")
         try:
             public, secret = zmq.auth.load_certificate(secret_file)
             coordinator, _ = zmq.auth.load_certificate(coordinator_file)

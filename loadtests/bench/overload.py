@@ -2,10 +2,13 @@
 
 One `cluster run` (1 gateway, 1 worker, the sync hello handler), measured by wrk in
 turns: alone, then with a siege beside it: 10,000 idle keep-alive connections (each
-made one request, then holds its socket) and 1,000 slowloris connections (a request
+made one request, then holds its socket), 1,000 slowloris connections (a request
 line, then one header byte every 5 s, forever; the gateway answers 408 after
---header-timeout and the attacker connects again). The siege runs in a process of
-its own, so its CPU is not counted as the server's.
+--header-timeout and the attacker connects again) and 1,000 stalled bodies (a POST
+that declares 1 MiB - 1 byte, sends 128 KiB of it, then a byte every 5 s: together
+125 MiB of unfinished bodies held at the gateway; it answers 408 after
+--body-total-timeout and the attacker connects again). The siege runs in a process
+of its own, so its CPU is not counted as the server's.
 
 The gateway runs with --keepalive-timeout 600 for this: with the default (5 s) the
 idle connections would be closed and re-opened all the time, and the run would
@@ -37,6 +40,8 @@ Writer = asyncio.StreamWriter
 IDLE = 10_000
 SLOW = 1_000
 SLOW_EVERY = 5.0  # seconds between a slowloris connection's header bytes
+STALLED = 1_000
+STALLED_SENT = 128 * 1024  # body bytes a stalled connection sends before it drips
 OPENING = 200  # connections being opened at once (the listen backlog is 2048)
 
 
@@ -47,6 +52,7 @@ class Siege:
         self.port = port
         self.idle = 0
         self.slow = 0
+        self.stalled = 0
         self.reconnects = 0
         self.failed = 0
         self.gate = asyncio.Semaphore(OPENING)
@@ -102,17 +108,34 @@ class Siege:
         finally:
             self.slow -= 1
 
+    async def _stalled_body(self, reader: Reader, writer: Writer) -> None:
+        """A POST declaring 1 MiB - 1 byte: 128 KiB of it, then a byte every SLOW_EVERY."""
+        writer.write(b"POST / HTTP/1.1\r\nHost: siege\r\nContent-Length: 1048575\r\n\r\n" +
+                     b"s" * STALLED_SENT)
+        await writer.drain()
+        self.stalled += 1
+        try:
+            while not reader.at_eof():
+                await asyncio.sleep(SLOW_EVERY)
+                writer.write(b"s")
+                await writer.drain()
+        finally:
+            self.stalled -= 1
+
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._keep_connected(self._idle)) for _ in range(IDLE)]
         tasks += [asyncio.create_task(self._keep_connected(self._slow)) for _ in range(SLOW)]
+        tasks += [asyncio.create_task(self._keep_connected(self._stalled_body))
+                  for _ in range(STALLED)]
         announced = False
         while True:
             await asyncio.sleep(1.0)
-            if not announced and self.idle >= IDLE and self.slow >= SLOW:
+            if not announced and self.idle >= IDLE and self.slow >= SLOW and \
+                    self.stalled >= STALLED:
                 print("siege up", flush=True)
                 announced = True
-            print(f"idle {self.idle} slow {self.slow} reconnects {self.reconnects} "
-                  f"failed {self.failed}", file=sys.stderr, flush=True)
+            print(f"idle {self.idle} slow {self.slow} stalled {self.stalled} reconnects "
+                  f"{self.reconnects} failed {self.failed}", file=sys.stderr, flush=True)
 
 
 def siege_main(port: int) -> None:
@@ -178,7 +201,7 @@ def main() -> int:
     server = Server("cluster", [
         str(BIN / "python"), "-m", "cluster", "run", "--handler", "examples.hello:fun",
         "--port", str(port), "--workers", "1", "--log-level", "warning",
-        "--keepalive-timeout", "600", "--max-connections", str(IDLE + SLOW + 1000)], port)
+        "--keepalive-timeout", "600", "--max-connections", str(IDLE + SLOW + STALLED + 1000)], port)
     results: dict[str, list[WrkResult]] = {"quiet": [], "siege": []}
     memory: dict[str, list[float]] = {"quiet": [], "siege": []}
     log = Path("/tmp/cluster-siege.log")
@@ -205,7 +228,8 @@ def main() -> int:
         server.stop()
     print()
     print(f"wrk -t2 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds in turns; "
-          f"siege: {IDLE} idle keep-alive + {SLOW} slowloris connections")
+          f"siege: {IDLE} idle keep-alive + {SLOW} slowloris + {STALLED} stalled-body "
+          "connections")
     print("| run | req/s median [range] | p99 ms median [range] | CPU µs/req gateway | "
           "worker | gateway RSS MiB | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -72,7 +72,9 @@ class Compose:
     def __init__(self, docker_host: str) -> None:
         self.project = f"clustertest{os.getpid()}"
         self.env = {**os.environ, "DOCKER_HOST": docker_host,
-                    "COMPOSE_PROJECT_NAME": self.project}
+                    "COMPOSE_PROJECT_NAME": self.project,
+                    # Grafana does not run here, but the file needs its password.
+                    "GRAFANA_ADMIN_PASSWORD": "compose-test"}
 
     def __call__(self, *args: str, timeout: float = 900) -> str:
         done = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"),
@@ -187,6 +189,20 @@ def test_docker_compose_up_for_real(record_property: Any) -> None:
             compose("up", "-d", "--scale", "worker=4", "--no-recreate", *SERVICES)
             wait_for(lambda: len(counter_workers(8000, 40) | counter_workers(8001, 40)) == 4,
                      90, "the fourth worker serving")
+
+            # Each container holds its own secret key and the public ones, nothing more.
+            for service, role in (("coordinator", "coordinator"), ("gateway-1", "gateway"),
+                                  ("gateway-2", "gateway"), ("worker", "worker")):
+                for container in compose.containers(service):
+                    keys = subprocess.run(["podman", "exec", container, "ls", "/keys"],
+                                          capture_output=True, text=True, check=True).stdout
+                    secrets = [k for k in keys.split() if k.endswith(".key_secret")]
+                    assert secrets == [f"{role}.key_secret"], (service, keys)
+            # Prometheus only on the loopback.
+            (prom,) = compose.containers("prometheus")
+            published = subprocess.run(["podman", "port", prom], capture_output=True,
+                                       text=True, check=True).stdout
+            assert "127.0.0.1:9090" in published and "0.0.0.0" not in published, published
 
             # The coordinator wrote its log in its volume, as the image's user.
             coordinator = compose.containers("coordinator")[0]

@@ -148,6 +148,10 @@ def test_a_body_over_the_limit_is_refused_on_its_stream_only() -> None:
     ([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"gopher"),
       (b":authority", b"a")], 400),
     ([*GET[:3], (b":authority", b"bad host")], 400),
+    *[([(b":method", b"GET"), (b":path", b"/a" + bytes([c]) + b"b"), *GET[2:]], 400)
+      for c in (0x1b, 0x08, 0x7f, 0x07, 0x20)],
+    *[([*GET, (b"x-a", b"v" + bytes([c]) + b"w")], 400) for c in (0x1b, 0x08, 0x7f, 0x07)],
+    ([(b":method", b"POST"), *GET[1:], (b"content-length", b"1048577")], 413),
 ])
 def test_requests_refused_on_their_stream(headers: list[tuple[bytes, bytes]],
                                           status: int) -> None:
@@ -159,6 +163,20 @@ def test_requests_refused_on_their_stream(headers: list[tuple[bytes, bytes]],
     assert c.core.inbound == {}  # it ended; nothing of it stays
     c.request()
     assert [type(e) for e in c.send()] == [StreamRequest]
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_any_of_it_arrives() -> None:
+    c = Client(H2Limits(max_body=100))
+    sid = c.h2.get_next_available_stream_id()
+    c.h2.send_headers(sid, [(b":method", b"POST"), *GET[1:], (b"content-length", b"101")])
+    assert c.send() == [StreamRefused(sid, 413, "content-length 101 over 100")]
+
+
+def test_a_tab_in_a_value_is_a_value() -> None:
+    c = Client()
+    c.request([*GET, (b"x-a", b"v\tw")])
+    (req,) = c.send()
+    assert ("x-a", "v\tw") in req.headers
 
 
 def test_a_header_list_over_the_limit_ends_the_connection() -> None:

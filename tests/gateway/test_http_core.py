@@ -7,7 +7,10 @@ from http import HTTPStatus
 
 import pytest
 
+from cluster.gateway.body_budget import BodyBudget
 from cluster.gateway.http_core import (
+    FRAMING_PER_CHUNK,
+    FRAMING_SLACK,
     LAST_CHUNK,
     ContinueExpected,
     HttpCore,
@@ -145,6 +148,59 @@ def test_chunked_body_over_max_body_is_413() -> None:
     chunk = b"%x\r\n%s\r\n" % (60, b"c" * 60)
     assert error_of(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
                     chunk, chunk) == 413
+
+
+CHUNKED = b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_chunk_extensions_without_end_are_413_long_before_max_body() -> None:
+    """CVE-2024-22019: extensions are skipped by llhttp and never reach max_body."""
+    limits = HttpLimits(max_body=1024 * 1024)
+    core = HttpCore(limits)
+    assert core.receive_data(CHUNKED + b"1;a=") == []
+    sent = 0
+    events: list[object] = []
+    while not events and sent < 20 * 1024 * 1024:
+        events = core.receive_data(b"b" * 4096)
+        sent += 4096
+    assert [type(e) for e in events] == [ProtocolError]
+    assert events[0].status == 413 and sent <= FRAMING_SLACK + 4096  # type: ignore[attr-defined]
+
+
+def test_small_chunks_with_short_extensions_pass() -> None:
+    raw = CHUNKED + b"".join(b"1;name=value\r\nx\r\n" for _ in range(90)) + b"0\r\n\r\n"
+    assert len(raw) - len(CHUNKED) - 90 > FRAMING_PER_CHUNK  # more framing than body
+    [req] = requests(*[raw[i:i + 7] for i in range(0, len(raw), 7)])
+    assert req.body == b"x" * 90
+
+
+def test_too_many_trailer_fields_is_431() -> None:
+    trailers = b"".join(b"T%d: v\r\n" % i for i in range(6))
+    assert error_of(CHUNKED + b"1\r\nx\r\n0\r\n" + trailers + b"\r\n") == 431
+
+
+def test_unfinished_bodies_share_one_budget_and_give_it_back() -> None:
+    budget = BodyBudget(150)
+    head = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    first, second, third = (HttpCore(LIMITS, budget) for _ in range(3))
+    assert first.receive_data(head + b"a" * 90) == [] and budget.held == 90
+    (refused,) = second.receive_data(head + b"b" * 61)  # 151 would be held
+    assert isinstance(refused, ProtocolError) and refused.status == 503
+    assert budget.held == 90 and budget.refused == 1
+    assert third.receive_data(head + b"c" * 60) == [] and budget.held == 150
+    third.close()  # its client went away mid-body
+    [req] = first.receive_data(b"a" * 10)  # whole: no longer an unfinished body
+    assert len(req.body) == 100 and budget.held == 0  # type: ignore[attr-defined]
+
+
+def test_awaiting_body_is_the_time_between_headers_and_last_byte() -> None:
+    core = HttpCore(LIMITS)
+    core.receive_data(b"POST /p HTTP/1.1\r\nHost: x\r\n")
+    assert core.awaiting_headers and not core.awaiting_body
+    core.receive_data(b"Content-Length: 3\r\n\r\nab")
+    assert core.awaiting_body and not core.awaiting_headers
+    core.receive_data(b"c")
+    assert not core.awaiting_body and not core.mid_request
 
 
 @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())

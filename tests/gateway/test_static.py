@@ -100,3 +100,42 @@ def test_the_longest_prefix_wins(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     mounts = parse_mounts(f"/s={tmp_path / 'a'},/s/deep={tmp_path / 'b'}")
     assert [m.prefix for m in mounts] == ["/s/deep", "/s"]
+
+
+@pytest.mark.parametrize("target", ["/static/.env", "/static/.git/config",
+                                    "/static/docs/.hidden", "/static/%2egit/config"])
+def test_dotfiles_are_not_served(tmp_path: Path, target: str) -> None:
+    root = tmp_path / "public"
+    (root / ".git").mkdir(parents=True)
+    (root / "docs").mkdir()
+    for name in (".env", ".git/config", "docs/.hidden"):
+        (root / name).write_bytes(b"secret")
+    assert plan(parse_mounts(f"/static={root}"), "GET", target, []) == Refusal(404, [])
+    allowed = plan(parse_mounts(f"/static={root}", dotfiles=True), "GET", target, [])
+    assert isinstance(allowed, FilePlan)
+
+
+def test_a_file_named_as_a_directory_is_404(site: list[Mount]) -> None:
+    assert plan(site, "GET", "/static/a.txt/", []) == Refusal(404, [])
+    assert plan(site, "GET", "/static/docs/index.html/", []) == Refusal(404, [])
+
+
+def test_what_the_file_system_refuses_is_an_answer(
+        tmp_path: Path, site: list[Mount], caplog: pytest.LogCaptureFixture) -> None:
+    root = site[0].root
+    os.symlink(root / "loop-b", root / "loop-a")
+    os.symlink(root / "loop-a", root / "loop-b")
+    with caplog.at_level("INFO", "cluster.gateway.static"):
+        assert plan(site, "GET", "/static/" + "n" * 256, []) == Refusal(404, [])
+        assert plan(site, "GET", "/static/loop-a", []) == Refusal(404, [])
+    lines = [r for r in caplog.records if r.name == "cluster.gateway.static"]
+    assert len(lines) == 2 and not any(r.exc_info for r in lines)
+    assert "too long" in lines[0].getMessage()
+
+
+def test_no_permission_is_403(site: list[Mount], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root reads any file whatever its mode, so the file system's answer is stood in for.
+    def refuse(self: Path, **_: object) -> os.stat_result:
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "stat", refuse)
+    assert plan(site, "GET", "/static/a.txt", []) == Refusal(403, [])

@@ -11,7 +11,14 @@ import struct
 import pytest
 
 from cluster.gateway.http_core import Request
-from cluster.gateway.ws_core import Binary, Closed, Text, WebSocketCore, WsOptions
+from cluster.gateway.ws_core import (
+    Binary,
+    Closed,
+    Text,
+    WebSocketCore,
+    WsOptions,
+    origin_refused,
+)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 UPGRADE = [("host", "x"), ("upgrade", "websocket"), ("connection", "Upgrade"),
@@ -70,12 +77,32 @@ def test_a_handshake_without_a_key_is_refused_by_websockets_at_accept() -> None:
     assert status == 400 and data.startswith(b"HTTP/1.1 400")
 
 
-def test_an_origin_off_the_allow_list_is_refused_403() -> None:
+def test_an_origin_off_the_allow_list_is_refused_403_before_any_worker() -> None:
     core = WebSocketCore(WsOptions(origins=("https://ok.test",)))
     assert core.open_handshake(Request("GET", "/", "1.1",
-                                       [*UPGRADE, ("origin", "https://evil.test")])) is None
-    status, data = core.accept(None, [])
-    assert status == 403 and data.startswith(b"HTTP/1.1 403")
+                                       [*UPGRADE, ("origin", "https://evil.test")])) == 403
+    assert "Origin 'https://evil.test' is another site's (Host 'x'" in core.refusal
+    assert core.open_handshake(Request("GET", "/", "1.1",
+                                       [*UPGRADE, ("origin", "https://ok.test")])) is None
+
+
+@pytest.mark.parametrize(("origin", "host", "allowed", "refused"), [
+    (None, "a.test", (), False),  # not a browser
+    ("http://a.test", "a.test", (), False),
+    ("http://A.test:80", "a.test", (), False),  # the default port, either way
+    ("https://a.test", "a.test:443", (), False),
+    ("http://127.0.0.1:8000", "127.0.0.1:8000", (), False),
+    ("http://127.0.0.1:8001", "127.0.0.1:8000", (), True),  # another port: another site
+    ("http://evil.example", "a.test", (), True),
+    ("null", "a.test", (), True),
+    ("http://evil.example", None, (), True),
+    ("http://evil.example", "a.test", ("http://evil.example",), False),
+    ("http://evil.example", "a.test", ("*",), False),
+    ("http://a.test", "a.test", ("http://b.test",), False),  # its own host stays allowed
+])
+def test_same_origin_by_default(origin: str | None, host: str | None,
+                                allowed: tuple[str, ...], refused: bool) -> None:
+    assert origin_refused(origin, host, allowed) is refused
 
 
 def test_text_binary_and_a_fragmented_message() -> None:

@@ -246,3 +246,35 @@ def test_unpinned_run_and_a_cpu_out_of_reach() -> None:
     assert "--cpu 4096" in result.stderr
     result = cluster_cmd("run", "--handler", APP, "--cpu", "0")
     assert result.returncode != 0 and "--pin-workers" in result.stderr
+
+
+def test_a_run_killed_with_9_leaves_its_keys_only_until_the_next_start(
+        tmp_path: Path) -> None:
+    env = {"TMPDIR": str(tmp_path), "CLUSTER_KEYS": ""}  # keys of its own
+    with cluster_run("--workers", "1", env=env) as first:
+        keys = Path(re.findall(r"CURVE keys in (\S+) ", first.banner)[0])
+        assert keys.parent == tmp_path / f"cluster-run-keys-{os.getuid()}"
+        assert keys.parent.stat().st_mode & 0o777 == 0o700
+        children = [p for name in ("coordinator", "gateway-1", "worker-1")
+                    for p in first.pids(name)]
+        first.popen.kill()
+        first.popen.wait(10)
+        for pid in children:  # orphans now: stopped by their pids
+            os.kill(pid, signal.SIGKILL)
+        assert keys.is_dir()  # nobody was left to remove them
+    with cluster_run("--workers", "1", env=env) as second:
+        mine = Path(re.findall(r"CURVE keys in (\S+) ", second.banner)[0])
+        assert not keys.exists() and mine.is_dir()
+        assert "removed 1 key directories left by runs that were killed" in second.log()
+    assert not mine.exists() and list(mine.parent.iterdir()) == []
+
+
+def test_a_secret_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    assert cluster_cmd("keygen", str(tmp_path)).returncode == 0
+    secret = tmp_path / "gateway.key_secret"
+    os.chmod(secret, 0o644)
+    done = cluster_cmd("gateway", "--keys", str(tmp_path), "--port", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"cluster-gateway: --keys {tmp_path}: {secret} is mode 0644, readable by others; "
+        f"`chmod 600 {secret}` (a secret key must be readable by its owner alone)")

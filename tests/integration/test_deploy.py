@@ -64,9 +64,14 @@ def http(url: str, method: str = "GET", body: bytes | None = None,
         return exc.code, exc.read()
 
 
+def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "config"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, **env})
+
+
 def test_compose_file_is_valid_for_docker_compose() -> None:
-    result = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "config", "-q"],
-                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = compose_config(GRAFANA_ADMIN_PASSWORD="not-admin")
     assert result.returncode == 0, result.stderr
     spec = yaml.safe_load(COMPOSE.read_text())
     assert "name" not in spec  # Compose v1 refuses a top-level name
@@ -74,6 +79,48 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
             "grafana"} <= set(spec["services"])
     worker = spec["services"]["worker"]
     assert "container_name" not in worker and "ports" not in worker  # scalable
+
+
+def test_compose_defaults_are_private() -> None:
+    """Only the gateways on every interface; Grafana's password from the environment
+    with anonymous access off; each service mounts its own secret key alone."""
+    missing = compose_config(GRAFANA_ADMIN_PASSWORD="")
+    assert missing.returncode != 0 and "set GRAFANA_ADMIN_PASSWORD" in missing.stderr
+    config = yaml.safe_load(compose_config(GRAFANA_ADMIN_PASSWORD="s3cret").stdout)
+    services = config["services"]
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            text = port if isinstance(port, str) else \
+                f"{port.get('host_ip', '')}:{port['published']}:{port['target']}"
+            if name.startswith("gateway-"):
+                assert not text.startswith("127.0.0.1:"), text
+            else:
+                assert text.startswith("127.0.0.1:"), (name, text)
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    mounts = {name: [str(v).split(":")[0] if isinstance(v, str) else v["source"]
+                     for v in service.get("volumes") or []]
+              for name, service in services.items()}
+    for name, role in (("coordinator", "coordinator"), ("gateway-1", "gateway"),
+                       ("gateway-2", "gateway"), ("worker", "worker")):
+        keys = [m for m in mounts[name] if m.startswith("keys")]
+        assert keys == [f"keys-{role}"], (name, keys)
+    assert not any("keys" in m for m in mounts["prometheus"] + mounts["grafana"])
+
+
+def test_keygen_exports_each_role_its_own_secret(tmp_path: Path) -> None:
+    out = tmp_path / "by-role"
+    for role in ("coordinator", "gateway", "worker"):
+        (out / role).mkdir(parents=True)
+    done = subprocess.run([str(BIN / "cluster"), "keygen", str(tmp_path / "all"),
+                           "--export", str(out)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    publics = sorted(p.name for p in (tmp_path / "all").glob("*.key"))
+    for role in ("coordinator", "gateway", "worker"):
+        names = sorted(p.name for p in (out / role).iterdir())
+        assert names == sorted([*publics, f"{role}.key_secret"]), names
+        assert (out / role / f"{role}.key_secret").stat().st_mode & 0o777 == 0o600
 
 
 # -- the compose services as local processes ---------------------------------------
@@ -172,6 +219,8 @@ class LocalCompose:
 def local_compose(tmp: Path) -> Iterator[LocalCompose]:
     (tmp / "data").mkdir()
     (tmp / "logs").mkdir()
+    for role in ("coordinator", "gateway", "worker"):  # the keys service's volumes
+        (tmp / "keys-by-role" / role).mkdir(parents=True)
     compose = LocalCompose(tmp / "data", tmp / "logs")
     try:
         compose.up()

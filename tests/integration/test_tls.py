@@ -112,3 +112,27 @@ def test_a_key_that_does_not_load_is_one_line(tmp_path: Path) -> None:
                             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "cannot load" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "served"), [
+    # RFC 9113 §9.2 forbids these for HTTP/2: no handshake completes with them at all.
+    (["-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA256", "-alpn", "h2"], False),
+    (["-tls1_2", "-cipher", "AES128-GCM-SHA256", "-alpn", "h2"], False),  # no ephemeral key
+    (["-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA256", "-alpn", "http/1.1"], False),
+    (["-tls1_1"], False),
+    (["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256", "-alpn", "h2"], True),
+    (["-tls1_3", "-alpn", "h2"], True),
+])
+def test_only_the_suites_rfc_9113_allows(certificate: tuple[Path, Path], args: list[str],
+                                         served: bool) -> None:
+    cert, key = certificate
+    with cluster() as c:
+        gw = c.gateway("--certfile", str(cert), "--keyfile", str(key))
+        done = subprocess.run(["openssl", "s_client", "-connect",
+                               f"127.0.0.1:{gw.ready['port']}", *args],
+                              input=b"", capture_output=True, timeout=30)
+        out = done.stdout.decode(errors="replace")
+        shaken = "New, " in out and "Cipher is (NONE)" not in out
+        assert (shaken and ("ALPN protocol: h2" in out or "h2" not in args)) == served, out
+        if not served:
+            gw.wait_log("TLS handshake failed")

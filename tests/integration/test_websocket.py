@@ -263,6 +263,26 @@ def test_origin_allow_list(ws_cluster: Fixture) -> None:
     assert head.startswith(b"HTTP/1.1 101")
 
 
+def test_a_page_on_another_site_cannot_open_a_websocket_by_default() -> None:
+    """Cross-Site WebSocket Hijacking: with no --ws-origins, only the page's own host."""
+    with cluster() as c:
+        gw = c.gateway()
+        c.worker(WS_APP)
+        port = int(gw.ready["port"])
+        cookie = "Cookie: session=stolen\r\n"
+        sock, head = wsclient.handshake(port, extra=f"Origin: http://evil.example\r\n{cookie}")
+        sock.close()
+        assert head.startswith(b"HTTP/1.1 403")
+        line = gw.wait_log("WebSocket upgrade refused")
+        assert "Origin 'http://evil.example' is another site's" in line
+        sock, head = wsclient.handshake(port, extra=f"Origin: http://x\r\n{cookie}")
+        sock.close()
+        assert head.startswith(b"HTTP/1.1 101")  # Host is x: the same site
+        sock, head = wsclient.handshake(port)  # no Origin: not a browser
+        sock.close()
+        assert head.startswith(b"HTTP/1.1 101")
+
+
 def test_plain_http_still_served(ws_cluster: Fixture) -> None:
     from tests.httpclient import get
     assert get(int(ws_cluster[1][0].ready["port"]), "/").body == b"plain http still works\n"
