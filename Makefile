@@ -11,6 +11,8 @@ PORT    ?= 8000
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@# The distribution was called "cluster" before 0.2.0 (a name PyPI gives to another project).
+	-@$(BIN)/pip uninstall --quiet --yes cluster 2>/dev/null
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 

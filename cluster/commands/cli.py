@@ -23,7 +23,9 @@ from cluster.plumbing.config import (
 )
 from cluster.plumbing.lifecycle import setup_logging
 
-USAGE = """usage: cluster COMMAND [flags]
+DISTRIBUTION = "cluster-server"  # its name on PyPI; the command and package are `cluster`
+
+USAGE = """usage: cluster COMMAND [flags]    (cluster --version: which one this is)
 
 commands:
   run          start a coordinator, gateways and workers here, supervised
@@ -50,8 +52,8 @@ def _role(prog: str, description: str, cls: type[Common],
     except (CoordinatorUnreachable, StateLogDamaged) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # most often: the port or endpoint is taken
-        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+    except OSError as exc:  # most often: the port or endpoint is taken (its text names it)
+        print(f"{prog}: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -83,7 +85,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
         config = parse(RunConfig, argv, "cluster run",
                        "Start coordinator, gateways and workers on this machine.")
         setup_logging(config.log_level, "cluster", config.log_format)
-        load_handler(config.handler)  # a broken handler fails here, once
+        load_handler(config.handler, config.app_dir)  # a broken handler fails here, once
     except (ConfigError, HandlerLoadError) as exc:
         print(f"cluster run: {exc}", file=sys.stderr)
         return 2
@@ -213,13 +215,33 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+def version() -> str:
+    """`cluster 0.2.0 (compiled|pure Python, Python 3.11.7)`: what is running."""
+    from importlib import metadata
+    try:
+        number = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        number = "unknown (not installed)"
+    return f"cluster {number} ({DISTRIBUTION}, Python {sys.version.split()[0]})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    if not args or args[0] not in COMMANDS:
+    if args and args[0] in ("-V", "--version"):
+        print(version())
+        return 0
+    if not args:
         print(USAGE, file=sys.stderr)
+        return 2
+    if args[0] not in COMMANDS:
+        import difflib
+        close = difflib.get_close_matches(args[0], COMMANDS, 1, 0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"cluster: unknown command {args[0]!r}{hint}; commands: "
+              f"{', '.join(COMMANDS)}; `cluster --help` says what each does", file=sys.stderr)
         return 2
     return COMMANDS[args[0]](args[1:])
 

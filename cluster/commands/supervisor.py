@@ -122,6 +122,7 @@ class Supervisor:
         self.roll_wanted = False  # SIGHUP, or a changed file under --reload
         self.roll: RollingRestart | None = None
         self.discovery = ""  # the coordinator's metrics host:port, serving /targets
+        self.endpoint = ""  # the coordinator's ZeroMQ endpoint (scripts' Publisher)
         self.own_keys: RunKeys | None = None  # a key directory we made, removed at stop
         self.reloader: threading.Thread | None = None
         self.reloader_stop = threading.Event()
@@ -178,6 +179,7 @@ class Supervisor:
         self._keys()
         config = self.config
         endpoint = self._start_coordinator() if not config.state_backend else config.coordinator
+        self.endpoint = "" if config.state_backend else endpoint
 
         gateways = []
         for i in range(config.gateways):
@@ -299,7 +301,8 @@ class Supervisor:
             self.reloader_ready.set()
             if not changes:
                 continue
-            names = sorted({os.path.relpath(path, root) for _change, path in changes})
+            base = root if os.path.isdir(root) else os.path.dirname(root)  # a lone module
+            names = sorted({os.path.relpath(path, base) for _change, path in changes})
             log.info("--reload: %s changed; rolling the workers", ", ".join(names[:5]))
             self.roll_wanted = True
 
@@ -322,14 +325,20 @@ class Supervisor:
             self.reloader.start()
             if not self.reloader_ready.wait(10):
                 log.warning("--reload: the watch did not start within 10s")
+        gateways, workers = self.config.gateways, self.config.workers
         print(f"cluster: {self.config.handler} on {', '.join(urls)} "
-              f"({self.config.gateways} gateways, {self.config.workers} workers)", flush=True)
+              f"({gateways} gateway{'s' * (gateways != 1)}, "
+              f"{workers} worker{'s' * (workers != 1)})", flush=True)
         if self.discovery:
             print(f"cluster: Prometheus discovery on http://{self.discovery}/targets",
                   flush=True)
         if self.config.keys:
             print(f"cluster: CURVE keys in {self.config.keys} (publisher.key_secret for "
                   f"scripts{'; removed at exit' if self.own_keys else ''})", flush=True)
+        if self.endpoint:
+            keys = f", keys={self.config.keys!r}" if self.config.keys else ", insecure=True"
+            print(f"cluster: coordinator on {self.endpoint}; from a script: "
+                  f"Publisher({self.endpoint!r}{keys})", flush=True)
         try:
             self.watch()
         finally:

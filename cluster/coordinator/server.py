@@ -24,7 +24,7 @@ from cluster.plumbing.config import CoordinatorConfig
 from cluster.plumbing.lifecycle import report_ready, run_until_signalled
 from cluster.plumbing.metrics import MetricsServer, metrics_page, target
 from cluster.plumbing.security import HANDSHAKE_FAILED, Plaintext, Security, for_process
-from cluster.plumbing.zmqio import Monitor, Pump
+from cluster.plumbing.zmqio import Monitor, Pump, bind
 
 log = logging.getLogger("cluster.coordinator")
 
@@ -52,7 +52,7 @@ class Coordinator:
         # 1,000 frames a ROUTER drops what does not fit, silently.
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        self.sock.bind(config.coordinator_bind)
+        bind(self.sock, config.coordinator_bind, "--coordinator-bind")
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.routes: dict[str, bytes] = {}  # member id -> ROUTER identity
         self.pump: Pump | None = None

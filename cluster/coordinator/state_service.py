@@ -35,7 +35,7 @@ from cluster.errors import StateError
 from cluster.plumbing import wire
 from cluster.plumbing.config import CoordinatorConfig
 from cluster.plumbing.security import Plaintext, Security
-from cluster.plumbing.zmqio import advertised
+from cluster.plumbing.zmqio import advertised, bind
 
 log = logging.getLogger("cluster.coordinator.state")
 
@@ -69,7 +69,7 @@ class StateService:
         # Only members may read the state: the PUB is a CURVE server like the ROUTER.
         (security or Plaintext()).server(self.pub)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
-        self.pub.bind(config.state_bind or f"{pub_host}:0")
+        bind(self.pub, config.state_bind or f"{pub_host}:0", "--state-bind")
         self.pub_endpoint = advertised(self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
                                        config.advertise_host)
         # (peer or None for our own expiries, rid, results, seq or 0, changes)

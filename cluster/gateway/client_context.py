@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cluster.errors import BadResponseHead
-from cluster.gateway import static
+from cluster.gateway import http_core, static
 from cluster.gateway.body_budget import UNLIMITED, BodyBudget
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import H2Limits
@@ -118,6 +118,14 @@ class ConnectionContext:
         self.timed_out: dict[str, int] = {}  # clients cut for a timeout, by phase
         # Unfinished request bodies, all connections together (--max-body-buffer).
         self.budget = budget if budget is not None else BodyBudget(UNLIMITED)
+        # A client that sent too much is told the limit and the flag; other refusals
+        # keep the generic phrase.
+        self.error_bodies = {413: b"Content Too Large: a request body here is at most %d "
+                                  b"bytes (--max-body)\n" % limits.max_body}
+
+    def error_body(self, status: int) -> bytes:
+        body = self.error_bodies.get(status)
+        return body if body is not None else http_core.status_body(status)
 
     def timed_out_in(self, phase: str) -> None:
         self.timed_out[phase] = self.timed_out.get(phase, 0) + 1

@@ -189,7 +189,7 @@ class H2Connection(asyncio.Protocol):
         extra = encode_fields(ERROR_HEADERS[event.status])[0] \
             if event.status in ERROR_HEADERS else b""
         self._respond_whole(event.stream_id, event.status, http_core.TEXT_PLAIN + extra,
-                            http_core.status_body(event.status))
+                            self.ctx.error_body(event.status))
         if event.status in (408, 413, 503):
             # Refused mid-body: the client must stop sending it (no error: RFC 9113 §8.1).
             self.core.reset(event.stream_id, ErrorCodes.NO_ERROR)
@@ -283,7 +283,7 @@ class H2Connection(asyncio.Protocol):
             return
         fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
         self.deliver(sink, {"more": False, "status": status, "head": fields,
-                            "body": http_core.status_body(status)})
+                            "body": self.ctx.error_body(status)})
 
     def _respond_whole(self, sid: int, status: int, fields: bytes, body: bytes) -> None:
         self.core.respond(sid, status, fields, self.ctx.date, content_length=len(body),

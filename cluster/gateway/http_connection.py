@@ -298,7 +298,7 @@ class HttpConnection(asyncio.Protocol):
             return
         fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
         self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False, "status": status,
-                          "head": fields, "body": http_core.status_body(status)})
+                          "head": fields, "body": self.ctx.error_body(status)})
 
     def _advance(self) -> None:
         """The head exchange finished: write the next ones that already have parts."""

@@ -36,7 +36,7 @@ from cluster.plumbing.http_fields import encode_fields
 from cluster.plumbing.lifecycle import report_ready, run_until_signalled, unless_stopped
 from cluster.plumbing.metrics import MetricsServer, metrics_page, target, targets_page
 from cluster.plumbing.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
-from cluster.plumbing.zmqio import Monitor, Pump, advertised
+from cluster.plumbing.zmqio import Monitor, Pump, advertised, bind
 
 log = logging.getLogger("cluster.gateway")
 T = TypeVar("T")
@@ -126,7 +126,7 @@ class Gateway:
         sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.bind(config.dispatch_bind)
+        bind(sock, config.dispatch_bind, "--dispatch-bind")
         endpoint = advertised(sock.getsockopt_string(zmq.LAST_ENDPOINT), config.advertise_host)
         self.dispatcher.pump = Pump(self.loop, sock, self.dispatcher.on_messages, routed=True,
                                     max_frame=config.max_frame,
@@ -345,7 +345,8 @@ def bind_listener(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(exc.errno, f"HTTP port {host}:{port} (--host, --port): "
+                                 f"{exc.strerror}") from None
     return sock

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from cluster.errors import ConfigError
 
@@ -186,6 +187,8 @@ class GatewayConfig(Common):
 @dataclass(frozen=True)
 class WorkerConfig(Common):
     handler: str = opt("", "the handler to run, as pkg.module:object", required=True)
+    app_dir: str = opt(".", "directory the handler's module is imported from (put first "
+                       "on the import path)")
     concurrency: int = opt(64, "requests this worker runs at once")
     prefetch: int = opt(1, "requests a gateway may send beyond --concurrency (credit per "
                         "gateway = concurrency + prefetch); they wait here, so a freed slot "
@@ -239,8 +242,13 @@ class RunConfig(GatewayConfig, WorkerConfig, CoordinatorConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.gateways < 1 or self.workers < 0:
-            raise ConfigError("--gateways must be >= 1 and --workers >= 0")
+        if self.gateways < 1 or self.workers < 1:
+            raise ConfigError("--gateways and --workers must be >= 1 (with no worker, "
+                              "every request would get 503)")
+        if self.coordinator != Common.coordinator:
+            raise ConfigError("--coordinator: cluster run starts a coordinator of its own; "
+                              "to join a running cluster, start cluster-gateway and "
+                              "cluster-worker with --coordinator")
         if self.child_timeout <= 2 * self.heartbeat_interval:
             raise ConfigError("--child-timeout must be more than 2 heartbeat intervals")
         if self.cpu != -1:
@@ -274,17 +282,122 @@ def _convert(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
         raise ConfigError(f"{source}: {raw!r} is not a valid {kind.__name__}") from None
 
 
+# `--help` shows these first, in this order: the dozen a newcomer needs. The rest
+# follow in named groups (GROUPS); a test checks that every flag has a group.
+COMMON = ("handler", "app_dir", "host", "port", "workers", "gateways", "reload",
+          "static", "data_dir", "certfile", "keyfile", "log_level", "coordinator",
+          "keys", "metrics_port")
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "HTTP limits and timeouts": (
+        "max_body", "max_body_buffer", "max_request_line", "max_header_bytes",
+        "max_header_count", "request_timeout", "header_timeout", "body_timeout",
+        "body_total_timeout", "send_timeout", "keepalive_timeout", "max_queue",
+        "max_pipeline", "defer_timeout", "max_connections", "wait_for_worker",
+        "access_log", "static_dotfiles", "dispatch_bind", "local_reply"),
+    "HTTP/2 and TLS": ("http2", "h2_max_streams", "h2_stall_timeout"),
+    "WebSocket": ("ws_ping_interval", "ws_ping_timeout", "ws_deflate", "ws_max_size",
+                  "ws_max_queue", "ws_origins"),
+    "worker": ("concurrency", "prefetch", "threads", "state_timeout",
+               "stream_stall_timeout", "gzip_min_size", "lifespan_timeout", "cpu",
+               "pin_workers"),
+    "coordinator and shared state": (
+        "state_backend", "coordinator_bind", "coordinator_port", "state_bind", "fsync",
+        "fsync_interval", "snapshot_every", "max_value", "max_keys", "history_size",
+        "history_ttl"),
+    "cluster links and keys": ("key_name", "insecure", "advertise_host", "max_frame",
+                               "heartbeat_interval", "heartbeat_liveness",
+                               "start_timeout"),
+    "processes and logs": ("log_format", "metrics_host", "shutdown_grace",
+                           "child_timeout", "ready_fd"),
+}
+
+
+class ShortErrors(argparse.ArgumentParser):
+    """A mistyped flag is one line naming it, the nearest real one and --help, not
+    the whole usage (argparse prints 44 lines of it before the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hint = ""
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        if unknown:
+            close = difflib.get_close_matches(unknown[0].partition("=")[0], flags, 1, 0.6)
+            message = f"unknown flag {unknown[0]}" if unknown[0].startswith("-") else \
+                f"unexpected argument {unknown[0]!r}"
+            hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{message}{hint}; `{self.prog} --help` lists the flags")
+
+
+class Switch(argparse.Action):
+    """A bool flag: `--reload` or `--no-reload` (`--reload false` works too)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        name = option_strings[0]
+        super().__init__([name, "--no-" + name[2:]], dest, nargs="?", **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, "false")
+        else:
+            setattr(namespace, self.dest, "true" if values is None else values)
+
+
+class Help(argparse.HelpFormatter):
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, Switch):
+            return "/".join(action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+
 def build_parser(cls: type[Common], prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    for f in dataclasses.fields(cls):
-        help_text = argparse.SUPPRESS if f.metadata.get("hidden") else (
-            f"{f.metadata['help']} [env {env_name(f.name)}, default {f.default!r}]")
-        # A bool flag alone means true (`--insecure`); `--ws-deflate false` turns one off.
-        switch: dict[str, Any] = {"nargs": "?", "const": "true"} \
-            if f.type in (bool, "bool") else {}
-        parser.add_argument(flag(f.name), dest=f.name, default=None, help=help_text,
-                            metavar=f.name.upper(), **switch)
+    required = " ".join(f"{flag(f.name)} {_metavar(f)}" for f in dataclasses.fields(cls)
+                        if f.metadata.get("required"))
+    parser = ShortErrors(prog=prog, description=description, formatter_class=Help,
+                         usage=f"{prog} {required + ' ' if required else ''}[flags]",
+                         add_help=False, epilog="Every flag has an environment twin: "
+                         "--max-body is CLUSTER_MAX_BODY. A flag wins over the environment, "
+                         "which wins over the default.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    common = parser.add_argument_group("common options")
+    common.add_argument("-h", "--help", action="help", help="show this help and exit")
+    sections = [(common, [n for n in COMMON if n in fields])]
+    sections += [(parser.add_argument_group(title), [n for n in names if n in fields])
+                 for title, names in GROUPS.items()]
+    for group, names in sections:
+        for name in names:
+            f = fields[name]
+            default = "" if f.default in ("", None) else f", default {f.default!r}"
+            if f.type in (bool, "bool"):
+                default = f", default {'on' if f.default else 'off'}"
+            help_text = argparse.SUPPRESS if f.metadata.get("hidden") else (
+                f"{f.metadata['help']} [{env_name(f.name)}{default}]")
+            if f.type in (bool, "bool"):
+                group.add_argument(flag(f.name), dest=f.name, default=None, help=help_text,
+                                   action=Switch, metavar="")
+            else:
+                group.add_argument(flag(f.name), dest=f.name, default=None, help=help_text,
+                                   metavar=_metavar(f))
     return parser
+
+
+METAVARS = {"handler": "PKG.MODULE:OBJ", "app_dir": "DIR", "host": "ADDRESS",
+            "static": "/URL=DIR", "data_dir": "DIR", "certfile": "FILE", "keyfile": "FILE",
+            "log_level": "LEVEL", "log_format": "FORMAT", "coordinator": "ENDPOINT",
+            "keys": "DIR", "key_name": "NAME", "state_backend": "etcd://HOST:PORT",
+            "coordinator_bind": "ENDPOINT", "state_bind": "ENDPOINT",
+            "dispatch_bind": "ENDPOINT", "advertise_host": "HOST", "metrics_host": "ADDRESS",
+            "fsync": "MODE", "ws_origins": "ORIGINS", "local_reply": "TEXT"}
+
+
+def _metavar(f: dataclasses.Field[Any]) -> str:
+    if f.name in METAVARS:
+        return METAVARS[f.name]
+    return "SECONDS" if str(f.type) == "float" else "N"
 
 
 def parse(cls: type[C], argv: Sequence[str] | None, prog: str, description: str,
@@ -319,6 +432,10 @@ def to_argv(config: Common) -> list[str]:
     argv: list[str] = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if value != f.default:
+        if value == f.default:
+            continue
+        if f.type in (bool, "bool"):
+            argv.append(flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        else:
             argv += [flag(f.name), str(value)]
     return argv

@@ -38,6 +38,10 @@ def setup_logging(level: str, role: str, fmt: str = "text") -> None:
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 
 
+# JSON escapes C0 itself; DEL and C1 (0x9b is a terminal's CSI) as \u00NN, still JSON.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in range(0x7f, 0xa0)}
+
+
 def escape_controls(text: str) -> str:
     return text.translate(_ESCAPES)
 
@@ -78,7 +82,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             # The traceback stays inside the one line, as a field.
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_JSON_ESCAPES)
 
 
 def raise_fd_limit() -> None:

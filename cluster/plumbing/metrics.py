@@ -328,8 +328,12 @@ class MetricsServer:
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _EndpointProtocol(self), host, port,
-                                               reuse_address=True)
+        try:
+            self.server = await loop.create_server(lambda: _EndpointProtocol(self), host,
+                                                   port, reuse_address=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics port {host}:{port} (--metrics-host, "
+                                     f"--metrics-port): {exc.strerror}") from None
         self.port = int(self.server.sockets[0].getsockname()[1])
         return self.port
 

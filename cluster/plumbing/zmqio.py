@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -43,6 +44,15 @@ PASS_BUDGET = 0.02
 
 FrameHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
 SendErrorHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
+
+
+def bind(sock: zmq.Socket[Any], endpoint: str, flag: str) -> None:
+    """Bind, or an OSError that names the endpoint and its flag ("Address already in
+    use" alone leaves a user guessing which of a process's ports it was)."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise OSError(exc.errno, f"{endpoint} ({flag}): {os.strerror(exc.errno or 0)}") from None
 
 
 def advertised(endpoint: str, advertise_host: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.app import App
+from cluster.errors import BadResponse
 from cluster.state import Backend, SharedState
 
 
@@ -62,6 +63,24 @@ def split_state(result: Any, view: SharedState) -> Any:
     return result
 
 
+def view_answer(result: Any, _view: SharedState) -> Any:
+    """What an App view returned, with Flask's tuples: `(body, status)` and
+    `(body, status, headers)` become the response dict; another tuple is an error
+    that says what to return (a JSON array is a list, not a tuple)."""
+    if not isinstance(result, tuple):
+        return result
+    if len(result) in (2, 3) and isinstance(result[1], int) and \
+            not isinstance(result[1], bool):
+        msg: dict[str, Any] = {"status": result[1], "body": result[0]}
+        if len(result) == 3:
+            msg["headers"] = result[2]
+        return msg
+    raise BadResponse(f"an App view returned a tuple of {len(result)} item"
+                      f"{'s' * (len(result) != 1)}; return (body, status), (body, status, "
+                      "headers), a dict with status/headers/body, or the body itself "
+                      "(a list for a JSON array)")
+
+
 class FunctionHandler:
     """`fun(req, state) -> (msg, state)` or `-> msg`, sync or async."""
 
@@ -102,8 +121,8 @@ class AppHandler:
             req["params"] = match.params
             req["state"] = state = SharedState(self.backend)
             view = match.route.view
-            return Invocation(view, (req,), match.params, self._is_async(view), state=state,
-                              route=match.route.pattern)
+            return Invocation(view, (req,), match.params, self._is_async(view),
+                              finish=view_answer, state=state, route=match.route.pattern)
         if match.allowed:
             allow = ", ".join(sorted(match.allowed))
             return ready({"status": 405, "headers": {"allow": allow},
@@ -112,8 +131,8 @@ class AppHandler:
             req["params"] = {}
             req["state"] = state = SharedState(self.backend)
             view = self.app.not_found_view
-            return Invocation(view, (req,), {}, self._is_async(view), state=state,
-                              route=NO_ROUTE)
+            return Invocation(view, (req,), {}, self._is_async(view), finish=view_answer,
+                              state=state, route=NO_ROUTE)
         return ready({"status": 404, "body": "Not Found\n"}, NO_ROUTE)
 
     def prepare_ws(self, req: dict[str, Any]) -> Invocation:

@@ -250,7 +250,7 @@ def serve(config: WorkerConfig) -> None:
         pin(config.cpu)
     security = for_process(config.keys, config.key_name, config.insecure, "worker",
                            wait=config.start_timeout)
-    handler = load_handler(config.handler)  # fails before any socket is opened
+    handler = load_handler(config.handler, config.app_dir)  # fails before any socket opens
     worker_id = f"wk-{uuid.uuid4().hex[:12]}"
 
     async def main(stop: asyncio.Event) -> None:

@@ -218,3 +218,11 @@ async def ahuge(req: dict[str, Any], mib: int) -> dict[str, Any]:
 @app.route("/stream-events")
 def stream_events(req: dict[str, Any]) -> list[str]:
     return STREAM_EVENTS
+
+
+@app.route("/flask/<int:status>")
+def flask_style(req: dict[str, Any], status: int) -> Any:
+    """Flask's tuples: (body, status) and (body, status, headers); anything else is 500."""
+    if status == 0:
+        return ("too", "many", "items", "here")
+    return ("made", status, {"X-Flask": "yes"}) if status == 201 else ("hello", status)

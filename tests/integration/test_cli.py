@@ -184,10 +184,80 @@ def test_routes_refuses_a_function() -> None:
     assert result.returncode == 2 and "not an App" in result.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["nope"]])
-def test_usage(args: list[str]) -> None:
-    result = cluster_cmd(*args)
+def test_usage() -> None:
+    result = cluster_cmd()
     assert result.returncode == 2 and "usage: cluster COMMAND" in result.stderr
+
+
+@pytest.mark.parametrize(("command", "hint"), [("frobnicate", ""),
+                                               ("rnu", " (did you mean run?)")])
+def test_an_unknown_command_says_so_in_one_line(command: str, hint: str) -> None:
+    result = cluster_cmd(command)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cluster: unknown command {command!r}{hint}; commands: run, routes, coordinator, "
+        "gateway, worker, keygen, probe, repair; `cluster --help` says what each does"]
+
+
+def test_version() -> None:
+    from importlib import metadata
+    result = cluster_cmd("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"cluster {metadata.version('cluster-server')} "
+                                    "(cluster-server, Python 3.")
+
+
+def test_a_mistyped_flag_is_one_line() -> None:
+    result = cluster_cmd("run", "--handler", "examples.hello:fun", "--wrokers", "2")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("cluster run: unknown flag --wrokers (did you mean "
+                                     "--workers?); `cluster run --help` lists the flags")
+
+
+def test_help_puts_the_common_flags_first_and_groups_the_rest() -> None:
+    out = cluster_cmd("run", "--help").stdout
+    assert out.startswith("usage: cluster run --handler PKG.MODULE:OBJ [flags]")
+    sections = [line for line in out.splitlines() if line.endswith(":") and
+                not line.startswith(" ")]
+    assert sections[0] == "common options:" and "WebSocket:" in sections
+    assert out.index("--handler") < out.index("--port") < out.index("HTTP limits")
+    assert "--reload/--no-reload" in out and "[RELOAD]" not in out
+    assert len(out.split("common options:")[1].split("\n\n")[0].splitlines()) < 45
+
+
+def test_an_import_error_in_the_handler_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("def fun(req, state):\n    return 'x'\n\nif (:\n")
+    (tmp_path / "raises.py").write_text("import os\n\nVALUE = int('x')\n")
+    for module, expected in (
+            ("broken", f"{tmp_path / 'broken.py'}:4: SyntaxError: "),
+            ("raises", f"{tmp_path / 'raises.py'}:3: ValueError: invalid literal")):
+        for command in ("run", "worker"):
+            result = cluster_cmd(command, "--handler", f"{module}:fun", "--app-dir",
+                                 str(tmp_path))
+            assert result.returncode == 2, result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            assert f"importing {module!r}: {expected}" in line, line
+
+
+def test_app_dir_finds_a_handler_elsewhere(tmp_path: Path) -> None:
+    (tmp_path / "hits.py").write_text(
+        "def fun(req, state):\n    return {'status': 200, 'body': 'from hits'}\n")
+    missing = cluster_cmd("run", "--handler", "hits:fun")
+    assert missing.returncode == 2
+    assert "no hits.py or package 'hits' in" in missing.stderr and "--app-dir" in missing.stderr
+    with cluster_run("--workers", "1", "--app-dir", str(tmp_path), handler="hits:fun") as run:
+        assert get(ports_of(run.banner)[0], "/").body == b"from hits"
+
+
+def test_a_body_over_the_limit_is_told_the_limit_and_the_flag() -> None:
+    with cluster_run("--workers", "1", "--max-body", "100") as run:
+        port = ports_of(run.banner)[0]
+        resp = get(port, "/post-only", method="POST", body=b"x" * 101)
+        assert resp.status == 413
+        assert resp.body == b"Content Too Large: a request body here is at most 100 bytes " \
+                            b"(--max-body)\n"
+        assert "coordinator on tcp://127.0.0.1:" in run.banner
+        assert "1 gateway, 1 worker)" in run.banner
 
 
 def test_help_lists_env_twins() -> None:

@@ -136,3 +136,11 @@ def test_only_the_suites_rfc_9113_allows(certificate: tuple[Path, Path], args: l
         assert (shaken and ("ALPN protocol: h2" in out or "h2" not in args)) == served, out
         if not served:
             gw.wait_log("TLS handshake failed")
+
+
+def test_the_banner_says_https_for_a_tls_port(certificate: tuple[Path, Path]) -> None:
+    from tests.integration.test_cli import cluster_run
+    cert, key = certificate
+    with cluster_run("--workers", "1", "--certfile", str(cert), "--keyfile", str(key)) as run:
+        assert "https://127.0.0.1:" in run.banner and "http://127.0.0.1:" not in \
+            run.banner.split("\n")[0]

@@ -139,3 +139,15 @@ def test_cookies_and_redirects(site: tuple[Cluster, Proc, Path]) -> None:
     assert resp.header("set-cookie") == "seen=yes; HttpOnly; Path=/"
     moved = get(port(gw), "/go")
     assert moved.status == 303 and moved.header("location") == "/items/1"
+
+
+def test_an_app_view_may_answer_as_flask_does(site: tuple[Cluster, Proc, Path]) -> None:
+    _, gw, _ = site
+    made = get(port(gw), "/flask/201")
+    assert (made.status, made.body, made.header("x-flask")) == (201, b"made", "yes")
+    assert (get(port(gw), "/flask/202").status, get(port(gw), "/flask/202").body) == \
+        (202, b"hello")
+    wrong = get(port(gw), "/flask/0")
+    assert wrong.status == 500
+    worker = next(p for p in site[0].procs if p.role == "worker")
+    assert "an App view returned a tuple of 4 items" in worker.wait_log("tuple of 4")

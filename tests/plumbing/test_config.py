@@ -44,3 +44,42 @@ def test_config_is_frozen_and_passes_to_children() -> None:
     gateway = subset(run, GatewayConfig, port=0)
     assert gateway.max_body == 5 and not hasattr(gateway, "workers")
     assert parse(GatewayConfig, to_argv(gateway), "t", "", {}) == gateway
+
+
+def test_every_flag_has_one_place_in_the_help() -> None:
+    import dataclasses
+
+    from cluster.plumbing.config import COMMON, GROUPS
+    placed = list(COMMON) + [n for names in GROUPS.values() for n in names]
+    assert len(placed) == len(set(placed))  # one place each
+    for cls in (RunConfig, GatewayConfig, WorkerConfig):
+        missing = {f.name for f in dataclasses.fields(cls)} - set(placed)
+        assert not missing, missing
+
+
+@pytest.mark.parametrize(("argv", "value"), [
+    ([], False), (["--reload"], True), (["--no-reload"], False), (["--reload", "false"], False),
+    (["--reload", "true"], True),
+])
+def test_switches_read_both_ways(argv: list[str], value: bool) -> None:
+    config = parse(RunConfig, ["--handler", "a:b", *argv], "t", "", {})
+    assert config.reload is value
+
+
+def test_a_switch_turned_off_reaches_a_child() -> None:
+    run = parse(RunConfig, ["--handler", "a:b", "--no-http2", "--no-pin-workers"], "t", "", {})
+    argv = to_argv(subset(run, GatewayConfig))
+    assert "--no-http2" in argv and parse(GatewayConfig, argv, "t", "", {}).http2 is False
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--prot", "80"], r"unknown flag --prot \(did you mean --port\?\); `t --help`"),
+    (["--handler", "a:b", "stray"], "unexpected argument 'stray'"),
+    (["--handler", "a:b", "--workers", "0"], "--workers must be >= 1"),
+    (["--handler", "a:b", "--coordinator", "tcp://10.0.0.1:15999"],
+     "cluster run starts a coordinator of its own"),
+    (["--no-reload=1", "--handler", "a:b"], "takes no value"),
+])
+def test_a_mistake_is_one_short_line(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(RunConfig, argv, "t", "", {})
