@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 HANDLER ?= examples.hello:fun
 PORT    ?= 8000
 
-.PHONY: run test lint typecheck unit integration conformance compose-test bench loadtest clean
+.PHONY: run test test-stress lint typecheck unit integration conformance compose-test bench \
+        loadtest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,17 @@ run: $(RUN_STAMP)
 ## make test: lint, type-check, then every test (real processes on 127.0.0.1)
 test: lint typecheck $(TOOLS)
 	$(BIN)/pytest -q --cov --cov-report=term --cov-report=html:reports/coverage
+
+## make test-stress: the suite as on a busy machine: two busy loops run beside it (one
+## per core here), STRESS_RUNS times in a row (default 3), stopping at the first red run
+STRESS_RUNS ?= 3
+test-stress: lint typecheck $(TOOLS)
+	@sh -c 'while :; do :; done' & one=$$!; sh -c 'while :; do :; done' & two=$$!; \
+	trap 'kill $$one $$two' EXIT INT TERM; \
+	for run in $$(seq $(STRESS_RUNS)); do \
+	  echo "== run $$run of $(STRESS_RUNS), beside two busy loops (pids $$one $$two)"; \
+	  $(BIN)/pytest -q || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check cluster tests examples loadtests

@@ -2,9 +2,10 @@
 
 Pure: no sockets, time passed in. The coordinator is the one place every publish of
 a group passes, so it numbers them: offsets 1, 2, 3... per group, under an epoch
-that is new each time the coordinator starts (history lives in memory; a client
-holding an offset of another epoch cannot be told what it missed). A group keeps at
-most `size` messages, none older than `ttl` seconds.
+that is new each time the coordinator starts, unless `--data-dir` keeps the history
+(history_log.py restores the book and its epoch); a client holding an offset of
+another epoch cannot be told what it missed. A group keeps at most `size` messages,
+none older than `ttl` seconds.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ class HistoryBook:
             history.messages.popleft()
         self._trim(history, now)
         return history.last
+
+    def restore(self, group: str, offset: int, at: float | None = None,
+                data: Any = None) -> None:
+        """A message (or, with no `at`, only the group's position) read back from the
+        disk, in offset order."""
+        history = self.groups.get(group)
+        if history is None:
+            history = self.groups[group] = GroupHistory()
+        history.last = max(history.last, offset)
+        if at is not None:
+            history.messages.append((offset, at, data))
+            while len(history.messages) > self.size:
+                history.messages.popleft()
 
     def since(self, group: str, epoch: str | None, offset: int | None, now: float
               ) -> tuple[list[list[Any]], bool]:

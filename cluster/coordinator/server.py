@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from cluster.coordinator.history import HistoryBook
+from cluster.coordinator.history_log import HistoryLog
 from cluster.coordinator.membership import Membership
 from cluster.coordinator.metrics import CoordinatorMetrics
 from cluster.coordinator.state_service import StateService
@@ -43,6 +45,11 @@ class Coordinator:
         self.gatekeeper = self.security.gatekeeper(ctx)
         self.membership = Membership(config.peer_expiry)
         self.history = HistoryBook(config.history_size, config.history_ttl)
+        self.history_log: HistoryLog | None = None
+        if config.data_dir:
+            self.history_log = HistoryLog(Path(config.data_dir), config.fsync,
+                                          compact_after=config.snapshot_every)
+            self.history_log.open(self.history, time.monotonic())
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.security.server(self.sock)
@@ -91,6 +98,8 @@ class Coordinator:
             self.pump.close()
         if self.state is not None:
             self.state.close()
+        if self.history_log is not None:
+            self.history_log.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
 
@@ -149,6 +158,12 @@ class Coordinator:
         """Number the group's message, keep it, and hand it to every gateway: the one
         place all of a group's publishes pass, so its offsets are one order."""
         offset = self.history.publish(group, data, now)
+        if self.history_log is not None:
+            # On disk before any gateway has it: a coordinator killed now comes back
+            # with this offset given, never to give it again (history_log.py).
+            self.history_log.append(group, offset, data)
+            if self.history_log.due():
+                self.history_log.compact(self.history, now)
         env = wire.envelope(wire.HISTORY_MESSAGE, group=group, epoch=self.history.epoch,
                             offset=offset, data=data)
         for member in self.membership.members.values():
@@ -181,6 +196,8 @@ class Coordinator:
             ticks += 1
             if ticks % 4 == 0 and self.state is not None:
                 self.state.tick()
+            if self.history_log is not None:
+                self.history_log.sync()  # batch: a quarter heartbeat at most unsynced
             gone = self.membership.expire(time.monotonic())
             for member in gone:
                 self.routes.pop(member.id, None)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import time
 import zlib
@@ -60,7 +61,9 @@ def frame(payload: bytes) -> bytes:
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-_ARRAY_OF_TWO = 0x92  # msgpack's first byte of every payload: [seq, changes]
+# msgpack's first byte of a short array: every record's payload begins with one.
+_SHORT_ARRAY = re.compile(b"[\x90-\x9f]")
+Shape = Callable[[Any], bool]
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class _Bad:
     checksummed: bool  # the checksum held: the content is wrong, not torn
 
 
-def _record_at(data: bytes, pos: int) -> tuple[Any, int] | _Bad:
+def _record_at(data: bytes, pos: int, shape: Shape) -> tuple[Any, int] | _Bad:
     """The record at `pos` and where it ends; or why there is none there."""
     if pos + HEADER.size > len(data):
         return _Bad("a record header cut short", False)
@@ -106,37 +109,38 @@ def _record_at(data: bytes, pos: int) -> tuple[Any, int] | _Bad:
         record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception:  # msgpack raises several kinds for garbage
         return _Bad("a checksummed record that is not msgpack", True)
-    if not _well_formed(record):
-        return _Bad("a checksummed record that is not [seq, changes]", True)
+    if not shape(record):
+        return _Bad("a checksummed record of the wrong shape"
+                    + (" (not [seq, changes])" if shape is _well_formed else ""), True)
     return record, end
 
 
-def _records_after(data: bytes, pos: int) -> int:
+def _records_after(data: bytes, pos: int, shape: Shape) -> int:
     """How many whole records stand after damage at `pos`: found by looking for the
     next place a well-formed, checksummed record begins, then reading on from it."""
-    at = data.find(bytes([_ARRAY_OF_TWO]), pos + 1 + HEADER.size)
-    while at != -1:
-        if not isinstance(_record_at(data, at - HEADER.size), _Bad):
-            count, here = 0, at - HEADER.size
-            while here < len(data):
-                step = _record_at(data, here)
-                if isinstance(step, _Bad):
-                    break
-                count, here = count + 1, step[1]
-            return count
-        at = data.find(bytes([_ARRAY_OF_TWO]), at + 1)
+    for candidate in _SHORT_ARRAY.finditer(data, pos + 1 + HEADER.size):
+        here = candidate.start() - HEADER.size
+        if isinstance(_record_at(data, here, shape), _Bad):
+            continue
+        count = 0
+        while here < len(data):
+            step = _record_at(data, here, shape)
+            if isinstance(step, _Bad):
+                break
+            count, here = count + 1, step[1]
+        return count
     return 0
 
 
-def scan(data: bytes) -> tuple[list[Any], int, Damage | None]:
+def scan(data: bytes, shape: Shape = _well_formed) -> tuple[list[Any], int, Damage | None]:
     """The whole records from the start of `data`, the length they take, and the
-    damage that stopped the reading, if any."""
+    damage that stopped the reading, if any. `shape` says what a record must be."""
     records: list[Any] = []
     pos = 0
     while pos < len(data):
-        found = _record_at(data, pos)
+        found = _record_at(data, pos, shape)
         if isinstance(found, _Bad):
-            return records, pos, Damage(pos, found.reason, _records_after(data, pos),
+            return records, pos, Damage(pos, found.reason, _records_after(data, pos, shape),
                                         found.checksummed)
         records.append(found[0])
         pos = found[1]

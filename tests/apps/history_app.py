@@ -23,6 +23,10 @@ async def feed(req: dict[str, Any], room: str) -> dict[str, Any] | None:
         if since:
             sub["since"] = [epoch, int(offset) if offset.isdigit() else -1]
         return {"accept": True, "subscribe": sub}
+    if req["type"] == "ws.message" and req["text"] == "?":
+        # "Are you there?": answered on the same ordered link as the accept and its
+        # subscription, so the answer means the subscription is in place.
+        return {"send": "!"}
     if req["type"] == "ws.message" and req["text"]:
         if req["query"].get("plain"):  # the benchmark's comparison: no history
             broadcast(room, req["text"])
@@ -47,5 +51,7 @@ async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "websocket.disconnect":
             return
-        if message.get("text"):
+        if message.get("text") == "?":  # after subscribe(): its answer means it is in place
+            await send({"type": "websocket.send", "text": "!"})
+        elif message.get("text"):
             publish(room, message["text"])

@@ -42,6 +42,14 @@ def open_talker(port: int) -> ClientConnection:
     return ws_connect(f"ws://127.0.0.1:{port}/feed/room?talk_only=1", legacy=True)
 
 
+def in_place(*feeds: ClientConnection) -> None:
+    """Each feed's subscription is in place at its gateway: the app answers "?" on the
+    same ordered link as the subscription, so "!" back means it was applied."""
+    for ws in feeds:
+        ws.send("?")
+        assert ws.recv(10) == "!"
+
+
 def frames(ws: ClientConnection, until: Any, timeout: float = 10) -> list[dict[str, Any]]:
     """Decoded frames until `until(list so far)` holds."""
     got: list[dict[str, Any]] = []
@@ -58,7 +66,7 @@ def test_a_reconnecting_client_gets_what_it_missed_once_and_in_order(
     _c, (first, second) = two_gateways
     publisher = open_talker(second)
     reader = open_feed(first)
-    time.sleep(0.3)  # both subscriptions in place at their gateways
+    in_place(reader)
     for i in range(5):
         publisher.send(f"m{i}")
     seen = frames(reader, lambda got: len(got) == 5)
@@ -102,7 +110,7 @@ def test_too_old_or_another_epoch_is_said_plainly(
     publisher = open_talker(second)
     reader = open_feed(first)
     witness = open_feed(second)  # stays, to see the publishes through
-    time.sleep(0.3)  # both subscriptions in place at their gateways
+    in_place(reader, witness)
     publisher.send("first")
     epoch = frames(reader, lambda got: len(got) == 1)[0]["epoch"]
     reader.close()
@@ -126,7 +134,7 @@ def test_a_burst_of_publishes_loses_none(two_gateways: tuple[Cluster, list[int]]
     _c, (first, second) = two_gateways
     readers = [open_feed(first), open_feed(second)]
     talker = open_talker(first)
-    time.sleep(0.3)  # both subscriptions in place at their gateways
+    in_place(*readers)
     for i in range(2000):
         talker.send(f"b{i}")
     for reader in readers:
@@ -142,7 +150,7 @@ def test_a_publisher_outside_the_cluster_publishes_with_history(
 
     c, (first, second) = two_gateways
     readers = [open_feed(first), open_feed(second)]
-    time.sleep(0.3)  # both subscriptions in place at their gateways
+    in_place(*readers)
     with Publisher(c.endpoint, keys=c.keys) as pub:
         for i in range(3):
             pub.publish("room", {"n": i})
@@ -150,3 +158,54 @@ def test_a_publisher_outside_the_cluster_publishes_with_history(
         got = frames(reader, lambda got: len(got) == 3)
         assert [(f["offset"], f["data"]) for f in got] == [(i + 1, {"n": i}) for i in range(3)]
         reader.close()
+
+
+def test_history_survives_a_coordinator_killed_mid_publish(tmp_path: Any) -> None:
+    """With --data-dir the coordinator writes each message before any gateway has it:
+    SIGKILL while a room talks, a restart, and a client that comes back through the
+    other gateway gets the exact sequence under the same epoch."""
+    with cluster() as c:
+        c.coordinator.terminate()
+        coordinator = ["--coordinator-bind", c.endpoint, "--data-dir", str(tmp_path / "d")]
+        c.coordinator = c.start("coordinator", *coordinator)
+        first, second = int(c.gateway().ready["port"]), int(c.gateway().ready["port"])
+        c.worker(APP)
+        talker, reader, witness = open_talker(second), open_feed(first), open_feed(first)
+        in_place(reader, witness)
+        stop = threading.Event()
+        sent: list[str] = []
+
+        def keep_talking() -> None:
+            i = 0
+            while not stop.is_set():
+                sent.append(f"k{i}")
+                talker.send(f"k{i}")
+                i += 1
+                time.sleep(0.005)  # the publish rate: the kill falls among publishes
+
+        thread = threading.Thread(target=keep_talking)
+        thread.start()
+        seen = frames(reader, lambda got: len(got) == 20)
+        epoch, offset = seen[-1]["epoch"], seen[-1]["offset"]
+        reader.close()
+        c.coordinator.kill()  # SIGKILL, mid-publish
+        c.coordinator = c.start("coordinator", *coordinator)
+        # Publishing numbers again under the same epoch once everyone is back.
+        frames(witness, lambda got: bool(got) and got[-1]["offset"] > offset + 40 and
+               got[-1]["epoch"] == epoch, timeout=30)
+        stop.set()
+        thread.join(10)
+        talker.send("end")
+        back = open_feed(second, f"{epoch}:{offset}")
+        got = frames(back, lambda got: bool(got) and got[-1].get("data") == "end", timeout=30)
+        assert got[0] == {"group": "room", "epoch": epoch, "recovered": True}
+        offsets = [f["offset"] for f in got[1:]]
+        assert offsets == list(range(offset + 1, offset + 1 + len(offsets)))  # no gap, none twice
+        data = [f["data"] for f in got[1:-1]]
+        assert data == sorted(data, key=lambda d: int(d[1:]))  # in the order sent
+        assert set(data) <= set(sent) and int(data[0][1:]) > int(seen[-1]["data"][1:])
+        witnessed = {f["offset"]: f["data"] for f in frames(witness, lambda got: bool(got) and
+                                                            got[-1].get("data") == "end")}
+        assert all(witnessed.get(f["offset"], f["data"]) == f["data"] for f in got[1:])
+        for ws in (back, witness, talker):
+            ws.close()

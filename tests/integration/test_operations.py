@@ -165,6 +165,18 @@ def test_reload_rolls_the_workers_when_a_python_file_changes() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_reload_of_a_lone_module_names_the_file(tmp_path: Path) -> None:
+    handler = tmp_path / "lone.py"
+    handler.write_text("def fun(req, state):\n    return {'body': 'one'}, state\n")
+    with cluster_run("--reload", "--workers", "1", "--app-dir", str(tmp_path),
+                     handler="lone:fun") as run:
+        port = ports_of(run.banner)[0]
+        assert get(port, "/").body == b"one"
+        handler.write_text("def fun(req, state):\n    return {'body': 'two'}, state\n")
+        wait_for(lambda: get(port, "/").body == b"two", 20, "the reload")
+        assert "--reload: lone.py changed; rolling the workers" in run.log()
+
+
 # -- drain on SIGTERM ----------------------------------------------------------------
 
 def test_a_gateway_drains_on_sigterm() -> None:

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.harness import Cluster, cluster, wait_for
+from tests.harness import Cluster, cluster
 
 APP = "tests.apps.shard_app:app"
 ROOMS = 12  # with 2 workers, all on one worker has odds 2 in 4,096
@@ -43,21 +43,21 @@ def receive(ws: ClientConnection, count: int, timeout: float = 20) -> list[dict[
     return [json.loads(ws.recv(max(0.05, deadline - time.monotonic()))) for _ in range(count)]
 
 
-def talk(ws: ClientConnection, room: str, who: int, count: int, pause: float = 0) -> None:
+def talk(ws: ClientConnection, room: str, who: int, count: int) -> None:
     for i in range(count):
         ws.send(f"{room}/{who}/{i}")
-        if pause:
-            time.sleep(pause)  # the send rate, so the talk spans a membership change
 
 
-def check_room(seen: list[dict[str, Any]], talkers: int, count: int) -> None:
-    """Every message once; each talker's in its order; numbers 1, 2, ... per worker."""
+def check_room(seen: list[dict[str, Any]], talkers: int, count: int | dict[str, int]) -> None:
+    """Every message once; each talker's in its order; numbers 1, 2, ... per worker.
+    `count`: what each talker sent, or per talker ("room/who")."""
     texts = [f["text"] for f in seen]
-    assert sorted(texts) == sorted(f"{t}/{i}" for t in talkers_of(seen) for i in range(count))
+    sent = count if isinstance(count, dict) else dict.fromkeys(talkers_of(seen), count)
+    assert sorted(texts) == sorted(f"{t}/{i}" for t in sent for i in range(sent[t]))
     assert len(talkers_of(seen)) == talkers
     for talker in talkers_of(seen):
         mine = [int(t.rsplit("/", 1)[1]) for t in texts if t.rsplit("/", 1)[0] == talker]
-        assert mine == list(range(count))
+        assert mine == list(range(sent[talker]))
     by_pid: dict[int, list[int]] = {}
     for f in seen:
         by_pid.setdefault(f["pid"], []).append(f["n"])
@@ -129,26 +129,41 @@ def test_a_worker_that_joins_takes_its_rooms_without_loss_or_reordering(
     for members in rooms.values():
         assert {whoami(ws) for ws in members} == {old.pid}
     # Faster than the handler's 5 ms per message: each room has a backlog at the
-    # worker when the new one joins, which the move must wait for.
-    count = 120
-    threads = [threading.Thread(target=talk, args=(ws, room, who, count, 0.005))
+    # worker when the new one joins, which the move must wait for. Every talker goes
+    # on until 40 of its messages were sent after the new worker was ready (every
+    # gateway had welcomed it, so its moves had begun): the join falls inside the
+    # talk however slow the machine is, rather than inside a time that may be over.
+    joined = threading.Event()
+    sent: dict[str, int] = {}
+
+    def talk_across_the_join(ws: ClientConnection, room: str, who: int) -> None:
+        i = after = 0
+        while after < 40:
+            ws.send(f"{room}/{who}/{i}")
+            i += 1
+            after += joined.is_set()
+            time.sleep(0.005)  # the send rate, so the talk spans the membership change
+        sent[f"{room}/{who}"] = i
+
+    threads = [threading.Thread(target=talk_across_the_join, args=(ws, room, who))
                for room, members in rooms.items() for who, ws in enumerate(members)]
     for t in threads:
         t.start()
-    wait_for(lambda: any(t.is_alive() for t in threads), 5, "talk under way")
     new = c.worker(APP)  # joins while every room is talking
+    joined.set()
+    for t in threads:
+        t.join(60)
     moved = 0
-    for members in rooms.values():
-        heard = [receive(ws, 2 * count, timeout=30) for ws in members]
+    for room, members in rooms.items():
+        mine = {k: v for k, v in sent.items() if k.startswith(f"{room}/")}
+        heard = [receive(ws, sum(mine.values()), timeout=30) for ws in members]
         assert heard[0] == heard[1]
-        check_room(heard[0], 2, count)
+        check_room(heard[0], 2, mine)
         pids = [f["pid"] for f in heard[0]]
         if new.pid in pids:  # moved once, at one point: no message of the old after
             moved += 1
             seam = pids.index(new.pid)
             assert set(pids[:seam]) == {old.pid} and set(pids[seam:]) == {new.pid}
-    for t in threads:
-        t.join(10)
     assert moved > 0
     for members in rooms.values():
         assert len({whoami(ws) for ws in members}) == 1
