@@ -42,6 +42,14 @@ class HistoryBook:
         self._trim(history, now)
         return history.last
 
+    def withdraw(self, group: str) -> None:
+        """Take back the group's newest message, which could not be kept on disk: its
+        offset is given again to the next one, as no client ever saw it."""
+        history = self.groups[group]
+        if history.messages and history.messages[-1][0] == history.last:
+            history.messages.pop()
+        history.last -= 1
+
     def restore(self, group: str, offset: int, at: float | None = None,
                 data: Any = None) -> None:
         """A message (or, with no `at`, only the group's position) read back from the

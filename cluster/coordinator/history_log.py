@@ -37,7 +37,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from cluster.coordinator.history import HistoryBook
-from cluster.coordinator.wal import FILE_MODE, frame, make_private, scan
+from cluster.coordinator.wal import frame, make_private, scan, write_atomically
 
 log = logging.getLogger("cluster.coordinator.history")
 
@@ -76,6 +76,8 @@ class HistoryLog:
         self.fd = -1
         self.records = 0
         self.unsynced = False
+        self.refused = 0  # publishes dropped because they could not be written
+        self.size = 0  # bytes in the file
 
     def open(self, book: HistoryBook, now: float) -> None:
         """Fill `book` from the file (its epoch too, when it can be trusted), then
@@ -106,9 +108,17 @@ class HistoryLog:
         self._rewrite(book, now)
 
     def append(self, group: str, offset: int, data: Any) -> None:
-        """One publish, written before it is sent anywhere."""
-        self._write(frame(msgpack.packb(["m", group, offset, time.time(), data],
-                                        use_bin_type=True)))
+        """One publish, written before it is sent anywhere; OSError (a full disk) leaves
+        no part of it in the file."""
+        record = frame(msgpack.packb(["m", group, offset, time.time(), data],
+                                     use_bin_type=True))
+        size = self.size
+        try:
+            self._write(record)
+        except OSError:
+            os.ftruncate(self.fd, size)
+            self.size = size
+            raise
         self.records += 1
         if self.always:
             self.sync()
@@ -134,14 +144,16 @@ class HistoryLog:
 
     def _write(self, data: bytes) -> None:
         written = 0
-        while written < len(data):
-            written += os.write(self.fd, data[written:])
-        self.unsynced = True
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        finally:
+            self.size += written
+            self.unsynced = True
 
     def _rewrite(self, book: HistoryBook, now: float) -> None:
         """A new file with the epoch and what the book keeps, put in place atomically.
         `now` is the book's clock (monotonic); the file holds wall-clock times."""
-        tmp = self.path.with_suffix(".log.tmp")
         parts = [frame(msgpack.packb(["epoch", book.epoch, self.boot()]))]
         wall = time.time()
         for group, history in book.groups.items():
@@ -149,20 +161,11 @@ class HistoryLog:
             for offset, at, message in history.messages:
                 parts.append(frame(msgpack.packb(["m", group, offset, wall - (now - at),
                                                   message], use_bin_type=True)))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            os.write(fd, b"".join(parts))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        data = b"".join(parts)
+        write_atomically(self.path, data)
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self.size = len(data)
         self.records = 0
         self.unsynced = False

@@ -161,9 +161,16 @@ class Coordinator:
         if self.history_log is not None:
             # On disk before any gateway has it: a coordinator killed now comes back
             # with this offset given, never to give it again (history_log.py).
-            self.history_log.append(group, offset, data)
-            if self.history_log.due():
-                self.history_log.compact(self.history, now)
+            try:
+                self.history_log.append(group, offset, data)
+                if self.history_log.due():
+                    self.history_log.compact(self.history, now)
+            except OSError as exc:  # a full disk: not kept, so not sent, no offset spent
+                self.history.withdraw(group)
+                self.history_log.refused += 1
+                log.error("history: cannot write %s's message to disk (%s); dropped",
+                          group, exc)
+                return
         env = wire.envelope(wire.HISTORY_MESSAGE, group=group, epoch=self.history.epoch,
                             offset=offset, data=data)
         for member in self.membership.members.values():

@@ -162,6 +162,30 @@ def repair(directory: Path) -> tuple[int, Damage | None]:
     return len(records), damage
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """`path` holds `data` whole or not at all, across a crash too: written beside it,
+    fsynced, renamed over it, and the rename made durable (the directory fsynced)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:  # a short write is possible when the disk is nearly full
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def make_private(directory: Path) -> None:
     """The data directory 0700 and what is in it 0600, made or mended."""
     directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -288,22 +312,9 @@ class WriteAheadLog:
 
     def snapshot(self, seq: int, entries: list[list[Any]]) -> None:
         self.sync()
-        tmp = self.snapshot_path.with_suffix(".snapshot.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            with open(fd, "wb") as f:
-                f.write(frame(msgpack.packb([seq, entries], use_bin_type=True)))
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError:
-            tmp.unlink(missing_ok=True)  # the old snapshot and the log stand
-            raise
-        os.replace(tmp, self.snapshot_path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # On failure the old snapshot and the log stand: nothing is lost.
+        write_atomically(self.snapshot_path,
+                         frame(msgpack.packb([seq, entries], use_bin_type=True)))
         os.ftruncate(self.fd, 0)
         os.fsync(self.fd)
         self.bytes = self.written = 0

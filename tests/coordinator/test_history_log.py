@@ -120,3 +120,31 @@ def test_the_file_is_private(tmp_path: Path) -> None:
     log, _ = opened(tmp_path / "data")
     log.close()
     assert (tmp_path / "data" / "history.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_publish_the_disk_refuses_is_taken_back_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from cluster.coordinator import history_log as module
+    log, history = opened(tmp_path)
+    publish(log, history, "room", "m0")
+    size = (tmp_path / "history.log").stat().st_size
+    real = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:  # a disk that fills mid-record
+        if len(data) > 4:
+            return real(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module.os, "write", half_then_full)
+    offset = history.publish("room", "m1", 1000.0)
+    with pytest.raises(OSError):
+        log.append("room", offset, "m1")
+    history.withdraw("room")
+    monkeypatch.setattr(module.os, "write", real)
+    assert (tmp_path / "history.log").stat().st_size == size  # no torn record left
+    assert publish(log, history, "room", "m2") == 2  # the offset no client saw, again
+    log.close()
+    _, restored = opened(tmp_path)
+    assert restored.since("room", history.epoch, 0, 1000.0) == ([[1, "m0"], [2, "m2"]], True)
