@@ -311,7 +311,15 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         try:
-            root = handler_root(self.config.handler) if self.config.reload else ""
+            if self.config.reload:
+                # Watching before anything serves: an edit made as soon as the first
+                # answer comes is seen (it rolls the workers once they are up).
+                root = handler_root(self.config.handler)
+                self.reloader = threading.Thread(target=self._watch_files, args=(root,),
+                                                 name="reload", daemon=True)
+                self.reloader.start()
+                if not self.reloader_ready.wait(10):
+                    log.warning("--reload: the watch did not start within 10s")
             urls = self.start()
         except ChildFailed as exc:
             log.error("%s", exc)
@@ -319,12 +327,6 @@ class Supervisor:
             if self.own_keys is not None:
                 self.own_keys.remove()
             return 1
-        if self.config.reload:
-            self.reloader = threading.Thread(target=self._watch_files, args=(root,),
-                                             name="reload", daemon=True)
-            self.reloader.start()
-            if not self.reloader_ready.wait(10):
-                log.warning("--reload: the watch did not start within 10s")
         gateways, workers = self.config.gateways, self.config.workers
         print(f"cluster: {self.config.handler} on {', '.join(urls)} "
               f"({gateways} gateway{'s' * (gateways != 1)}, "

@@ -66,6 +66,9 @@ class Dispatcher:
         self.pending: dict[int, Exchange] = {}
         # Deferred requests: answered later by any worker; ordered by deadline too.
         self.deferred: dict[int, Exchange] = {}
+        # Requests answered by reply() before their worker's DEFERRED came (the two
+        # travel on different links): the DEFERRED still returns the worker's credit.
+        self.replied_early: set[int] = set()
         self.defer_timeout = defer_timeout
         self.waiting: deque[Exchange] = deque()
         self._links: list[WorkerLink] = []  # self.workers' values, for rotation
@@ -191,16 +194,27 @@ class Dispatcher:
                 if ex is not None and ex.worker == peer:
                     # The worker is done with it: its credit comes back now.
                     del self.pending[ex.id]
-                    ex.deadline = now + self.defer_timeout
-                    self.deferred[ex.id] = ex
+                    if ex.id in self.replied_early:
+                        self.replied_early.discard(ex.id)  # and it is answered already
+                    else:
+                        ex.deadline = now + self.defer_timeout
+                        self.deferred[ex.id] = ex
                     if link is not None:
                         returned = _give_back(link)
+                elif link is not None:  # after its 504, or from a worker we gave up on
+                    returned = _give_back(link)
             elif kind == wire.DEFERRED_REPLY:
                 ex = self.deferred.pop(msg["id"], None)
                 if ex is None:
-                    log.info("reply to request %d, which is not waiting (answered, timed "
-                             "out or unknown); dropped", msg["id"])
-                else:
+                    # Another worker's reply() can overtake the DEFERRED of the worker
+                    # that deferred it: the request is still pending then.
+                    ex = self.pending.get(msg["id"])
+                    if ex is None or ex.id in self.replied_early:
+                        log.info("reply to request %d, which is not waiting (answered, "
+                                 "timed out or unknown); dropped", msg["id"])
+                        continue
+                    self.replied_early.add(ex.id)
+                if ex is not None:
                     ex.sink.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
                                          "status": msg["status"], "head": msg["head"],
                                          "body": msg["body"]})
@@ -268,6 +282,9 @@ class Dispatcher:
         """Answer every request past its deadline (called several times a second)."""
         now = self.loop.time()
         for ex in _take_due(self.pending, now):
+            if ex.id in self.replied_early:  # answered; its worker never said DEFERRED
+                self.replied_early.discard(ex.id)
+                continue
             log.warning("request %d: no response from worker within %.1fs; 504",
                         ex.id, self.request_timeout)
             ex.sink.deliver_error(ex, 504)
@@ -292,6 +309,9 @@ class Dispatcher:
         lost = [ex for ex in self.pending.values() if ex.worker == ident]
         for ex in lost:
             del self.pending[ex.id]
+            if ex.id in self.replied_early:  # answered by another worker's reply()
+                self.replied_early.discard(ex.id)
+                continue
             if ex.sink.closed:
                 continue
             if ex.retryable and self.workers:

@@ -23,7 +23,7 @@ limit is ever buffered:
   `BodyBudget`, and a request that finds no room is 503.
 
 Nothing here reads a clock or touches a socket; timeouts live in the asyncio layer,
-which asks `awaiting_headers` to know whether a request has started.
+which asks `awaiting_headers` and `awaiting_body` where a request stands.
 """
 
 from __future__ import annotations

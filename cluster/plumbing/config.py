@@ -13,7 +13,7 @@ import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from cluster.errors import ConfigError
 
@@ -228,6 +228,10 @@ class WorkerConfig(Common):
 class RunConfig(GatewayConfig, WorkerConfig, CoordinatorConfig):
     """`cluster run`: everything a gateway and a worker take, plus the counts."""
 
+    # Flags of the roles that `cluster run` sets itself: not in its --help.
+    NOT_IN_HELP: ClassVar[frozenset[str]] = frozenset({"coordinator", "coordinator_bind",
+                                                       "cpu"})
+
     gateways: int = opt(1, "gateway processes (ports PORT .. PORT+N-1)")
     workers: int = opt(2, "worker processes")
     coordinator_port: int = opt(0, "coordinator port on 127.0.0.1 (0: any free port)")
@@ -374,7 +378,8 @@ def build_parser(cls: type[Common], prog: str, description: str) -> argparse.Arg
             default = "" if f.default in ("", None) else f", default {f.default!r}"
             if f.type in (bool, "bool"):
                 default = f", default {'on' if f.default else 'off'}"
-            help_text = argparse.SUPPRESS if f.metadata.get("hidden") else (
+            hidden = f.metadata.get("hidden") or name in getattr(cls, "NOT_IN_HELP", ())
+            help_text = argparse.SUPPRESS if hidden else (
                 f"{f.metadata['help']} [{env_name(f.name)}{default}]")
             if f.type in (bool, "bool"):
                 group.add_argument(flag(f.name), dest=f.name, default=None, help=help_text,

