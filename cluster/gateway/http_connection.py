@@ -59,7 +59,10 @@ class HttpConnection(asyncio.Protocol):
         self.writing_paused = False
         self.last_activity = 0.0
         self.request_began = 0.0
-        self.body_began = 0.0  # when the request being read finished its headers
+        # When the sweep first saw request number `body_of` waiting for its body (at most
+        # a sweep period late: the timers keep the per-request path free of clock reads).
+        self.body_of = -1
+        self.body_began = 0.0
         self.paused_since = 0.0  # when the client last stopped taking our bytes
         ctx.next_conn += 1
         self.conn_id = ctx.next_conn
@@ -153,7 +156,6 @@ class HttpConnection(asyncio.Protocol):
             self.request_began = now
         for event in core.receive_data(data):
             if type(event) is Request:
-                self.body_began = 0.0
                 self._on_request(event, now)
             elif type(event) is ContinueExpected:
                 # Only when nothing is ahead of it, or 100 would split a response.
@@ -161,8 +163,6 @@ class HttpConnection(asyncio.Protocol):
                     self.transport.write(CONTINUE_RESPONSE)
             elif isinstance(event, ProtocolError):
                 self._on_protocol_error(event)
-        if not self.body_began and core.awaiting_body:
-            self.body_began = now
         if core.upgraded and not self.closing and self.ws is None and \
                 self.pending_upgrade is None:
             # No protocol switch here: answer the request, then close.
@@ -387,6 +387,8 @@ class HttpConnection(asyncio.Protocol):
                 self._time_out("headers", f"headers not complete within "
                                f"{ctx.header_timeout:.0f}s (--header-timeout)")
         elif core.awaiting_body and not self.reading_paused:
+            if self.body_of != core.begun:
+                self.body_of, self.body_began = core.begun, now
             if now - self.last_activity > ctx.timeouts.body:
                 self._time_out("body", f"no body byte for {ctx.timeouts.body:.0f}s "
                                "(--body-timeout)")

@@ -116,6 +116,7 @@ class HttpCore:
         self._partial: _Partial | None = None
         self.failed = False
         self.upgraded = False
+        self.begun = 0  # requests begun: tells the timers one request from the next
 
     @property
     def awaiting_headers(self) -> bool:
@@ -136,8 +137,10 @@ class HttpCore:
             return []
         # Bytes of a chunked body that were not body: counted over feeds that begin and
         # end inside one body (a feed crossing a request's edge is one read at most).
+        # Most feeds start a request (no partial one): they pay one comparison.
         partial = self._partial
-        chunked = partial is not None and partial.headers_done and partial.codings is not None
+        if partial is not None and (partial.codings is None or not partial.headers_done):
+            partial = None
         before = partial.body_bytes if partial is not None else 0
         try:
             self._parser.feed_data(data)
@@ -153,7 +156,7 @@ class HttpCore:
                     pass
                 else:
                     self._fail(400, f"malformed request: {exc}")
-        if chunked and partial is self._partial and partial is not None:
+        if partial is not None and partial is self._partial:
             partial.framing += len(data) - (partial.body_bytes - before)
             if partial.framing > FRAMING_SLACK + FRAMING_PER_CHUNK * partial.chunks:
                 self._fail(413, f"{partial.framing} bytes of chunk framing and extensions "
@@ -182,6 +185,7 @@ class HttpCore:
     # -- httptools callbacks -------------------------------------------------
     def on_message_begin(self) -> None:
         self._partial = _Partial()
+        self.begun += 1
 
     def on_url(self, url: bytes) -> None:
         partial = self._partial
