@@ -11,6 +11,7 @@ import pytest
 from cluster.coordinator.history import HistoryBook
 from cluster.coordinator.history_log import HistoryLog
 from cluster.coordinator.wal import HEADER
+from tests.coordinator.full_disk import fill_the_disk
 
 
 def book() -> HistoryBook:
@@ -124,25 +125,16 @@ def test_the_file_is_private(tmp_path: Path) -> None:
 
 def test_a_publish_the_disk_refuses_is_taken_back_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-
     from cluster.coordinator import history_log as module
     log, history = opened(tmp_path)
     publish(log, history, "room", "m0")
     size = (tmp_path / "history.log").stat().st_size
-    real = os.write
-
-    def half_then_full(fd: int, data: bytes) -> int:  # a disk that fills mid-record
-        if len(data) > 4:
-            return real(fd, data[:len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(module.os, "write", half_then_full)
+    fill_the_disk(monkeypatch, module)  # mid-record
     offset = history.publish("room", "m1", 1000.0)
     with pytest.raises(OSError):
         log.append("room", offset, "m1")
     history.withdraw("room")
-    monkeypatch.setattr(module.os, "write", real)
+    monkeypatch.undo()
     assert (tmp_path / "history.log").stat().st_size == size  # no torn record left
     assert publish(log, history, "room", "m2") == 2  # the offset no client saw, again
     log.close()

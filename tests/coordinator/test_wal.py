@@ -11,6 +11,7 @@ import pytest
 
 from cluster.coordinator.wal import HEADER, WriteAheadLog, frame, repair
 from cluster.errors import StateLogDamaged
+from tests.coordinator.full_disk import fill_the_disk
 
 
 def fill(path: Path, n: int, fsync: str = "batch") -> WriteAheadLog:
@@ -147,24 +148,14 @@ def test_record_framing_is_length_and_crc(tmp_path: Path) -> None:
 
 def test_a_failed_write_leaves_no_torn_record_and_the_log_goes_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-    import os
-
     from cluster.coordinator import wal as wal_module
     wal = fill(tmp_path, 3)
     good = wal.log_path.stat().st_size
-    real_write = os.write
-
-    def half_then_full(fd: int, data: bytes) -> int:  # a disk that fills mid-record
-        if len(data) > 4:
-            return real_write(fd, data[:len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(wal_module.os, "write", half_then_full)
+    fill_the_disk(monkeypatch, wal_module)  # mid-record
     wal.append(4, [["big", "x" * 100, 0]])
     with pytest.raises(OSError):
         wal.flush()
-    monkeypatch.setattr(wal_module.os, "write", real_write)
+    monkeypatch.undo()
     assert wal.log_path.stat().st_size == good == wal.written
     assert [r[0] for r in wal.reread().records] == [1, 2, 3]
     wal.append(4, [["k4", 4, 0]])  # room again: the same sequence number goes on
