@@ -278,6 +278,41 @@ def test_static_files_over_http2(tmp_path: Path) -> None:
                     f"http://127.0.0.1:{port}/files/missing").stdout == "404"
 
 
+def test_a_static_name_the_file_system_refuses_costs_only_its_stream(
+        tmp_path: Path) -> None:
+    """"File name too long" used to escape as a fatal error: the connection died, and
+    with it another stream's download (behind a proxy, another user's)."""
+    (tmp_path / "big.bin").write_bytes(b"b" * 3_000_000)
+    with cluster() as c:
+        port = int(c.gateway("--static", f"/files={tmp_path}").ready["port"])
+        c.worker(APP)
+        gateway = next(p for p in c.procs if p.role == "gateway")
+        with RawClient(port) as client:
+            # Windows wide open: the download needs no acknowledgements as it comes.
+            client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+            client.h2.increment_flow_control_window(2**31 - 1 - 65535)
+            download = client.get("/files/big.bin")
+            client.flush()
+            first = client.events_until(lambda seen: any(isinstance(e, DataReceived)
+                                                         for e in seen))  # under way
+            long_name = client.get("/files/" + "n" * 256)
+            client.flush()
+
+            def both_ended(seen: list[Any]) -> bool:
+                return {e.stream_id for e in seen if isinstance(e, StreamEnded)} >= \
+                    {download, long_name}
+
+            seen = first + client.events_until(both_ended, timeout=30)
+            heads = {e.stream_id: dict(e.headers)[b":status"] for e in seen
+                     if isinstance(e, ResponseReceived)}
+            assert heads[long_name] == b"404"
+            assert not any(isinstance(e, (ConnectionTerminated, StreamReset)) for e in seen)
+            assert sum(len(e.data) for e in seen if isinstance(e, DataReceived) and
+                       e.stream_id == download) == 3_000_000  # the other download, whole
+        assert "Traceback" not in gateway.log()
+        assert "File name too long; 404" in gateway.log()
+
+
 def test_sigterm_answers_streams_under_way_and_refuses_new_ones(
         h2c: tuple[Cluster, int]) -> None:
     c, port = h2c
