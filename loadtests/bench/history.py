@@ -2,6 +2,7 @@
 client that missed 1,000 messages catches up.
 
     .venv/bin/python -m loadtests.bench.history [--subscribers 200] [--messages 2000]
+        [--disk-too]
 
 A coordinator, 2 gateways and 1 worker (tests/apps/history_app.py). Subscribers in
 one room, half on each gateway; one talker sends `--messages` messages as fast as it
@@ -11,15 +12,21 @@ subscribers times messages over the time from the first send to the last deliver
 Recovery: a client leaves, 1,000 messages are published, it comes back with its
 (epoch, offset) through the other gateway; the time from its connect to the last
 recovered message.
+
+With --disk-too, a second cluster whose coordinator keeps its history on disk
+(`--data-dir`: each publish written before any gateway has it) is measured in the
+same turns.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
+import tempfile
 import time
 
 from websockets.asyncio.client import connect
@@ -78,24 +85,41 @@ async def recovery(ports: list[int], missed: int) -> float:
     return elapsed
 
 
+def start(stack: contextlib.ExitStack, data_dir: str) -> list[int]:
+    """A cluster of 2 gateways and 1 worker, its coordinator keeping history in memory
+    or, with `data_dir`, on disk; the gateways' ports."""
+    c = stack.enter_context(cluster(interval=["--log-level", "warning"]))
+    c.coordinator.terminate()
+    c.coordinator = c.start("coordinator", "--coordinator-bind", c.endpoint,
+                            "--history-size", "5000", "--log-level", "warning",
+                            *(["--data-dir", data_dir] if data_dir else []))
+    ports = [int(c.gateway("--log-level", "warning").ready["port"]) for _ in range(2)]
+    c.worker(APP, "--log-level", "warning")
+    return ports
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--disk-too", action="store_true")
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"publish (history)": [], "broadcast (none)": []}
+    if args.disk_too:
+        rates["publish (history on disk)"] = []
     catch_up: list[float] = []
-    with cluster(interval=["--log-level", "warning"]) as c:
-        c.coordinator.terminate()
-        c.coordinator = c.start("coordinator", "--coordinator-bind", c.endpoint,
-                                "--history-size", "5000", "--log-level", "warning")
-        ports = [int(c.gateway("--log-level", "warning").ready["port"]) for _ in range(2)]
-        c.worker(APP, "--log-level", "warning")
+    with contextlib.ExitStack() as stack:
+        ports = start(stack, "")
+        disk = start(stack, stack.enter_context(tempfile.TemporaryDirectory())) \
+            if args.disk_too else []
         for rnd in range(args.rounds):
-            for label, plain in (("publish (history)", False), ("broadcast (none)", True)):
-                rate = asyncio.run(one_round(ports, args.subscribers, args.messages, plain))
+            sides = [("publish (history)", ports, False), ("broadcast (none)", ports, True)]
+            if disk:
+                sides.append(("publish (history on disk)", disk, False))
+            for label, where, plain in sides:
+                rate = asyncio.run(one_round(where, args.subscribers, args.messages, plain))
                 rates[label].append(rate)
                 print(f"round {rnd + 1} {label}: {rate:,.0f} delivered msg/s", file=sys.stderr)
             catch_up.append(asyncio.run(recovery(ports, 1000)))
@@ -107,8 +131,12 @@ def main() -> int:
     for label, values in rates.items():
         print(f"| {label} | {statistics.median(values):,.0f} "
               f"[{min(values):,.0f}-{max(values):,.0f}] |")
-    pub, plain = (statistics.median(v) for v in rates.values())
+    pub, plain = (statistics.median(rates[k]) for k in ("publish (history)",
+                                                          "broadcast (none)"))
     print(f"\nhistory / none: {pub / plain:.2f}")
+    if disk:
+        print(f"history on disk / in memory: "
+              f"{statistics.median(rates['publish (history on disk)']) / pub:.2f}")
     print(f"recovery of 1,000 missed messages, connect to caught up: "
           f"{statistics.median(catch_up) * 1000:.0f} ms "
           f"[{min(catch_up) * 1000:.0f}-{max(catch_up) * 1000:.0f}]")
