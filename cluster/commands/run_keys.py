@@ -15,11 +15,13 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger("cluster.run")
 
 LOCK = "held-by-a-running-cluster"
+UNLOCKED_GRACE = 60.0  # seconds a directory without its lock file is left alone
 
 
 def parent_directory() -> Path:
@@ -55,7 +57,11 @@ class RunKeys:
             try:
                 fd = os.open(entry / LOCK, os.O_WRONLY)
             except FileNotFoundError:
-                fd = -1  # a run killed between mkdtemp and its lock: nobody holds it
+                # A run between its mkdtemp and its lock (microseconds), or one killed
+                # right there: only the second is still lockless a minute on.
+                if time.time() - entry.stat().st_mtime < UNLOCKED_GRACE:
+                    continue
+                fd = -1
             except OSError:
                 continue
             try:
