@@ -130,6 +130,14 @@ class ConnectionContext:
     def timed_out_in(self, phase: str) -> None:
         self.timed_out[phase] = self.timed_out.get(phase, 0) + 1
 
+    def cut_unread(self, addr: list[Any], transport: asyncio.Transport) -> None:
+        """A client that read nothing of what we sent for --send-timeout, over HTTP/1.1
+        or HTTP/2: one line, one count, and a reset."""
+        log.info("client %s:%s: read nothing of what we sent for %.0fs (--send-timeout); "
+                 "closing", addr[0], addr[1], self.timeouts.send)
+        self.timed_out_in("send")
+        reset(transport)
+
     def remember_head(self, fields: bytes) -> None:
         """A header block found well formed: a handler answers with the same few all
         day, and a set lookup costs less than checking again."""

@@ -28,7 +28,6 @@ from cluster.gateway.client_context import (
     ERROR_HEADERS,
     ConnectionContext,
     check_head,
-    reset,
     send_file,
 )
 from cluster.gateway.exchange import Exchange
@@ -328,10 +327,7 @@ class H2Connection(asyncio.Protocol):
             return
         timeouts = self.ctx.timeouts
         if self.writing_paused and now - self.paused_since > timeouts.send:
-            log.info("client %s:%s: read nothing of what we sent for %.0fs (--send-timeout); "
-                     "closing", self.addr[0], self.addr[1], timeouts.send)
-            self.ctx.timed_out_in("send")
-            self.abort()
+            self._cut_unread()
             return
         expired = self.core.expire_bodies(now, timeouts.body, timeouts.body_total)
         if expired:
@@ -372,9 +368,9 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
         self.ctx.connections.discard(self)
 
-    def abort(self) -> None:
+    def _cut_unread(self) -> None:
         """Close without flushing: what the client would not read is dropped."""
         if self.transport is not None and not self.closed:
             self.closed = True
-            reset(self.transport)
+            self.ctx.cut_unread(self.addr, self.transport)
         self.ctx.connections.discard(self)

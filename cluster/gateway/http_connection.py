@@ -25,7 +25,6 @@ from cluster.gateway.client_context import (
     ERROR_HEADERS,
     ConnectionContext,
     check_head,
-    reset,
     send_file,
 )
 from cluster.gateway.exchange import Exchange
@@ -374,11 +373,7 @@ class HttpConnection(asyncio.Protocol):
         ctx, core = self.ctx, self.core
         if self.writing_paused:
             if now - self.paused_since > ctx.timeouts.send:
-                log.info("client %s:%s: read nothing of what we sent for %.0fs "
-                         "(--send-timeout); closing", self.addr[0], self.addr[1],
-                         ctx.timeouts.send)
-                ctx.timed_out_in("send")
-                self._abort()
+                self._cut_unread()
             return  # reading is paused meanwhile: the client's silence is ours
         if self.closing:
             return
@@ -422,10 +417,10 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
         self.ctx.connections.discard(self)
 
-    def _abort(self) -> None:
+    def _cut_unread(self) -> None:
         """Close without flushing: what the client would not read is dropped."""
         if self.transport is not None and not self.closed:
             self.closed = True
-            reset(self.transport)
+            self.ctx.cut_unread(self.addr, self.transport)
         self.ctx.connections.discard(self)
 

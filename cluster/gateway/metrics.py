@@ -112,8 +112,9 @@ class GatewayMetrics:
                        "HTTP/2 connections sent GOAWAY for abuse (rapid reset, floods, "
                        "oversized header lists)", http.h2_abusive)
         yield _counter("cluster_gateway_http2_stalls",
-                       "HTTP/2 streams reset, or connections closed, after waiting "
-                       "--h2-stall-timeout for the client's window", http.h2_stalls)
+                       "HTTP/2 streams reset after waiting --h2-stall-timeout for the "
+                       "client's window (a connection that reads nothing at all counts "
+                       "in client_timeouts, phase send)", http.h2_stalls)
         timed_out = CounterMetricFamily("cluster_gateway_client_timeouts",
                                         "Clients answered 408 or cut for taking too long, by "
                                         "phase: headers, body (--body-timeout, "

@@ -152,8 +152,9 @@ class GatewayConfig(Common):
     h2_max_streams: int = opt(100, "HTTP/2 streams per connection at once, counting "
                               "requests a client reset that are still at a worker")
     h2_stall_timeout: float = opt(30.0, "seconds an HTTP/2 response may wait for the client "
-                                  "to open its flow-control window (or read at all) before "
-                                  "the stream (or connection) is dropped")
+                                  "to open its stream's flow-control window before the "
+                                  "stream is reset (a client that reads nothing at all: "
+                                  "--send-timeout)")
     max_connections: int = opt(10_000, "open client connections at most; one more is "
                                "answered 503 and closed at once (TLS: closed)")
     wait_for_worker: bool = opt(False, "open the HTTP port only once a worker is linked, "
