@@ -189,8 +189,9 @@ class H2Connection(asyncio.Protocol):
             if event.status in ERROR_HEADERS else b""
         self._respond_whole(event.stream_id, event.status, http_core.TEXT_PLAIN + extra,
                             self.ctx.error_body(event.status))
-        if event.status in (408, 413, 503):
+        if event.status in (408, 503):
             # Refused mid-body: the client must stop sending it (no error: RFC 9113 §8.1).
+            # A 413's client may finish sending what it declared: the core drops it.
             self.core.reset(event.stream_id, ErrorCodes.NO_ERROR)
 
     def _on_ended(self, event: ConnectionEnded) -> None:

@@ -7,8 +7,12 @@ flow-control arithmetic. This core puts the gateway's rules around it:
 
 - **Requests.** A stream's header block and body become one `StreamRequest`, with the
   same fields an HTTP/1.1 request has (`:authority` as Host, split cookie fields
-  joined). Bodies are gathered up to `max_body`; past it the stream is answered 413
-  and reset with NO_ERROR (RFC 9113 §8.1), and the connection goes on.
+  joined). Bodies are gathered up to `max_body`; past it, or when the declared
+  content-length is over it, the stream is answered 413 at once. What the client
+  still sends is read and dropped (flow control stays open, nothing is kept) up to
+  `DISCARD_LIMIT`, then the stream is reset with NO_ERROR (RFC 9113 §8.1): a client
+  that is reset in the middle of its upload may lose the answer (curl prints 000
+  on a busy machine). The connection goes on either way.
 - **Flow control, inbound.** Received body bytes are acknowledged (the client's
   window reopened) only while the connection holds less than `max_buffered` bytes of
   bodies not yet handed on; beyond that the acknowledgements wait for `release`, so
@@ -61,6 +65,7 @@ from cluster.gateway.http_rules import valid_host
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ABUSE_WINDOW = 10.0  # seconds over which resets and control frames are counted
+DISCARD_LIMIT = 16 * 1024 * 1024  # body bytes dropped after a 413 before the stream's reset
 
 # Hop-by-hop fields have no place in HTTP/2 (RFC 9113 §8.2.2): dropped from responses.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
@@ -146,6 +151,7 @@ class _Inbound:
     last_data: float  # when its body last grew
     body: bytearray = field(default_factory=bytearray)
     refused: bool = False
+    discarded: int = 0  # body bytes read and dropped after the refusal
 
 
 @dataclass(slots=True)
@@ -330,6 +336,13 @@ class H2Core:
             return
         if stream is None or stream.refused:
             self._ack(sid, size)  # discarded: the window must not shrink for it
+            if stream is not None:
+                # Answered already (413): the client may still be sending, and some
+                # clients drop an answer whose stream is reset under their upload. Read
+                # and drop the rest up to a bound, then reset.
+                stream.discarded += size
+                if stream.discarded > DISCARD_LIMIT:
+                    self.reset(sid, ErrorCodes.NO_ERROR)
             return
         if len(stream.body) + len(event.data) > self.limits.max_body:
             self._ack(sid, size)

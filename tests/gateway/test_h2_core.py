@@ -337,3 +337,33 @@ def test_any_client_behaviour_keeps_the_core_whole(ops: list[str]) -> None:
             c.now += 20
         c.read()
         assert c.core.at_workers >= 0 and c.core.buffered >= 0
+
+
+def test_after_a_413_the_rest_of_the_upload_is_dropped_then_the_stream_ends_cleanly() -> None:
+    c = Client(H2Limits(max_body=100))
+    c.h2.increment_flow_control_window(10_000_000)
+    c.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    c.send()
+    sid = c.h2.get_next_available_stream_id()
+    c.h2.send_headers(sid, [(b":method", b"POST"), *GET[1:], (b"content-length", b"5000")])
+    assert c.send() == [StreamRefused(sid, 413, "content-length 5000 over 100")]
+    for _ in range(5):  # the client goes on with what it declared
+        c.h2.send_data(sid, b"x" * 1000)
+    c.h2.end_stream(sid)
+    assert c.send() == [] and c.core.buffered == 0 and sid not in c.core.inbound
+    assert c.of(StreamReset) == [] and c.core.budget.held == 0
+
+
+def test_a_client_that_sends_on_and_on_after_a_413_is_reset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.gateway import h2_core
+    monkeypatch.setattr(h2_core, "DISCARD_LIMIT", 3000)
+    c = Client(H2Limits(max_body=100))
+    sid = c.h2.get_next_available_stream_id()
+    c.h2.send_headers(sid, [(b":method", b"POST"), *GET[1:]])
+    c.h2.send_data(sid, b"x" * 101)
+    assert [e.status for e in c.send()] == [413]  # type: ignore[attr-defined]
+    for _ in range(4):
+        c.h2.send_data(sid, b"x" * 1000)
+        c.send()
+    assert [(e.stream_id, e.error_code) for e in c.of(StreamReset)] == [(sid, ErrorCodes.NO_ERROR)]
