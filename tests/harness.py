@@ -114,20 +114,27 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: 
 
 
 class Cluster:
-    """A coordinator, gateways and workers started one by one, stopped together."""
+    """A coordinator, gateways and workers started one by one, stopped together. With
+    a `backend` (etcd://...), no coordinator: every process uses etcd."""
 
-    def __init__(self, interval: list[str] | None = None) -> None:
+    def __init__(self, interval: list[str] | None = None, backend: str = "") -> None:
         self.procs: list[Proc] = []
         self.interval = FAST if interval is None else interval
+        self.backend = backend
         self.keys = tempfile.mkdtemp(prefix="cluster-test-keys-")
         keygen(self.keys, (*ROLE_KEYS, "probe"))
-        self.coordinator = self.start("coordinator", "--coordinator-bind", "tcp://127.0.0.1:0")
-        self.endpoint = self.coordinator.ready["endpoint"]
+        self.endpoint = ""
+        if not backend:
+            self.coordinator = self.start("coordinator", "--coordinator-bind",
+                                          "tcp://127.0.0.1:0")
+            self.endpoint = self.coordinator.ready["endpoint"]
 
     def start(self, role: str, *argv: str, env: dict[str, str] | None = None,
               wait_ready: bool = True, timeout: float = 15.0) -> Proc:
         args = list(argv) + self.interval
-        if role != "coordinator":
+        if self.backend:
+            args += ["--state-backend", self.backend]
+        elif role != "coordinator":
             args += ["--coordinator", self.endpoint]
         proc = Proc(role, args, {"CLUSTER_KEYS": self.keys, **(env or {})}, wait_ready,
                     timeout)
@@ -167,12 +174,46 @@ class Cluster:
 
 
 @contextmanager
-def cluster(interval: list[str] | None = None) -> Iterator[Cluster]:
-    c = Cluster(interval)
+def cluster(interval: list[str] | None = None, backend: str = "") -> Iterator[Cluster]:
+    c = Cluster(interval, backend)
     try:
         yield c
     finally:
         c.stop()
+
+
+@contextmanager
+def solo_etcd(data_dir: Path) -> Iterator[str]:
+    """One etcd member on loopback, on free ports: its `etcd://127.0.0.1:PORT`."""
+    import socket
+
+    import pytest
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        pytest.skip("etcd is not installed (make test installs etcd-server)")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+    client, peer = ports
+    member = subprocess.Popen(
+        [etcd, "--name", "solo", "--data-dir", str(data_dir),
+         "--listen-client-urls", f"http://127.0.0.1:{client}",
+         "--advertise-client-urls", f"http://127.0.0.1:{client}",
+         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"solo=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(
+            ["etcdctl", "--endpoints", f"127.0.0.1:{client}", "endpoint", "health"],
+            capture_output=True, timeout=10, env={**os.environ, "ETCDCTL_API": "3"}
+        ).returncode == 0, 30, "etcd healthy")
+        yield f"etcd://127.0.0.1:{client}"
+    finally:
+        member.terminate()
+        member.wait(20)
 
 
 class Probe:

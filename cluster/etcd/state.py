@@ -8,17 +8,14 @@ The mapping
   complete and in order. A watch that breaks (the member died, lost its leader, or
   the revision was compacted) is resumed from the replica's revision on another
   member; if that revision is compacted, the replica is read afresh.
-- A batch of operations (`set`, `del`, `incr`, `cas`, `setdefault`, with TTLs) is
-  computed with the coordinator's own rules (`StateStore.apply`) on the values the
-  replica holds, then committed as one etcd transaction that compares each key's
-  `mod_revision` with the one computed on. If another writer got there first, the
-  transaction's failure branch returns the keys' current values and the batch is
-  computed again on them: compare-and-set, atomic for the whole batch.
-- Each transaction also writes a marker key of its own (`/NAME/w/...`, on a short
-  lease) and requires it absent: a transaction whose answer was lost (its member
-  failed mid-call) and that is tried again on another member cannot apply twice.
-- A key with a TTL also gets an etcd lease (the TTL rounded up, plus a second),
-  which removes it; readers hide it from its expiry on, as with the coordinator.
+- Writes (cluster/etcd/commits.py): a batch is computed with the coordinator's own
+  rules on the values the replica holds and committed as one etcd transaction that
+  compares each key's `mod_revision` (compare-and-set), in groups. When a gateway
+  is the elected sequencer (cluster/etcd/sequencer.py), batches go to it over the
+  gateway link instead: it commits every worker's batches together, so a key all
+  workers write costs one transaction per round trip, not a lost race per worker.
+  A sequencer that says it is no longer one applied nothing: the batch is then
+  committed here.
 - The handler's call returns once the transaction is committed (etcd has it on a
   quorum's disks) and the replica has applied its revision: it reads its writes.
 - No answer from a quorum within `--state-timeout`: `StateUnavailable` (503).
@@ -28,80 +25,32 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
+import heapq
 import logging
-import math
 import threading
-import time
-import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aetcd
-import msgpack  # type: ignore[import-untyped]
 
-from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.errors import EtcdUnavailable, StateError, StateUnavailable
+from cluster.etcd.commits import Committer, KnownValues
 from cluster.etcd.session import EtcdSession, parse_backend, stop_watch
+from cluster.plumbing import wire
 from cluster.plumbing.config import WorkerConfig
-from cluster.worker.replica import Replica, ReplicaReads
+from cluster.worker.replica import ReplicaReads
+
+if TYPE_CHECKING:
+    from cluster.worker.gateway_link import GatewayLink
 
 log = logging.getLogger("cluster.etcd.state")
 
 WATCH_LAG = 0.5  # seconds a committed revision may take to come through the watch
-MARKER_TTL = 60  # seconds a group's marker lives (a call is retried for --state-timeout)
-MAX_GROUP = 256  # batches in one transaction (etcd takes at most 10,000 operations)
-
-
-
-class EtcdReplica(Replica):
-    """The worker's copy, at an etcd revision; each key's mod_revision kept beside."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.revisions: dict[str, int] = {}
-
-    def reset(self, revision: int) -> None:
-        self.data = {}
-        self.revisions = {}
-        self.seq = revision
-        self.epoch = "etcd"
-
-    def put(self, key: str, raw: bytes, revision: int) -> None:
-        try:
-            value, expires = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        except (ValueError, TypeError, msgpack.UnpackException):
-            log.warning("state key %r holds something that is not ours; ignored", key)
-            return
-        self.data[key] = (value, expires)
-        self.revisions[key] = revision
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-        self.revisions.pop(key, None)
-
-
-@dataclass
-class Batch:
-    ops: list[list[Any]]
-    deadline: float  # loop time
-    done: asyncio.Future[tuple[list[Any], int]]  # results and the commit's revision
-
-
-def changes_of(store: StateStore, known: dict[str, tuple[Any, int]]) -> list[list[Any]]:
-    """What the group changed: [key, value or None, expires] for each key it touched."""
-    changes = []
-    for key, (before, _rev) in known.items():
-        after = store.data.get(key)
-        if after != before:
-            changes.append([key, None, 0] if after is None else [key, after[0], after[1]])
-    return changes
 
 
 class EtcdState(ReplicaReads):
     """What the worker uses of `StateClient`, on etcd (see the module's text)."""
 
-    replica: EtcdReplica
+    replica: KnownValues
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: WorkerConfig,
                  framework: dict[str, Any]) -> None:
@@ -114,21 +63,25 @@ class EtcdState(ReplicaReads):
         self.watch_session = EtcdSession(self.target, config.state_timeout)
         self.prefix = self.target.prefix + b"s/"
         self.framework_keys = framework
-        self.replica = EtcdReplica()
+        self.replica = KnownValues()
         self.loop_thread = threading.get_ident()
         self.synced = asyncio.Event()
         self.resyncs = 0
         self.ops: dict[str, int] = {}
         self.failures = 0
-        self.conflicts = 0  # batches computed again: another writer was first
-        self.limits = StoreLimits()
-        self._advanced = asyncio.Event()  # the replica's revision moved
-        self._queue: list[Batch] = []  # batches waiting for the next transaction
-        self.writer_id = uuid.uuid4().hex[:12]  # names this client's group markers
-        self._groups = 0
-        self._marker: aetcd.Lease | None = None
-        self._marker_at = 0.0
-        self._committer: asyncio.Task[None] | None = None
+        self.committer = Committer(loop, self.session, self.target, self.replica)
+        # The elected sequencer, as its claims say (gateway id, fencing token), and the
+        # links to the gateways (the worker's own dict): set by the worker.
+        self.sequencer: tuple[str, int] | None = None
+        self.links: dict[str, GatewayLink] = {}
+        self.sequenced = 0  # batches committed by the sequencer
+        self._asked: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._rid = 0
+        self.worker_id = ""
+        # Calls waiting for the replica to reach a revision: (revision, n, future). A
+        # future each, woken by the watch or a timer: no task per call.
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waits = 0
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_began = 0.0
         self._closing_now = False
@@ -147,17 +100,21 @@ class EtcdState(ReplicaReads):
         except concurrent.futures.TimeoutError:
             raise StateUnavailable("no answer from etcd") from None
 
+    @property
+    def conflicts(self) -> int:
+        return self.committer.conflicts
+
     async def acall(self, ops: list[list[Any]]) -> list[Any]:
         for op in ops:
             if isinstance(op, list) and op and isinstance(op[0], str):
                 self.ops[op[0]] = self.ops.get(op[0], 0) + 1
         deadline = self.loop.time() + self.timeout
-        done: asyncio.Future[tuple[list[Any], int]] = self.loop.create_future()
-        self._queue.append(Batch(ops, deadline, done))
-        if self._committer is None or self._committer.done():
-            self._committer = self.loop.create_task(self._commit_queued())
         try:
-            results, revision = await done
+            sequenced = await self._via_sequencer(ops, deadline)
+            if sequenced is not None:
+                results, revision = sequenced
+            else:
+                results, revision = await self.committer.submit(ops, deadline)
             await self._applied(revision, deadline)
         except EtcdUnavailable as exc:
             self.failures += 1
@@ -167,130 +124,65 @@ class EtcdState(ReplicaReads):
             raise
         return results
 
-    # -- writes --------------------------------------------------------------------
-    async def _commit_queued(self) -> None:
-        """Group commit: every batch queued while a transaction was out goes in the
-        next one. A worker's concurrent writes then never lose to each other (only
-        to other workers), and a hot key costs one round trip per group, not per
-        write. The group's batches are computed in their order, as the coordinator
-        applies them."""
-        while self._queue:
-            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-            try:
-                outcomes, revision = await self._commit(group)
-            except EtcdUnavailable as exc:
-                for batch in group:
-                    if not batch.done.done():
-                        batch.done.set_exception(exc)
-                continue
-            for batch, outcome in zip(group, outcomes, strict=True):
-                if batch.done.done():
-                    continue
-                if isinstance(outcome, StateError):
-                    batch.done.set_exception(outcome)
-                else:
-                    batch.done.set_result((outcome, revision))
+    # -- through the sequencer ---------------------------------------------------------
+    def on_sequencer(self, gateway_id: str, msg: dict[str, Any]) -> None:
+        """From a gateway link: a claim (SEQUENCER) or an answer (STATE_ACK)."""
+        if msg["k"] == wire.STATE_ACK:
+            fut = self._asked.pop(msg["rid"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            return
+        token = msg["token"]
+        current = self.sequencer
+        if token < 0:  # it stepped down
+            if current is not None and current[0] == gateway_id:
+                self.sequencer = None
+        elif current is None or token > current[1]:
+            # The newest claim (the highest token) wins: an older sequencer's commits
+            # fail its fence anyway.
+            log.info("state writes go through the sequencer, gateway %s", gateway_id)
+            self.sequencer = (gateway_id, token)
 
-    async def _commit(self, group: list[Batch]) -> tuple[list[list[Any] | StateError], int]:
-        deadline = min(batch.deadline for batch in group)
-        keys = sorted({op[1] for batch in group for op in batch.ops
-                       if isinstance(op, list) and len(op) > 1 and isinstance(op[1], str)})
-        # What the group is computed on: the replica's values, then etcd's on conflict.
-        known = {k: (self.replica.data.get(k), self.replica.revisions.get(k, 0)) for k in keys}
-        self._groups += 1
-        marker = self.target.prefix + f"w/{self.writer_id}/{self._groups}".encode()
-        tried: dict[int, list[list[Any] | StateError]] = {}  # attempt -> its outcomes
-        attempt = 0
-        while True:
-            attempt += 1
-            store = StateStore(self.limits)
-            store.data = {k: entry for k, (entry, _rev) in known.items() if entry is not None}
-            now = time.time()
-            outcomes: list[list[Any] | StateError] = []
-            for batch in group:
-                before = dict(store.data)  # the group's few keys
-                try:
-                    results, _changes = store.apply(batch.ops, now)
-                    self._check_key_count(changes_of(store, known))
-                    outcomes.append(results)
-                except StateError as exc:
-                    store.data = before  # a refused batch changes nothing
-                    outcomes.append(exc)
-            changes = changes_of(store, known)
-            tried[attempt] = outcomes
-            succeeded, responses, committed = await self._transaction(
-                known, changes, marker, attempt, deadline)
-            if succeeded:
-                return outcomes, _revision(responses) or self.replica.seq
-            if committed is not None:
-                # An earlier attempt of this group did commit, though its answer was
-                # lost (a member that failed mid-call): its outcomes are the true ones.
-                done_attempt, revision = committed
-                return tried[done_attempt], revision
-            self.conflicts += 1
-            # Lost to another worker's write: computed again at once on the values the
-            # failed transaction returned (a pause would only make them stale).
-            if self.loop.time() >= deadline:
-                raise EtcdUnavailable(f"{attempt} attempts lost to other writers")
-            known = {k: (None, 0) for k in keys}
-            for key, found in zip(keys, responses[1:], strict=True):
-                for raw, meta in found:
-                    value, expires = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-                    known[key] = ((value, expires), int(meta.mod_revision))
+    def on_gateway_gone(self, gateway_id: str) -> None:
+        if self.sequencer is not None and self.sequencer[0] == gateway_id:
+            self.sequencer = None
+        for rid, fut in list(self._asked.items()):
+            if not fut.done() and getattr(fut, "gateway", None) == gateway_id:
+                fut.set_exception(EtcdUnavailable(f"gateway {gateway_id} left"))
+                self._asked.pop(rid, None)
 
-    def _check_key_count(self, changes: list[list[Any]]) -> None:
-        new = sum(1 for k, v, _ in changes if v is not None and k not in self.replica.data)
-        if new and len(self.replica.data) + new > self.limits.max_keys:
-            raise StateError(f"the store holds at most {self.limits.max_keys} keys")
-
-    async def _transaction(self, known: dict[str, tuple[Any, int]], changes: list[list[Any]],
-                           marker: bytes, attempt: int, deadline: float
-                           ) -> tuple[bool, list[Any], tuple[int, int] | None]:
-        """One attempt: commit `changes` if every key is as `known` and the group's
-        `marker` is absent, writing the marker (value: the attempt) with them. A call
-        that fails mid-way is tried again on another member (session.call): if the
-        first try did commit, the marker makes the second fail, and the failure names
-        the attempt that committed and its revision (third item). Without the marker,
-        that second try would compute the batch again on the new values: a write
-        applied twice for one acknowledgement."""
-        now = time.time()
-        longest = max((exp - now for _, v, exp in changes if v is not None and exp), default=0)
-
-        async def run(client: aetcd.Client) -> tuple[bool, list[Any], tuple[int, int] | None]:
-            tx = client.transactions
-            lease = await client.lease(math.ceil(longest) + 1) if longest > 0 else None
-            compare = [tx.create(marker) == 0]
-            compare += [tx.mod(self._key(k)) == rev for k, (_, rev) in known.items()]
-            success = [tx.put(marker, str(attempt).encode(),
-                              lease=await self._marker_lease(client))]
-            for key, value, expires in changes:
-                if value is None:
-                    success.append(tx.delete(self._key(key)))
-                else:
-                    raw = msgpack.packb([value, expires], use_bin_type=True)
-                    success.append(tx.put(self._key(key), raw,
-                                          lease=lease if expires else None))
-            failure = [tx.get(marker), *(tx.get(self._key(k)) for k in known)]
-            succeeded, responses = await client.transaction(compare, success, failure)
-            committed = None
-            if not succeeded:
-                for raw, meta in responses[0]:
-                    committed = (int(raw), int(meta.mod_revision))
-            return bool(succeeded), list(responses), committed
-
-        return await self.session.call(run, deadline)
-
-    async def _marker_lease(self, client: aetcd.Client) -> aetcd.Lease:
-        """A lease for the group markers: they need to live only as long as a call
-        may be retried; a new one every MARKER_TTL / 2 seconds."""
-        now = self.loop.time()
-        if self._marker is None or now - self._marker_at > MARKER_TTL / 2:
-            self._marker = await client.lease(MARKER_TTL)
-            self._marker_at = now
-        return self._marker
-
-    def _key(self, key: str) -> bytes:
-        return self.prefix + key.encode()
+    async def _via_sequencer(self, ops: list[list[Any]], deadline: float
+                             ) -> tuple[list[Any], int] | None:
+        """The batch committed by the sequencer; None if there is none to ask, or it
+        says it is no longer one (then nothing was applied)."""
+        sequencer = self.sequencer
+        link = self.links.get(sequencer[0]) if sequencer is not None else None
+        if sequencer is None or link is None or not link.welcomed or link.gone:
+            return None
+        self._rid += 1
+        rid = self._rid
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        fut.gateway = sequencer[0]  # type: ignore[attr-defined]
+        self._asked[rid] = fut
+        link.post(wire.envelope(wire.STATE_OP, id=self.worker_id, rid=rid, ops=ops,
+                                t=max(0.0, deadline - self.loop.time())))
+        try:
+            answer = await asyncio.wait_for(fut, max(0.0, deadline - self.loop.time()))
+        except TimeoutError:
+            # Sent, unanswered: it may have been applied. Not tried again.
+            raise EtcdUnavailable("the sequencer did not answer in time") from None
+        finally:
+            self._asked.pop(rid, None)
+        if answer.get("ok"):
+            self.sequenced += 1
+            return answer.get("results", []), int(answer.get("seq", 0))
+        if answer.get("not_leader"):
+            if self.sequencer == sequencer:
+                self.sequencer = None
+            return None
+        if answer.get("unavailable"):
+            raise EtcdUnavailable(str(answer.get("error", "the sequencer has no quorum")))
+        raise StateError(str(answer.get("error", "refused")))
 
     async def _applied(self, revision: int, deadline: float) -> None:
         """Wait until the watch has brought the replica to `revision`. A watch that
@@ -298,19 +190,21 @@ class EtcdState(ReplicaReads):
         saying so (cut off from the others): it is moved to another member."""
         lag_until = self.loop.time() + WATCH_LAG
         while self.replica.seq < revision:
-            self._advanced.clear()
             now = self.loop.time()
             if now >= deadline:
                 raise EtcdUnavailable(f"the watch did not bring revision {revision} in time")
             if now >= lag_until and self._watch_task is not None and \
                     now - self._watch_began >= WATCH_LAG and not self._watch_task.done():
-                log.warning("the state watch lags revision %d (at %d); moving it to %s",
-                            revision, self.replica.seq, self.session.endpoint)
+                log.warning("the state watch lags revision %d (at %d) on %s; moving it",
+                            revision, self.replica.seq, self.watch_session.endpoint)
                 self._watch_task.cancel()
                 lag_until = now + WATCH_LAG
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._advanced.wait(),
-                                       min(deadline, lag_until) - now)
+            woken: asyncio.Future[None] = self.loop.create_future()
+            self._waits += 1
+            heapq.heappush(self._waiting, (revision, self._waits, woken))
+            timer = self.loop.call_at(min(deadline, lag_until), _wake, woken)
+            await woken
+            timer.cancel()
 
     # -- the replica -----------------------------------------------------------------
     async def _follow(self) -> None:
@@ -326,9 +220,14 @@ class EtcdState(ReplicaReads):
                     await self._watch_task
                 except asyncio.CancelledError:
                     if self._watch_task.cancelled() and not self._closing_now:
-                        # Cancelled by _applied: its member lags. Go where the
-                        # writes go: that member just answered.
-                        self.watch_session.follow(self.session)
+                        # Cancelled by _applied: its member lags. Go where this
+                        # worker's writes go, if elsewhere (that member answered);
+                        # else (the same one, or writes go through the sequencer)
+                        # to the next member.
+                        if self.watch_session.index != self.session.index:
+                            self.watch_session.follow(self.session)
+                        else:
+                            self.watch_session.rotate("the state watch lags")
                         continue
                     raise
             except aetcd.exceptions.RevisionCompactedError:
@@ -395,8 +294,10 @@ class EtcdState(ReplicaReads):
         self._advance(revision)
 
     def _advance(self, revision: int) -> None:
-        self.replica.seq = max(self.replica.seq, revision)
-        self._advanced.set()
+        self.replica.seq = seq = max(self.replica.seq, revision)
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= seq:
+            _wake(heapq.heappop(waiting)[2])
 
     def close(self) -> None:
         self._closing_now = True
@@ -409,10 +310,6 @@ class EtcdState(ReplicaReads):
         await self.watch_session.close()
 
 
-def _revision(responses: list[Any]) -> int:
-    """The revision a successful transaction committed at (0 if it changed nothing)."""
-    for response in responses:
-        kind = response.WhichOneof("response") if hasattr(response, "WhichOneof") else None
-        if kind:
-            return int(getattr(response, kind).header.revision)
-    return 0
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -28,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.plumbing import wire
 from cluster.plumbing.zmqio import Pump
+
+if TYPE_CHECKING:
+    from cluster.etcd.sequencer import Sequencer
 
 log = logging.getLogger("cluster.gateway.dispatch")
 
@@ -76,6 +79,7 @@ class Dispatcher:
         self._next_id = 0
         self.late_replies = 0
         self.hub: WebSocketHub | None = None
+        self.sequencer: Sequencer | None = None  # on etcd: state batches to commit
         self.linked = asyncio.Event()  # some worker has said HELLO with credit
 
     # -- from the HTTP side ------------------------------------------------
@@ -220,6 +224,8 @@ class Dispatcher:
                                          "body": msg["body"]})
             elif kind == wire.WS_ACTIONS and self.hub is not None:
                 self.hub.on_actions(peer, msg)
+            elif kind == wire.STATE_OP and self.sequencer is not None:
+                self.sequencer.on_op(peer, msg)
             elif kind == wire.WS_QUERY and self.hub is not None:
                 self._post(peer, wire.envelope(wire.WS_QUERY_REPLY, rid=msg["rid"],
                                                conns=self.hub.members(msg["group"])))
@@ -251,6 +257,8 @@ class Dispatcher:
             if not was_live and self.hub is not None:
                 self.hub.rebalance()  # it may now own shard keys held elsewhere
         self._post(peer, wire.envelope(wire.WELCOME, id=self.gateway_id))
+        if fresh and self.sequencer is not None:
+            self.sequencer.greet(peer)
 
     def _post(self, peer: bytes, msg: dict[str, Any]) -> None:
         assert self.pump is not None

@@ -134,6 +134,27 @@ class GatewayMetrics:
         yield _counter("cluster_gateway_tls_handshake_failures",
                        "TLS handshakes with clients that failed or timed out (plain HTTP "
                        "to the HTTPS port, old protocols, scanners)", gw.tls.failed)
+        if gw.sequencer is not None:  # on etcd
+            seq = gw.sequencer
+            yield _gauge("cluster_gateway_state_sequencer",
+                         "1 while this gateway is the elected state sequencer",
+                         1 if seq.token is not None else 0)
+            yield _counter("cluster_gateway_state_sequencer_batches",
+                           "Workers' state batches this gateway committed as sequencer",
+                           seq.batches)
+            yield _counter("cluster_gateway_state_sequencer_transactions",
+                           "etcd transactions those batches took (fewer: more per one)",
+                           seq.committer.groups)
+            yield _counter("cluster_gateway_state_sequencer_refused",
+                           "Batches answered 'not the sequencer' (then the worker "
+                           "commits them itself)", seq.refused)
+        if gw.etcd_history is not None:
+            yield _counter("cluster_gateway_history_delivered",
+                           "Numbered group messages delivered from the etcd watch",
+                           gw.etcd_history.delivered)
+            yield _counter("cluster_gateway_history_watch_resumes",
+                           "Times the history watch resumed on another etcd member",
+                           gw.etcd_history.resumes)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -11,7 +11,7 @@ import ssl
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
@@ -38,6 +38,10 @@ from cluster.plumbing.metrics import MetricsServer, metrics_page, target, target
 from cluster.plumbing.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
 from cluster.plumbing.zmqio import Monitor, Pump, advertised, bind
 
+if TYPE_CHECKING:
+    from cluster.etcd.history import EtcdHistory
+    from cluster.etcd.sequencer import Sequencer
+
 log = logging.getLogger("cluster.gateway")
 T = TypeVar("T")
 
@@ -63,6 +67,8 @@ class Gateway:
         self.gatekeeper: Gatekeeper | None = None
         self._last_probe = 0.0  # loop time the workers were last probed
         self.tls = TlsCounters()
+        self.etcd_history: EtcdHistory | None = None
+        self.sequencer: Sequencer | None = None
         self.id = f"gw-{uuid.uuid4().hex[:12]}"
         self.dispatcher = Dispatcher(loop, self.id, request_timeout=config.request_timeout,
                                      peer_expiry=config.peer_expiry, max_queue=config.max_queue,
@@ -158,9 +164,23 @@ class Gateway:
             info["metrics"] = target(config.metrics_host, bound, config.advertise_host)
         coordinator: MemberLink
         if config.state_backend:
+            from cluster.etcd.history import EtcdHistory
             from cluster.etcd.membership import EtcdMembership
             coordinator = EtcdMembership(config, self.id, "gateway", info,
                                               self._on_members, security=self.security)
+            # Numbered group messages come from etcd itself (cluster/etcd/history.py).
+            history = EtcdHistory(coordinator.target, config.request_timeout,
+                                  config.history_size, config.history_ttl,
+                                  self.hub.feed.on_message, self.hub.feed.on_answer)
+            self.hub.ask_history = history.ask
+            history.start(self.loop)
+            self.etcd_history = history
+            if config.state_sequencer:
+                from cluster.etcd.sequencer import Sequencer
+                self.sequencer = Sequencer(self.loop, self.id, coordinator, self.dispatcher,
+                                           config.peer_expiry)
+                self.dispatcher.sequencer = self.sequencer
+                self.sequencer.start()
             # No coordinator to list the metrics endpoints: every gateway does.
             self.metrics_server.pages["/targets"] = lambda: targets_page(self.members)
         else:
@@ -303,9 +323,13 @@ class Gateway:
             conn.close_now()
         for task in self._tasks:
             task.cancel()
+        if self.sequencer is not None:  # before the lease goes: the key is ours to delete
+            await self.sequencer.close()
         if self.coordinator is not None:
             self.coordinator.close()
             await self.coordinator.wait_closed()
+        if self.etcd_history is not None:
+            self.etcd_history.close()
         if self.dispatcher.pump is not None:
             self.dispatcher.pump.close(linger=0.5)  # the BYEs still go
         self._monitor.close()

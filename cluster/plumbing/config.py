@@ -78,7 +78,24 @@ class Common:
 
 
 @dataclass(frozen=True)
-class CoordinatorConfig(Common):
+class HistoryWindow(Common):
+    """What a group keeps for reconnecting clients (cluster.publish): checked by the
+    coordinator, or on etcd by the gateway a client recovers through."""
+
+    history_size: int = opt(1000, "messages kept per group published with history "
+                            "(cluster.publish), for clients that reconnect")
+    history_ttl: float = opt(300.0, "seconds a group's message is kept for recovery")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.history_size < 1:
+            raise ConfigError("--history-size must be >= 1")
+        if self.history_ttl <= 0:
+            raise ConfigError("--history-ttl must be > 0")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig(HistoryWindow):
     coordinator_bind: str = opt("tcp://127.0.0.1:5555", "endpoint the coordinator binds")
     state_bind: str = opt("", "endpoint of the state update publisher "
                           "(default: the coordinator's host, any port)")
@@ -89,9 +106,6 @@ class CoordinatorConfig(Common):
     snapshot_every: int = opt(10_000, "log records between snapshots")
     max_value: int = opt(1024 * 1024, "largest state value, bytes (msgpack-encoded)")
     max_keys: int = opt(1_000_000, "most keys in the shared state")
-    history_size: int = opt(1000, "messages kept per group published with history "
-                            "(cluster.publish), for clients that reconnect")
-    history_ttl: float = opt(300.0, "seconds a group's message is kept for recovery")
 
     def validate(self) -> None:
         super().validate()
@@ -99,16 +113,12 @@ class CoordinatorConfig(Common):
             raise ConfigError("--fsync must be always or batch")
         if self.fsync_interval <= 0:
             raise ConfigError("--fsync-interval must be > 0")
-        if self.snapshot_every < 1 or self.max_value < 1 or self.max_keys < 1 or \
-                self.history_size < 1:
-            raise ConfigError("--snapshot-every, --max-value, --max-keys and "
-                              "--history-size must be >= 1")
-        if self.history_ttl <= 0:
-            raise ConfigError("--history-ttl must be > 0")
+        if self.snapshot_every < 1 or self.max_value < 1 or self.max_keys < 1:
+            raise ConfigError("--snapshot-every, --max-value and --max-keys must be >= 1")
 
 
 @dataclass(frozen=True)
-class GatewayConfig(Common):
+class GatewayConfig(HistoryWindow):
     host: str = opt("127.0.0.1", "HTTP listen address")
     port: int = opt(8000, "HTTP listen port (0: any free port)")
     dispatch_bind: str = opt("tcp://127.0.0.1:0",
@@ -162,6 +172,9 @@ class GatewayConfig(Common):
                                 "then open anyway, answering 503 until one links)")
     access_log: bool = opt(False, "log one line per HTTP response (method, target, status, "
                            "duration, request id)")
+    state_sequencer: bool = opt(True, "on etcd: stand for election as the state "
+                                "sequencer, which commits every worker's state writes "
+                                "together (docs/scale-out.md)")
     local_reply: str = opt("", "answer every request with this text in the gateway itself, "
                            "no worker (the benchmark's no-hop limit)", hidden=True)
 
@@ -307,7 +320,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
                "stream_stall_timeout", "gzip_min_size", "lifespan_timeout", "cpu",
                "pin_workers"),
     "coordinator and shared state": (
-        "state_backend", "coordinator_bind", "coordinator_port", "state_bind", "fsync",
+        "state_backend", "state_sequencer", "coordinator_bind", "coordinator_port",
+        "state_bind", "fsync",
         "fsync_interval", "snapshot_every", "max_value", "max_keys", "history_size",
         "history_ttl"),
     "cluster links and keys": ("key_name", "insecure", "advertise_host", "max_frame",

@@ -46,6 +46,8 @@ SNAPSHOT_REQUEST = "snap"  # worker -> coordinator: send me the whole store
 SNAPSHOT = "snapshot"  # coordinator -> worker: one part of the store at a sequence
 UPDATE = "upd"  # coordinator PUB: the changes of one sequence number
 STATE_HEARTBEAT = "shb"  # coordinator PUB: the current sequence number
+# On etcd, STATE_OP and STATE_ACK go between a worker and the elected sequencer gateway
+SEQUENCER = "seqr"  # gateway -> worker: I commit state batches, under this token (-1: no more)
 
 # WebSocket, gateway <-> worker
 WS_OPEN = "wso"  # gateway -> worker: a client asks to connect (ws.connect)
@@ -107,6 +109,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     SNAPSHOT: {"rid": _INT, "epoch": _STR, "seq": _INT, "entries": _LIST, "last": _BOOL},
     UPDATE: {"epoch": _STR, "seq": _INT, "changes": _LIST},
     STATE_HEARTBEAT: {"epoch": _STR, "seq": _INT},
+    SEQUENCER: {"token": _INT},
     WS_OPEN: {"conn": _INT, "target": _STR, "headers": _LIST, "subprotocols": _LIST,
               "addr": _LIST},
     WS_ADOPT: {"conn": _INT, "shard": _STR, "target": _STR, "headers": _LIST,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from cluster.etcd.state import EtcdState
 from cluster.plumbing import wire
 from cluster.plumbing.zmqio import Pump
 from cluster.worker.ws_events import HANDOVER, KINDS
@@ -87,6 +88,9 @@ class GatewayLink:
                 self.worker.requests.streams.credit(self.gateway_id, msg["id"], msg["bytes"])
             elif kind == wire.WS_QUERY_REPLY:
                 self.worker.push.on_query_reply(self.gateway_id, msg)
+            elif kind in (wire.STATE_ACK, wire.SEQUENCER) and \
+                    isinstance(self.worker.state, EtcdState):
+                self.worker.state.on_sequencer(self.gateway_id, msg)
             elif kind == wire.WELCOME:
                 self.welcomes += 1
                 if not self.welcomed:
@@ -98,6 +102,8 @@ class GatewayLink:
             elif kind == wire.BYE:
                 self.gone = True  # it stops; a restarted one says WHO to our heartbeat
                 self.welcomed = False
+                if isinstance(self.worker.state, EtcdState):
+                    self.worker.state.on_gateway_gone(self.gateway_id)
             elif kind != wire.HEARTBEAT:
                 log.warning("unexpected %s from gateway; ignored", kind)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from cluster.etcd.state import EtcdState
 from cluster.plumbing.metrics import (
     ReadAtScrape,
     ShardedHistogram,
@@ -93,6 +94,22 @@ class WorkerMetrics:
         yield CounterMetricFamily("cluster_worker_state_resyncs",
                                   "Times the replica took a fresh snapshot",
                                   value=state.resyncs)
+        if isinstance(state, EtcdState):
+            yield CounterMetricFamily("cluster_worker_state_sequenced",
+                                      "State batches committed by the sequencer gateway",
+                                      value=state.sequenced)
+            yield CounterMetricFamily("cluster_worker_state_conflicts",
+                                      "Batches this worker committed itself that lost to "
+                                      "another writer and were computed again",
+                                      value=state.conflicts)
+        publisher = worker.etcd_publisher
+        if publisher is not None:
+            yield CounterMetricFamily("cluster_worker_history_published",
+                                      "Group messages put to etcd (cluster.publish)",
+                                      value=publisher.published)
+            yield CounterMetricFamily("cluster_worker_history_dropped",
+                                      "Group messages dropped: no etcd quorum in time, "
+                                      "or too many waiting", value=publisher.dropped)
         pumps = {gateway_id: link.pump for gateway_id, link in worker.links.items()
                  if link.pump is not None}
         if worker.coordinator.pump is not None:

@@ -12,7 +12,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from cluster import realtime
 from cluster.errors import BadField, BadResponse
 from cluster.plumbing import wire
 from cluster.plumbing.coordinator_link import CoordinatorLink
@@ -32,7 +31,6 @@ class Push:
         self.loop_thread = threading.get_ident()
         self._queries: dict[int, tuple[asyncio.Future[list[str]], set[str], list[str]]] = {}
         self._query_rid = 0
-        self._said_no_history = False
 
     def act(self, gateway_id: str, action: list[Any]) -> bool:
         """Send one WebSocket action (a `wire` action) to a gateway."""
@@ -79,21 +77,21 @@ class Push:
         return self._post_to_gateway(gateway_id, env)
 
     def publish(self, group: str, data: Any) -> None:
-        """cluster.publish: to the coordinator, which numbers, keeps and fans out."""
-        if isinstance(self.worker.coordinator, CoordinatorLink):
-            env = wire.envelope(wire.HISTORY_PUBLISH, id=self.worker.id, group=group, data=data)
+        """cluster.publish: to the coordinator, which numbers, keeps and fans out; on
+        etcd, a put to the group's key, which etcd numbers (cluster/etcd/publisher.py)."""
+        publisher = self.worker.etcd_publisher
+        if publisher is not None:
             if threading.get_ident() != self.loop_thread:
-                self.loop.call_soon_threadsafe(self.worker.coordinator.post, env)
+                self.loop.call_soon_threadsafe(publisher.publish, group, data)
             else:
-                self.worker.coordinator.post(env)
+                publisher.publish(group, data)
             return
-        # On etcd there is no coordinator to number messages (not built yet): a plain
-        # broadcast, without offsets, said once.
-        if not self._said_no_history:
-            self._said_no_history = True
-            log.warning("cluster.publish on --state-backend etcd: no history there yet; "
-                        "sent as a plain broadcast")
-        self.broadcast(group, realtime.frame_data(data), None)
+        assert isinstance(self.worker.coordinator, CoordinatorLink)
+        env = wire.envelope(wire.HISTORY_PUBLISH, id=self.worker.id, group=group, data=data)
+        if threading.get_ident() != self.loop_thread:
+            self.loop.call_soon_threadsafe(self.worker.coordinator.post, env)
+        else:
+            self.worker.coordinator.post(env)
 
     def _post_to_gateway(self, gateway_id: str, env: dict[str, Any]) -> bool:
         link = self.worker.links.get(gateway_id)

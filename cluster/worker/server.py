@@ -45,6 +45,7 @@ from cluster.errors import (
     StoppedWhileStarting,
 )
 from cluster.etcd.membership import EtcdMembership
+from cluster.etcd.publisher import EtcdPublisher
 from cluster.etcd.state import EtcdState
 from cluster.plumbing import wire
 from cluster.plumbing.config import WorkerConfig
@@ -95,10 +96,15 @@ class Worker:
         info = {"pid": os.getpid(), "handler": config.handler}
         self.coordinator: MemberLink
         self.state: StateClient | EtcdState
+        # cluster.publish on etcd: puts numbered by etcd (on the coordinator, it numbers)
+        self.etcd_publisher: EtcdPublisher | None = None
         if config.state_backend:
             self.coordinator = EtcdMembership(config, self.id, "worker", info, self.on_members,
                                               security=self.security)
             self.state = EtcdState(loop, config, self.framework)
+            self.etcd_publisher = EtcdPublisher(loop, self.state.target, config.state_timeout)
+            self.state.links = self.links  # to reach the sequencer gateway
+            self.state.worker_id = self.id
         else:
             link = CoordinatorLink(config, ctx, self.id, "worker", info, self.on_members,
                                    security=self.security)
@@ -197,6 +203,8 @@ class Worker:
                     log.info("gateway %s left the cluster", gid)
                     link.close()
                     del self.links[gid]
+                    if isinstance(self.state, EtcdState):
+                        self.state.on_gateway_gone(gid)
                 else:
                     link.heartbeat()
 
@@ -220,6 +228,9 @@ class Worker:
             await self.adapter.lifespan.shutdown(self.config.lifespan_timeout)
         for task in self._tasks:
             task.cancel()
+        if self.etcd_publisher is not None:  # published before the stop: still sent
+            await self.etcd_publisher.drain(max(0.0, deadline - self.loop.time()))
+            await self.etcd_publisher.close()
         for link in self.links.values():
             # Our last responses and the BYE still go out, if the gateway is there.
             link.post(wire.envelope(wire.BYE, id=self.id))

@@ -1,5 +1,6 @@
-"""The fault tests' app: the shared-state routes, and a WebSocket room whose members
-can ask which worker process serves them."""
+"""The fault tests' app: the shared-state routes, a WebSocket room whose members
+can ask which worker process serves them, and the history app's feed (`/feed/ROOM`,
+published with offsets)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import os
 from typing import Any
 
 from cluster import broadcast
+from tests.apps.history_app import feed
 from tests.apps.state_app import app
+
+app.websocket("/feed/<room>")(feed)
 
 
 @app.websocket("/room/<name>")

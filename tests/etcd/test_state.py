@@ -7,7 +7,7 @@ import pytest
 
 from cluster.errors import ConfigError
 from cluster.etcd.session import parse_backend
-from cluster.etcd.state import EtcdReplica
+from cluster.etcd.commits import KnownValues
 
 
 def test_the_backend_url_names_members_and_a_prefix() -> None:
@@ -25,7 +25,7 @@ def test_a_bad_backend_url_is_one_clear_error(url: str) -> None:
 
 
 def test_the_replica_keeps_values_expiries_and_revisions() -> None:
-    replica = EtcdReplica()
+    replica = KnownValues()
     replica.reset(10)
     replica.put("a", msgpack.packb([1, 0]), 11)
     replica.put("t", msgpack.packb(["x", 100.0]), 12)

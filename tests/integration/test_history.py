@@ -9,24 +9,38 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.harness import Cluster, cluster
+from tests.harness import Cluster, cluster, solo_etcd
 
 APP = "tests.apps.history_app:app"
 
 
+@pytest.fixture(params=["coordinator", "etcd"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same tests on either: a client must not be able to tell them apart."""
+    if request.param == "coordinator":
+        yield ""
+    else:
+        with solo_etcd(tmp_path / "etcd") as url:
+            yield f"{url}/history"
+
+
 @pytest.fixture
-def two_gateways(request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, list[int]]]:
-    with cluster() as c:
-        c.coordinator.terminate()
-        c.coordinator = c.start("coordinator", "--coordinator-bind", c.endpoint,
-                                "--history-size", "50")  # the tests below rely on it
-        ports = [int(c.gateway().ready["port"]), int(c.gateway().ready["port"])]
+def two_gateways(request: pytest.FixtureRequest, backend: str
+                 ) -> Iterator[tuple[Cluster, list[int]]]:
+    window = ["--history-size", "50"]  # the tests below rely on it
+    with cluster(backend=backend) as c:
+        if not backend:  # the coordinator keeps the window; on etcd, each gateway
+            c.coordinator.terminate()
+            c.coordinator = c.start("coordinator", "--coordinator-bind", c.endpoint, *window)
+        ports = [int(c.gateway(*(window if backend else [])).ready["port"])
+                 for _ in range(2)]
         app = getattr(request, "param", APP)
         c.worker(app)
         c.worker(app)
@@ -144,6 +158,7 @@ def test_a_burst_of_publishes_loses_none(two_gateways: tuple[Cluster, list[int]]
     talker.close()
 
 
+@pytest.mark.parametrize("backend", ["coordinator"], indirect=True)  # speaks ZeroMQ to it
 def test_a_publisher_outside_the_cluster_publishes_with_history(
         two_gateways: tuple[Cluster, list[int]]) -> None:
     from cluster.publisher import Publisher

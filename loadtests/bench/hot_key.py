@@ -1,0 +1,62 @@
+"""A hot key: one counter that every worker increments, on the embedded coordinator and
+on etcd (3 members on 127.0.0.1), in one run, in turns.
+
+    .venv/bin/python -m loadtests.bench.hot_key [--rounds 3] [--seconds 10]
+        [--connections 64] [--workers 2] [--async]
+
+Each server is `cluster run` with one gateway and `--workers` workers running
+loadtests/bench/hot_key_app.py (each request: `state.incr("hits")`, acknowledged once
+durable). wrk drives the gateway. On etcd it runs with the state sequencer (a gateway
+commits every worker's writes together; the default) and without it
+(`--no-state-sequencer`: each worker commits its own by compare-and-set). The CPU per
+request counts every process of the server, etcd's members included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wrk_arguments
+
+APP = "loadtests.bench.hot_key_app:"
+
+
+def servers(workers: int, app: str) -> dict[str, Server]:
+    py = str(BIN / "python")
+    run = [py, "-m", "cluster", "run", "--handler", app, "--workers", str(workers),
+           "--log-level", "warning"]
+    etcd = [py, "-m", "loadtests.bench.on_etcd", "--", *run, "--state-backend", "{etcd}"]
+    a, b, c = (free_port() for _ in range(3))
+    return {
+        "a: coordinator": Server("coordinator", [*run, "--port", str(a)], a),
+        "b: etcd, sequencer": Server("etcd-sequencer", [*etcd, "--port", str(b)], b),
+        "c: etcd, no sequencer": Server("etcd-cas", [*etcd, "--port", str(c),
+                                                      "--no-state-sequencer"], c),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    wrk_arguments(parser)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--async", dest="coroutine", action="store_true",
+                        help="the handler as a coroutine (await state.aincr): "
+                             "--concurrency increments in flight per worker, not --threads")
+    args = parser.parse_args()
+    med = compare_in_turns(servers(args.workers, APP + ("async_app" if args.coroutine
+                                                          else "app")), args)
+    a, b, c = med.values()
+    print("\n| ratio | value | target |\n|---|---:|---:|")
+    print(f"| increments/s, etcd with the sequencer / coordinator | {b.rps / a.rps:.2f} "
+          f"| ≥ 0.5 |")
+    print(f"| increments/s, etcd without it / coordinator | {c.rps / a.rps:.2f} | |")
+    print(f"| increments/s, sequencer / without | {b.rps / c.rps:.2f} | |")
+    print(f"| CPU per increment, etcd with the sequencer / coordinator | "
+          f"{b.cpu_total / a.cpu_total:.2f} | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
