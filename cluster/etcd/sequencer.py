@@ -93,6 +93,9 @@ class Sequencer:
                     token = None
                     if self.token is not None:
                         log.warning("sequencer: etcd does not answer (%s); stepping down", exc)
+                except Exception as exc:  # never leave the election for good
+                    token = None
+                    log.error("sequencer: the election failed (%r); stepping down", exc)
                 self._lead(token)
             await asyncio.sleep(self.interval)
 

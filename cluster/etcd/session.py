@@ -124,6 +124,14 @@ class EtcdSession:
                 client = await asyncio.wait_for(self.client(), min(left, self.attempt))
                 return await asyncio.wait_for(fn(client),
                                               min(deadline - loop.time(), self.attempt))
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # our caller is being cancelled
+                # gRPC ends a call on a channel it closed under us (its member went
+                # away mid-call) with CancelledError: a failure like the others.
+                last = exc
+                self.rotate("the call was cut")
             except FAILURES as exc:
                 last = exc
                 self.rotate(exc)

@@ -6,8 +6,8 @@ import msgpack
 import pytest
 
 from cluster.errors import ConfigError
-from cluster.etcd.session import parse_backend
 from cluster.etcd.commits import KnownValues
+from cluster.etcd.session import parse_backend
 
 
 def test_the_backend_url_names_members_and_a_prefix() -> None:
