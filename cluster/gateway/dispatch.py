@@ -224,6 +224,9 @@ class Dispatcher:
                                          "body": msg["body"]})
             elif kind == wire.WS_ACTIONS and self.hub is not None:
                 self.hub.on_actions(peer, msg)
+            elif kind == wire.WS_GROUPS_ACK and self.hub is not None and \
+                    self.hub.notices is not None:
+                self.hub.notices.answered(peer, msg)
             elif kind == wire.STATE_OP and self.sequencer is not None:
                 self.sequencer.on_op(peer, msg)
             elif kind == wire.WS_QUERY and self.hub is not None:
@@ -259,6 +262,8 @@ class Dispatcher:
         self._post(peer, wire.envelope(wire.WELCOME, id=self.gateway_id))
         if fresh and self.sequencer is not None:
             self.sequencer.greet(peer)
+        if fresh and self.hub is not None and self.hub.notices is not None:
+            self.hub.notices.greet(peer, sorted(self.hub.groups))
 
     def _post(self, peer: bytes, msg: dict[str, Any]) -> None:
         assert self.pump is not None

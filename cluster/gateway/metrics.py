@@ -86,8 +86,12 @@ class GatewayMetrics:
         messages.add_metric(["in"], hub.messages_in)
         messages.add_metric(["out"], hub.messages_out)
         yield messages
-        yield _counter("cluster_gateway_broadcasts", "Broadcasts fanned out to local groups",
-                       hub.broadcasts)
+        yield _counter("cluster_gateway_broadcasts", "Broadcasts received from workers (and "
+                       "publishers) for a group", hub.broadcasts)
+        yield _counter("cluster_gateway_broadcasts_unheld",
+                       "Broadcasts received for a group with no member here (a worker's "
+                       "view of the groups lagged, or an outside publisher)",
+                       hub.broadcasts_unheld)
         yield _counter("cluster_gateway_websocket_slow_closes",
                        "WebSocket clients closed with 1013 for reading too slowly",
                        hub.slow_closes)

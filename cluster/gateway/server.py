@@ -21,6 +21,7 @@ from cluster.gateway.body_budget import BodyBudget
 from cluster.gateway.client_context import ClientConnection, ClientTimeouts, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
+from cluster.gateway.group_notices import GroupNotices
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_connection import HttpConnection
 from cluster.gateway.http_core import HttpLimits
@@ -83,6 +84,8 @@ class Gateway:
                                 ping_timeout=config.ws_ping_timeout,
                                 open_timeout=config.request_timeout)
         self.dispatcher.hub = self.hub
+        self.hub.notices = GroupNotices(loop, self.dispatcher)
+        self.hub.notices.on_acked = self.hub.release
         ws_options = WsOptions(max_size=config.ws_max_size, deflate=config.ws_deflate,
                                origins=tuple(o.strip() for o in config.ws_origins.split(",")
                                              if o.strip()))

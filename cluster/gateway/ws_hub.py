@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cluster.gateway.group_notices import GroupNotices
 from cluster.gateway.http_core import error_response
 from cluster.gateway.ws_core import Binary, Closed, Event, Text, WebSocketCore
 from cluster.gateway.ws_history import GroupFeed
@@ -78,12 +79,14 @@ class Session:
         "core",
         "fields",
         "groups",
+        "handshake",
         "held",
         "inflight",
         "next_ping",
         "opened_at",
         "ping_sent",
         "pongs_seen",
+        "quiet_until",
         "reading_paused",
         "shard",
         "transport",
@@ -106,6 +109,10 @@ class Session:
         self.inflight = 0  # messages at the worker, not yet acknowledged
         self.reading_paused = False  # too many messages in flight
         self.held = False  # not read while its shard moves to another worker
+        # Nothing written to it until every worker has read this group notice (its
+        # first join of a group new here: group_notices.py); 0: none.
+        self.quiet_until = 0
+        self.handshake = b""  # the 101 response, written at the next flush
         self.shard: str | None = None
         # The handshake's request fields, until accepted; kept for a sharded
         # connection, whose adoption by another worker needs them.
@@ -149,6 +156,11 @@ class WebSocketHub:
         self.protocol_errors: dict[int, int] = {}  # close code -> connections it closed
         self.messages_out = 0
         self.broadcasts = 0
+        self.broadcasts_unheld = 0  # for a group with no member here: the workers' view lagged
+        # Tells the workers which groups are held here (the gateway sets it).
+        self.notices: GroupNotices | None = None
+        self.group_round: dict[str, int] = {}  # group -> the notice of its first member
+        self.quiet: dict[int, set[int]] = {}  # notice -> connections held until it is read
         self.bytes_out = 0
         # Connections with output from workers, written once at the end of the loop
         # pass: a pass that carries several broadcasts makes one write per client, not
@@ -209,6 +221,8 @@ class WebSocketHub:
 
     # -- from workers -------------------------------------------------------------
     def on_actions(self, peer: bytes, msg: dict[str, Any]) -> None:
+        if self.notices is not None:
+            self.notices.saw(peer, msg)
         touched = self._unflushed
         run = self._run
         for action in msg["actions"]:
@@ -262,12 +276,17 @@ class WebSocketHub:
     def _broadcast(self, action: list[Any], touched: set[int]) -> None:
         self.broadcasts += 1
         _, group, data, exclude = action
-        for conn in list(self.groups.get(group, ())):
+        members = self.groups.get(group)
+        if members is None:
+            self.broadcasts_unheld += 1
+            return
+        for conn in list(members):
             if conn != exclude:
                 self._send(conn, data, touched)
 
-    def _act_accept(self, session: Session, action: list[Any], _touched: set[int]) -> None:
+    def _act_accept(self, session: Session, action: list[Any], touched: set[int]) -> None:
         self._accept(session, action[2], action[3], action[4])
+        touched.add(session.conn)  # its 101 goes out with the pass's flush
 
     def _act_reject(self, session: Session, action: list[Any], _touched: set[int]) -> None:
         self._reject(session, action[2], action[3])
@@ -289,8 +308,28 @@ class WebSocketHub:
             self._try_move(session.shard)
 
     def _act_join(self, session: Session, action: list[Any], _touched: set[int]) -> None:
-        self.groups.setdefault(action[2], set()).add(session.conn)
-        session.groups.add(action[2])
+        group = action[2]
+        members = self.groups.get(group)
+        notices = self.notices
+        if members is None:
+            members = self.groups[group] = set()
+            if notices is not None:
+                self.group_round[group] = notices.changed(group, True)
+        members.add(session.conn)
+        session.groups.add(group)
+        round_ = self.group_round.get(group, 0)
+        if notices is not None and round_ > notices.acked and round_ > session.quiet_until:
+            session.quiet_until = round_
+            self.quiet.setdefault(round_, set()).add(session.conn)
+
+    def release(self, acked: int) -> None:
+        """Group notices up to `acked` are read by every worker: write what was held."""
+        for round_ in [r for r in self.quiet if r <= acked]:
+            for conn in self.quiet.pop(round_):
+                session = self.sessions.get(conn)
+                if session is not None and session.quiet_until <= acked:
+                    session.quiet_until = 0
+                    self.flush(session)
 
     def _act_leave(self, session: Session, action: list[Any], _touched: set[int]) -> None:
         session.groups.discard(action[2])
@@ -310,8 +349,12 @@ class WebSocketHub:
         pairs = [(h[0], h[1]) for h in headers
                  if type(h) is list and len(h) == 2 and type(h[0]) is str and type(h[1]) is str]
         status, data = session.core.accept(subprotocol, pairs)
-        session.transport.write(data)
-        if status != 101:
+        if status == 101:
+            # Written at the flush that ends this pass: after a join of a group new
+            # here in the same actions, it waits for the workers too (release).
+            session.handshake = data
+        else:
+            session.transport.write(data)
             # websockets refused the handshake itself (a missing key): it wrote why.
             log.info("WebSocket handshake refused with %d", status)
             self._drop(session)
@@ -404,7 +447,11 @@ class WebSocketHub:
         touched.add(conn)
 
     def flush(self, session: Session) -> None:
+        if session.quiet_until and session.core.open:
+            return  # held until its group notice is read (release); a closing one is not
         data = session.core.data_to_send()
+        if session.handshake:
+            data, session.handshake = session.handshake + data, b""
         if data and not session.transport.is_closing():
             # Judge the backlog the client has not drained yet, before this write:
             # one message larger than the queue is fine for a client that reads.
@@ -457,6 +504,9 @@ class WebSocketHub:
             members.discard(conn)
             if not members:
                 del self.groups[group]
+                self.group_round.pop(group, None)
+                if self.notices is not None:
+                    self.notices.changed(group, False)
 
     def worker_draining(self, ident: bytes) -> None:
         """It is leaving in order (a rolling restart): its accepted connections close
@@ -471,6 +521,8 @@ class WebSocketHub:
 
     def worker_gone(self, ident: bytes) -> None:
         """Its connections cannot go on in order elsewhere: 1012, the client reconnects."""
+        if self.notices is not None:
+            self.notices.worker_gone(ident)
         for session in [s for s in self.sessions.values() if s.worker == ident]:
             if session.accepted:
                 session.core.close(CLOSE_SERVICE_RESTART, "worker restarting")

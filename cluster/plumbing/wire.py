@@ -58,6 +58,8 @@ WS_QUERY = "wsq"  # worker -> gateway: who is in this group here?
 WS_QUERY_REPLY = "wsqr"  # gateway -> worker: the connection ids in that group
 WS_ADOPT = "wsad"  # gateway -> worker: handle this accepted connection (its shard is yours)
 WS_RELEASE = "wsrl"  # gateway -> worker: its shard moved; forget this connection
+WS_GROUPS = "wsg"  # gateway -> worker: groups that got their first member here, lost their last
+WS_GROUPS_ACK = "wsga"  # worker -> gateway: that notice (its round `r`) is read
 
 # Group history (publish with offsets; recovery after a reconnect), via the coordinator
 HISTORY_PUBLISH = "hpub"  # worker -> coordinator: number and keep this group message
@@ -115,6 +117,8 @@ SCHEMA: dict[str, dict[str, type]] = {
     WS_ADOPT: {"conn": _INT, "shard": _STR, "target": _STR, "headers": _LIST,
                "subprotocols": _LIST, "addr": _LIST},
     WS_RELEASE: {"conn": _INT},
+    WS_GROUPS: {"held": _LIST, "dropped": _LIST, "seen": _INT, "full": _BOOL, "r": _INT},
+    WS_GROUPS_ACK: {"r": _INT},
     WS_MESSAGE: {"conn": _INT},
     WS_CLOSED: {"conn": _INT, "code": _INT, "reason": _STR},
     WS_ACTIONS: {"actions": _LIST},

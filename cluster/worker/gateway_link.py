@@ -39,6 +39,7 @@ class GatewayLink:
         self.gone = False  # the gateway said BYE: it is stopping
         self.orphaned = False  # gone from membership; closed once it is silent too
         self.last_heard = time.monotonic()
+        self.actions_sent = 0  # WS_ACTIONS messages, numbered (`n`) for group notices
         sock = worker.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt_string(zmq.IDENTITY, worker.id)
@@ -72,6 +73,11 @@ class GatewayLink:
 
     def post(self, msg: dict[str, Any]) -> None:
         if not self.closed:
+            if msg["k"] == wire.WS_ACTIONS:
+                self.actions_sent += 1
+                msg["n"] = self.actions_sent
+                self.worker.push.view.sending(self.gateway_id, self.actions_sent,
+                                              msg["actions"])
             self.pump.post(msg)
 
     def on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
@@ -88,6 +94,10 @@ class GatewayLink:
                 self.worker.requests.streams.credit(self.gateway_id, msg["id"], msg["bytes"])
             elif kind == wire.WS_QUERY_REPLY:
                 self.worker.push.on_query_reply(self.gateway_id, msg)
+            elif kind == wire.WS_GROUPS:
+                self.worker.push.view.on_notice(self.gateway_id, msg)
+                if msg["r"]:
+                    self.post(wire.envelope(wire.WS_GROUPS_ACK, r=msg["r"]))
             elif kind in (wire.STATE_ACK, wire.SEQUENCER) and \
                     isinstance(self.worker.state, EtcdState):
                 self.worker.state.on_sequencer(self.gateway_id, msg)
@@ -102,6 +112,7 @@ class GatewayLink:
             elif kind == wire.BYE:
                 self.gone = True  # it stops; a restarted one says WHO to our heartbeat
                 self.welcomed = False
+                self.worker.push.view.gateway_gone(self.gateway_id)
                 if isinstance(self.worker.state, EtcdState):
                     self.worker.state.on_gateway_gone(self.gateway_id)
             elif kind != wire.HEARTBEAT:

@@ -102,6 +102,9 @@ class WorkerMetrics:
                                       "Batches this worker committed itself that lost to "
                                       "another writer and were computed again",
                                       value=state.conflicts)
+        yield CounterMetricFamily("cluster_worker_broadcast_sends",
+                                  "Broadcast messages sent: one per gateway holding "
+                                  "members of the group", value=worker.push.broadcast_sends)
         publisher = worker.etcd_publisher
         if publisher is not None:
             yield CounterMetricFamily("cluster_worker_history_published",

@@ -16,6 +16,7 @@ from cluster.errors import BadField, BadResponse
 from cluster.plumbing import wire
 from cluster.plumbing.coordinator_link import CoordinatorLink
 from cluster.plumbing.http_fields import encode_fields
+from cluster.worker.group_view import GroupView
 from cluster.worker.messages import normalize
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class Push:
         self.loop_thread = threading.get_ident()
         self._queries: dict[int, tuple[asyncio.Future[list[str]], set[str], list[str]]] = {}
         self._query_rid = 0
+        self.view = GroupView()  # which gateways hold which groups
+        self.broadcast_sends = 0  # broadcast messages sent, one per gateway holding the group
 
     def act(self, gateway_id: str, action: list[Any]) -> bool:
         """Send one WebSocket action (a `wire` action) to a gateway."""
@@ -41,13 +44,18 @@ class Push:
 
     def broadcast(self, group: str, data: str | bytes,
                   exclude: tuple[str, int] | None) -> None:
-        """To every gateway, which fans out to its members of `group`; `exclude` is a
-        connection (gateway, number) that is not sent to."""
+        """To each gateway that holds members of `group` (group_view.py), which fans
+        out to them; `exclude` is a connection (gateway, number) not sent to."""
         if threading.get_ident() != self.loop_thread:
             self.loop.call_soon_threadsafe(self.broadcast, group, data, exclude)
             return
-        for gid, link in self.worker.links.items():
+        links = self.worker.links
+        for gid in list(self.view.gateways(group)):
+            link = links.get(gid)
+            if link is None:
+                continue
             skip = exclude[1] if exclude is not None and exclude[0] == gid else None
+            self.broadcast_sends += 1
             link.post(wire.envelope(wire.WS_ACTIONS,
                                     actions=[wire.broadcast(group, data, skip)]))
 
@@ -113,10 +121,11 @@ class Push:
         self._query_rid += 1
         rid = self._query_rid
         fut: asyncio.Future[list[str]] = self.loop.create_future()
-        waiting = set(self.worker.links)
+        # Only the gateways that hold members of it are asked.
+        waiting = {gid for gid in self.view.gateways(group) if gid in self.worker.links}
         self._queries[rid] = (fut, waiting, [])
-        for link in self.worker.links.values():
-            link.post(wire.envelope(wire.WS_QUERY, rid=rid, group=group))
+        for gid in waiting:
+            self.worker.links[gid].post(wire.envelope(wire.WS_QUERY, rid=rid, group=group))
         if not waiting:
             fut.set_result([])
         try:

@@ -203,6 +203,7 @@ class Worker:
                     log.info("gateway %s left the cluster", gid)
                     link.close()
                     del self.links[gid]
+                    self.push.view.gateway_gone(gid)
                     if isinstance(self.state, EtcdState):
                         self.state.on_gateway_gone(gid)
                 else:

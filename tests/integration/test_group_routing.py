@@ -1,0 +1,104 @@
+"""A broadcast goes only to the gateways that hold members of its group, and
+`members()` asks only those; a member that joined is never skipped: four gateways,
+two workers, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.harness import Cluster, Proc, cluster
+from tests.integration.test_observability import metrics_port, sample, scrape
+
+WS_APP = "tests.apps.ws_app:app"
+Fixture = tuple[Cluster, list[Proc], list[Proc]]
+
+
+@pytest.fixture(scope="module")
+def four_gateways() -> Iterator[Fixture]:
+    with cluster() as c:
+        gateways = [c.gateway("--metrics-port", "0") for _ in range(4)]
+        workers = [c.worker(WS_APP, "--metrics-port", "0") for _ in range(2)]
+        yield c, gateways, workers
+
+
+def url(gw: Proc, path: str) -> str:
+    return f"ws://127.0.0.1:{gw.ready['port']}{path}"
+
+
+def metric(proc: Proc, name: str) -> float:
+    return sample(scrape(metrics_port(proc.ready)), name)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_a_room_on_one_gateway_costs_the_others_nothing(four_gateways: Fixture) -> None:
+    _c, gateways, workers = four_gateways
+    home = gateways[0]
+    before = [metric(g, "cluster_gateway_broadcasts_total") for g in gateways]
+    sends = sum(metric(w, "cluster_worker_broadcast_sends_total") for w in workers)
+
+    async def go() -> None:
+        async with connect(url(home, "/room/lonely")) as talker, \
+                connect(url(home, "/room/lonely")) as member:
+            for i in range(200):
+                await talker.send(f"m{i}")
+            got = [await member.recv() for _ in range(200)]
+            assert [str(g).split(": ", 1)[1] for g in got] == [f"m{i}" for i in range(200)]
+            await member.send("who")
+            who = json.loads(await member.recv())
+            assert who["count"] == 2 and {c.split("/")[0] for c in who["conns"]} == \
+                {home.ready["id"]}
+    run(go())
+    after = [metric(g, "cluster_gateway_broadcasts_total") for g in gateways]
+    assert after[0] - before[0] == 200
+    assert after[1:] == before[1:], (before, after)  # nothing sent to the other three
+    assert sum(metric(w, "cluster_worker_broadcast_sends_total") for w in workers) - sends == 200
+
+
+def test_a_member_that_joined_gets_the_next_broadcast(four_gateways: Fixture) -> None:
+    """Fresh rooms, each new to the gateway a member joins it through: once that member
+    has its connection open, a post through another gateway (another worker, maybe)
+    reaches it. Fifty times, so a notice that lagged would show."""
+    _c, gateways, _workers = four_gateways
+
+    async def one(n: int) -> None:
+        room = f"/room/fresh{n}"
+        async with connect(url(gateways[1], room)) as poster, \
+                connect(url(gateways[2 + n % 2], room)) as joiner:
+            await poster.send(f"hello {n}")
+            assert str(await asyncio.wait_for(joiner.recv(), 10)).endswith(f": hello {n}")
+
+    async def go() -> None:
+        for n in range(50):
+            await one(n)
+    run(go())
+
+
+def test_presence_lists_every_gateway_holding_the_group(four_gateways: Fixture) -> None:
+    _c, gateways, _workers = four_gateways
+
+    async def go() -> None:
+        conns = [await connect(url(g, "/room/everywhere")) for g in gateways]
+        try:
+            await conns[0].send("who")
+            who = json.loads(await conns[0].recv())
+            assert who["count"] == 4
+            assert {c.split("/")[0] for c in who["conns"]} == {g.ready["id"] for g in gateways}
+            await conns[3].close()
+            await conns[1].send("who")  # a gateway whose last member left is not asked
+            deadline = asyncio.get_running_loop().time() + 10
+            while (who := json.loads(await conns[1].recv()))["count"] != 3:
+                assert asyncio.get_running_loop().time() < deadline, who
+                await conns[1].send("who")
+        finally:
+            for ws in conns:
+                await ws.close()
+    run(go())
