@@ -7,7 +7,7 @@ HANDLER ?= examples.hello:fun
 PORT    ?= 8000
 
 .PHONY: run test test-stress lint typecheck unit integration conformance compose-test bench \
-        loadtest clean
+        loadtest chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,13 @@ bench: $(TOOLS)
 	$(BIN)/python -m loadtests.bench.overload
 	$(BIN)/python -m loadtests.bench.history
 	$(BIN)/python -m loadtests.bench.http2
+
+## make chaos: mixed traffic on three namespaced hosts while faults strike (as root);
+## a checker for lost writes, recovery, answers and memory; reports in reports/
+CHAOS_SECONDS ?= 120
+CHAOS_RUNS ?= 3
+chaos: $(TOOLS)
+	$(BIN)/python -m loadtests.chaos --seconds $(CHAOS_SECONDS) --runs $(CHAOS_RUNS)
 
 ## make loadtest: locust (HTTP and WebSocket users) against `cluster run` on the demo
 ## app, headless and bounded; HTML and CSV reports in reports/

@@ -136,25 +136,29 @@ def three_hosts() -> Iterator[Hosts]:
         hosts.close()
 
 
-def start_etcd(hosts: Hosts) -> str:
-    """An etcd member on every host, one cluster; the --state-backend URL."""
+def etcd_argv(hosts: Hosts, host: Host) -> list[str]:
+    """The etcd member of `host`, one of a cluster on every host (run again after a
+    kill: its data directory is kept)."""
     etcd = shutil.which("etcd")
     if etcd is None:
         pytest.skip("etcd is not installed (make test installs etcd-server)")
     peers = ",".join(f"{h.name}=http://{h.address}:2380" for h in hosts.hosts)
+    return [etcd, "--name", host.name, "--data-dir", str(hosts.logs / f"etcd-{host.name}"),
+            "--listen-client-urls", f"http://{host.address}:2379",
+            "--advertise-client-urls", f"http://{host.address}:2379",
+            "--listen-peer-urls", f"http://{host.address}:2380",
+            "--initial-advertise-peer-urls", f"http://{host.address}:2380",
+            "--initial-cluster", peers, "--initial-cluster-state", "new",
+            "--initial-cluster-token", hosts.bridge,
+            "--heartbeat-interval", "100", "--election-timeout", "1000",
+            # A member back from a partition must not depose the leader.
+            "--pre-vote"]
+
+
+def start_etcd(hosts: Hosts) -> str:
+    """An etcd member on every host, one cluster; the --state-backend URL."""
     for host in hosts.hosts:
-        host.start("etcd", [etcd, "--name", host.name,
-                            "--data-dir", str(hosts.logs / f"etcd-{host.name}"),
-                            "--listen-client-urls", f"http://{host.address}:2379",
-                            "--advertise-client-urls", f"http://{host.address}:2379",
-                            "--listen-peer-urls", f"http://{host.address}:2380",
-                            "--initial-advertise-peer-urls", f"http://{host.address}:2380",
-                            "--initial-cluster", peers, "--initial-cluster-state", "new",
-                            "--initial-cluster-token", hosts.bridge,
-                            "--heartbeat-interval", "100", "--election-timeout", "1000",
-                            # A member back from a partition must not depose the leader.
-                            "--pre-vote"],
-                   logs=hosts.logs)
+        host.start("etcd", etcd_argv(hosts, host), logs=hosts.logs)
     endpoints = ",".join(f"{h.address}:2379" for h in hosts.hosts)
 
     def healthy() -> bool:
