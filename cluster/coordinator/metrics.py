@@ -45,6 +45,14 @@ class CoordinatorMetrics:
         for role, count in sorted(counts.items()):
             members.add_metric([role], count)
         yield members
+        yield CounterMetricFamily("cluster_coordinator_history_skipped",
+                                  "Published messages not sent to a gateway, which holds "
+                                  "no member of their group", value=coordinator.history_skipped)
+        if coordinator.history_log is not None:
+            yield CounterMetricFamily("cluster_coordinator_history_refused",
+                                      "Published messages dropped: not writable to "
+                                      "history.log (disk full)",
+                                      value=coordinator.history_log.refused)
         yield GaugeMetricFamily("cluster_coordinator_membership_sequence",
                                 "Changes to the membership since start",
                                 value=coordinator.membership.seq)

@@ -33,7 +33,7 @@ log = logging.getLogger("cluster.coordinator")
 # What members send the coordinator; the wire schema gives each of them an "id".
 MEMBER_KINDS = frozenset({wire.HEARTBEAT, wire.REGISTER, wire.STATE_OP,
                           wire.SNAPSHOT_REQUEST, wire.SYNC, wire.BYE,
-                          wire.HISTORY_PUBLISH, wire.HISTORY_QUERY})
+                          wire.HISTORY_PUBLISH, wire.HISTORY_QUERY, wire.GROUPS_HELD})
 
 
 class Coordinator:
@@ -46,6 +46,9 @@ class Coordinator:
         self.membership = Membership(config.peer_expiry)
         self.history = HistoryBook(config.history_size, config.history_ttl)
         self.history_log: HistoryLog | None = None
+        # Gateway id -> the groups it holds (None: not said yet, so it gets everything).
+        self.gateway_groups: dict[str, set[str] | None] = {}
+        self.history_skipped = 0  # messages not sent to a gateway holding no member
         if config.data_dir:
             self.history_log = HistoryLog(Path(config.data_dir), config.fsync,
                                           compact_after=config.snapshot_every)
@@ -124,6 +127,10 @@ class Coordinator:
                     self.send(peer, wire.envelope(wire.WHO))
             elif kind == wire.REGISTER:
                 self.routes[member_id] = peer
+                if msg["role"] == "gateway" and member_id not in self.gateway_groups:
+                    # Sent every published message until it says what it holds.
+                    self.gateway_groups[member_id] = None
+                    self.send(peer, wire.envelope(wire.GROUPS_ASK))
                 if self.membership.register(member_id, msg["role"], msg["info"], now):
                     log.info("%s %s joined", msg["role"], member_id)
                     changed = True
@@ -147,16 +154,34 @@ class Coordinator:
                 self.send(peer, wire.envelope(wire.HISTORY_ANSWER, rid=msg["rid"],
                                               epoch=self.history.epoch, messages=kept,
                                               complete=complete))
+            elif kind == wire.GROUPS_HELD:
+                self.on_groups_held(peer, member_id, msg)
             elif kind == wire.BYE and self.membership.leave(member_id):
                 log.info("%s left", member_id)
                 self.routes.pop(member_id, None)
+                self.gateway_groups.pop(member_id, None)
                 changed = True
         if changed:
             self.publish()
 
+    def on_groups_held(self, peer: bytes, gateway_id: str, msg: dict[str, Any]) -> None:
+        """A gateway's groups (cluster/gateway/group_notices.py): published messages go
+        only to the gateways holding their group. Answered, so the gateway can let a
+        new member hear of its join only once we know."""
+        held = {g for g in msg["held"] if isinstance(g, str)}
+        known = self.gateway_groups.get(gateway_id)
+        if msg["full"]:
+            self.gateway_groups[gateway_id] = held
+        elif known is not None:
+            known |= held
+            known.difference_update(g for g in msg["dropped"] if isinstance(g, str))
+        if msg["r"]:
+            self.send(peer, wire.envelope(wire.WS_GROUPS_ACK, r=msg["r"]))
+
     def publish_history(self, group: str, data: Any, now: float) -> None:
-        """Number the group's message, keep it, and hand it to every gateway: the one
-        place all of a group's publishes pass, so its offsets are one order."""
+        """Number the group's message, keep it, and hand it to every gateway holding
+        the group: the one place all of a group's publishes pass, so its offsets are
+        one order."""
         offset = self.history.publish(group, data, now)
         if self.history_log is not None:
             # On disk before any gateway has it: a coordinator killed now comes back
@@ -176,7 +201,11 @@ class Coordinator:
         for member in self.membership.members.values():
             peer = self.routes.get(member.id)
             if member.role == "gateway" and peer is not None:
-                self.send(peer, env)
+                groups = self.gateway_groups.get(member.id)
+                if groups is None or group in groups:
+                    self.send(peer, env)
+                else:
+                    self.history_skipped += 1
 
     def send(self, peer: bytes, msg: dict[str, Any]) -> None:
         assert self.pump is not None
@@ -208,6 +237,7 @@ class Coordinator:
             gone = self.membership.expire(time.monotonic())
             for member in gone:
                 self.routes.pop(member.id, None)
+                self.gateway_groups.pop(member.id, None)
                 log.warning("%s %s missed its heartbeats; dropped", member.role, member.id)
             if gone:
                 self.publish()

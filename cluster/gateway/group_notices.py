@@ -21,8 +21,11 @@ broadcast goes only to the gateways that hold members of its group.
   to which of that worker's action messages (`seen`, their number `n`) the gateway
   had read: one that crossed the worker's later join is not taken for the truth.
 
-Nothing else holds this map (no coordinator, no etcd): it lives between each gateway
-and its workers, and a gateway's restart tells them afresh.
+Nothing else holds this map for broadcasts: it lives between each gateway and its
+workers, and a gateway's restart tells them afresh. The coordinator is told too
+(GROUPS_HELD; everything when it asks, after the gateway registers): it sends a
+published message only to the gateways holding its group, and a connected
+coordinator must answer a notice like a worker before a new member is released.
 """
 
 from __future__ import annotations
@@ -37,16 +40,19 @@ if TYPE_CHECKING:
     import asyncio
 
     from cluster.gateway.dispatch import Dispatcher
+    from cluster.plumbing.coordinator_link import CoordinatorLink
 
 log = logging.getLogger("cluster.gateway.ws")
 
 RELEASE_AFTER = 1.0  # seconds a notice may wait for a worker's answer
+COORDINATOR = b""  # the coordinator's place among those a notice waits for
 
 
 class GroupNotices:
     def __init__(self, loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> None:
         self.loop = loop
         self.dispatcher = dispatcher
+        self.coordinator: CoordinatorLink | None = None  # on the coordinator backend
         self.seen: dict[bytes, int] = {}  # worker -> the `n` of its last action message read
         self._changed: dict[str, bool] = {}  # group -> held now, since the last notice
         self._scheduled = False
@@ -82,6 +88,13 @@ class GroupNotices:
             waiting.discard(worker)
         self._advance()
 
+    def tell_coordinator(self, groups: list[str]) -> None:
+        """It asked (we registered): every group held here."""
+        if self.coordinator is not None:
+            self.coordinator.post(wire.envelope(wire.GROUPS_HELD,
+                                                id=self.dispatcher.gateway_id, held=groups,
+                                                dropped=[], full=True, r=0))
+
     def greet(self, worker: bytes, groups: list[str]) -> None:
         """A worker that linked: every group held here."""
         self.sent += 1
@@ -97,6 +110,11 @@ class GroupNotices:
         self.rounds += 1
         workers = list(self.dispatcher.workers)
         self.unanswered[self.rounds] = set(workers)
+        link = self.coordinator
+        if link is not None and link.connected:
+            self.unanswered[self.rounds].add(COORDINATOR)
+            link.post(wire.envelope(wire.GROUPS_HELD, id=self.dispatcher.gateway_id,
+                                    held=held, dropped=dropped, full=False, r=self.rounds))
         for worker in workers:
             self.sent += 1
             self.dispatcher.post_to(worker, wire.envelope(

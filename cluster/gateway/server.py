@@ -21,7 +21,7 @@ from cluster.gateway.body_budget import BodyBudget
 from cluster.gateway.client_context import ClientConnection, ClientTimeouts, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
-from cluster.gateway.group_notices import GroupNotices
+from cluster.gateway.group_notices import COORDINATOR, GroupNotices
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_connection import HttpConnection
 from cluster.gateway.http_core import HttpLimits
@@ -191,6 +191,8 @@ class Gateway:
                                    self._on_members, self._on_coordinator,
                                    security=self.security)
             self.hub.ask_history = partial(self._ask_history, link)
+            if self.hub.notices is not None:
+                self.hub.notices.coordinator = link
             coordinator = link
         self.coordinator = coordinator
         coordinator.start(self.loop)
@@ -218,8 +220,15 @@ class Gateway:
         self.members = members
 
     def _on_coordinator(self, msg: dict[str, Any]) -> None:
-        if msg["k"] in (wire.HISTORY_MESSAGE, wire.HISTORY_ANSWER):
+        kind = msg["k"]
+        if kind in (wire.HISTORY_MESSAGE, wire.HISTORY_ANSWER):
             self.hub.on_history(msg)
+        elif self.hub.notices is None:
+            return
+        elif kind == wire.WS_GROUPS_ACK:
+            self.hub.notices.answered(COORDINATOR, msg)
+        elif kind == wire.GROUPS_ASK:
+            self.hub.notices.tell_coordinator(sorted(self.hub.groups))
 
     def _ask_history(self, link: CoordinatorLink, rid: int, group: str, epoch: str,
                      offset: int) -> bool:

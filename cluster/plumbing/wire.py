@@ -66,6 +66,8 @@ HISTORY_PUBLISH = "hpub"  # worker -> coordinator: number and keep this group me
 HISTORY_MESSAGE = "hmsg"  # coordinator -> gateway: a numbered group message, to deliver
 HISTORY_QUERY = "hq"  # gateway -> coordinator: this group's messages after (epoch, offset)
 HISTORY_ANSWER = "hans"  # coordinator -> gateway: them, and whether that is all of them
+GROUPS_HELD = "gh"  # gateway -> coordinator: groups held here (WS_GROUPS_ACK answers)
+GROUPS_ASK = "gask"  # coordinator -> gateway: send me every group you hold (you registered)
 
 # Deferred replies (seed Homor's suspended requests)
 DEFERRED = "dfr"  # worker -> gateway: this request is answered later; my credit is free
@@ -129,6 +131,8 @@ SCHEMA: dict[str, dict[str, type]] = {
     HISTORY_MESSAGE: {"group": _STR, "epoch": _STR, "offset": _INT},
     HISTORY_QUERY: {"id": _STR, "rid": _INT, "group": _STR},
     HISTORY_ANSWER: {"rid": _INT, "epoch": _STR, "messages": _LIST, "complete": _BOOL},
+    GROUPS_HELD: {"id": _STR, "held": _LIST, "dropped": _LIST, "full": _BOOL, "r": _INT},
+    GROUPS_ASK: {},
     WS_QUERY_REPLY: {"rid": _INT, "conns": _LIST},
 }
 

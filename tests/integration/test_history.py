@@ -224,3 +224,24 @@ def test_history_survives_a_coordinator_killed_mid_publish(tmp_path: Any) -> Non
         assert all(witnessed.get(f["offset"], f["data"]) == f["data"] for f in got[1:])
         for ws in (back, witness, talker):
             ws.close()
+
+
+@pytest.mark.parametrize("backend", ["coordinator"], indirect=True)
+def test_a_gateway_holding_no_member_is_sent_no_published_message(
+        two_gateways: tuple[Cluster, list[int]]) -> None:
+    """The coordinator sends a published message only to the gateways holding members
+    of its group (they tell it, as they tell the workers)."""
+    from tests.integration.test_observability import metrics_port, sample, scrape
+
+    c, (first, _second) = two_gateways
+    reader, talker = open_feed(first), open_talker(first)
+    in_place(reader)
+    for i in range(20):
+        talker.send(f"p{i}")
+    assert [f["data"] for f in frames(reader, lambda got: len(got) == 20)] == \
+        [f"p{i}" for i in range(20)]
+    skipped = sample(scrape(metrics_port(c.coordinator.ready)),
+                     "cluster_coordinator_history_skipped_total")
+    assert skipped == 20  # none of them to the second gateway
+    reader.close()
+    talker.close()
