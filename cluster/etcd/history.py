@@ -12,9 +12,13 @@ The mapping (the same contract as the coordinator's, docs/websocket.md)
   changes while the key exists (we never delete it; a compaction keeps it), so the
   epoch outlives every process of ours and every etcd member. A new etcd cluster, or
   a deleted key, is a new epoch, which clients are told plainly.
-- **Delivery**: each gateway watches the `/NAME/h/` prefix and hands each put to its
-  members of the group (gateway/ws_history.py), in revision order; a watch that
-  breaks resumes from the next revision on another member, so none is skipped.
+- **Delivery**: a gateway watches the keys of the groups it holds, and only those
+  (gateway/group_notices.py tells it when a group gets its first member here, or
+  loses its last), and hands each put to its members (gateway/ws_history.py). A
+  group's watch starts after the revision read when it became held, and the new
+  member hears nothing of its join before that read: whatever is published after
+  the member could know it joined reaches it. A watch that breaks resumes each
+  group from its next revision on another member, so none is skipped.
 - **Recovery** from (epoch, offset): the key's current version V says how many
   were missed; the revision at which version offset + 1 was written is found by
   reading the key at past revisions (a binary search: etcd keeps every revision
@@ -39,7 +43,9 @@ import grpc
 import msgpack  # type: ignore[import-untyped]
 from aetcd import rpc
 
+from cluster.errors import EtcdUnavailable
 from cluster.etcd.session import EtcdSession, EtcdTarget, stop_watch
+from cluster.gateway.group_notices import DIRECTORY
 
 log = logging.getLogger("cluster.etcd.history")
 
@@ -87,13 +93,22 @@ class EtcdHistory:
         # must not close the watch under it.
         self.watch_session = EtcdSession(target, timeout)
         self.session = EtcdSession(target, timeout)
-        self.revision = 0  # the newest revision delivered (or the start)
+        # Group -> the newest revision delivered for it (at first: read when it became
+        # held); its watch's id while one runs.
+        self.positions: dict[str, int] = {}
+        self.watches: dict[str, int] = {}
         self.cluster_id = 0
+        self.answered: Callable[[bytes, dict[str, Any]], None] = lambda *_: None
+        self._client: aetcd.Client | None = None  # the running watch's, to add groups to
+        self._events: asyncio.Queue[Any] | None = None
+        self._lock = asyncio.Lock()  # adding a group's watch, or starting them all
+        self._position_set = asyncio.Event()  # a group became held (its position read)
         self.delivered = 0
         self.undecodable = 0
         self.resumes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._recoveries: set[asyncio.Task[None]] = set()
+        self._changes: set[asyncio.Task[None]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self._stopping_watch: asyncio.Future[None] | None = None
 
@@ -107,16 +122,53 @@ class EtcdHistory:
         task.add_done_callback(self._recoveries.discard)
         return True
 
+    # -- which groups --------------------------------------------------------------
+    def groups_changed(self, held: list[str], dropped: list[str], round_: int) -> bool:
+        """gateway/group_notices.py: watch the groups held here, and no others."""
+        for group in dropped:
+            self.positions.pop(group, None)
+            watch_id = self.watches.pop(group, None)
+            if watch_id is not None and self._client is not None:
+                self._spawn(stop_watch(self._client, watch_id))
+        if not held:
+            return False
+        self._spawn(self._hold(held, round_))
+        return True
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+
+    async def _hold(self, groups: list[str], round_: int) -> None:
+        """Read where each group is now, then watch it from there; answer the round."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        for group in groups:
+            try:
+                found = await self.session.call(
+                    partial(_range, key=self.prefix + group.encode(), revision=0), deadline)
+            except EtcdUnavailable as exc:
+                log.warning("history: cannot read where group %r is (%s); its watch "
+                            "starts when etcd answers", group, exc)
+                found = None
+            if found is None:
+                continue  # the round goes unanswered: released after its time
+            self.cluster_id = int(found.header.cluster_id)
+            async with self._lock:
+                if group in self.positions:
+                    continue  # held already (a round before this one)
+                self.positions[group] = int(found.header.revision)
+                self._position_set.set()
+                if self._client is not None and self._events is not None:
+                    await self._add_watch(self._client, self._events, group)
+        self.answered(DIRECTORY, {"r": round_})
+
     # -- delivery ---------------------------------------------------------------------
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if not self.revision:
-                    # Where delivery starts: what is published from here on.
-                    head = await self.watch_session.call(self._head, loop.time() + self.timeout)
-                    self.revision = int(head.header.revision)
-                    self.cluster_id = int(head.header.cluster_id)
                 self._watch_task = loop.create_task(self._watch())
                 await self._watch_task
             except asyncio.CancelledError:
@@ -129,15 +181,25 @@ class EtcdHistory:
             except aetcd.exceptions.RevisionCompactedError:
                 # What was published meanwhile is gone from etcd: the members here miss
                 # it (their next frames skip offsets; a reconnect is told plainly).
-                log.error("history watch: revision %d is compacted; delivering from now "
-                          "on", self.revision + 1)
-                self.revision = 0
+                log.error("history watch: a revision is compacted; delivering from now on")
+                try:
+                    await self._from_now(loop.time() + self.timeout)
+                except EtcdUnavailable as exc:
+                    log.warning("etcd: cannot read where the groups are (%s)", exc)
+                    await asyncio.sleep(0.1)
             except Exception as exc:
-                log.warning("etcd: history watch broke (%r); resuming at revision %d", exc,
-                            self.revision + 1)
+                log.warning("etcd: history watch broke (%r); resuming each group at its "
+                            "next revision", exc)
                 self.watch_session.rotate(exc)
                 self.resumes += 1
                 await asyncio.sleep(0.1)
+
+    async def _from_now(self, deadline: float) -> None:
+        for group in list(self.positions):
+            found = await self.session.call(
+                partial(_range, key=self.prefix + group.encode(), revision=0), deadline)
+            if found is not None and group in self.positions:
+                self.positions[group] = int(found.header.revision)
 
     def _closing(self) -> bool:
         return not self._tasks or self._tasks[0].cancelled() or self._tasks[0].done()
@@ -152,24 +214,38 @@ class EtcdHistory:
         session = self.watch_session
         client = await asyncio.wait_for(session.client(), session.attempt)
         events: asyncio.Queue[Any] = asyncio.Queue()
-        watch = await asyncio.wait_for(client._watcher.add_callback(
-            self.prefix, events.put, range_end=_end(self.prefix),
-            start_revision=self.revision + 1), session.attempt)
+        async with self._lock:
+            self.watches.clear()
+            for group in list(self.positions):
+                await self._add_watch(client, events, group)
+            self._client, self._events = client, events
         try:
             while True:
-                event = await events.get()
+                group, event = await events.get()
                 if isinstance(event, Exception):
                     raise event
-                self._deliver(event)
+                self._deliver(group, event)
         finally:
-            self._stopping_watch = asyncio.ensure_future(stop_watch(client, watch.watch_id))
+            self._client = self._events = None
+            # Not awaited: this runs on cancellation too, and a stalled member would
+            # hold the cancellation up.
+            for watch_id in list(self.watches.values()):
+                self._stopping_watch = asyncio.ensure_future(stop_watch(client, watch_id))
+            self.watches.clear()
 
-    def _deliver(self, event: Any) -> None:
+    async def _add_watch(self, client: aetcd.Client, events: asyncio.Queue[Any],
+                         group: str) -> None:
+        watch = await asyncio.wait_for(client._watcher.add_callback(
+            self.prefix + group.encode(), partial(_tagged, events, group),
+            start_revision=self.positions[group] + 1), self.watch_session.attempt)
+        self.watches[group] = watch.watch_id
+
+    def _deliver(self, group: str, event: Any) -> None:
         kv = event.kv
         revision = int(kv.mod_revision)
-        if revision <= self.revision:
-            return  # a resumed watch's overlap
-        self.revision = revision
+        if revision <= self.positions.get(group, revision):
+            return  # a resumed watch's overlap, or a group no longer held
+        self.positions[group] = revision
         if event.kind != "PUT":
             return
         found = unpack(kv.value)
@@ -177,7 +253,6 @@ class EtcdHistory:
             self.undecodable += 1
             return
         self.delivered += 1
-        group = kv.key[len(self.prefix):].decode(errors="replace")
         self.on_message(group, epoch_of(self.cluster_id, int(kv.create_revision)),
                         int(kv.version), found[1])
 
@@ -186,7 +261,7 @@ class EtcdHistory:
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
             task = self._watch_task
-            if task is None or task.done():
+            if task is None or task.done() or not self.positions:
                 continue
             session = self.watch_session
             try:
@@ -204,6 +279,12 @@ class EtcdHistory:
         deadline = loop.time() + self.timeout
         key = self.prefix + group.encode()
         try:
+            # Read after the group's watch position (subscribing joined it): what is
+            # published in between is in the answer or comes live, never in neither.
+            while group not in self.positions:
+                self._position_set.clear()
+                await asyncio.wait_for(self._position_set.wait(),
+                                       max(0.0, deadline - loop.time()))
             messages, ours, complete = await self._since(key, epoch, offset, deadline)
         except Exception as exc:  # any failure is "not recoverable"
             log.warning("history recovery of %r after %s:%d failed: %r", group, epoch,
@@ -257,7 +338,7 @@ class EtcdHistory:
         return None
 
     def close(self) -> None:
-        for task in [*self._tasks, *self._recoveries]:
+        for task in [*self._tasks, *self._recoveries, *self._changes]:
             task.cancel()
         self._tasks = []
         asyncio.get_running_loop().create_task(self._close_sessions())
@@ -311,6 +392,10 @@ async def _replay(client: aetcd.Client, key: bytes, start: int, first: int, last
         return got
     finally:
         await stop_watch(client, watch.watch_id)
+
+
+def _tagged(events: asyncio.Queue[Any], group: str, event: Any) -> None:
+    events.put_nowait((group, event))
 
 
 def _end(prefix: bytes) -> bytes:

@@ -22,17 +22,19 @@ broadcast goes only to the gateways that hold members of its group.
   had read: one that crossed the worker's later join is not taken for the truth.
 
 Nothing else holds this map for broadcasts: it lives between each gateway and its
-workers, and a gateway's restart tells them afresh. The coordinator is told too
-(GROUPS_HELD; everything when it asks, after the gateway registers): it sends a
-published message only to the gateways holding its group, and a connected
-coordinator must answer a notice like a worker before a new member is released.
+workers, and a gateway's restart tells them afresh. Published messages (history)
+follow it too, through the `directory`: the coordinator is told (GROUPS_HELD; all
+groups when it asks, after the gateway registers) and sends a published message only
+to the gateways holding its group; on etcd the gateway watches only the keys of the
+groups it holds (cluster/etcd/history.py). Either answers a notice like a worker, once
+it delivers that group here, before a new member is released.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cluster.plumbing import wire
 
@@ -45,14 +47,43 @@ if TYPE_CHECKING:
 log = logging.getLogger("cluster.gateway.ws")
 
 RELEASE_AFTER = 1.0  # seconds a notice may wait for a worker's answer
-COORDINATOR = b""  # the coordinator's place among those a notice waits for
+DIRECTORY = b""  # the directory's place among those a notice waits for
+
+
+class Directory(Protocol):
+    """Where published messages come from, told which groups are held here."""
+
+    def groups_changed(self, held: list[str], dropped: list[str], round_: int) -> bool:
+        """True: it answers `round_` (GroupNotices.answered(DIRECTORY, {"r": round_}))
+        once it delivers the groups held."""
+        ...
+
+
+class CoordinatorDirectory:
+    """The coordinator, told over the gateway's link to it."""
+
+    def __init__(self, link: CoordinatorLink, gateway_id: str) -> None:
+        self.link = link
+        self.gateway_id = gateway_id
+
+    def groups_changed(self, held: list[str], dropped: list[str], round_: int) -> bool:
+        if not self.link.connected:
+            return False  # it asks for everything when it is back
+        self.link.post(wire.envelope(wire.GROUPS_HELD, id=self.gateway_id, held=held,
+                                     dropped=dropped, full=False, r=round_))
+        return True
+
+    def tell_all(self, groups: list[str]) -> None:
+        """It asked (we registered): every group held here."""
+        self.link.post(wire.envelope(wire.GROUPS_HELD, id=self.gateway_id, held=groups,
+                                     dropped=[], full=True, r=0))
 
 
 class GroupNotices:
     def __init__(self, loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> None:
         self.loop = loop
         self.dispatcher = dispatcher
-        self.coordinator: CoordinatorLink | None = None  # on the coordinator backend
+        self.directory: Directory | None = None
         self.seen: dict[bytes, int] = {}  # worker -> the `n` of its last action message read
         self._changed: dict[str, bool] = {}  # group -> held now, since the last notice
         self._scheduled = False
@@ -88,13 +119,6 @@ class GroupNotices:
             waiting.discard(worker)
         self._advance()
 
-    def tell_coordinator(self, groups: list[str]) -> None:
-        """It asked (we registered): every group held here."""
-        if self.coordinator is not None:
-            self.coordinator.post(wire.envelope(wire.GROUPS_HELD,
-                                                id=self.dispatcher.gateway_id, held=groups,
-                                                dropped=[], full=True, r=0))
-
     def greet(self, worker: bytes, groups: list[str]) -> None:
         """A worker that linked: every group held here."""
         self.sent += 1
@@ -110,11 +134,9 @@ class GroupNotices:
         self.rounds += 1
         workers = list(self.dispatcher.workers)
         self.unanswered[self.rounds] = set(workers)
-        link = self.coordinator
-        if link is not None and link.connected:
-            self.unanswered[self.rounds].add(COORDINATOR)
-            link.post(wire.envelope(wire.GROUPS_HELD, id=self.dispatcher.gateway_id,
-                                    held=held, dropped=dropped, full=False, r=self.rounds))
+        if self.directory is not None and \
+                self.directory.groups_changed(held, dropped, self.rounds):
+            self.unanswered[self.rounds].add(DIRECTORY)
         for worker in workers:
             self.sent += 1
             self.dispatcher.post_to(worker, wire.envelope(

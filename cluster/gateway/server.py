@@ -21,7 +21,7 @@ from cluster.gateway.body_budget import BodyBudget
 from cluster.gateway.client_context import ClientConnection, ClientTimeouts, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
-from cluster.gateway.group_notices import COORDINATOR, GroupNotices
+from cluster.gateway.group_notices import DIRECTORY, CoordinatorDirectory, GroupNotices
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_connection import HttpConnection
 from cluster.gateway.http_core import HttpLimits
@@ -69,6 +69,7 @@ class Gateway:
         self._last_probe = 0.0  # loop time the workers were last probed
         self.tls = TlsCounters()
         self.etcd_history: EtcdHistory | None = None
+        self.directory: CoordinatorDirectory | None = None
         self.sequencer: Sequencer | None = None
         self.id = f"gw-{uuid.uuid4().hex[:12]}"
         self.dispatcher = Dispatcher(loop, self.id, request_timeout=config.request_timeout,
@@ -176,6 +177,9 @@ class Gateway:
                                   config.history_size, config.history_ttl,
                                   self.hub.feed.on_message, self.hub.feed.on_answer)
             self.hub.ask_history = history.ask
+            if self.hub.notices is not None:
+                self.hub.notices.directory = history
+                history.answered = self.hub.notices.answered
             history.start(self.loop)
             self.etcd_history = history
             if config.state_sequencer:
@@ -191,8 +195,9 @@ class Gateway:
                                    self._on_members, self._on_coordinator,
                                    security=self.security)
             self.hub.ask_history = partial(self._ask_history, link)
+            self.directory = CoordinatorDirectory(link, self.id)
             if self.hub.notices is not None:
-                self.hub.notices.coordinator = link
+                self.hub.notices.directory = self.directory
             coordinator = link
         self.coordinator = coordinator
         coordinator.start(self.loop)
@@ -223,20 +228,21 @@ class Gateway:
         kind = msg["k"]
         if kind in (wire.HISTORY_MESSAGE, wire.HISTORY_ANSWER):
             self.hub.on_history(msg)
-        elif self.hub.notices is None:
-            return
-        elif kind == wire.WS_GROUPS_ACK:
-            self.hub.notices.answered(COORDINATOR, msg)
-        elif kind == wire.GROUPS_ASK:
-            self.hub.notices.tell_coordinator(sorted(self.hub.groups))
+        elif kind == wire.WS_GROUPS_ACK and self.hub.notices is not None:
+            self.hub.notices.answered(DIRECTORY, msg)
+        elif kind == wire.GROUPS_ASK and self.directory is not None:
+            self.directory.tell_all(sorted(self.hub.groups))
 
     def _ask_history(self, link: CoordinatorLink, rid: int, group: str, epoch: str,
                      offset: int) -> bool:
         """A recovery's question to the coordinator (see gateway/ws_history.py)."""
         if not link.connected:
             return False
-        link.post(wire.envelope(wire.HISTORY_QUERY, id=self.id, rid=rid, group=group,
-                                epoch=epoch, offset=offset))
+        # After this pass's group notice (call_soon keeps the order): the coordinator
+        # must know this gateway holds the group before it answers, or what it numbers
+        # in between would be neither in the answer nor sent here.
+        self.loop.call_soon(link.post, wire.envelope(
+            wire.HISTORY_QUERY, id=self.id, rid=rid, group=group, epoch=epoch, offset=offset))
         return True
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
