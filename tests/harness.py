@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -180,6 +181,21 @@ def cluster(interval: list[str] | None = None, backend: str = "") -> Iterator[Cl
         yield c
     finally:
         c.stop()
+
+
+@contextmanager
+def threads_running(calls: list[tuple[Callable[..., None], tuple[Any, ...]]],
+                    stop: threading.Event) -> Iterator[None]:
+    """Client threads, each `fn(*args)` looping until `stop`; set and joined at the end."""
+    threads = [threading.Thread(target=fn, args=args, daemon=True) for fn, args in calls]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
 
 
 @contextmanager

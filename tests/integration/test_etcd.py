@@ -28,7 +28,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from cluster.plumbing.security import ROLE_KEYS, keygen
-from tests.harness import solo_etcd, wait_for
+from tests.harness import solo_etcd, threads_running, wait_for
 from tests.integration.test_cli import cluster_run, ports_of
 from tests.integration.test_deploy import http
 from tests.netns import Host, Hosts, start_etcd, three_hosts
@@ -141,16 +141,10 @@ class Load:
 
     @contextmanager
     def running(self, per_site: int = 2) -> Iterator[Load]:
-        threads = [threading.Thread(target=self.run, args=(site, i * 10 + j), daemon=True)
-                   for i, site in enumerate(self.sites) for j in range(per_site)]
-        for thread in threads:
-            thread.start()
-        try:
+        with threads_running([(self.run, (site, i * 10 + j))
+                              for i, site in enumerate(self.sites)
+                              for j in range(per_site)], self.stop):
             yield self
-        finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join(15)
 
 
 def counter(site: Site) -> int:

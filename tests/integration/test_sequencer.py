@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, Proc, cluster, solo_etcd, wait_for
+from tests.harness import Cluster, Proc, cluster, solo_etcd, threads_running, wait_for
 from tests.integration.test_deploy import http
 from tests.integration.test_observability import metrics_port, sample, scrape
 
@@ -51,16 +51,9 @@ class Counting:
 
     @contextmanager
     def running(self, per_port: int = 3) -> Iterator[Counting]:
-        threads = [threading.Thread(target=self.run, args=(port,), daemon=True)
-                   for port in self.ports for _ in range(per_port)]
-        for thread in threads:
-            thread.start()
-        try:
+        with threads_running([(self.run, (port,)) for port in self.ports
+                              for _ in range(per_port)], self.stop):
             yield self
-        finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join(15)
 
     def check(self, port: int) -> int:
         status, body = http(f"http://127.0.0.1:{port}/incr", "POST")
