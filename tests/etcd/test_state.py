@@ -37,3 +37,10 @@ def test_the_replica_keeps_values_expiries_and_revisions() -> None:
     assert sorted(replica.keys(50.0)) == ["a", "t"] and "junk" not in replica.data
     replica.delete("a")
     assert "a" not in replica.revisions and replica.keys(150.0) == []
+
+
+def test_a_history_value_and_epoch() -> None:
+    from cluster.etcd.history import epoch_of, pack, unpack
+    assert unpack(pack({"n": 1}, 12.5)) == (12.5, {"n": 1})
+    assert unpack(b"\xc1") is None  # not ours: skipped, counted
+    assert epoch_of(0xE3C1, 57) == "e3c1.57"
