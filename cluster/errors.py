@@ -9,6 +9,8 @@ of these, and each is defined here.
     ├── ChildFailed            a supervised child did not become ready
     ├── CoordinatorUnreachable no answer from --coordinator at start
     ├── EtcdUnavailable        no etcd member answered within the deadline
+    ├── SequencerDeposed       (etcd) the state sequencer's fence failed: it lost the
+    │                          election, and the transaction applied nothing
     ├── WireError              untrusted bytes from a peer are not a valid envelope
     ├── PublisherError         (cluster.publisher) no coordinator, or no gateway
     ├── StateError             (cluster.state) a state operation was refused: a limit,
@@ -61,6 +63,11 @@ class CoordinatorUnreachable(ClusterError):
 
 class EtcdUnavailable(ClusterError):
     """No etcd member answered within the deadline."""
+
+
+class SequencerDeposed(ClusterError):
+    """The state sequencer's transaction failed its fence (another gateway holds the
+    sequencer key now): nothing of it was applied; the worker commits the batch."""
 
 
 class WireError(ClusterError):

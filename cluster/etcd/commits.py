@@ -34,7 +34,7 @@ import aetcd
 import msgpack  # type: ignore[import-untyped]
 
 from cluster.coordinator.store import StateStore, StoreLimits
-from cluster.errors import EtcdUnavailable, StateError
+from cluster.errors import EtcdUnavailable, SequencerDeposed, StateError
 from cluster.etcd.session import EtcdSession, EtcdTarget
 from cluster.worker.replica import Replica
 
@@ -47,10 +47,6 @@ MAX_GROUP = 256  # batches in one transaction
 MAX_KEYS = 60
 
 Fence = tuple[bytes, int]  # a key that must have this create revision
-
-
-class NotLeader(Exception):
-    """The fence failed: the transaction applied nothing."""
 
 
 class KnownValues(Replica):
@@ -141,7 +137,7 @@ class Committer:
             group, self._queue = self._take(self._queue)
             try:
                 outcomes, revision = await self._commit(group)
-            except (EtcdUnavailable, NotLeader) as exc:
+            except (EtcdUnavailable, SequencerDeposed) as exc:
                 for batch in group:
                     if not batch.done.done():
                         batch.done.set_exception(exc)
@@ -211,7 +207,7 @@ class Committer:
             if fence is not None:
                 holder = [int(meta.create_revision) for _raw, meta in found[0]]
                 if holder != [fence[1]]:
-                    raise NotLeader("the sequencer's key is another's now")
+                    raise SequencerDeposed("the sequencer's key is another's now")
                 found = found[1:]
             self.conflicts += 1
             # Lost to another writer: computed again at once on the values the failed

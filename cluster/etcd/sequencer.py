@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import aetcd
 
-from cluster.errors import EtcdUnavailable, StateError
-from cluster.etcd.commits import Committer, Fence, KnownValues, NotLeader
+from cluster.errors import EtcdUnavailable, SequencerDeposed, StateError
+from cluster.etcd.commits import Committer, Fence, KnownValues
 from cluster.etcd.session import EtcdSession
 from cluster.plumbing import wire
 
@@ -161,7 +161,7 @@ class Sequencer:
             results, revision = done.result()
             env = wire.envelope(wire.STATE_ACK, rid=rid, ok=True, results=results,
                                 seq=revision)
-        elif isinstance(exc, NotLeader):
+        elif isinstance(exc, SequencerDeposed):
             self.refused += 1
             env = wire.envelope(wire.STATE_ACK, rid=rid, ok=False, not_leader=True)
         elif isinstance(exc, EtcdUnavailable):
