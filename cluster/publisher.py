@@ -92,6 +92,8 @@ class Publisher:
             if gid not in self._gateways:
                 sock = self._ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 1000)  # let queued actions go out on close
+                # As a worker's: named for this gateway instance (gateway/dispatch.py).
+                sock.setsockopt_string(zmq.IDENTITY, f"{self.id}@{gid}")
                 try:
                     self._security.client(sock, key.encode())
                 except ConfigError as exc:

@@ -61,6 +61,10 @@ class Dispatcher:
                  defer_timeout: float = 60.0) -> None:
         self.loop = loop
         self.gateway_id = gateway_id
+        # Workers' sockets name this gateway instance in their identity (worker@gateway);
+        # one that names another was meant for a gateway that was here before us.
+        self._mine = f"@{gateway_id}".encode()
+        self.stale_frames = 0
         self.request_timeout = request_timeout
         self.peer_expiry = peer_expiry
         self.max_queue = max_queue
@@ -164,6 +168,15 @@ class Dispatcher:
     # -- from the workers --------------------------------------------------
     def on_messages(self, peer: bytes | None, messages: list[dict[str, Any]]) -> None:
         assert peer is not None  # the dispatch Pump is routed
+        if not peer.endswith(self._mine):
+            # Held by a worker's socket for the gateway that had this endpoint before
+            # (it died, this one started): not ours to act on. Unanswered, that link
+            # goes silent at the worker and is closed there.
+            if self.stale_frames == 0:
+                log.warning("messages from %s, meant for another gateway at this "
+                            "endpoint; dropped", peer.decode(errors="replace"))
+            self.stale_frames += len(messages)
+            return
         link = self.workers.get(peer)
         now = self.loop.time()
         if link is not None:

@@ -42,7 +42,11 @@ class GatewayLink:
         self.actions_sent = 0  # WS_ACTIONS messages, numbered (`n`) for group notices
         sock = worker.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt_string(zmq.IDENTITY, worker.id)
+        # The identity names the gateway instance too: a gateway restarted at the same
+        # endpoint (a new id) refuses what this socket still holds for the old one,
+        # which ZeroMQ would otherwise deliver there on reconnecting (stale pushes to
+        # connection numbers that are other clients' now).
+        sock.setsockopt_string(zmq.IDENTITY, f"{worker.id}@{gateway_id}")
         sock.setsockopt(zmq.MAXMSGSIZE, worker.config.max_frame)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)

@@ -191,7 +191,7 @@ def gateway() -> Iterator[tuple[Feed, Loop]]:
                                   dispatcher.live_workers, lambda: b"date",
                                   max_queue=1 << 16, ping_interval=20.0, ping_timeout=20.0,
                                   open_timeout=30.0)
-    yield (lambda envs: dispatcher.on_messages(b"peer", envs)), loop
+    yield (lambda envs: dispatcher.on_messages(b"peer@gw-fuzz", envs)), loop
     loop.loop.close()
 
 

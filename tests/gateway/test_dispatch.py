@@ -58,7 +58,7 @@ class Setup:
         self.d.pump = self.pump  # type: ignore[assignment]
 
     def hello(self, worker: bytes, credit: int) -> None:
-        self.d.on_messages(worker, [wire.envelope(wire.HELLO, id=worker.decode(),
+        self.d.on_messages(worker, [wire.envelope(wire.HELLO, id=worker.decode().split("@")[0],
                                                   credit=credit)])
 
     def request(self, method: str = "GET") -> tuple[Exchange, Sink]:
@@ -83,37 +83,37 @@ def test_no_worker_is_503_at_once(s: Setup) -> None:
 
 
 def test_requests_go_to_the_worker_with_fewest_in_flight(s: Setup) -> None:
-    s.hello(b"a", 10)
-    s.hello(b"b", 10)
-    assert [to for to, m in s.pump.sent if m["k"] == wire.WELCOME] == [b"a", b"b"]
+    s.hello(b"a@gw", 10)
+    s.hello(b"b@gw", 10)
+    assert [to for to, m in s.pump.sent if m["k"] == wire.WELCOME] == [b"a@gw", b"b@gw"]
     for _ in range(4):
         s.request()
-    assert len(s.pump.requests_to(b"a")) == 2 and len(s.pump.requests_to(b"b")) == 2
+    assert len(s.pump.requests_to(b"a@gw")) == 2 and len(s.pump.requests_to(b"b@gw")) == 2
 
 
 def test_without_credit_requests_wait_and_go_when_credit_returns(s: Setup) -> None:
-    s.hello(b"a", 1)
+    s.hello(b"a@gw", 1)
     first, sink = s.request()
     second, _ = s.request()
-    assert s.pump.requests_to(b"a") == [first.id] and list(s.d.waiting) == [second]
-    s.answer(b"a", first.id)
+    assert s.pump.requests_to(b"a@gw") == [first.id] and list(s.d.waiting) == [second]
+    s.answer(b"a@gw", first.id)
     assert sink.parts[0]["body"] == b"ok"
-    assert s.pump.requests_to(b"a") == [first.id, second.id] and not s.d.waiting
+    assert s.pump.requests_to(b"a@gw") == [first.id, second.id] and not s.d.waiting
 
 
 def test_a_stream_keeps_its_credit_until_its_last_part(s: Setup) -> None:
-    s.hello(b"a", 1)
+    s.hello(b"a@gw", 1)
     ex, sink = s.request()
     _queued, _ = s.request()
-    s.answer(b"a", ex.id, more=True)
-    assert len(s.pump.requests_to(b"a")) == 1
-    s.answer(b"a", ex.id)
-    assert len(s.pump.requests_to(b"a")) == 2 and len(sink.parts) == 2
+    s.answer(b"a@gw", ex.id, more=True)
+    assert len(s.pump.requests_to(b"a@gw")) == 1
+    s.answer(b"a@gw", ex.id)
+    assert len(s.pump.requests_to(b"a@gw")) == 2 and len(sink.parts) == 2
 
 
 def test_a_full_queue_is_503() -> None:
     small = Setup(max_queue=1)
-    small.hello(b"a", 1)
+    small.hello(b"a@gw", 1)
     small.request()
     small.request()
     _, third = small.request()
@@ -121,17 +121,17 @@ def test_a_full_queue_is_503() -> None:
 
 
 def test_past_the_deadline_is_504_and_a_late_answer_still_returns_credit(s: Setup) -> None:
-    s.hello(b"a", 1)
+    s.hello(b"a@gw", 1)
     ex, sink = s.request()
     s.clock.now += 6
     s.d.expire()
     assert sink.errors == [504] and ex.id not in s.d.pending
-    s.answer(b"a", ex.id)  # late: discarded, counted, credit back
-    assert s.d.late_replies == 1 and s.d.workers[b"a"].credit == 1
+    s.answer(b"a@gw", ex.id)  # late: discarded, counted, credit back
+    assert s.d.late_replies == 1 and s.d.workers[b"a@gw"].credit == 1
 
 
 def test_waiting_too_long_is_503(s: Setup) -> None:
-    s.hello(b"a", 1)
+    s.hello(b"a@gw", 1)
     s.request()
     _, waiting = s.request()
     s.clock.now += 6
@@ -140,41 +140,41 @@ def test_waiting_too_long_is_503(s: Setup) -> None:
 
 
 def test_a_dropped_worker_retries_gets_and_fails_posts(s: Setup) -> None:
-    s.hello(b"a", 5)
+    s.hello(b"a@gw", 5)
     get, get_sink = s.request("GET")
     _post, post_sink = s.request("POST")
-    s.hello(b"b", 5)
-    s.d.drop_worker(b"a", "missed its heartbeats")
+    s.hello(b"b@gw", 5)
+    s.d.drop_worker(b"a@gw", "missed its heartbeats")
     assert post_sink.errors == [502] and not get_sink.errors
-    assert s.pump.requests_to(b"b") == [get.id] and get.retried
+    assert s.pump.requests_to(b"b@gw") == [get.id] and get.retried
 
 
 def test_a_silent_worker_is_dropped_at_heartbeat(s: Setup) -> None:
-    s.hello(b"a", 5)
+    s.hello(b"a@gw", 5)
     s.clock.now += 4
     s.d.heartbeat()
-    assert b"a" not in s.d.workers
+    assert b"a@gw" not in s.d.workers
 
 
 def test_a_draining_worker_gets_nothing_new(s: Setup) -> None:
-    s.hello(b"a", 5)
-    s.hello(b"b", 5)
-    s.hello(b"a", 0)  # HELLO with credit 0: draining
-    assert s.d.live_workers() == [(b"b", "b")] and s.d.serving() == 1
+    s.hello(b"a@gw", 5)
+    s.hello(b"b@gw", 5)
+    s.hello(b"a@gw", 0)  # HELLO with credit 0: draining
+    assert s.d.live_workers() == [(b"b@gw", "b")] and s.d.serving() == 1
     for _ in range(3):
         s.request()
-    assert s.pump.requests_to(b"a") == [] and len(s.pump.requests_to(b"b")) == 3
-    s.d.on_messages(b"a", [wire.envelope(wire.BYE, id="a")])
-    assert b"a" not in s.d.workers
+    assert s.pump.requests_to(b"a@gw") == [] and len(s.pump.requests_to(b"b@gw")) == 3
+    s.d.on_messages(b"a@gw", [wire.envelope(wire.BYE, id="a")])
+    assert b"a@gw" not in s.d.workers
 
 
 def test_a_deferred_request_frees_credit_and_takes_any_workers_reply(s: Setup) -> None:
-    s.hello(b"a", 1)
+    s.hello(b"a@gw", 1)
     ex, sink = s.request()
-    s.d.on_messages(b"a", [wire.envelope(wire.DEFERRED, id=ex.id)])
-    assert s.d.workers[b"a"].credit == 1 and ex.id in s.d.deferred
-    s.hello(b"b", 1)
-    s.d.on_messages(b"b", [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=201,
+    s.d.on_messages(b"a@gw", [wire.envelope(wire.DEFERRED, id=ex.id)])
+    assert s.d.workers[b"a@gw"].credit == 1 and ex.id in s.d.deferred
+    s.hello(b"b@gw", 1)
+    s.d.on_messages(b"b@gw", [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=201,
                                          head=b"", body=b"later")])
     assert sink.parts[0]["status"] == 201 and not s.d.deferred
 
@@ -183,11 +183,11 @@ def test_a_reply_that_overtakes_the_deferral_answers_and_the_credit_still_return
         s: Setup) -> None:
     """reply() from worker b can reach the gateway before worker a's DEFERRED (two
     links, no order between them); it used to be dropped, the client left waiting."""
-    s.hello(b"a", 1)
-    s.hello(b"b", 1)
+    s.hello(b"a@gw", 1)
+    s.hello(b"b@gw", 1)
     ex, sink = s.request()
     worker = ex.worker
-    other = b"b" if worker == b"a" else b"a"
+    other = b"b@gw" if worker == b"a@gw" else b"a@gw"
     s.d.on_messages(other, [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=201,
                                           head=b"", body=b"early")])
     assert sink.parts[0]["status"] == 201
@@ -203,26 +203,34 @@ def test_a_reply_that_overtakes_the_deferral_answers_and_the_credit_still_return
 
 
 def test_an_early_reply_whose_worker_never_defers_is_not_504(s: Setup) -> None:
-    s.hello(b"a", 1)
+    s.hello(b"a@gw", 1)
     ex, sink = s.request()
-    s.d.on_messages(b"a", [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=200,
+    s.d.on_messages(b"a@gw", [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=200,
                                          head=b"", body=b"early")])
     s.clock.now += 10
     s.d.expire()
     assert sink.errors == [] and not s.d.replied_early
-    s.d.on_messages(b"a", [wire.envelope(wire.DEFERRED, id=ex.id)])  # late: credit back
-    assert s.d.workers[b"a"].credit == 1
+    s.d.on_messages(b"a@gw", [wire.envelope(wire.DEFERRED, id=ex.id)])  # late: credit back
+    assert s.d.workers[b"a@gw"].credit == 1
 
 
 def test_an_unknown_worker_heartbeat_is_asked_who_it_is(s: Setup) -> None:
-    s.d.on_messages(b"z", [wire.envelope(wire.HEARTBEAT, id="z")])
-    assert s.pump.sent == [(b"z", wire.envelope(wire.WHO))]
+    s.d.on_messages(b"z@gw", [wire.envelope(wire.HEARTBEAT, id="z")])
+    assert s.pump.sent == [(b"z@gw", wire.envelope(wire.WHO))]
 
 
 def test_a_closed_client_waiting_is_skipped(s: Setup) -> None:
-    s.hello(b"a", 1)
+    s.hello(b"a@gw", 1)
     first, _ = s.request()
     _gone, gone_sink = s.request()
     gone_sink.closed = True
-    s.answer(b"a", first.id)
-    assert s.pump.requests_to(b"a") == [first.id] and not s.d.waiting
+    s.answer(b"a@gw", first.id)
+    assert s.pump.requests_to(b"a@gw") == [first.id] and not s.d.waiting
+
+
+def test_messages_meant_for_a_gateway_that_was_here_before_are_dropped() -> None:
+    """A worker's socket for a dead gateway reconnects to whatever listens at its
+    endpoint next: its identity names the old gateway, and nothing of it is acted on."""
+    s = Setup()
+    s.d.on_messages(b"a@gw-old", [wire.envelope(wire.HELLO, id="a", credit=5)])
+    assert s.pump.sent == [] and s.d.workers == {} and s.d.stale_frames == 1

@@ -102,3 +102,46 @@ def test_presence_lists_every_gateway_holding_the_group(four_gateways: Fixture) 
             for ws in conns:
                 await ws.close()
     run(go())
+
+
+def test_a_gateway_restarted_on_the_same_endpoint_gets_nothing_meant_for_the_old_one(
+        ) -> None:
+    """A worker's socket for a gateway that died still holds, and keeps sending, what
+    was meant for it; ZeroMQ delivers that to whatever listens at the endpoint next. A
+    push to the old gateway's connection 1 must not reach the new one's connection 1,
+    another client."""
+    from tests.integration.test_deploy import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    # Slow heartbeats: the worker keeps its link to the dead gateway for seconds.
+    with cluster(interval=["--heartbeat-interval", "2"]) as c:
+        other = c.gateway()
+        c.worker(WS_APP)
+        old = c.gateway("--dispatch-bind", endpoint, "--wait-for-worker")
+
+        async def whoami(gw: Proc) -> tuple[Any, str]:
+            ws = await connect(url(gw, "/echo"))
+            await ws.send("whoami")
+            return ws, json.loads(await ws.recv())["conn"]
+
+        async def first() -> str:
+            ws, conn = await whoami(old)
+            await ws.close()
+            return conn
+
+        old_conn = run(first())
+        old.kill()
+        new = c.gateway("--dispatch-bind", endpoint, "--wait-for-worker")
+
+        async def then() -> None:
+            stranger, new_conn = await whoami(new)
+            assert new_conn.split("/")[1] == old_conn.split("/")[1]  # the same number
+            async with connect(url(other, "/room/pusher")) as pusher:
+                await pusher.send(f"push {old_conn} secret")
+                assert json.loads(await pusher.recv()) == {"pushed": True}  # old link
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(stranger.recv(), 1.0)  # the deadline is the test
+            await stranger.close()
+
+        run(then())
+        new.wait_log("meant for another gateway at this endpoint")
