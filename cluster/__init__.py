@@ -4,6 +4,8 @@ What a handler imports lives here, and importing it pulls in no gateway or
 coordinator code.
 """
 
+# First: whether this process runs the hot modules compiled (see cluster/compiled.py).
+from cluster import compiled  # noqa: F401
 from cluster.app import App
 from cluster.deferred import DEFER, reply
 from cluster.errors import StateError, StateUnavailable
@@ -36,4 +38,4 @@ __all__ = [
     "reply",
     "subscribe",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it)

@@ -216,13 +216,16 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def version() -> str:
-    """`cluster 0.2.0 (compiled|pure Python, Python 3.11.7)`: what is running."""
+    """`cluster 0.2.0 (cluster-server, Python 3.11.7, compiled with mypyc)`: what is
+    running, and whether its hot modules are compiled (cluster/compiled.py)."""
     from importlib import metadata
     try:
         number = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         number = "unknown (not installed)"
-    return f"cluster {number} ({DISTRIBUTION}, Python {sys.version.split()[0]})"
+    from cluster import compiled
+    return f"cluster {number} ({DISTRIBUTION}, Python {sys.version.split()[0]}, " \
+        f"{compiled.MODE})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster import compiled
 from cluster.commands.run_keys import RunKeys
 from cluster.errors import ChildFailed
 from cluster.plumbing.child import MIN_BACKOFF, Child
@@ -330,7 +331,7 @@ class Supervisor:
         gateways, workers = self.config.gateways, self.config.workers
         print(f"cluster: {self.config.handler} on {', '.join(urls)} "
               f"({gateways} gateway{'s' * (gateways != 1)}, "
-              f"{workers} worker{'s' * (workers != 1)})", flush=True)
+              f"{workers} worker{'s' * (workers != 1)}; {compiled.MODE})", flush=True)
         if self.discovery:
             print(f"cluster: Prometheus discovery on http://{self.discovery}/targets",
                   flush=True)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.plumbing import wire
-from cluster.plumbing.zmqio import Pump
+from cluster.plumbing.zmqio import Outbox
 
 if TYPE_CHECKING:
     from cluster.etcd.sequencer import Sequencer
@@ -68,7 +68,7 @@ class Dispatcher:
         self.request_timeout = request_timeout
         self.peer_expiry = peer_expiry
         self.max_queue = max_queue
-        self.pump: Pump | None = None
+        self.pump: Outbox | None = None  # the gateway sets its ROUTER's pump
         self.workers: dict[bytes, WorkerLink] = {}
         self.pending: dict[int, Exchange] = {}
         # Deferred requests: answered later by any worker; ordered by deadline too.

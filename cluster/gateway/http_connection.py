@@ -146,9 +146,13 @@ class HttpConnection(asyncio.Protocol):
                 return
             self.preface = None
         self.ctx.bytes_in += len(data)
-        if self.ws is not None:
-            if self.ws.accepted and self.ctx.hub is not None:
-                self.ctx.hub.on_events(self.ws, self.ws.core.receive_data(data))
+        # A local, not `self.ws`: mypy would take `self.ws` to be None for the rest of
+        # this method, though a request below can make it a WebSocket, and the compiled
+        # build checks what mypy takes for granted.
+        ws = self.ws
+        if ws is not None:
+            if ws.accepted and self.ctx.hub is not None:
+                self.ctx.hub.on_events(ws, ws.core.receive_data(data))
             return  # before the worker accepts, a client must not send frames
         core = self.core
         if not core.mid_request:

@@ -24,7 +24,7 @@ class GatewayMetrics:
     def read(self) -> Iterable[Any]:
         gw = self.gateway
         http, hub, dispatcher = gw.http, gw.hub, gw.dispatcher
-        pump = dispatcher.pump
+        pump = gw.pump
         conns = GaugeMetricFamily("cluster_gateway_connections",
                                   "Open client connections by protocol",
                                   labels=["protocol"])

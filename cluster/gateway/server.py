@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
+from cluster import compiled
 from cluster.errors import ConfigError, StoppedWhileStarting
 from cluster.gateway.admission import Admission
 from cluster.gateway.body_budget import BodyBudget
@@ -72,6 +73,7 @@ class Gateway:
         self.directory: CoordinatorDirectory | None = None
         self.sequencer: Sequencer | None = None
         self.id = f"gw-{uuid.uuid4().hex[:12]}"
+        self.pump: Pump | None = None  # the workers' ROUTER, once bound (start)
         self.dispatcher = Dispatcher(loop, self.id, request_timeout=config.request_timeout,
                                      peer_expiry=config.peer_expiry, max_queue=config.max_queue,
                                      defer_timeout=config.defer_timeout)
@@ -138,9 +140,9 @@ class Gateway:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         bind(sock, config.dispatch_bind, "--dispatch-bind")
         endpoint = advertised(sock.getsockopt_string(zmq.LAST_ENDPOINT), config.advertise_host)
-        self.dispatcher.pump = Pump(self.loop, sock, self.dispatcher.on_messages, routed=True,
-                                    max_frame=config.max_frame,
-                                    on_send_error=self.dispatcher.on_send_error)
+        self.pump = Pump(self.loop, sock, self.dispatcher.on_messages, routed=True,
+                         max_frame=config.max_frame, on_send_error=self.dispatcher.on_send_error)
+        self.dispatcher.pump = self.pump
         self._watch_disconnects(sock)
 
         context = self._tls()
@@ -216,10 +218,10 @@ class Gateway:
                 log.warning("no worker linked within %gs (--start-timeout); opening the HTTP "
                             "port anyway: 503 until one links", config.start_timeout)
         self.server = await self.loop.create_server(accept, sock=listener, backlog=2048)
-        log.info("gateway %s: http on %s:%d, workers connect to %s",
-                 self.id, config.host, port, endpoint)
+        log.info("gateway %s: http on %s:%d, workers connect to %s (%s)",
+                 self.id, config.host, port, endpoint, compiled.MODE)
         return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint,
-                "metrics": info.get("metrics", "")}
+                "metrics": info.get("metrics", ""), "build": compiled.MODE}
 
     def _on_members(self, members: list[dict[str, Any]]) -> None:
         self.members = members
@@ -348,8 +350,8 @@ class Gateway:
             await self.coordinator.wait_closed()
         if self.etcd_history is not None:
             self.etcd_history.close()
-        if self.dispatcher.pump is not None:
-            self.dispatcher.pump.close(linger=0.5)  # the BYEs still go
+        if self.pump is not None:
+            self.pump.close(linger=0.5)  # the BYEs still go
         self._monitor.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()

@@ -169,9 +169,9 @@ class WebSocketHub:
         self._flush_scheduled = False
         # Numbered group messages and recovery (cluster.publish); the gateway sets
         # `ask_history` once its coordinator link exists.
-        self.ask_history: Callable[[int, str, str, int], bool] = lambda *_: False
-        self.feed = GroupFeed(self._queue_text, lambda g: self.groups.get(g, set()),
-                              lambda *args: self.ask_history(*args), open_timeout)
+        self.ask_history: Callable[[int, str, str, int], bool] = self._no_history
+        self.feed = GroupFeed(self._queue_text, self._members_of, self._ask_history,
+                              open_timeout)
         # What each action on a connection does; broadcasts, to a group, apart.
         self._run: dict[str, Callable[[Session, list[Any], set[int]], None]] = {
             wire.ACCEPT: self._act_accept, wire.REJECT: self._act_reject,
@@ -179,7 +179,18 @@ class WebSocketHub:
             wire.JOIN: self._act_join, wire.LEAVE: self._act_leave,
             wire.SUBSCRIBE: self._act_subscribe}
 
+    @staticmethod
+    def _no_history(rid: int, group: str, epoch: str, offset: int) -> bool:
+        return False  # until the gateway has a coordinator link
+
+    def _ask_history(self, rid: int, group: str, epoch: str, offset: int) -> bool:
+        return self.ask_history(rid, group, epoch, offset)
+
+    def _members_of(self, group: str) -> set[int]:
+        return self.groups.get(group, set())
+
     # -- from client connections ------------------------------------------------
+
     def open(self, conn: int, core: WebSocketCore, transport: Transport,
              request_fields: dict[str, Any]) -> bool:
         """Ask the connection's worker whether to accept; False: no worker at all."""

@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -80,6 +80,15 @@ _NOBLOCK = int(zmq.NOBLOCK)
 def has_input(sock: zmq.Socket[bytes]) -> bool:
     """Whether a frame can be received now (the FD only says "look again")."""
     return bool(sock.getsockopt(_EVENTS) & _POLLIN)  # type: ignore[operator]  # an int
+
+
+class Outbox(Protocol):
+    """What a sender needs of a pump: queue a message (for a peer, on a ROUTER) and
+    send what is queued. The microbenchmark's frame counter is one too."""
+
+    def post(self, msg: dict[str, Any], to: bytes | None = None) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class Pump:

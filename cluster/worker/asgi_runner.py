@@ -19,12 +19,11 @@ from cluster.worker.asgi import (
     commit_view,
     run_http,
 )
-from cluster.worker.messages import server_error
+from cluster.worker.messages import ReplyLink, server_error
 from cluster.worker.ws import build_ws_request
 from cluster.worker.ws import connect_info as connect_ws_info
 
 if TYPE_CHECKING:
-    from cluster.worker.gateway_link import GatewayLink
     from cluster.worker.server import Worker
 
 log = logging.getLogger("cluster.worker.asgi")
@@ -40,10 +39,10 @@ class AsgiRunner:
         self.ws: dict[str, WebSocketSession] = {}  # running connections
 
     # -- HTTP ------------------------------------------------------------------------
-    def request(self, link: GatewayLink, env: dict[str, Any]) -> None:
+    def request(self, link: ReplyLink, env: dict[str, Any]) -> None:
         self.worker.loop.create_task(self._run_http(link, env))
 
-    async def _run_http(self, link: GatewayLink, env: dict[str, Any]) -> None:
+    async def _run_http(self, link: ReplyLink, env: dict[str, Any]) -> None:
         worker = self.worker
         began = time.perf_counter()
         rid: int = env["id"]
@@ -73,7 +72,7 @@ class AsgiRunner:
             worker.requests.streams.close(link.gateway_id, rid)
         worker.metrics.record((ROUTE, status), time.perf_counter() - began)
 
-    def client_gone(self, link: GatewayLink, rid: int) -> bool:
+    def client_gone(self, link: ReplyLink, rid: int) -> bool:
         """The client of a running request left; False if it is not ours."""
         exchange = self.http.get((link.gateway_id, rid))
         if exchange is None:
@@ -82,7 +81,7 @@ class AsgiRunner:
         return True
 
     # -- WebSocket -------------------------------------------------------------------
-    def ws_event(self, link: GatewayLink, kind: str, env: dict[str, Any]) -> None:
+    def ws_event(self, link: ReplyLink, kind: str, env: dict[str, Any]) -> None:
         """The app runs once per connection; its events feed that run, in order."""
         number: int = env["conn"]
         key = f"{link.gateway_id}/{number}"

@@ -15,7 +15,7 @@ import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
 from cluster.errors import BadResponse
@@ -23,6 +23,15 @@ from cluster.plumbing import wire
 from cluster.plumbing.http_fields import encode_fields
 from cluster.responses import parse_cookies, set_cookie_headers
 from cluster.worker.compression import accepts_gzip, gzip_response
+
+
+class ReplyLink(Protocol):
+    """What answering a request needs of the gateway link it came on: which gateway it
+    is, and the way back. A `GatewayLink` is one; so is the microbenchmark's."""
+
+    gateway_id: str
+
+    def post(self, msg: dict[str, Any]) -> None: ...
 
 
 def target_fields(env: dict[str, Any], scheme: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from cluster.worker.adapters import Invocation, settle
 from cluster.worker.asgi import ASGIHandler
 from cluster.worker.flow import Streams
 from cluster.worker.messages import (
+    ReplyLink,
     StreamEnvelopes,
     build_request,
     normalize,
@@ -34,30 +34,46 @@ from cluster.worker.threadpool import Emit, ThreadPool
 
 if TYPE_CHECKING:
     from cluster.worker.asgi_runner import AsgiRunner
-    from cluster.worker.gateway_link import GatewayLink
     from cluster.worker.server import Worker
 
 log = logging.getLogger("cluster.worker")
 
 
-@dataclass(slots=True)
 class AsyncStream:
     """An async generator a sync handler returned: a pool thread hands it to the
     loop, which alone can run it."""
-    link: GatewayLink
-    rid: int
-    req: dict[str, Any]
-    stream: StreamEnvelopes
-    body: Any
+
+    __slots__ = ("body", "link", "req", "rid", "stream")
+
+    def __init__(self, link: ReplyLink, rid: int, req: dict[str, Any],
+                 stream: StreamEnvelopes, body: Any) -> None:
+        self.link = link
+        self.rid = rid
+        self.req = req
+        self.stream = stream
+        self.body = body
 
 
-Outgoing = tuple["GatewayLink", dict[str, Any]] | AsyncStream
+Outgoing = tuple["ReplyLink", dict[str, Any]] | AsyncStream
 
 
-async def _aiter(items: Any) -> Any:
-    """A sync iterable as an async one (the loop runs it between sends)."""
-    for item in items:
-        yield item
+class SyncChunks:
+    """A sync iterable as an async iterator (the loop runs it between sends). A class,
+    not an async generator: mypyc compiles this module, and it has no async generators."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Any) -> None:
+        self.items = iter(items)
+
+    def __aiter__(self) -> SyncChunks:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return next(self.items)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
 
 class Requests:
@@ -69,7 +85,7 @@ class Requests:
         self.adapter = worker.adapter
         self.asgi: AsgiRunner | None = None  # set by the worker for an ASGI app
         self.running = 0
-        self.backlog: deque[tuple[GatewayLink, dict[str, Any]]] = deque()
+        self.backlog: deque[tuple[ReplyLink, dict[str, Any]]] = deque()
         self.pool: ThreadPool[Outgoing] = ThreadPool(self.loop, self.config.threads,
                                                      self._emitted)
         self.streams = Streams(self.loop)  # flow control of the responses being streamed
@@ -78,13 +94,13 @@ class Requests:
     def idle(self) -> bool:
         return not self.running and not self.backlog
 
-    def accept(self, link: GatewayLink, env: dict[str, Any]) -> None:
+    def accept(self, link: ReplyLink, env: dict[str, Any]) -> None:
         if self.running >= self.config.concurrency:
             self.backlog.append((link, env))
             return
         self._start(link, env)
 
-    def _start(self, link: GatewayLink, env: dict[str, Any]) -> None:
+    def _start(self, link: ReplyLink, env: dict[str, Any]) -> None:
         self.running += 1
         rid: int = env["id"]
         if self.asgi is not None:
@@ -105,7 +121,7 @@ class Requests:
         else:
             self.pool.submit(partial(self._run_sync, link, rid, req, inv))
 
-    def _run_sync(self, link: GatewayLink, rid: int, req: dict[str, Any], inv: Invocation,
+    def _run_sync(self, link: ReplyLink, rid: int, req: dict[str, Any], inv: Invocation,
                   emit: Emit[Outgoing]) -> None:
         """Runs in a pool thread (or inline for ready answers)."""
         began = time.perf_counter()
@@ -149,7 +165,7 @@ class Requests:
                 return
             emit((link, stream.end()))
 
-    async def _run_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
+    async def _run_async(self, link: ReplyLink, rid: int, req: dict[str, Any],
                          inv: Invocation) -> None:
         began = time.perf_counter()
         try:
@@ -186,10 +202,10 @@ class Requests:
         return response(rid, status, headers, body, request_headers=req["raw_headers"],
                         gzip_min_size=self.config.gzip_min_size)
 
-    async def _stream_async(self, link: GatewayLink, rid: int, req: dict[str, Any],
+    async def _stream_async(self, link: ReplyLink, rid: int, req: dict[str, Any],
                             stream: StreamEnvelopes, body: Any) -> None:
         window = self.streams.open(link.gateway_id, rid)
-        chunks = body if hasattr(body, "__anext__") else _aiter(body)
+        chunks = body if hasattr(body, "__anext__") else SyncChunks(body)
         try:
             async for chunk in chunks:
                 env = stream.chunk(chunk)
@@ -225,7 +241,7 @@ class Requests:
                     req["id"], self.config.stream_stall_timeout,
                     extra={"request_id": req["id"]})
 
-    def client_gone(self, link: GatewayLink, rid: int) -> None:
+    def client_gone(self, link: ReplyLink, rid: int) -> None:
         if self.asgi is None or not self.asgi.client_gone(link, rid):
             self.streams.client_gone(link.gateway_id, rid)
 
@@ -259,7 +275,7 @@ class Requests:
         """An inline answer's emit: on the loop already."""
         self._emitted([item])
 
-    def send(self, link: GatewayLink, env: dict[str, Any]) -> None:
+    def send(self, link: ReplyLink, env: dict[str, Any]) -> None:
         link.post(env)
         if not env.get("more"):  # a final response, or DEFERRED: the call is over
             self.running -= 1

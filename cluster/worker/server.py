@@ -36,7 +36,7 @@ from typing import Any
 
 import zmq
 
-from cluster import realtime
+from cluster import compiled, realtime
 from cluster.app import App
 from cluster.errors import (
     ConfigError,
@@ -287,8 +287,10 @@ def serve(config: WorkerConfig) -> None:
         if not await worker.connected(config.start_timeout, stop):
             log.warning("not yet registered with every gateway; serving as they answer")
         report_ready(config.ready_fd, {"role": "worker", "id": worker.id,
-                                       "handler": worker.adapter.kind, "metrics": metrics})
-        log.info("worker %s running %s (%s)", worker.id, config.handler, worker.adapter.kind)
+                                       "handler": worker.adapter.kind, "metrics": metrics,
+                                       "build": compiled.MODE})
+        log.info("worker %s running %s (%s; %s)", worker.id, config.handler,
+                 worker.adapter.kind, compiled.MODE)
         await stop.wait()
         await worker.stop()
         ctx.term()

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from cluster.plumbing import wire
 from cluster.worker.adapters import settle
 from cluster.worker.asgi import ASGIHandler
+from cluster.worker.messages import ReplyLink
 from cluster.worker.requests import log_failure
 from cluster.worker.ws import ConnectionQueues, build_ws_request, reply_actions
 from cluster.worker.ws import connect_info as connect_ws_info
 
 if TYPE_CHECKING:
-    from cluster.worker.gateway_link import GatewayLink
     from cluster.worker.server import Worker
 
 log = logging.getLogger("cluster.worker.ws")
@@ -45,7 +45,7 @@ class WsEvents:
         self.queues = ConnectionQueues(self._run_ws, self.loop.create_task)
         self.counts: dict[str, int] = {}  # events by kind, counted on the loop thread
 
-    def event(self, link: GatewayLink, env: dict[str, Any]) -> None:
+    def event(self, link: ReplyLink, env: dict[str, Any]) -> None:
         if self.worker.requests.asgi is not None:
             if env["k"] in HANDOVER:
                 log.warning("an ASGI app cannot shard; %s ignored", env["k"])
@@ -64,7 +64,7 @@ class WsEvents:
             else self.shard_queue.get(key, key)
         self.queues.submit(queue, (link, env))
 
-    async def _run_ws(self, item: tuple[GatewayLink, dict[str, Any]]) -> None:
+    async def _run_ws(self, item: tuple[ReplyLink, dict[str, Any]]) -> None:
         link, env = item
         number: int = env["conn"]
         key = f"{link.gateway_id}/{number}"

@@ -7,6 +7,9 @@
 (c) the same gateway answering by itself, no ZeroMQ hop: the ceiling for (a)
 (d) as (a) with an async handler: the hop without the thread pool
 
+With --pure-too, (h) and (i) are (a) and (d) with CLUSTER_PURE_PYTHON=1: the same
+checkout without its compiled modules, in the same turns.
+
 With --baseline DIR (another checkout, for example `git worktree add /tmp/base
 REV`), (e) and (f) are (a) and (d) run from that checkout, in the same turns: a
 change's before and after in one run. With --insecure-too, (g) is (a) with
@@ -33,7 +36,8 @@ from loadtests.bench.servers import (
 )
 
 
-def servers(baseline: str = "", insecure_too: bool = False) -> dict[str, Server]:
+def servers(baseline: str = "", insecure_too: bool = False,
+            pure_too: bool = False) -> dict[str, Server]:
     py = str(BIN / "python")
     a, b, c, d = (free_port() for _ in range(4))
     quiet = ["--log-level", "warning"]
@@ -59,6 +63,13 @@ def servers(baseline: str = "", insecure_too: bool = False) -> dict[str, Server]
             "cluster-insecure", [py, "-m", "cluster", "run", "--handler", "examples.hello:fun",
                                  "--port", str(port), "--workers", "1", "--insecure", *quiet],
             port)
+    if pure_too:
+        for label, fun in (("h: pure Python, sync fun", "fun"),
+                           ("i: pure Python, async fun", "afun")):
+            port = free_port()
+            chosen[label] = Server(f"pure-{fun}", [
+                py, "-m", "cluster", "run", "--handler", f"examples.hello:{fun}", "--port",
+                str(port), "--workers", "1", *quiet], port, env={"CLUSTER_PURE_PYTHON": "1"})
     if baseline:
         for label, fun in (("e: baseline, sync fun", "fun"), ("f: baseline, async fun", "afun")):
             port = free_port()
@@ -77,10 +88,12 @@ def main() -> int:
                              "(.svg or .png; needs matplotlib)")
     parser.add_argument("--baseline", default="",
                         help="also run (a) and (d) from this other checkout, in turns")
+    parser.add_argument("--pure-too", action="store_true",
+                        help="also run (a) and (d) on pure Python, in turns")
     parser.add_argument("--insecure-too", action="store_true",
                         help="also run (a) with --insecure: what CURVE costs")
     args = parser.parse_args()
-    med = compare_in_turns(servers(args.baseline, args.insecure_too), args)
+    med = compare_in_turns(servers(args.baseline, args.insecure_too, args.pure_too), args)
     a, b, c, d = list(med.values())[:4]
     print("\n| ratio | value | target |\n|---|---:|---:|")
     print(f"| req/s a/b (cluster sync / uvicorn) | {a.rps / b.rps:.2f} | ≥ 1.0 |")
@@ -95,6 +108,14 @@ def main() -> int:
         g = med["g: cluster 1 gw + 1 worker (sync fun), --insecure"]
         print(f"| req/s a/g (CURVE / --insecure) | {a.rps / g.rps:.2f} | ≥ 0.95 |")
         print(f"| CPU per request a/g (CURVE / --insecure) | {a.cpu_total / g.cpu_total:.2f} | |")
+    if args.pure_too:
+        h, i = [v for k, v in med.items() if k.startswith(("h:", "i:"))]
+        print(f"| CPU per request h/b (pure sync / uvicorn) | {h.cpu_total / b.cpu_total:.2f} | |")
+        print(f"| CPU per request a/h (sync, compiled / pure) | {a.cpu_total / h.cpu_total:.2f} "
+              "| |")
+        print(f"| CPU per request d/i (async, compiled / pure) | "
+              f"{d.cpu_total / i.cpu_total:.2f} | |")
+        print(f"| req/s a/h (sync, compiled / pure) | {a.rps / h.rps:.2f} | |")
     if args.baseline:
         e, f = [v for k, v in med.items() if k.startswith(("e:", "f:"))]
         print(f"| CPU per request a/e (sync, this checkout / baseline) | "

@@ -38,7 +38,6 @@ from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.ws_core import WsOptions
 from cluster.plumbing import wire
 from cluster.plumbing.config import WorkerConfig
-from cluster.worker.gateway_link import GatewayLink
 from cluster.worker.loader import load_handler
 from cluster.worker.server import Worker
 
@@ -96,8 +95,8 @@ def gateway_run(requests: int) -> float:
     dispatcher = Dispatcher(loop, "gw-bench", request_timeout=30.0, peer_expiry=10.0,
                             max_queue=1024)
     pump = FramePump()
-    dispatcher.pump = pump  # type: ignore[assignment]
-    peer = b"wk-bench"
+    dispatcher.pump = pump
+    peer = b"wk-bench@gw-bench"  # a worker names the gateway instance it links to
     dispatcher.on_messages(peer, [{"k": wire.HELLO, "id": "wk-bench", "credit": BATCH}])
     pump.frames.clear()
     pump.outbox.clear()
@@ -133,12 +132,11 @@ def gateway_run(requests: int) -> float:
 
 
 class BenchLink:
-    """A gateway link as the worker sees it, posting into a `FramePump`."""
+    """The link a request came on as the worker's request path sees it (a
+    `messages.ReplyLink`), posting into a `FramePump`."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self) -> None:
         self.gateway_id = "gw-bench"
-        self.last_heard = 0.0
         self.pump = FramePump()
         self.answered = 0
         self.done: asyncio.Event | None = None
@@ -158,7 +156,7 @@ def worker_run(requests: int, handler: str) -> float:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     config = WorkerConfig(handler=handler, concurrency=64)
     worker = Worker(config, loop, ctx, load_handler(handler), "wk-bench")
-    link = BenchLink(worker)
+    link = BenchLink()
     headers = [["host", "127.0.0.1:8000"]]
     frames = []
     next_id = 0
@@ -177,7 +175,8 @@ def worker_run(requests: int, handler: str) -> float:
         for frame in frames:
             link.expect += BATCH
             link.done.clear()
-            GatewayLink.on_messages(link, None, wire.decode_frame(frame))  # type: ignore[arg-type]
+            for env in wire.decode_frame(frame):  # as GatewayLink.on_messages does
+                worker.requests.accept(link, env)
             await link.done.wait()
             link.pump.flush()
         return time.process_time() - began

@@ -61,13 +61,15 @@ def ensure_wrk() -> str:
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], port: int, cwd: Path = ROOT) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, cwd: Path = ROOT,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}/"
         # cwd: `python -m cluster` runs the checkout it starts in (a baseline's too).
         self.popen = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+                                      stderr=subprocess.DEVNULL, start_new_session=True,
+                                      env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 30.0, context: ssl.SSLContext | None = None) -> None:
         deadline = time.monotonic() + timeout

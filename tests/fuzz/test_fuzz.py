@@ -186,7 +186,7 @@ def gateway() -> Iterator[tuple[Feed, Loop]]:
     loop = Loop()
     dispatcher = Dispatcher(loop.loop, "gw-fuzz", request_timeout=30.0, peer_expiry=10.0,
                             max_queue=64)
-    dispatcher.pump = FramePump()  # type: ignore[assignment]
+    dispatcher.pump = FramePump()
     dispatcher.hub = WebSocketHub(loop.loop, "gw-fuzz", dispatcher.post_to,
                                   dispatcher.live_workers, lambda: b"date",
                                   max_queue=1 << 16, ping_interval=20.0, ping_timeout=20.0,
@@ -201,25 +201,17 @@ def worker() -> Iterator[tuple[Feed, Loop]]:
     from cluster.worker.gateway_link import GatewayLink
     from cluster.worker.loader import load_handler
     from cluster.worker.server import Worker
-    from loadtests.bench.micro import BenchLink
-
-    class FuzzLink(BenchLink):
-        """A gateway link as GatewayLink.on_messages uses it, posting nowhere."""
-        endpoint = "tcp://fuzz"
-        welcomed = False
-        closed = False
-        welcomes = 0
-
-        def hello(self) -> None:
-            self.welcomed = False
 
     loop = Loop()
     ctx: zmq.Context[Any] = zmq.Context()
     handler = "tests.apps.handlers:app"
-    w = Worker(WorkerConfig(handler=handler, threads=1), loop.loop, ctx,
+    w = Worker(WorkerConfig(handler=handler, threads=1, insecure=True), loop.loop, ctx,
                load_handler(handler), "wk-fuzz")
-    link = FuzzLink(w)
-    yield (lambda envs: GatewayLink.on_messages(link, None, envs)), loop
+    # A real link whose socket connects to a port where nothing listens: what the
+    # worker answers queues in ZeroMQ, unsent.
+    link = GatewayLink(w, "gw-fuzz", "tcp://127.0.0.1:1", b"")
+    yield (lambda envs: link.on_messages(None, envs)), loop
+    link.close()
     w.requests.pool.shutdown(timeout=1.0)
     loop.loop.close()
     ctx.destroy(linger=0)

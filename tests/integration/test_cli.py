@@ -257,7 +257,7 @@ def test_a_body_over_the_limit_is_told_the_limit_and_the_flag() -> None:
         assert resp.body == b"Content Too Large: a request body here is at most 100 bytes " \
                             b"(--max-body)\n"
         assert "coordinator on tcp://127.0.0.1:" in run.banner
-        assert "1 gateway, 1 worker)" in run.banner
+        assert "1 gateway, 1 worker;" in run.banner
 
 
 def test_help_lists_env_twins() -> None:
