@@ -245,6 +245,7 @@ class HttpConnection(asyncio.Protocol):
             self._close()
             return
         self.ws = hub.sessions[self.conn_id]
+        self.core.release()  # frames from now on: no HTTP parser held
         self.ctx.connections.discard(self)  # no HTTP timeouts from now on
         self.closing = False
         self._update_reading()

@@ -111,7 +111,8 @@ class HttpCore:
     def __init__(self, limits: HttpLimits, budget: BodyBudget | None = None) -> None:
         self.limits = limits
         self.budget = budget if budget is not None else BodyBudget(UNLIMITED)
-        self._parser = httptools.HttpRequestParser(self)
+        # None once the connection became a WebSocket (release): nothing is fed then.
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._partial: _Partial | None = None
         self.failed = False
@@ -142,8 +143,10 @@ class HttpCore:
         if partial is not None and (partial.codings is None or not partial.headers_done):
             partial = None
         before = partial.body_bytes if partial is not None else 0
+        parser = self._parser
+        assert parser is not None, "fed after release"
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # The request is complete; what follows belongs to another protocol.
             self.upgraded = True
@@ -163,6 +166,11 @@ class HttpCore:
                            f"for {partial.chunks} chunks")
         events, self._events = self._events, []
         return events
+
+    def release(self) -> None:
+        """The connection became a WebSocket: nothing more to parse, and the parser
+        (about 1 KiB) would be a good part of what the idle connection keeps."""
+        self._parser = None
 
     def close(self) -> None:
         """The connection is gone: give back what its unfinished body held."""
@@ -230,6 +238,7 @@ class HttpCore:
         assert partial is not None
         partial.headers_done = True
         parser = self._parser
+        assert parser is not None  # it is calling us
         version = parser.get_http_version()
         method = parser.get_method().decode("ascii")
         target = partial.url.decode("latin-1")

@@ -107,6 +107,13 @@ def origin_refused(origin: str | None, host: str | None, allowed: tuple[str, ...
     return _authority(rest, scheme) != _authority(host, scheme)
 
 
+# The request fields websockets' handshake reads (RFC 6455 section 4.2.1, and RFC 7692's
+# extensions); Host so its parser sees a whole HTTP/1.1 request.
+HANDSHAKE_FIELDS = frozenset({
+    "host", "connection", "upgrade", "origin", "sec-websocket-key",
+    "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"})
+
+
 class WebSocketCore:
     def __init__(self, options: WsOptions) -> None:
         self.origins = options.origins
@@ -121,7 +128,9 @@ class WebSocketCore:
         self._chosen: str | None = None
         self._parts: list[bytes] = []
         self._text: bool | None = None  # type of the message being assembled
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        # Made by the first fragmented text message: most never are (a connection's
+        # memory is what an idle one costs).
+        self._decoder: codecs.IncrementalDecoder | None = None
         self._closed_reported = False
         self.pongs = 0  # answers to our keepalive pings
         self.handshake_request: WsRequest | None = None
@@ -144,9 +153,12 @@ class WebSocketCore:
                             f"(Host {fields.get('host', '')[:100]!r}; --ws-origins allows more)")
             return 403
         # websockets' parser must see the request itself to move on to frames: give it
-        # the head again, as llhttp already validated it.
-        head = [f"GET {request.target} HTTP/1.1\r\n"]
-        head += [f"{name}: {value}\r\n" for name, value in request.headers]
+        # the head again, as llhttp already validated it, with only the fields it reads
+        # (its parser keeps this request as long as the connection lives; the target
+        # and the rest are the worker's, in the connect event).
+        head = ["GET / HTTP/1.1\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in request.headers
+                 if name in HANDSHAKE_FIELDS]
         head.append("\r\n")
         self.protocol.receive_data("".join(head).encode("latin-1"))
         parsed = [e for e in self.protocol.events_received() if isinstance(e, WsRequest)]
@@ -162,6 +174,7 @@ class WebSocketCore:
         assert self.handshake_request is not None  # open_handshake ran and passed
         self._chosen = subprotocol if subprotocol in self.offered else None
         response = self.protocol.accept(self.handshake_request)
+        self.handshake_request = None  # read; an idle connection keeps nothing more
         if response.status_code == 101:
             for name, value in extra_headers:
                 response.headers[name] = value
@@ -196,7 +209,8 @@ class WebSocketCore:
             if op is Opcode.TEXT or op is Opcode.BINARY:
                 self._text = op is Opcode.TEXT
                 self._parts = []
-                self._decoder.reset()
+                if self._decoder is not None:
+                    self._decoder.reset()
             if op in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT) and \
                     not self._add(bytes(frame.data), frame.fin, out):
                 break
@@ -206,7 +220,18 @@ class WebSocketCore:
         return out
 
     def _add(self, data: bytes, fin: bool, out: list[Event]) -> bool:
+        if self._text and fin and not self._parts:
+            try:  # a whole text message in one frame, the usual case: one decode
+                out.append(Text(data.decode("utf-8")))
+            except UnicodeDecodeError:
+                self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                return False
+            self._text = None
+            return True
         if self._text:
+            # A fragment: checked as it comes, so invalid UTF-8 fails at once.
+            if self._decoder is None:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
             try:
                 self._decoder.decode(data, final=fin)
             except UnicodeDecodeError:
