@@ -39,9 +39,14 @@ def run(argv: list[str], cwd: Path, timeout: float = 600,
 
 
 def test_the_wheel_installs_compiled_and_serves(tmp_path: Path) -> None:
+    # Built by a fresh venv's pip, as a user's `pip install .` is: in pip's isolated
+    # build environment, with none of the package's dependencies installed beside it.
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
+    pip = str(venv / "bin" / "pip")
     wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-         str(wheels), str(ROOT)], cwd=tmp_path, env={"CLUSTER_STRICT_BUILD": "1"})
+    run([pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(ROOT)],
+        cwd=tmp_path, env={"CLUSTER_STRICT_BUILD": "1"})
     (wheel,) = wheels.glob("cluster_server-*.whl")
     assert re.search(r"-cp311-cp311-linux_\w+\.whl$", wheel.name), wheel.name
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -51,9 +56,7 @@ def test_the_wheel_installs_compiled_and_serves(tmp_path: Path) -> None:
         assert any(n.startswith(source[:-3] + ".cpython-") for n in names), module
     assert any(n.startswith(f"{compiled.GROUP}__mypyc.") for n in names)
 
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
-    run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], cwd=tmp_path)
+    run([pip, "install", "--quiet", str(wheel)], cwd=tmp_path)
     cluster = str(venv / "bin" / "cluster")
     assert run([cluster, "--version"], cwd=tmp_path).strip().endswith(
         ", compiled with mypyc)")
@@ -76,5 +79,8 @@ def test_the_wheel_installs_compiled_and_serves(tmp_path: Path) -> None:
         assert resp.status == 200 and resp.body == b"from the wheel"
     finally:
         popen.send_signal(signal.SIGTERM)
-        assert popen.wait(30) == 0, (tmp_path / "run.log").read_text()
+        code = popen.wait(30)
+        if popen.stdout is not None:
+            popen.stdout.close()
         log.close()
+    assert code == 0, (tmp_path / "run.log").read_text()
