@@ -36,6 +36,7 @@ HOT_MODULES: tuple[str, ...] = (
     "cluster.plumbing.wire",
     "cluster.plumbing.http_fields",
     "cluster.plumbing.zmqio",
+    "cluster.plumbing.histogram",  # every response's latency, in both processes
     # the gateway's request path: bytes in, envelope out, envelope in, bytes out
     "cluster.gateway.http_core",
     "cluster.gateway.http_connection",

@@ -22,8 +22,8 @@ from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.static import Mount
 from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
+from cluster.plumbing.histogram import ShardedHistogram
 from cluster.plumbing.http_fields import encode_fields, well_formed
-from cluster.plumbing.metrics import ShardedHistogram
 
 log = logging.getLogger("cluster.gateway.http")
 

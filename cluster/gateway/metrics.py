@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cluster.gateway.client_context import ERROR_KINDS
-from cluster.plumbing.metrics import ReadAtScrape, merge_rows, new_registry, pump_metrics
+from cluster.plumbing.histogram import merge_rows
+from cluster.plumbing.metrics import ReadAtScrape, new_registry, pump_metrics
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

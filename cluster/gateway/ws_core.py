@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
-from websockets.protocol import State
+from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
@@ -77,7 +77,11 @@ def is_websocket_upgrade(request: Request) -> bool:
     return False
 
 
-class _ServerProtocol(ServerProtocol):
+class _OpenProtocol(Protocol):
+    """An accepted connection's frames. websockets' ServerProtocol answered the
+    handshake; this takes over once it is open, so the connection does not keep the
+    handshake (its parser holds the request for as long as it lives)."""
+
     def recv_frame(self, frame: Frame) -> None:
         # RFC 6455 5.4: control frames may come between the fragments of a message.
         # A close there ends the connection normally; the unfinished message is
@@ -118,7 +122,9 @@ class WebSocketCore:
     def __init__(self, options: WsOptions) -> None:
         self.origins = options.origins
         self.refusal = ""  # why open_handshake refused, for the log
-        self.protocol = _ServerProtocol(
+        self.max_size = options.max_size
+        # The handshake's protocol until a 101 is sent, then an _OpenProtocol.
+        self.protocol: Protocol = ServerProtocol(
             origins=None,  # judged in open_handshake, before any worker is asked
             extensions=[_deflate()] if options.deflate else None,
             max_size=options.max_size,
@@ -152,9 +158,8 @@ class WebSocketCore:
             self.refusal = (f"Origin {fields.get('origin', '')[:100]!r} is another site's "
                             f"(Host {fields.get('host', '')[:100]!r}; --ws-origins allows more)")
             return 403
-        # websockets' parser must see the request itself to move on to frames: give it
-        # the head again, as llhttp already validated it, with only the fields it reads
-        # (its parser keeps this request as long as the connection lives; the target
+        # websockets' handshake must see the request itself: give it the head again,
+        # as llhttp already validated it, with only the fields it reads (the target
         # and the rest are the worker's, in the connect event).
         head = ["GET / HTTP/1.1\r\n"]
         head += [f"{name}: {value}\r\n" for name, value in request.headers
@@ -172,14 +177,24 @@ class WebSocketCore:
                extra_headers: list[tuple[str, str]]) -> tuple[int, bytes]:
         """The 101 (or the refusal websockets decides on) as bytes to send."""
         assert self.handshake_request is not None  # open_handshake ran and passed
+        handshake = self.protocol
+        assert isinstance(handshake, ServerProtocol)
         self._chosen = subprotocol if subprotocol in self.offered else None
-        response = self.protocol.accept(self.handshake_request)
+        response = handshake.accept(self.handshake_request)
         self.handshake_request = None  # read; an idle connection keeps nothing more
         if response.status_code == 101:
             for name, value in extra_headers:
                 response.headers[name] = value
-        self.protocol.send_response(response)
-        return response.status_code, b"".join(self.protocol.data_to_send())
+        handshake.send_response(response)
+        head = b"".join(handshake.data_to_send())
+        if response.status_code == 101:
+            # Open: frames from here on, with the extensions the handshake agreed.
+            opened = _OpenProtocol(Side.SERVER, state=State.OPEN, max_size=self.max_size)
+            # In place: its parser already holds the list, waiting for a first frame.
+            opened.extensions.extend(handshake.extensions)
+            opened.subprotocol = handshake.subprotocol
+            self.protocol = opened
+        return response.status_code, head
 
     def _selector(self) -> Callable[[ServerProtocol, Sequence[Subprotocol]],
                                     Subprotocol | None]:

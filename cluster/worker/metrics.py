@@ -14,13 +14,8 @@ from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cluster.etcd.state import EtcdState
-from cluster.plumbing.metrics import (
-    ReadAtScrape,
-    ShardedHistogram,
-    merge_rows,
-    new_registry,
-    pump_metrics,
-)
+from cluster.plumbing.histogram import ShardedHistogram, merge_rows
+from cluster.plumbing.metrics import ReadAtScrape, new_registry, pump_metrics
 
 if TYPE_CHECKING:
     from cluster.worker.server import Worker

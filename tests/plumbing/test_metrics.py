@@ -4,7 +4,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cluster.plumbing.metrics import ReadAtScrape, ShardedHistogram, merge_rows
+from cluster.plumbing.histogram import ShardedHistogram, merge_rows
+from cluster.plumbing.metrics import ReadAtScrape
 
 
 def test_observations_land_in_the_first_bucket_at_or_above_them() -> None:
