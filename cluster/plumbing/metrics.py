@@ -38,7 +38,6 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger("cluster.metrics")
 
-PREFIX = "cluster"
 # A request to this endpoint is a line and a few headers; anything bigger is not
 # Prometheus. A connection that sends no complete request in time is closed, so
 # idle sockets cannot pile up.

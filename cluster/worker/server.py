@@ -65,20 +65,6 @@ from cluster.worker.ws_events import WsEvents
 
 log = logging.getLogger("cluster.worker")
 
-Outgoing = tuple["GatewayLink", dict[str, Any]]
-
-
-async def _aiter(items: Any) -> Any:
-    """A sync iterable as an async one (the loop runs it between sends)."""
-    for item in items:
-        yield item
-
-
-WS_KINDS = {wire.WS_OPEN: "ws.connect", wire.WS_MESSAGE: "ws.message",
-            wire.WS_CLOSED: "ws.close"}
-# A sharded connection arriving here, or leaving for another worker: no handler call.
-WS_HANDOVER = (wire.WS_ADOPT, wire.WS_RELEASE)
-
 
 class Worker:
     def __init__(self, config: WorkerConfig, loop: asyncio.AbstractEventLoop,
