@@ -43,7 +43,8 @@ $(RUN_STAMP): pyproject.toml setup.py $(HOT)
 # without an engine), openssl (TLS test certificates), wrk (steady load through a
 # rolling restart), etcd and iproute2 (the scale-out backend, three members in
 # network namespaces the tests make), chromium and its driver (the chat page in a
-# real browser), curl and nghttp2-client (HTTP/2 clients: curl, nghttp, h2load).
+# real browser), curl and nghttp2-client (HTTP/2 clients: curl, nghttp, h2load),
+# node and npm (the JavaScript client's tests).
 # Debian packages, installed once when missing.
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
@@ -52,14 +53,21 @@ $(TOOLS): $(STAMP)
 	    ! command -v wrk >/dev/null || ! command -v etcd >/dev/null || \
 	    ! command -v etcdctl >/dev/null || ! command -v ip >/dev/null || \
 	    ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || \
-	    ! command -v curl >/dev/null || ! command -v h2load >/dev/null; then \
+	    ! command -v curl >/dev/null || ! command -v h2load >/dev/null || \
+	    ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
 	  echo "installing prometheus, docker-compose, openssl, wrk, etcd, iproute2," \
-	    "chromium, curl and nghttp2-client with apt-get"; \
+	    "chromium, curl, nghttp2-client, nodejs and npm with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    prometheus docker-compose openssl wrk etcd-server etcd-client iproute2 \
-	    chromium chromium-driver curl nghttp2-client >/dev/null; \
+	    chromium chromium-driver curl nghttp2-client nodejs npm >/dev/null; \
 	fi
 	touch $(TOOLS)
+
+# The JavaScript client's test dependency (ws: node 20 has no WebSocket), from its lock.
+JS_DEPS := clients/js/node_modules/.installed
+$(JS_DEPS): clients/js/package-lock.json $(TOOLS)
+	cd clients/js && npm ci --silent --no-audit --no-fund
+	touch $(JS_DEPS)
 
 ## make run: start the embedded cluster (coordinator, 1 gateway, 2 workers) on an example
 run: $(RUN_STAMP)
@@ -69,7 +77,7 @@ run: $(RUN_STAMP)
 ## compiled build, then the pure-Python build's unit tests and smoke test
 ## (Coverage cannot see inside compiled modules: theirs comes from the pure-Python run,
 ## added to the first run's in the report.)
-test: lint typecheck $(TOOLS) $(COMPILED)
+test: lint typecheck $(TOOLS) $(JS_DEPS) $(COMPILED)
 	$(BIN)/pytest -q --cov --cov-report=
 	$(MAKE) --no-print-directory test-pure PURE_COV="--cov --cov-append --cov-report=term \
 	  --cov-report=html:reports/coverage"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cluster.routing import Match, Route, compile_route, resolve
-from cluster.rpc import RpcEndpoint, public_methods
+from cluster.rpc import Allow, GroupMethods, RpcEndpoint, public_methods
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -56,6 +56,24 @@ class App:
         endpoint = self._rpc_endpoint(path)
         for method, fn in public_methods(handler).items():
             endpoint.add(f"{module}.{method}", fn)
+
+    def rpc_closed(self, path: str = "/rpc") -> Callable[[V], V]:
+        """`fn(req)`, sync or async, called with the ws.close event of every connection
+        to the RPC endpoint `path` that ends (to forget what it left behind)."""
+        def register(view: V) -> V:
+            self._rpc_endpoint(path).on_close.append(view)
+            return view
+        return register
+
+    def groups(self, allow: Allow, path: str = "/rpc") -> None:
+        """Let clients on `path` subscribe themselves to groups, with recovery, and ask
+        who is in them (cluster.subscribe, cluster.unsubscribe, cluster.presence: what
+        the clients in docs/clients.md call). `allow(req, group)`, sync or async,
+        decides each time: True lets the connection in, anything else is "forbidden"."""
+        methods = GroupMethods(allow)
+        endpoint = self._rpc_endpoint(path)
+        for name in ("subscribe", "unsubscribe", "presence"):
+            endpoint.add(f"{GroupMethods.MODULE}.{name}", getattr(methods, name))
 
     def _rpc_endpoint(self, path: str) -> RpcEndpoint:
         endpoint = self.rpc_endpoints.get(path)

@@ -19,6 +19,11 @@ that raises, all get `"event": "error"` with `data: {"error": KIND, "message": .
 and the connection stays open. Calls on one connection run one at a time, in order;
 sync methods run in a thread. `req` is the WebSocket event (conn, state, headers),
 so methods can push, join groups and use the shared state.
+
+`GroupMethods` are the methods the clients in clients/ and `cluster.client` use to
+subscribe themselves to groups (`cluster.subscribe`, `cluster.unsubscribe`,
+`cluster.presence`), each asked of the application's `allow(req, group)` first;
+`App.groups` puts them on an endpoint.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from cluster import realtime
 
 log = logging.getLogger("cluster.rpc")
 
@@ -41,6 +48,8 @@ class RpcEndpoint:
     def __init__(self, path: str) -> None:
         self.path = path
         self.methods: dict[str, Callable[..., Any]] = {}
+        # Called with the ws.close event when a connection ends (App.rpc_closed).
+        self.on_close: list[Callable[[dict[str, Any]], Any]] = []
 
     def add(self, name: str, fn: Callable[..., Any]) -> None:
         module, dot, method = name.partition(".")
@@ -53,6 +62,15 @@ class RpcEndpoint:
     async def view(self, req: dict[str, Any], **_params: Any) -> dict[str, Any] | None:
         if req["type"] == "ws.connect":
             return {"accept": True}
+        if req["type"] == "ws.close":
+            for callback in self.on_close:
+                try:
+                    result = callback(req)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("RPC close callback on %s raised", self.path)
+            return None
         if req["type"] != "ws.message":
             return None
         return {"send": json.dumps(await self.answer(req), default=str)}
@@ -95,6 +113,12 @@ class RpcEndpoint:
                 result = await fn(req, **data)
             else:
                 result = await asyncio.to_thread(fn, req, **data)
+        except Forbidden as exc:
+            log.info("RPC %s.%s (request %r): group %r refused", module, method,
+                     request_id, str(exc)[:200])
+            return error(request_id, module, "forbidden", f"not allowed: {str(exc)[:200]}")
+        except BadArgument as exc:
+            return error(request_id, module, "bad_request", str(exc))
         except Exception:
             log.exception("RPC %s.%s (request %r) raised", module, method, request_id)
             return error(request_id, module, "internal", "the method failed")
@@ -112,3 +136,55 @@ def public_methods(handler: object) -> dict[str, Callable[..., Any]]:
     """A handler object's methods that RPC exposes: callables not starting with '_'."""
     return {name: getattr(handler, name) for name in dir(handler)
             if not name.startswith("_") and callable(getattr(handler, name))}
+
+
+class Forbidden(Exception):
+    """A group the application's `allow` refused this connection."""
+
+
+class BadArgument(ValueError):
+    """Arguments a built-in method refuses, answered as bad_request."""
+
+
+Allow = Callable[[dict[str, Any], str], "bool | Awaitable[bool]"]
+
+
+class GroupMethods:
+    """Subscription by the client itself, for the groups `allow(req, group)` admits
+    (sync or async; True lets the connection in). Published messages and recovery
+    are those of docs/websocket.md: `since` is the [epoch, offset] last seen."""
+
+    MODULE = "cluster"  # the methods are cluster.subscribe, .unsubscribe, .presence
+
+    def __init__(self, allow: Allow) -> None:
+        self.allow = allow
+
+    async def _check(self, req: dict[str, Any], group: Any) -> str:
+        if not isinstance(group, str) or not group or len(group) > 200:
+            raise BadArgument("group is a non-empty string of at most 200 characters")
+        verdict = self.allow(req, group)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if verdict is not True:
+            raise Forbidden(group)
+        return group
+
+    async def subscribe(self, req: dict[str, Any], group: str,
+                        since: list[Any] | None = None) -> dict[str, Any]:
+        group = await self._check(req, group)
+        if since is not None and not (
+                isinstance(since, list) and len(since) == 2 and isinstance(since[0], str)
+                and type(since[1]) is int and since[1] >= 0):
+            raise BadArgument("since is [epoch, offset], or null")
+        realtime.subscribe(req["conn"], group, since)
+        return {"group": group}
+
+    async def unsubscribe(self, req: dict[str, Any], group: str) -> dict[str, Any]:
+        group = await self._check(req, group)
+        realtime.leave(req["conn"], group)
+        return {"group": group}
+
+    async def presence(self, req: dict[str, Any], group: str) -> dict[str, Any]:
+        group = await self._check(req, group)
+        who: dict[str, Any] = await realtime.members(group)
+        return {"group": group, **who}

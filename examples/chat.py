@@ -4,11 +4,15 @@
     open http://127.0.0.1:8000/ and http://127.0.0.1:8001/ (two gateways): same room,
     each sees the other's messages and who is present.
 
-Names live in the shared state (`name:<conn>`), so any worker can list who is in a
-room; group membership lives in the gateways, and `members()` asks all of them.
-Messages are published with history: a page that lost its connection (a gateway
-restarted, the network blinked) reconnects with the last (epoch, offset) it saw and
-gets what it missed, once and in order (docs/websocket.md).
+The page uses the JavaScript client every gateway serves (/_cluster/client.js,
+docs/clients.md) on the RPC endpoint /chat: it subscribes itself to `room:<name>`,
+calls chat.hello and chat.say, and reconnects by itself. Names live in the shared
+state (`name:<conn>`), so any worker can list who is in a room; group membership
+lives in the gateways, and `members()` asks all of them. Messages are published with
+history: a page that lost its connection (a gateway restarted, the network blinked)
+resubscribes with the last (epoch, offset) it saw and gets what it missed, once and
+in order (docs/websocket.md). Plain WebSocket clients join the same rooms at
+/chat/<room>.
 """
 
 from typing import Any
@@ -26,47 +30,44 @@ height:20em;overflow:auto;padding:.5em}#who{color:#555}#status{color:#a60}</styl
 <button id="join">join</button></p>
 <p id="who">not connected</p><p id="status"></p><div id="log"></div>
 <form id="f"><input id="msg" size="50" autocomplete="off"> <button>send</button></form>
-<script>
-// One connection at a time. When it drops (a gateway restarts, the network blinks),
-// reconnect by ourselves after a pause that doubles from 0.5 s up to 8 s, with some
-// jitter so a whole room does not come back at the same instant; say so on the page.
-let ws = null, wanted = false, attempt = 0, timer = null, since = "";
+<script type="module">
+// The JavaScript client every gateway serves (docs/clients.md): it reconnects by
+// itself, and resubscribes with the last message it saw, so nothing is missed twice.
+import { connect } from "/_cluster/client.js";
 const $ = (id) => document.getElementById(id);
 const log = (t) => { const p = document.createElement("div"); p.textContent = t;
   const l = $("log"); l.appendChild(p); l.scrollTop = 1e9; };
-const status = (t) => { $("status").textContent = t; };
-function connect() {
-  const room = encodeURIComponent($("room").value);
-  const name = encodeURIComponent($("name").value);
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const resume = since ? `&since=${encodeURIComponent(since)}` : "";
-  ws = new WebSocket(`${scheme}://${location.host}/chat/${room}?name=${name}${resume}`);
-  ws.onmessage = (e) => { const m = JSON.parse(e.data);
-    if (m.type === "presence") $("who").textContent = `${m.count} here: ${m.names.join(", ")}`;
-    else if ("recovered" in m) log(m.recovered ? "(caught up)" :
-                                   "(some messages were missed: too long away)");
-    else if ("offset" in m) { since = `${m.epoch}:${m.offset}`;
-                              log(`${m.data.name}: ${m.data.text}`); } };
-  ws.onopen = () => {
-    if (attempt > 0) { log(`(reconnected after ${attempt} attempts)`); }
-    status("connected"); attempt = 0; ws.send("/hello"); };
-  ws.onclose = (e) => {
+const client = connect("/chat");
+let room = null;
+client.on("state", ({ state, code, attempt, delay }) => {
+  if (state === "open") {
+    $("status").textContent = "connected";
+    if (attempt > 0) log(`(reconnected after ${attempt} attempts)`);
+    if (room) client.call("chat", "hello", { room, name: $("name").value });
+  } else if (state === "reconnecting") {
     $("who").textContent = "not connected";
-    if (!wanted) { status("disconnected"); return; }
-    attempt += 1;
-    const pause = Math.min(8000, 500 * 2 ** (attempt - 1)) * (0.75 + Math.random() / 2);
-    log(`(closed ${e.code}; reconnecting)`);
-    status(`reconnecting in ${(pause / 1000).toFixed(1)} s (attempt ${attempt})`);
-    timer = setTimeout(connect, pause);
-  };
-}
+    if (attempt === 1) log(`(closed ${code}; reconnecting)`);
+    $("status").textContent =
+      `reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`;
+  }
+});
+client.on("message", (m) => {  // presence, broadcast to the room
+  if (m.type === "presence" && m.room === room)
+    $("who").textContent = `${m.count} here: ${m.names.join(", ")}`;
+});
 $("join").onclick = () => {
-  clearTimeout(timer); since = "";
-  if (ws) { ws.onclose = null; ws.close(); }  // the old room's: no reconnect for it
-  wanted = true; attempt = 0; connect();
+  if (room) client.unsubscribe(`room:${room}`);
+  room = $("room").value;
+  client.subscribe(`room:${room}`, {
+    onMessage: (m) => log(`${m.data.name}: ${m.data.text}`),
+    onRecovered: () => log("(back: what was missed follows)"),
+    onGap: () => log("(some messages were missed: too long away)"),
+  });
+  client.call("chat", "hello", { room, name: $("name").value });
 };
 $("f").onsubmit = (e) => { e.preventDefault();
-  const i = $("msg"); if (ws && ws.readyState === 1 && i.value) ws.send(i.value);
+  const i = $("msg");
+  if (room && i.value) client.call("chat", "say", { room, text: i.value });
   i.value = ""; };
 </script>
 """
@@ -78,14 +79,46 @@ def page(req: dict[str, Any]) -> dict[str, Any]:
             "body": PAGE}
 
 
-async def presence(state: Any, group: str) -> dict[str, Any]:
-    who = await members(group)
+async def presence(state: Any, room: str) -> dict[str, Any]:
+    who = await members(f"room:{room}")
     names = sorted(str(state.get(f"name:{conn}", "?")) for conn in who["conns"])
-    return {"type": "presence", "count": who["count"], "names": names}
+    return {"type": "presence", "room": room, "count": who["count"], "names": names}
+
+
+# The page's endpoint: the JavaScript client's RPC and group subscription (rooms only).
+app.groups(lambda req, group: group.startswith("room:"), path="/chat")
+
+
+@app.rpc("chat.hello", path="/chat")
+async def hello(req: dict[str, Any], room: str, name: str) -> None:
+    """Sent after each (re)connect and join: who I am, then the room's presence."""
+    state, conn = req["state"], req["conn"]
+    await state.aset(f"name:{conn}", str(name)[:40])
+    await state.aset(f"room:{conn}", str(room)[:100])
+    broadcast(f"room:{room}", await presence(state, str(room)))
+
+
+@app.rpc("chat.say", path="/chat")
+async def say(req: dict[str, Any], room: str, text: str) -> None:
+    name = req["state"].get(f"name:{req['conn']}", "guest")
+    publish(f"room:{room}", {"type": "message", "name": name, "text": str(text)[:2000]})
+
+
+@app.rpc_closed(path="/chat")
+async def gone(req: dict[str, Any]) -> None:
+    """Forget the name; tell the room who is left."""
+    state, conn = req["state"], req["conn"]
+    room = state.get(f"room:{conn}")
+    await state.adelete(f"name:{conn}")
+    await state.adelete(f"room:{conn}")
+    if room is not None:
+        broadcast(f"room:{room}", await presence(state, room))
 
 
 @app.websocket("/chat/<room>")
 async def chat(req: dict[str, Any], room: str) -> dict[str, Any] | None:
+    """The same rooms for plain WebSocket clients (wscat, the load test): text in,
+    JSON out; `?since=EPOCH:OFFSET` resumes after the last message seen."""
     state, conn, group = req["state"], req["conn"], f"room:{room}"
     name = req["query"].get("name", "guest")[:40]
     if req["type"] == "ws.connect":
@@ -98,12 +131,12 @@ async def chat(req: dict[str, Any], room: str) -> dict[str, Any] | None:
     if req["type"] == "ws.message":
         text = (req["text"] or "")[:2000]
         if text == "/hello":  # sent on open, once our join is in place at the gateway
-            broadcast(group, await presence(state, group))
+            broadcast(group, await presence(state, room))
             return None
         publish(group, {"type": "message", "name": state.get(f"name:{conn}", name),
                         "text": text})
         return None
     # ws.close: forget the name, tell the room who is left
     await state.adelete(f"name:{conn}")
-    broadcast(group, await presence(state, group))
+    broadcast(group, await presence(state, room))
     return None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cluster.errors import BadResponseHead
-from cluster.gateway import http_core, static
+from cluster.gateway import bundled, http_core, static
 from cluster.gateway.body_budget import UNLIMITED, BodyBudget
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.h2_core import H2Limits
@@ -147,8 +147,16 @@ class ConnectionContext:
 
     def static_or_submit(self, ex: Exchange, method: str, target: str,
                          headers: list[tuple[str, str]]) -> static.FilePlan | None:
-        """A request's first stop: a file under --static (returned, for the connection
-        to stream), a refusal about one (answered here), or a worker (submitted)."""
+        """A request's first stop: a file the gateway serves itself (bundled.py), a file
+        under --static (returned, for the connection to stream), a refusal about one
+        (answered here), or a worker (submitted)."""
+        if target.startswith(bundled.PREFIX):
+            own = bundled.answer(method, target, headers)
+            if own is not None:
+                status, fields, body = own
+                ex.sink.deliver(ex, {"more": False, "status": status,
+                                     "head": encode_fields(fields)[0], "body": body})
+                return None
         answer = static.plan(self.static, method, target, headers) if self.static else None
         if answer is None:
             self.submit(ex)

@@ -205,7 +205,7 @@ class HttpConnection(asyncio.Protocol):
         exchanges.append(ex)
         if len(exchanges) >= self.ctx.max_pipeline or self.closing:
             self._update_reading()
-        if not self.ctx.static:
+        if not self.ctx.static and not request.target.startswith("/_cluster/"):
             self.ctx.submit(ex)
             return
         plan = self.ctx.static_or_submit(ex, request.method, request.target, request.headers)

@@ -103,7 +103,8 @@ def test_chat_across_gateways_and_reconnect_after_a_gateway_restart(
         wait_for(lambda: text(alice, "status") == "connected", 30,
                  "alice's page reconnecting by itself")
         assert re.search(r"\(reconnected after \d+ attempts\)", text(alice, "log"))
-        wait_for(lambda: "(caught up)" in text(alice, "log"), 10, "alice's recovery")
+        wait_for(lambda: "(back: what was missed follows)" in text(alice, "log"), 10,
+                 "alice's recovery")
         assert text(alice, "log").count("bob: while you were away") == 1
         wait_for(lambda: text(alice, "who") == "2 here: alice, bob", 15, "presence again")
         say(alice, "back again")
