@@ -19,7 +19,7 @@ from cluster.realtime import (
     push,
     subscribe,
 )
-from cluster.responses import redirect
+from cluster.responses import event_stream, redirect
 
 __all__ = [
     "DEFER",
@@ -29,6 +29,7 @@ __all__ = [
     "__version__",
     "broadcast",
     "close",
+    "event_stream",
     "join",
     "leave",
     "members",

@@ -45,8 +45,11 @@ HOT_MODULES: tuple[str, ...] = (
     "cluster.gateway.exchange",
     "cluster.gateway.body_budget",
     "cluster.gateway.dispatch",
-    # the WebSocket hub's fan-out and the frames it writes
+    # the WebSocket hub's fan-out and the frames and events it writes (the stream
+    # base class is compiled because both protocol cores derive from it)
+    "cluster.gateway.client_stream",
     "cluster.gateway.ws_core",
+    "cluster.gateway.sse_core",
     "cluster.gateway.ws_hub",
     # the worker's request path: envelope in, handler, envelope out
     "cluster.worker.messages",

@@ -1,4 +1,4 @@
-"""Helpers a handler returns or reads: redirects and cookies (seed Homor's list).
+"""Helpers a handler returns or reads: redirects, event streams and cookies.
 
     from cluster import redirect
     return redirect("/login")                      # 302, Location: /login
@@ -28,6 +28,21 @@ def redirect(location: str, status: int = 302) -> dict[str, Any]:
     if any(c in location for c in "\r\n"):
         raise ValueError("a Location cannot contain a line break")
     return {"status": status, "headers": {"location": location}, "body": ""}
+
+
+def event_stream(subscribe: str | None = None, join: str | list[str] | None = None,
+                 since: tuple[str, int] | list[Any] | None = None,
+                 retry: int | None = None,
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Answer with a stream of Server-Sent Events (docs/clients.md): a member of
+    `join`'s groups, and subscribed to `subscribe`'s published messages, resuming after
+    `since` or else the request's Last-Event-ID. `retry`: the browser's pause before it
+    reconnects, in ms. `cluster.push(req["conn"], data)` reaches the stream."""
+    events: dict[str, Any] = {"join": join, "retry": retry}
+    if subscribe is not None:
+        events["subscribe"] = {"group": subscribe,
+                               "since": list(since) if since is not None else None}
+    return {"status": 200, "headers": headers or {}, "events": events}
 
 
 def parse_cookies(header: str) -> dict[str, str]:

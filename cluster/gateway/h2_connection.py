@@ -23,7 +23,7 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
-from cluster.gateway import http_core
+from cluster.gateway import http_core, sse_core
 from cluster.gateway.client_context import (
     ERROR_HEADERS,
     ConnectionContext,
@@ -42,6 +42,7 @@ from cluster.gateway.h2_core import (
     StreamRefused,
     StreamRequest,
 )
+from cluster.gateway.ws_hub import Session
 from cluster.plumbing import wire
 from cluster.plumbing.http_fields import encode_fields
 
@@ -51,7 +52,7 @@ log = logging.getLogger("cluster.gateway.h2")
 class StreamSink:
     """Where one stream's response goes (a ResponseSink for its exchange)."""
 
-    __slots__ = ("closed", "conn", "ex", "final", "sid", "worker_done")
+    __slots__ = ("closed", "conn", "events", "ex", "final", "sid", "worker_done")
     ex: Exchange  # set once the exchange that names this sink exists
 
     def __init__(self, conn: H2Connection, sid: int) -> None:
@@ -60,6 +61,7 @@ class StreamSink:
         self.closed = False  # reset, or its connection gone: nothing more to send
         self.final = False  # the last part has been handled
         self.worker_done = False  # counted off the connection's requests at workers
+        self.events: Session | None = None  # its response became an event stream
 
     def deliver(self, ex: Exchange, part: dict[str, Any]) -> None:
         self.conn.deliver(self, part)
@@ -67,6 +69,40 @@ class StreamSink:
     def deliver_error(self, ex: Exchange, status: int,
                       headers: list[tuple[str, str]] | None = None) -> None:
         self.conn.deliver_error(self, status, headers)
+
+
+class EventOutput:
+    """One stream whose response is Server-Sent Events, as the hub writes to it: the
+    hub's Transport. Closing it ends the stream (END_STREAM), not the connection."""
+
+    __slots__ = ("conn", "ended", "sink")
+
+    def __init__(self, conn: H2Connection, sink: StreamSink) -> None:
+        self.conn = conn
+        self.sink = sink
+        self.ended = False
+
+    def write(self, data: bytes) -> None:
+        self.conn.stream_data(self.sink, data, False)
+
+    def get_write_buffer_size(self) -> int:
+        transport = self.conn.transport
+        return self.conn.core.held_bytes(self.sink.sid) + (
+            transport.get_write_buffer_size() if transport is not None else 0)
+
+    def close(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.conn.stream_data(self.sink, b"", True)
+
+    def is_closing(self) -> bool:
+        return self.ended or self.sink.closed or self.conn.closed
+
+    def pause_reading(self) -> None:
+        pass  # a stream of events reads nothing
+
+    def resume_reading(self) -> None:
+        pass
 
 
 class H2Connection(asyncio.Protocol):
@@ -157,7 +193,14 @@ class H2Connection(asyncio.Protocol):
         self._close_if_drained()
 
     def _on_request(self, req: StreamRequest, now: float) -> None:
-        env = {"k": wire.REQUEST, "id": 0, "conn": self.conn_id, "method": req.method,
+        conn = self.conn_id
+        if any(name == "accept" and "text/event-stream" in value
+               for name, value in req.headers):
+            # It may become an event stream, which needs a number of its own (the
+            # connection's is shared by its streams) for push to find it.
+            self.ctx.next_conn += 1
+            conn = self.ctx.next_conn
+        env = {"k": wire.REQUEST, "id": 0, "conn": conn, "method": req.method,
                "target": req.target, "version": "2", "headers": req.headers,
                "body": req.body, "addr": self.addr}
         if req.scheme == "https":
@@ -207,6 +250,8 @@ class H2Connection(asyncio.Protocol):
     def _cancel(self, sink: StreamSink) -> None:
         """The client no longer wants this stream's answer."""
         sink.closed = True
+        if sink.events is not None and self.ctx.hub is not None:
+            self.ctx.hub.connection_lost(sink.events)
         ex = sink.ex
         if ex.worker is None:
             # Never sent (a static file, or still waiting for credit: the dispatcher
@@ -237,6 +282,8 @@ class H2Connection(asyncio.Protocol):
         if part.get("abort"):
             self._finish(sink, now)
             self.core.reset(sid, ErrorCodes.INTERNAL_ERROR)
+        elif not ex.started and "events" in part:
+            self._become_event_stream(sink, part, now)
         elif not ex.started:
             ex.started = True
             head = check_head(self.ctx, ex, part)
@@ -262,6 +309,44 @@ class H2Connection(asyncio.Protocol):
             self._finish(sink, now)
         self._write_soon()
         self._close_if_drained()
+
+    def _become_event_stream(self, sink: StreamSink, part: dict[str, Any], now: float
+                             ) -> None:
+        """The worker answered with `events`: the stream stays open as a stream of
+        Server-Sent Events, held by the hub like a WebSocket (sse_core.py)."""
+        ex = sink.ex
+        ex.started = True
+        spec = sse_core.read_spec(part["events"])
+        head = check_head(self.ctx, ex, part)
+        hub = self.ctx.hub
+        if spec is None or hub is None or head is None or head[0] != 200:
+            log.error("request %d: worker sent an invalid event stream; 502", ex.id)
+            ex.status = 502
+            self._respond_whole(sink.sid, 502, http_core.TEXT_PLAIN, http_core.status_body(502))
+            self._finish(sink, now)
+            return
+        if ex.head_only:
+            self.core.respond(sink.sid, 200, head[1], self.ctx.date, content_length=None,
+                              end=True)
+            self._finish(sink, now)
+            return
+        self.core.respond(sink.sid, 200, head[1], self.ctx.date, content_length=None,
+                          end=False)
+        sink.final = True  # nothing more from a worker: its parts and credit are done
+        self.ctx.finished(ex, now)
+        join, numbered, retry = spec
+        core = sse_core.EventStreamCore(False, numbered[0] if numbered else None, retry)
+        sink.events = hub.open_event_stream(ex.envelope["conn"], core, EventOutput(self, sink),
+                                            b"", join, numbered)
+
+    def stream_data(self, sink: StreamSink, data: bytes, end: bool) -> None:
+        """Part of an event stream's body, from the hub."""
+        if sink.closed or self.closed:
+            return
+        now = self.loop.time()
+        self._handle(self.core.send_body(sink.sid, data, end, now,
+                                         flush=not self.writing_paused), now)
+        self._write_soon()
 
     def _body(self, sink: StreamSink, body: bytes, more: bool, now: float) -> None:
         if not more:

@@ -475,6 +475,11 @@ class H2Core:
         stream = self.outbound.get(sid)
         return stream is not None and bool(stream.chunks)
 
+    def held_bytes(self, sid: int) -> int:
+        """How much of the stream's body waits here for a window."""
+        stream = self.outbound.get(sid)
+        return sum(len(c) for c in stream.chunks) if stream is not None else 0
+
     def sending(self, sid: int) -> bool:
         """Whether the stream's response is still being sent."""
         return sid in self.outbound

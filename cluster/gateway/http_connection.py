@@ -20,7 +20,7 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-from cluster.gateway import http_core
+from cluster.gateway import http_core, sse_core
 from cluster.gateway.client_context import (
     ERROR_HEADERS,
     ConnectionContext,
@@ -339,6 +339,9 @@ class HttpConnection(asyncio.Protocol):
             ex.keep_alive = False
             self._done(ex)
             return
+        if not ex.started and "events" in part:
+            self._become_event_stream(ex, part)
+            return
         if not ex.started:
             ex.started = True
             head = check_head(self.ctx, ex, part)
@@ -361,6 +364,45 @@ class HttpConnection(asyncio.Protocol):
                 self.ctx.stream_credit(ex, len(body))
         if not more:
             self._done(ex)
+
+    def _become_event_stream(self, ex: Exchange, part: dict[str, Any]) -> None:
+        """The worker answered with `events`: this response becomes a stream of
+        Server-Sent Events, held by the hub like a WebSocket (sse_core.py). Requests
+        pipelined behind it will never be answered: their clients are told so."""
+        transport = self.transport
+        hub = self.ctx.hub
+        assert transport is not None
+        ex.started = True
+        spec = sse_core.read_spec(part["events"])
+        head = check_head(self.ctx, ex, part)
+        if spec is None or hub is None or head is None or head[0] != 200:
+            log.error("request %d: worker sent an invalid event stream; 502", ex.id)
+            ex.status = 502
+            ex.keep_alive = False
+            self._write(http_core.error_response(502, self.ctx.date, version=ex.version))
+            self._done(ex)
+            return
+        if ex.head_only:  # HEAD: the head alone
+            self._write(http_core.frame_start(ex, 200, head[1], b"", False, None,
+                                              self.ctx.date))
+            self._done(ex)
+            return
+        started = http_core.frame_start(ex, 200, head[1], b"", True, None, self.ctx.date)
+        join, numbered, retry = spec
+        core = sse_core.EventStreamCore(ex.chunked, numbered[0] if numbered else None, retry)
+        self._done(ex)
+        self.exchanges.popleft()
+        if self.ctx.client_gone is not None:
+            for later in self.exchanges:
+                if later.worker is not None:
+                    self.ctx.client_gone(later)
+        self.exchanges.clear()
+        self.ws = hub.open_event_stream(self.conn_id, core, transport, started, join,
+                                        numbered)
+        self.core.release()
+        self.ctx.connections.discard(self)  # the hub's keepalive and limits from now on
+        self.closing = False
+        self._update_reading()
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None

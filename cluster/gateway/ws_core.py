@@ -29,6 +29,7 @@ from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from cluster.gateway.client_stream import ClientStream
 from cluster.gateway.http_core import Request
 
 
@@ -118,7 +119,7 @@ HANDSHAKE_FIELDS = frozenset({
     "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"})
 
 
-class WebSocketCore:
+class WebSocketCore(ClientStream):
     def __init__(self, options: WsOptions) -> None:
         self.origins = options.origins
         self.refusal = ""  # why open_handshake refused, for the log
@@ -271,8 +272,7 @@ class WebSocketCore:
                           close.reason if close else ""))
 
     # -- sending -------------------------------------------------------------------
-    @property
-    def open(self) -> bool:
+    def is_open(self) -> bool:
         return self.protocol.state is State.OPEN
 
     def send(self, data: str | bytes) -> None:
@@ -291,6 +291,5 @@ class WebSocketCore:
     def data_to_send(self) -> bytes:
         return b"".join(self.protocol.data_to_send())
 
-    @property
     def close_expected(self) -> bool:
         return self.protocol.close_expected()

@@ -37,10 +37,12 @@ class Recovery:
 
 
 class GroupFeed:
-    def __init__(self, send: Callable[[int, str], None],
+    def __init__(self, send: Callable[[int, str, str, str], None],
                  members: Callable[[str], set[int]],
                  ask: Callable[[int, str, str, int], bool], timeout: float) -> None:
-        self.send = send  # (conn, text): queue a text frame for a connection
+        # (conn, text, group, "epoch:offset" or "" for an announcement): queue a text
+        # frame for a connection (an event stream's event id is its epoch:offset)
+        self.send = send
         self.members = members  # group -> connections here
         self.ask = ask  # (rid, group, epoch, offset) -> asked the coordinator?
         self.timeout = timeout
@@ -78,7 +80,7 @@ class GroupFeed:
             if offset > sent.get(group, 0):
                 frame = frame or _frame(group, epoch, offset, data)
                 sent[group] = offset
-                self.send(conn, frame)
+                self.send(conn, frame, group, f"{epoch}:{offset}")
 
     def on_answer(self, rid: int, epoch: str, messages: list[Any], complete: bool) -> None:
         key = self.queries.pop(rid, None)
@@ -111,11 +113,13 @@ class GroupFeed:
                 if isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) \
                         and item[0] > last:
                     last = item[0]
-                    self.send(conn, _frame(group, epoch, item[0], item[1]))
+                    self.send(conn, _frame(group, epoch, item[0], item[1]), group,
+                              f"{epoch}:{item[0]}")
         for offset, held_epoch, data in recovery.held:
             if offset > last:
                 last = offset
-                self.send(conn, _frame(group, held_epoch, offset, data))
+                self.send(conn, _frame(group, held_epoch, offset, data), group,
+                          f"{held_epoch}:{offset}")
         self.last.setdefault(conn, {})[group] = last
 
     def _announce(self, key: Key, epoch: str, complete: bool) -> None:
@@ -124,7 +128,8 @@ class GroupFeed:
         else:
             self.unrecoverable += 1
         self.send(key[0], json.dumps({"group": key[1], "epoch": epoch,
-                                      "recovered": complete}, separators=(",", ":")))
+                                      "recovered": complete}, separators=(",", ":")),
+                  key[1], "")
 
 
 def _frame(group: str, epoch: str, offset: int, data: Any) -> str:

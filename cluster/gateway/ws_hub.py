@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cluster.gateway.client_stream import ClientStream
 from cluster.gateway.group_notices import GroupNotices
 from cluster.gateway.http_core import error_response
 from cluster.gateway.ws_core import Binary, Closed, Event, Text, WebSocketCore
@@ -70,7 +71,8 @@ class Transport(Protocol):
 
 
 class Session:
-    """One accepted (or accepting) WebSocket connection."""
+    """One accepted (or accepting) WebSocket connection, or an event stream (a
+    response of Server-Sent Events, which belongs to no worker: `worker` is b"")."""
 
     __slots__ = (
         "accepted",
@@ -93,8 +95,8 @@ class Session:
         "worker",
     )
 
-    def __init__(self, conn: int, core: WebSocketCore, transport: Transport,
-                 worker: bytes, now: float, fields: dict[str, Any]) -> None:
+    def __init__(self, conn: int, core: ClientStream, transport: Transport,
+                 worker: bytes, now: float, fields: dict[str, Any] | None) -> None:
         self.conn = conn
         self.core = core
         self.transport = transport
@@ -170,8 +172,9 @@ class WebSocketHub:
         # Numbered group messages and recovery (cluster.publish); the gateway sets
         # `ask_history` once its coordinator link exists.
         self.ask_history: Callable[[int, str, str, int], bool] = self._no_history
-        self.feed = GroupFeed(self._queue_text, self._members_of, self._ask_history,
+        self.feed = GroupFeed(self._queue_numbered, self._members_of, self._ask_history,
                               open_timeout)
+        self.event_streams = 0  # opened so far
         # What each action on a connection does; broadcasts, to a group, apart.
         self._run: dict[str, Callable[[Session, list[Any], set[int]], None]] = {
             wire.ACCEPT: self._act_accept, wire.REJECT: self._act_reject,
@@ -201,6 +204,27 @@ class WebSocketHub:
         self.sessions[conn] = session
         self.post(worker, wire.envelope(wire.WS_OPEN, conn=conn, **request_fields))
         return True
+
+    def open_event_stream(self, conn: int, core: ClientStream, transport: Transport,
+                          head: bytes, join: list[str],
+                          subscribe: tuple[str, str | None, int | None] | None) -> Session:
+        """A response that became a stream of Server-Sent Events (its worker answered
+        with `events`): a member of its groups like an accepted WebSocket, and
+        reachable by push, but no worker's (it sends nothing upstream). `head` goes
+        out with its first flush, after the workers have read of its groups."""
+        session = Session(conn, core, transport, b"", self.loop.time(), None)
+        session.accepted = True
+        session.next_ping = session.opened_at + self.ping_interval
+        session.handshake = head
+        self.sessions[conn] = session
+        self.event_streams += 1
+        touched = self._unflushed
+        for group in join:
+            self._act_join(session, [wire.JOIN, conn, group], touched)
+        if subscribe is not None:
+            self._act_subscribe(session, [wire.SUBSCRIBE, conn, *subscribe], touched)
+        self.flush(session)
+        return session
 
     def on_events(self, session: Session, events: list[Event]) -> None:
         for event in events:
@@ -259,8 +283,14 @@ class WebSocketHub:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_unflushed)
 
-    def _queue_text(self, conn: int, text: str) -> None:
-        self._send(conn, text, self._unflushed)
+    def _queue_numbered(self, conn: int, text: str, group: str, event_id: str) -> None:
+        """A published message of `group` (or a recovery's announcement: no id)."""
+        session = self.sessions.get(conn)
+        if session is None or not session.accepted or not session.core.is_open():
+            return
+        session.core.send_numbered(text, group, event_id)
+        self.messages_out += 1
+        self._unflushed.add(conn)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -355,11 +385,12 @@ class WebSocketHub:
 
     def _accept(self, session: Session, subprotocol: str | None, headers: list[Any],
                 shard: str | None) -> None:
-        if session.accepted:
+        core = session.core
+        if session.accepted or not isinstance(core, WebSocketCore):
             return
         pairs = [(h[0], h[1]) for h in headers
                  if type(h) is list and len(h) == 2 and type(h[0]) is str and type(h[1]) is str]
-        status, data = session.core.accept(subprotocol, pairs)
+        status, data = core.accept(subprotocol, pairs)
         if status == 101:
             # Written at the flush that ends this pass: after a join of a group new
             # here in the same actions, it waits for the workers too (release).
@@ -449,7 +480,7 @@ class WebSocketHub:
 
     def _send(self, conn: int, data: Any, touched: set[int]) -> None:
         session = self.sessions.get(conn)
-        if session is None or not session.accepted or not session.core.open:
+        if session is None or not session.accepted or not session.core.is_open():
             return
         if not isinstance(data, (str, bytes)):
             raise TypeError("WebSocket data must be str or bytes")
@@ -458,7 +489,7 @@ class WebSocketHub:
         touched.add(conn)
 
     def flush(self, session: Session) -> None:
-        if session.quiet_until and session.core.open:
+        if session.quiet_until and session.core.is_open():
             return  # held until its group notice is read (release); a closing one is not
         data = session.core.data_to_send()
         if session.handshake:
@@ -469,7 +500,7 @@ class WebSocketHub:
             backlog = session.transport.get_write_buffer_size()
             session.transport.write(data)
             self.bytes_out += len(data)
-            if backlog > self.max_queue and session.core.open:
+            if backlog > self.max_queue and session.core.is_open():
                 self.slow_closes += 1
                 log.info("WebSocket %s/%s reads too slowly (over %d bytes queued); 1013",
                          self.gateway_id, session.conn, self.max_queue)
@@ -478,7 +509,7 @@ class WebSocketHub:
                 self._finish(session, CLOSE_TRY_AGAIN_LATER, "too slow")
                 session.transport.close()
                 return
-        if session.core.close_expected and not session.transport.is_closing():
+        if session.core.close_expected() and not session.transport.is_closing():
             session.transport.close()
 
     # -- endings --------------------------------------------------------------------
@@ -487,7 +518,7 @@ class WebSocketHub:
             return
         was_accepted = session.accepted
         self._drop(session)
-        if was_accepted:
+        if was_accepted and session.worker:  # an event stream has no worker to tell
             self.post(session.worker, wire.envelope(wire.WS_CLOSED, conn=session.conn,
                                                     code=code, reason=reason))
 

@@ -29,7 +29,12 @@ The cluster's own features are reachable from inside an app: `push`, `broadcast`
 `join`, ... are module functions (`from cluster import push`), and
 `scope["extensions"]["cluster"]` holds `state` (the shared state, as a handler's
 view: use the `a*` operations, which commit at once; plain writes commit when the
-app returns) and, for WebSocket, `conn` (this connection's id).
+app returns) and `conn` (this connection's id, which `push` reaches).
+
+An HTTP response may become a stream of Server-Sent Events held by the gateway: send
+`{"type": "cluster.event_stream", "subscribe": group, "since": [epoch, offset] or
+None, "join": [groups], "retry": ms, "headers": [...]}` instead of
+`http.response.start` (docs/clients.md).
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-from cluster.errors import ASGIError, BadField, ClientDisconnected, LifespanError
+from cluster.errors import ASGIError, BadField, BadResponse, ClientDisconnected, LifespanError
 from cluster.plumbing import wire
 from cluster.state import Backend, SharedState
+from cluster.worker import event_streams
 from cluster.worker.flow import StreamWindow
 from cluster.worker.messages import (
     StreamEnvelopes,
@@ -122,7 +128,10 @@ class ASGIHandler:
         view = SharedState(self.backend)
         scope = _scope_base("http", env["target"], env["headers"],
                             "https" if env.get("scheme") == "https" else "http", env["addr"],
-                            self.state, {"state": view, "request_id": label})
+                            self.state, {"state": view, "request_id": label,
+                                         # the connection, as push() names it (the
+                                         # label is the request's: gateway/number)
+                                         "conn": f"{label.rpartition('/')[0]}/{env['conn']}"})
         scope["method"] = env["method"]
         scope["http_version"] = env["version"]
         return scope, view
@@ -212,8 +221,29 @@ class HttpExchange:
                 if window.gone:
                     self.gone = True
                     raise ClientDisconnected("the client has gone")
+        elif kind == "cluster.event_stream":
+            self._event_stream(message)
         else:
             raise ASGIError(f"{kind!r} is not an HTTP response message")
+
+    def _event_stream(self, message: Message) -> None:
+        """The cluster extension's answer: this response becomes a stream of
+        Server-Sent Events held by the gateway (cluster/worker/event_streams.py)."""
+        if self.status is not None:
+            raise ASGIError("cluster.event_stream after http.response.start")
+        subscribe = message.get("subscribe")
+        events: dict[str, Any] = {"join": message.get("join"), "retry": message.get("retry")}
+        if subscribe is not None:
+            events["subscribe"] = {"group": subscribe, "since": message.get("since")}
+        answer = {"events": events, "headers": _str_headers(message.get("headers") or [])}
+        try:
+            env = event_streams.envelope(self.rid, {"raw_headers": self.request_headers},
+                                         answer)
+        except (BadResponse, BadField) as exc:
+            raise ASGIError(f"cluster.event_stream: {exc}") from None
+        self.status = 200
+        self.emit(env)
+        self._finish()
 
     def _body(self, body: bytes, more: bool) -> None:
         assert self.status is not None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.deferred import DEFER
 from cluster.errors import BadField, BadResponse, StateError, StateUnavailable
 from cluster.plumbing import wire
+from cluster.worker import event_streams
 from cluster.worker.adapters import Invocation, settle
 from cluster.worker.asgi import ASGIHandler
 from cluster.worker.flow import Streams
@@ -189,6 +190,9 @@ class Requests:
         if msg is DEFER:
             self.worker.metrics.record((route, "deferred"), time.perf_counter() - began)
             return wire.envelope(wire.DEFERRED, id=rid), None
+        if type(msg) is dict and "events" in msg:  # a stream of Server-Sent Events
+            self.worker.metrics.record((route, 200), time.perf_counter() - began)
+            return event_streams.envelope(rid, req, msg), None
         status, headers, body = normalize(msg)
         out: dict[str, Any] | StreamEnvelopes = \
             self._whole(rid, req, status, headers, body) if isinstance(body, bytes) \

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from cluster import App, publish, push
+from cluster import App, broadcast, event_stream, publish, push
 
 app = App()
 
@@ -53,3 +53,68 @@ def publish_many(req: dict[str, Any]) -> dict[str, Any]:
 @app.route("/push", methods=["POST"])
 def push_one(req: dict[str, Any]) -> dict[str, Any]:
     return {"pushed": push(req["query"]["conn"], req["query"]["text"])}
+
+
+@app.route("/events")
+def events(req: dict[str, Any]) -> dict[str, Any]:
+    """A stream of the room's published messages (resuming after Last-Event-ID) and of
+    everything broadcast to "everyone"; ?refuse=1 answers 403 instead."""
+    if req["query"].get("refuse"):
+        return {"status": 403, "body": "no"}
+    if req["query"].get("bad"):  # a stream cannot have another status: the handler failed
+        return {"status": 404, "events": {"join": "everyone"}}
+    return event_stream(subscribe=req["query"].get("group", "room:sse"), join="everyone",
+                        retry=int(req["query"].get("retry", "500")),
+                        headers={"x-conn": req["conn"]})
+
+
+@app.route("/broadcast", methods=["POST"])
+def broadcast_one(req: dict[str, Any]) -> dict[str, Any]:
+    broadcast(req["query"]["group"], req["query"].get("text") or req["body"].decode())
+    return {"ok": True}
+
+
+PAGE = """<!doctype html>
+<meta charset="utf-8"><title>events</title>
+<p id="state">connecting</p><ol id="log"></ol>
+<script>
+// An EventSource, as docs/clients.md shows it: the browser reconnects by itself and
+// sends the last id it saw, from which the stream resumes.
+const source = new EventSource("/events?group=room:page");
+const seen = [];
+source.onopen = () => { document.getElementById("state").textContent = "open"; };
+source.onerror = () => { document.getElementById("state").textContent = "reconnecting"; };
+source.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  if ("offset" in m) {
+    seen.push(m.data.n);
+    const li = document.createElement("li");
+    li.textContent = m.data.n;
+    document.getElementById("log").appendChild(li);
+  } else if ("recovered" in m && !m.recovered && m.epoch) {
+    document.getElementById("state").textContent = "gap";
+  }
+};
+window.seen = seen;
+</script>
+"""
+
+
+@app.route("/sse-page")
+def sse_page(req: dict[str, Any]) -> dict[str, Any]:
+    return {"headers": {"content-type": "text/html; charset=utf-8"}, "body": PAGE}
+
+
+async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same stream from a plain ASGI app, through the cluster extension."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    if scope["path"] == "/events":
+        await send({"type": "cluster.event_stream", "subscribe": "room:asgi",
+                    "join": ["everyone"], "retry": 500,
+                    "headers": [(b"x-conn", scope["extensions"]["cluster"]["conn"].encode())]})
+        return
+    publish("room:asgi", {"n": 1})
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"published"})

@@ -137,7 +137,7 @@ def test_the_close_handshake_either_way() -> None:
     ours = opened()
     ours.close(4000, "as you wish")
     assert ours.data_to_send() == b"\x88\x0d\x0f\xa0as you wish"
-    assert ours.close_expected  # now the client's close, then TCP's
+    assert ours.close_expected()  # now the client's close, then TCP's
 
 
 @pytest.mark.parametrize(("data", "code"), [

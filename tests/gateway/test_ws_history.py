@@ -13,8 +13,9 @@ class Feed:
         self.out: list[tuple[int, dict[str, Any]]] = []
         self.asked: list[tuple[int, str, str, int]] = []
         self.group = {1, 2}
-        self.feed = GroupFeed(lambda conn, text: self.out.append((conn, json.loads(text))),
-                              lambda _g: self.group, self._ask, timeout=5.0)
+        self.feed = GroupFeed(
+            lambda conn, text, _group, _id: self.out.append((conn, json.loads(text))),
+            lambda _g: self.group, self._ask, timeout=5.0)
 
     def _ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
         self.asked.append((rid, group, epoch, offset))

@@ -111,3 +111,41 @@ def test_chat_across_gateways_and_reconnect_after_a_gateway_restart(
         wait_for(lambda: "alice: back again" in text(bob, "log"), 10,
                  "a message after the reconnect")
         assert text(bob, "status") == "connected"  # the other gateway never dropped bob
+
+
+def test_an_event_source_page_misses_nothing_across_a_gateway_restart(
+        request: pytest.FixtureRequest) -> None:
+    """docs/clients.md's EventSource page on gateway 1; messages published through
+    gateway 2 before, while and after gateway 1 is killed and restarted: the browser
+    reconnects by itself with Last-Event-ID and shows every one once, in order."""
+    import json
+    import urllib.request
+
+    def publish(port: int, first: int, count: int) -> None:
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/publish?group=room:page&first={first}&count={count}",
+            method="POST", data=b""), timeout=10).read()
+
+    def seen(driver: Any) -> list[int]:
+        return json.loads(driver.execute_script("return JSON.stringify(window.seen)"))
+
+    with cluster_run("--gateways", "2", "--workers", "2",
+                     handler="tests.apps.clients_app:app") as run, \
+            browser("reader", request) as reader:
+        first, second = ports_of(run.banner)
+        reader.get(f"http://127.0.0.1:{first}/sse-page")
+        wait_for(lambda: text(reader, "state") == "open", 15, "the stream open")
+        # Open means joined: the gateway holds a stream's head until its group is in
+        # place at every worker.
+        publish(second, 1, 10)
+        wait_for(lambda: len(seen(reader)) == 10, 15, "the first ten")
+        gateway = run.pids("gateway-1")[-1]
+        os.kill(gateway, signal.SIGKILL)
+        wait_for(lambda: not alive(gateway), 10, "the gateway gone")
+        publish(second, 11, 20)  # while the page has no connection
+        wait_for(lambda: len(run.pids("gateway-1")) == 2, 20, "the gateway restarted")
+        wait_for(lambda: len(seen(reader)) >= 30, 30, "the page catching up by itself")
+        publish(second, 31, 10)
+        wait_for(lambda: len(seen(reader)) >= 40, 15, "live again")
+        assert seen(reader) == list(range(1, 41))
+        assert text(reader, "state") == "open"
