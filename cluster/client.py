@@ -47,6 +47,17 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from cluster.errors import (
+    CallError,
+    CallTimeout,
+    ClientClosed,
+    Disconnected,
+    QueueFull,
+)
+
+__all__ = ["CallError", "CallTimeout", "Client", "ClientClosed", "Disconnected", "Gap",
+           "Message", "QueueFull", "Subscription", "connect"]
+
 log = logging.getLogger("cluster.client")
 
 FIRST_DELAY = 0.5
@@ -56,36 +67,6 @@ MAX_DELAY = 8.0
 CONNECTING, OPEN, RECONNECTING, CLOSED = "connecting", "open", "reconnecting", "closed"
 # A handshake answered with one of these will be answered so again: stop trying.
 FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
-
-
-class CallError(Exception):
-    """The server answered a call with an error: `kind` is bad_request, not_found,
-    forbidden or internal (cluster.rpc)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
-
-
-class CallTimeout(CallError):
-    def __init__(self, timeout: float) -> None:
-        super().__init__("timeout", f"no answer within {timeout:g} s")
-
-
-class Disconnected(CallError):
-    def __init__(self) -> None:
-        super().__init__("disconnected", "the connection dropped before the answer came")
-
-
-class QueueFull(CallError):
-    def __init__(self, size: int) -> None:
-        super().__init__("queue_full", f"{size} calls already wait for a connection")
-
-
-class ClientClosed(CallError):
-    def __init__(self) -> None:
-        super().__init__("closed", "the client was closed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,17 @@ of these, and each is defined here.
     ├── BadResponseHead        a worker's response head reached a gateway broken: 502
     ├── ASGIError              an ASGI app sent a message the spec does not allow then
     ├── LifespanError          an ASGI app's lifespan startup failed or never answered
-    └── ClientDisconnected     an ASGI app's send() after its client left (also an
-                               OSError, as the ASGI spec asks)
+    ├── ClientDisconnected     an ASGI app's send() after its client left (also an
+    │                          OSError, as the ASGI spec asks)
+    ├── GroupRefused           (cluster.rpc) a client asked to subscribe to a group the
+    │                          app's allow() refused: answered "forbidden"
+    ├── BadRpcArgument         (cluster.rpc) a built-in method's argument: "bad_request"
+    └── CallError              (cluster.client) the server answered a call with an
+        │                      error, or it got no answer; `kind` says which
+        ├── CallTimeout        no answer within call_timeout
+        ├── Disconnected       the connection dropped after the call was sent
+        ├── QueueFull          queue_size calls already wait for a connection
+        └── ClientClosed       the client was closed
 
 HTTP parse failures are not exceptions that cross modules: the gateway's HTTP
 cores turn them into a status (400, 408, 413, 414, 431) at the point of failure.
@@ -117,3 +126,42 @@ class LifespanError(ClusterError):
 class ClientDisconnected(ClusterError, OSError):
     """Raised in the app by send() after the client has gone (the spec asks for an
     OSError)."""
+
+
+class GroupRefused(ClusterError):
+    """A client asked to subscribe to (or see) a group the app's allow() refused."""
+
+
+class BadRpcArgument(ClusterError, ValueError):
+    """An argument a built-in RPC method cannot take; answered as bad_request."""
+
+
+class CallError(ClusterError):
+    """The server answered a client's call with an error, or it got no answer: `kind`
+    is bad_request, not_found, forbidden or internal (cluster.rpc), or one of the
+    client's own (timeout, disconnected, queue_full, closed)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+class CallTimeout(CallError):
+    def __init__(self, timeout: float) -> None:
+        super().__init__("timeout", f"no answer within {timeout:g} s")
+
+
+class Disconnected(CallError):
+    def __init__(self) -> None:
+        super().__init__("disconnected", "the connection dropped before the answer came")
+
+
+class QueueFull(CallError):
+    def __init__(self, size: int) -> None:
+        super().__init__("queue_full", f"{size} calls already wait for a connection")
+
+
+class ClientClosed(CallError):
+    def __init__(self) -> None:
+        super().__init__("closed", "the client was closed")

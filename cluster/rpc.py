@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster import realtime
+from cluster.errors import BadRpcArgument, GroupRefused
 
 log = logging.getLogger("cluster.rpc")
 
@@ -113,11 +114,11 @@ class RpcEndpoint:
                 result = await fn(req, **data)
             else:
                 result = await asyncio.to_thread(fn, req, **data)
-        except Forbidden as exc:
+        except GroupRefused as exc:
             log.info("RPC %s.%s (request %r): group %r refused", module, method,
                      request_id, str(exc)[:200])
             return error(request_id, module, "forbidden", f"not allowed: {str(exc)[:200]}")
-        except BadArgument as exc:
+        except BadRpcArgument as exc:
             return error(request_id, module, "bad_request", str(exc))
         except Exception:
             log.exception("RPC %s.%s (request %r) raised", module, method, request_id)
@@ -138,14 +139,6 @@ def public_methods(handler: object) -> dict[str, Callable[..., Any]]:
             if not name.startswith("_") and callable(getattr(handler, name))}
 
 
-class Forbidden(Exception):
-    """A group the application's `allow` refused this connection."""
-
-
-class BadArgument(ValueError):
-    """Arguments a built-in method refuses, answered as bad_request."""
-
-
 Allow = Callable[[dict[str, Any], str], "bool | Awaitable[bool]"]
 
 
@@ -161,12 +154,12 @@ class GroupMethods:
 
     async def _check(self, req: dict[str, Any], group: Any) -> str:
         if not isinstance(group, str) or not group or len(group) > 200:
-            raise BadArgument("group is a non-empty string of at most 200 characters")
+            raise BadRpcArgument("group is a non-empty string of at most 200 characters")
         verdict = self.allow(req, group)
         if inspect.isawaitable(verdict):
             verdict = await verdict
         if verdict is not True:
-            raise Forbidden(group)
+            raise GroupRefused(group)
         return group
 
     async def subscribe(self, req: dict[str, Any], group: str,
@@ -175,7 +168,7 @@ class GroupMethods:
         if since is not None and not (
                 isinstance(since, list) and len(since) == 2 and isinstance(since[0], str)
                 and type(since[1]) is int and since[1] >= 0):
-            raise BadArgument("since is [epoch, offset], or null")
+            raise BadRpcArgument("since is [epoch, offset], or null")
         realtime.subscribe(req["conn"], group, since)
         return {"group": group}
 

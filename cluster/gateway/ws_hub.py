@@ -502,8 +502,9 @@ class WebSocketHub:
             self.bytes_out += len(data)
             if backlog > self.max_queue and session.core.is_open():
                 self.slow_closes += 1
-                log.info("WebSocket %s/%s reads too slowly (over %d bytes queued); 1013",
-                         self.gateway_id, session.conn, self.max_queue)
+                log.info("%s %s/%s reads too slowly (over %d bytes queued); %s",
+                         "WebSocket" if session.worker else "event stream", self.gateway_id,
+                         session.conn, self.max_queue, "1013" if session.worker else "cut")
                 session.core.close(CLOSE_TRY_AGAIN_LATER, "too slow")
                 # Its output cannot drain: drop it rather than wait for a close handshake.
                 self._finish(session, CLOSE_TRY_AGAIN_LATER, "too slow")

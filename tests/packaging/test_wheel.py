@@ -55,6 +55,7 @@ def test_the_wheel_installs_compiled_and_serves(tmp_path: Path) -> None:
         assert source in names  # the pure-Python fallback ships too
         assert any(n.startswith(source[:-3] + ".cpython-") for n in names), module
     assert any(n.startswith(f"{compiled.GROUP}__mypyc.") for n in names)
+    assert "cluster/js/cluster-client.js" in names  # the JavaScript client, as a file
 
     run([pip, "install", "--quiet", str(wheel)], cwd=tmp_path)
     cluster = str(venv / "bin" / "cluster")
@@ -77,6 +78,9 @@ def test_the_wheel_installs_compiled_and_serves(tmp_path: Path) -> None:
         port = int(re.findall(r"http://127\.0\.0\.1:(\d+)(?![\d/])", banner)[0])
         resp = get(port, "/")
         assert resp.status == 200 and resp.body == b"from the wheel"
+        script = get(port, "/_cluster/client.js")  # served from the installed package
+        assert script.status == 200
+        assert script.body == (ROOT / "clients" / "js" / "cluster-client.js").read_bytes()
     finally:
         popen.send_signal(signal.SIGTERM)
         code = popen.wait(30)
