@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.harness import Cluster, cluster
+from tests.harness import Cluster, cluster, wait_for
 
 APP = "tests.apps.shard_app:app"
 ROOMS = 12  # with 2 workers, all on one worker has odds 2 in 4,096
@@ -73,6 +73,11 @@ def test_a_rooms_connections_run_on_one_worker_in_arrival_order(
         two_gateways: tuple[Cluster, list[int]]) -> None:
     c, ports = two_gateways
     workers = {c.worker(APP).pid, c.worker(APP).pid}
+    # A worker is ready before every gateway has its link: until then the rooms hash
+    # over the one a gateway knows (and move later, which another test checks).
+    for gateway in (p for p in c.procs if p.role == "gateway"):
+        wait_for(lambda g=gateway: g.log().count("connected with credit") >= 2,  # type: ignore[misc]
+                 15, "both workers linked to the gateway")
     rooms = {f"r{i}": [open_room(ports[0], f"r{i}"), open_room(ports[1], f"r{i}")]
              for i in range(ROOMS)}
     owners: dict[str, int] = {}
