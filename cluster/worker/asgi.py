@@ -121,7 +121,7 @@ class ASGIHandler:
         self.state: dict[str, Any] = {}  # what lifespan startup stored
         self.lifespan = Lifespan(app, self.state)
 
-    def http_scope(self, env: dict[str, Any], label: str
+    def http_scope(self, env: dict[str, Any], label: str, conn: str
                    ) -> tuple[dict[str, Any], SharedState]:
         """The scope of a REQUEST envelope, built from it directly: an app reads the
         scope, so the handler dict other kinds get is never made."""
@@ -129,9 +129,7 @@ class ASGIHandler:
         scope = _scope_base("http", env["target"], env["headers"],
                             "https" if env.get("scheme") == "https" else "http", env["addr"],
                             self.state, {"state": view, "request_id": label,
-                                         # the connection, as push() names it (the
-                                         # label is the request's: gateway/number)
-                                         "conn": f"{label.rpartition('/')[0]}/{env['conn']}"})
+                                         "conn": conn})
         scope["method"] = env["method"]
         scope["http_version"] = env["version"]
         return scope, view

@@ -48,7 +48,9 @@ class AsgiRunner:
         rid: int = env["id"]
         label = f"{link.gateway_id}/{rid}"
         try:
-            scope, view = self.adapter.http_scope(env, label)
+            # conn: the connection as push() names it (an event stream's, if it becomes one)
+            scope, view = self.adapter.http_scope(env, label,
+                                                  f"{link.gateway_id}/{env['conn']}")
         except (TypeError, ValueError):  # only a broken frame: the gateway sends pairs
             log.exception("request %s could not be prepared", label)
             worker.requests.send(link, server_error(rid, label))
