@@ -92,7 +92,7 @@ test-pure: $(TOOLS)
 ## make test-stress: the suite as on a busy machine: two busy loops run beside it (one
 ## per core here), STRESS_RUNS times in a row (default 3), stopping at the first red run
 STRESS_RUNS ?= 3
-test-stress: lint typecheck $(TOOLS) $(COMPILED)
+test-stress: lint typecheck $(TOOLS) $(JS_DEPS) $(COMPILED)
 	@sh -c 'while :; do :; done' & one=$$!; sh -c 'while :; do :; done' & two=$$!; \
 	trap 'kill $$one $$two' EXIT INT TERM; \
 	for run in $$(seq $(STRESS_RUNS)); do \
