@@ -37,12 +37,12 @@ MEMBER_KINDS = frozenset({wire.HEARTBEAT, wire.REGISTER, wire.STATE_OP,
 
 
 class Coordinator:
-    def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]],
+    def __init__(self, config: CoordinatorConfig, zmq_context: zmq.Context[zmq.Socket[bytes]],
                  security: Security | None = None) -> None:
         self.config = config
         self.security = security if security is not None else Plaintext()
         # ZAP answers before the first client can connect.
-        self.gatekeeper = self.security.gatekeeper(ctx)
+        self.gatekeeper = self.security.gatekeeper(zmq_context)
         self.membership = Membership(config.peer_expiry)
         self.history = HistoryBook(config.history_size, config.history_ttl)
         self.history_log: HistoryLog | None = None
@@ -53,7 +53,7 @@ class Coordinator:
             self.history_log = HistoryLog(Path(config.data_dir), config.fsync,
                                           compact_after=config.snapshot_every)
             self.history_log.open(self.history, time.monotonic())
-        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock = zmq_context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.security.server(self.sock)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -67,7 +67,7 @@ class Coordinator:
         self.routes: dict[str, bytes] = {}  # member id -> ROUTER identity
         self.pump: Pump | None = None
         self.monitors: list[Monitor] = []
-        self.ctx = ctx
+        self.zmq_context = zmq_context
         self.state: StateService | None = None
         self.metrics = CoordinatorMetrics(self)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry),
@@ -76,7 +76,8 @@ class Coordinator:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.endpoint.rpartition(":")[0]
-        self.state = StateService(self.config, self.ctx, loop, self.send, host, self.security)
+        self.state = StateService(self.config, self.zmq_context, loop, self.send, host,
+                                  self.security)
         if self.gatekeeper is not None:
             self.monitors = [Monitor(loop, sock, HANDSHAKE_FAILED, self.gatekeeper.on_socket_event)
                              for sock in (self.sock, self.state.pub)]
@@ -247,8 +248,8 @@ def serve(config: CoordinatorConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
         security = for_process(config.keys, config.key_name, config.insecure, "coordinator",
                            wait=config.start_timeout)
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        coordinator = Coordinator(config, ctx, security)
+        zmq_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        coordinator = Coordinator(config, zmq_context, security)
         coordinator.start(asyncio.get_running_loop())
         ready: dict[str, Any] = {"role": "coordinator", "endpoint": coordinator.endpoint}
         if config.metrics_port >= 0:
@@ -264,6 +265,6 @@ def serve(config: CoordinatorConfig) -> None:
         await stop.wait()
         coordinator.metrics_server.close()
         coordinator.close()
-        ctx.term()
+        zmq_context.term()
 
     run_until_signalled(main, config.ready_fd, config.heartbeat_interval)

@@ -49,7 +49,7 @@ def _unavailable(rid: int) -> dict[str, Any]:
 
 
 class StateService:
-    def __init__(self, config: CoordinatorConfig, ctx: zmq.Context[zmq.Socket[bytes]],
+    def __init__(self, config: CoordinatorConfig, zmq_context: zmq.Context[zmq.Socket[bytes]],
                  loop: asyncio.AbstractEventLoop,
                  reply: Any, pub_host: str, security: Security | None = None) -> None:
         self.config = config
@@ -64,7 +64,7 @@ class StateService:
             self._recover(Path(config.data_dir))
         else:
             log.warning("no --data-dir: shared state lives in memory and dies with this process")
-        self.pub = ctx.socket(zmq.PUB)
+        self.pub = zmq_context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         # Only members may read the state: the PUB is a CURVE server like the ROUTER.
         (security or Plaintext()).server(self.pub)

@@ -180,7 +180,7 @@ class ConnectionContext:
 
 
 
-def check_head(ctx: ConnectionContext, ex: Exchange,
+def check_head(shared: ConnectionContext, ex: Exchange,
                part: dict[str, Any]) -> tuple[int, bytes] | None:
     """A worker's status and header block, checked; sets the exchange's status and
     whether its response has a body. None for a broken one: logged, and the
@@ -190,13 +190,13 @@ def check_head(ctx: ConnectionContext, ex: Exchange,
     try:
         if type(status) is not int or not 100 <= status <= 999:
             raise BadResponseHead(f"status {status!r}")
-        if fields not in ctx.good_heads:
+        if fields not in shared.good_heads:
             if not well_formed(fields):
                 raise BadResponseHead("a malformed header block")
-            ctx.remember_head(fields)
+            shared.remember_head(fields)
     except BadResponseHead as exc:
         log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
-                  extra={"request_id": f"{ctx.gateway_id}/{ex.id}"})
+                  extra={"request_id": f"{shared.gateway_id}/{ex.id}"})
         ex.status = 502
         ex.head_only = True
         return None

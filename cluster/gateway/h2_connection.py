@@ -106,11 +106,11 @@ class EventOutput:
 
 
 class H2Connection(asyncio.Protocol):
-    def __init__(self, ctx: ConnectionContext, loop: asyncio.AbstractEventLoop,
+    def __init__(self, shared: ConnectionContext, loop: asyncio.AbstractEventLoop,
                  limits: H2Limits, stall_timeout: float) -> None:
-        self.ctx = ctx
+        self.shared = shared
         self.loop = loop
-        self.core = H2Core(limits, tls=ctx.tls, budget=ctx.budget)
+        self.core = H2Core(limits, tls=shared.tls, budget=shared.budget)
         self.stall_timeout = stall_timeout
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamSink] = {}
@@ -130,8 +130,8 @@ class H2Connection(asyncio.Protocol):
         self.conn_id = conn_id
         self.addr = addr
         self.last_progress = self.loop.time()
-        self.ctx.connections.add(self)
-        self.ctx.h2_connections += 1
+        self.shared.connections.add(self)
+        self.shared.h2_connections += 1
         self._write_out()  # our SETTINGS
         if data:
             self.data_received(data)
@@ -139,7 +139,7 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
-        self.ctx.bytes_in += len(data)
+        self.shared.bytes_in += len(data)
         events = self.core.receive_data(data, now)
         if events:
             self.last_progress = now
@@ -147,10 +147,10 @@ class H2Connection(asyncio.Protocol):
         self._write_out()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ctx.open -= 1
+        self.shared.open -= 1
         self.closed = True
         self.core.close()  # what unfinished bodies held goes back to the budget
-        self.ctx.connections.discard(self)
+        self.shared.connections.discard(self)
         for sink in self.streams.values():
             self._cancel(sink)
         self.streams.clear()
@@ -198,8 +198,8 @@ class H2Connection(asyncio.Protocol):
                for name, value in req.headers):
             # It may become an event stream, which needs a number of its own (the
             # connection's is shared by its streams) for push to find it.
-            self.ctx.next_conn += 1
-            conn = self.ctx.next_conn
+            self.shared.next_conn += 1
+            conn = self.shared.next_conn
         env = {"k": wire.REQUEST, "id": 0, "conn": conn, "method": req.method,
                "target": req.target, "version": "2", "headers": req.headers,
                "body": req.body, "addr": self.addr}
@@ -209,13 +209,13 @@ class H2Connection(asyncio.Protocol):
         ex = sink.ex = Exchange(env, req.method, "2", True, sink)
         ex.began = now
         self.streams[req.stream_id] = sink
-        plan = self.ctx.static_or_submit(ex, req.method, req.target, req.headers)
+        plan = self.shared.static_or_submit(ex, req.method, req.target, req.headers)
         if plan is not None:
             self.loop.create_task(send_file(ex, plan, partial(self._my_turn, sink)))
 
     def _on_sent(self, event: Sent) -> None:
         sink = self.streams.get(event.stream_id)
-        credit = self.ctx.stream_credit
+        credit = self.shared.stream_credit
         if sink is not None and not sink.final and sink.ex.worker is not None and \
                 credit is not None:
             credit(sink.ex, event.nbytes)
@@ -223,7 +223,7 @@ class H2Connection(asyncio.Protocol):
     def _on_refused(self, event: StreamRefused) -> None:
         log.info("client %s:%s stream %d: %d %s", self.addr[0], self.addr[1],
                  event.stream_id, event.status, event.reason)
-        counts = self.ctx.errors_by_status
+        counts = self.shared.errors_by_status
         counts[event.status] = counts.get(event.status, 0) + 1
         sink = self.streams.pop(event.stream_id, None)
         if sink is not None:  # a body over the limit, after the request was made
@@ -231,7 +231,7 @@ class H2Connection(asyncio.Protocol):
         extra = encode_fields(ERROR_HEADERS[event.status])[0] \
             if event.status in ERROR_HEADERS else b""
         self._respond_whole(event.stream_id, event.status, http_core.TEXT_PLAIN + extra,
-                            self.ctx.error_body(event.status))
+                            self.shared.error_body(event.status))
         if event.status in (408, 503):
             # Refused mid-body: the client must stop sending it (no error: RFC 9113 §8.1).
             # A 413's client may finish sending what it declared: the core drops it.
@@ -239,7 +239,7 @@ class H2Connection(asyncio.Protocol):
 
     def _on_ended(self, event: ConnectionEnded) -> None:
         if event.abusive:
-            self.ctx.h2_abusive += 1
+            self.shared.h2_abusive += 1
             log.warning("client %s:%s: %s; GOAWAY", self.addr[0], self.addr[1], event.reason)
         else:
             log.info("client %s:%s: HTTP/2 connection ends: %s", self.addr[0], self.addr[1],
@@ -250,15 +250,15 @@ class H2Connection(asyncio.Protocol):
     def _cancel(self, sink: StreamSink) -> None:
         """The client no longer wants this stream's answer."""
         sink.closed = True
-        if sink.events is not None and self.ctx.hub is not None:
-            self.ctx.hub.connection_lost(sink.events)
+        if sink.events is not None and self.shared.hub is not None:
+            self.shared.hub.connection_lost(sink.events)
         ex = sink.ex
         if ex.worker is None:
             # Never sent (a static file, or still waiting for credit: the dispatcher
             # skips closed sinks), so no worker answer will count it off.
             self._worker_done(sink)
-        elif not sink.final and self.ctx.client_gone is not None:
-            self.ctx.client_gone(ex)
+        elif not sink.final and self.shared.client_gone is not None:
+            self.shared.client_gone(ex)
 
     def _worker_done(self, sink: StreamSink) -> None:
         if not sink.worker_done:
@@ -286,7 +286,7 @@ class H2Connection(asyncio.Protocol):
             self._become_event_stream(sink, part, now)
         elif not ex.started:
             ex.started = True
-            head = check_head(self.ctx, ex, part)
+            head = check_head(self.shared, ex, part)
             if head is None:
                 self._respond_whole(sid, 502, http_core.TEXT_PLAIN, http_core.status_body(502))
                 self._finish(sink, now)
@@ -297,7 +297,7 @@ class H2Connection(asyncio.Protocol):
                     len(body) if not more else \
                     declared if type(declared) is int and declared >= 0 else None
                 end = ex.head_only or (not more and not body)
-                self.core.respond(sid, status, fields, self.ctx.date, content_length=length,
+                self.core.respond(sid, status, fields, self.shared.date, content_length=length,
                                   end=end)
                 if end:
                     self._finish(sink, now)
@@ -317,8 +317,8 @@ class H2Connection(asyncio.Protocol):
         ex = sink.ex
         ex.started = True
         spec = sse_core.read_spec(part["events"])
-        head = check_head(self.ctx, ex, part)
-        hub = self.ctx.hub
+        head = check_head(self.shared, ex, part)
+        hub = self.shared.hub
         if spec is None or hub is None or head is None or head[0] != 200:
             log.error("request %d: worker sent an invalid event stream; 502", ex.id)
             ex.status = 502
@@ -326,14 +326,14 @@ class H2Connection(asyncio.Protocol):
             self._finish(sink, now)
             return
         if ex.head_only:
-            self.core.respond(sink.sid, 200, head[1], self.ctx.date, content_length=None,
+            self.core.respond(sink.sid, 200, head[1], self.shared.date, content_length=None,
                               end=True)
             self._finish(sink, now)
             return
-        self.core.respond(sink.sid, 200, head[1], self.ctx.date, content_length=None,
+        self.core.respond(sink.sid, 200, head[1], self.shared.date, content_length=None,
                           end=False)
         sink.final = True  # nothing more from a worker: its parts and credit are done
-        self.ctx.finished(ex, now)
+        self.shared.finished(ex, now)
         join, numbered, retry = spec
         core = sse_core.EventStreamCore(False, numbered[0] if numbered else None, retry)
         sink.events = hub.open_event_stream(ex.envelope["conn"], core, EventOutput(self, sink),
@@ -359,7 +359,7 @@ class H2Connection(asyncio.Protocol):
         sink.final = True
         if not self.core.sending(sink.sid):
             self.streams.pop(sink.sid, None)
-        self.ctx.finished(sink.ex, now)
+        self.shared.finished(sink.ex, now)
 
     def deliver_error(self, sink: StreamSink, status: int,
                       headers: list[tuple[str, str]] | None = None) -> None:
@@ -368,10 +368,10 @@ class H2Connection(asyncio.Protocol):
             return
         fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
         self.deliver(sink, {"more": False, "status": status, "head": fields,
-                            "body": self.ctx.error_body(status)})
+                            "body": self.shared.error_body(status)})
 
     def _respond_whole(self, sid: int, status: int, fields: bytes, body: bytes) -> None:
-        self.core.respond(sid, status, fields, self.ctx.date, content_length=len(body),
+        self.core.respond(sid, status, fields, self.shared.date, content_length=len(body),
                           end=False)
         self.core.send_body(sid, body, True, self.loop.time())
         self._write_out()
@@ -402,7 +402,7 @@ class H2Connection(asyncio.Protocol):
         self._write_scheduled = False
         data = self.core.data_to_send()
         if data and self.transport is not None and not self.closed:
-            self.ctx.bytes_out += len(data)
+            self.shared.bytes_out += len(data)
             self.transport.write(data)
         if self._drained is not None and not self.writing_paused:
             self._wake()
@@ -411,25 +411,25 @@ class H2Connection(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         if self.closed:
             return
-        timeouts = self.ctx.timeouts
+        timeouts = self.shared.timeouts
         if self.writing_paused and now - self.paused_since > timeouts.send:
             self._cut_unread()
             return
         expired = self.core.expire_bodies(now, timeouts.body, timeouts.body_total)
         if expired:
             for _ in expired:
-                self.ctx.timed_out_in("body")
+                self.shared.timed_out_in("body")
             self._handle(expired, now)
         stalled = self.core.stalled(now, self.stall_timeout)
         for sid in stalled:
             log.info("client %s:%s stream %d: no window for %.0fs; reset", self.addr[0],
                      self.addr[1], sid, self.stall_timeout)
-            self.ctx.h2_stalls += 1
+            self.shared.h2_stalls += 1
             sink = self.streams.pop(sid, None)
             if sink is not None:
                 self._cancel(sink)
             self.core.reset(sid)
-        if self.core.idle and now - self.last_progress > self.ctx.keepalive_timeout:
+        if self.core.idle and now - self.last_progress > self.shared.keepalive_timeout:
             self.core.goaway()
             self._close_if_drained()
         elif stalled or expired:
@@ -452,11 +452,11 @@ class H2Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
-        self.ctx.connections.discard(self)
+        self.shared.connections.discard(self)
 
     def _cut_unread(self) -> None:
         """Close without flushing: what the client would not read is dropped."""
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.ctx.cut_unread(self.addr, self.transport)
-        self.ctx.connections.discard(self)
+            self.shared.cut_unread(self.addr, self.transport)
+        self.shared.connections.discard(self)

@@ -46,10 +46,10 @@ log = logging.getLogger("cluster.gateway.http")
 
 
 class HttpConnection(asyncio.Protocol):
-    def __init__(self, ctx: ConnectionContext, loop: asyncio.AbstractEventLoop) -> None:
-        self.ctx = ctx
+    def __init__(self, shared: ConnectionContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.shared = shared
         self.loop = loop
-        self.core = HttpCore(ctx.limits, ctx.budget)
+        self.core = HttpCore(shared.limits, shared.budget)
         self.transport: asyncio.Transport | None = None
         self.exchanges: deque[Exchange] = deque()
         self.closed = False
@@ -63,8 +63,8 @@ class HttpConnection(asyncio.Protocol):
         self.body_of = -1
         self.body_began = 0.0
         self.paused_since = 0.0  # when the client last stopped taking our bytes
-        ctx.next_conn += 1
-        self.conn_id = ctx.next_conn
+        shared.next_conn += 1
+        self.conn_id = shared.next_conn
         self.addr: list[Any] = ["", 0]
         self.ws: Session | None = None  # set once this connection became a WebSocket
         self.pending_upgrade: Request | None = None  # behind pipelined requests
@@ -73,7 +73,7 @@ class HttpConnection(asyncio.Protocol):
         self._turn: asyncio.Event | None = None
         self._owed: list[tuple[Exchange, int]] = []  # stream credit held while backed up
         # Until the first bytes show whether this is HTTP/2 with prior knowledge.
-        self.preface: bytes | None = b"" if ctx.h2 is not None and not ctx.tls else None
+        self.preface: bytes | None = b"" if shared.h2 is not None and not shared.tls else None
 
     # -- asyncio callbacks ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,25 +82,25 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.addr = [str(peer[0]), int(peer[1])]
         self.last_activity = self.loop.time()
-        self.ctx.connections.add(self)
-        self.ctx.open += 1
-        if self.ctx.h2 is not None and self.ctx.tls:
+        self.shared.connections.add(self)
+        self.shared.open += 1
+        if self.shared.h2 is not None and self.shared.tls:
             tls = transport.get_extra_info("ssl_object")
             if tls is not None and tls.selected_alpn_protocol() == "h2":
                 self._become_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ctx.open -= 1
+        self.shared.open -= 1
         self.core.close()  # what an unfinished body held goes back to the budget
-        if self.ws is not None and self.ctx.hub is not None:
-            self.ctx.hub.connection_lost(self.ws)
+        if self.ws is not None and self.shared.hub is not None:
+            self.shared.hub.connection_lost(self.ws)
         self.closed = True
         self._wake()
-        self.ctx.connections.discard(self)
-        if self.ctx.client_gone is not None:
+        self.shared.connections.discard(self)
+        if self.shared.client_gone is not None:
             for ex in self.exchanges:
                 if not ex.done and ex.worker is not None:
-                    self.ctx.client_gone(ex)
+                    self.shared.client_gone(ex)
         self.exchanges.clear()
 
     def pause_writing(self) -> None:
@@ -113,7 +113,7 @@ class HttpConnection(asyncio.Protocol):
         self._update_reading()
         self._wake()
         owed, self._owed = self._owed, []
-        credit = self.ctx.stream_credit
+        credit = self.shared.stream_credit
         if credit is not None:
             for ex, nbytes in owed:
                 credit(ex, nbytes)
@@ -138,21 +138,21 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = now
         if self.preface is not None:  # the connection's first bytes: HTTP/2's preface?
             data = self.preface + data
-            if PREFACE.startswith(data[:len(PREFACE)]) and self.ctx.h2 is not None:
+            if PREFACE.startswith(data[:len(PREFACE)]) and self.shared.h2 is not None:
                 if len(data) < len(PREFACE):
                     self.preface = data  # not enough to tell yet
                     return
                 self._become_h2(data)
                 return
             self.preface = None
-        self.ctx.bytes_in += len(data)
+        self.shared.bytes_in += len(data)
         # A local, not `self.ws`: mypy would take `self.ws` to be None for the rest of
         # this method, though a request below can make it a WebSocket, and the compiled
         # build checks what mypy takes for granted.
         ws = self.ws
         if ws is not None:
-            if ws.accepted and self.ctx.hub is not None:
-                self.ctx.hub.on_events(ws, ws.core.receive_data(data))
+            if ws.accepted and self.shared.hub is not None:
+                self.shared.hub.on_events(ws, ws.core.receive_data(data))
             return  # before the worker accepts, a client must not send frames
         core = self.core
         if not core.mid_request:
@@ -178,10 +178,10 @@ class HttpConnection(asyncio.Protocol):
     def _become_h2(self, data: bytes) -> None:
         """Hand this connection to HTTP/2 (ALPN chose it, or a cleartext client sent
         the preface): it keeps our place in the counts and timers."""
-        assert self.transport is not None and self.ctx.h2 is not None
+        assert self.transport is not None and self.shared.h2 is not None
         self.closed = True  # as an HTTP/1.1 connection
-        self.ctx.connections.discard(self)
-        h2 = H2Connection(self.ctx, self.loop, self.ctx.h2, self.ctx.h2_stall_timeout)
+        self.shared.connections.discard(self)
+        h2 = H2Connection(self.shared, self.loop, self.shared.h2, self.shared.h2_stall_timeout)
         self.transport.set_protocol(h2)
         h2.take_over(self.transport, self.conn_id, self.addr, data)
 
@@ -194,7 +194,7 @@ class HttpConnection(asyncio.Protocol):
         env = {"k": wire.REQUEST, "id": 0, "conn": self.conn_id, "method": request.method,
                "target": request.target, "version": request.version,
                "headers": request.headers, "body": request.body, "addr": self.addr}
-        if self.ctx.tls:
+        if self.shared.tls:
             env["scheme"] = "https"  # only then: every other request saves the bytes
         keep_alive = request.keep_alive and not request.upgrade
         ex = Exchange(env, request.method, request.version, keep_alive, self)
@@ -203,18 +203,18 @@ class HttpConnection(asyncio.Protocol):
             self.closing = True  # nothing after this request will be read
         exchanges = self.exchanges
         exchanges.append(ex)
-        if len(exchanges) >= self.ctx.max_pipeline or self.closing:
+        if len(exchanges) >= self.shared.max_pipeline or self.closing:
             self._update_reading()
-        if not self.ctx.static and not request.target.startswith("/_cluster/"):
-            self.ctx.submit(ex)
+        if not self.shared.static and not request.target.startswith("/_cluster/"):
+            self.shared.submit(ex)
             return
-        plan = self.ctx.static_or_submit(ex, request.method, request.target, request.headers)
+        plan = self.shared.static_or_submit(ex, request.method, request.target, request.headers)
         if plan is not None:
             self.loop.create_task(send_file(ex, plan, partial(self._my_turn, ex)))
 
     def _upgrade(self, request: Request) -> None:
         """Hand a WebSocket upgrade to the hub, which asks the connection's worker."""
-        hub = self.ctx.hub
+        hub = self.shared.hub
         transport = self.transport
         assert transport is not None
         if hub is None:
@@ -226,33 +226,33 @@ class HttpConnection(asyncio.Protocol):
             # read meanwhile (the parser stopped at the upgrade).
             self.pending_upgrade = request
             return
-        core = WebSocketCore(self.ctx.ws_options)
+        core = WebSocketCore(self.shared.ws_options)
         refusal = core.open_handshake(request)
         if refusal is not None:
             log.info("client %s:%s: WebSocket upgrade refused, %s; %d", self.addr[0],
                      self.addr[1], core.refusal, refusal)
             extra = [("sec-websocket-version", "13")] if refusal == 426 else []
-            transport.write(http_core.error_response(refusal, self.ctx.date, extra=extra))
+            transport.write(http_core.error_response(refusal, self.shared.date, extra=extra))
             self._close()
             return
         fields = {"target": request.target, "headers": request.headers,
                   "subprotocols": core.offered, "addr": self.addr}
-        if self.ctx.tls:
+        if self.shared.tls:
             fields["scheme"] = "wss"
         if not hub.open(self.conn_id, core, transport, fields):
-            transport.write(http_core.error_response(503, self.ctx.date,
+            transport.write(http_core.error_response(503, self.shared.date,
                                                      extra=[("retry-after", "1")]))
             self._close()
             return
         self.ws = hub.sessions[self.conn_id]
         self.core.release()  # frames from now on: no HTTP parser held
-        self.ctx.connections.discard(self)  # no HTTP timeouts from now on
+        self.shared.connections.discard(self)  # no HTTP timeouts from now on
         self.closing = False
         self._update_reading()
 
     def _on_protocol_error(self, error: ProtocolError) -> None:
         log.info("client %s:%s: %d %s", self.addr[0], self.addr[1], error.status, error.reason)
-        counts = self.ctx.errors_by_status
+        counts = self.shared.errors_by_status
         counts[error.status] = counts.get(error.status, 0) + 1
         self.closing = True
         # Answer after the responses already owed, in order: a placeholder exchange.
@@ -269,7 +269,7 @@ class HttpConnection(asyncio.Protocol):
         # A WebSocket's output is bounded by --ws-max-queue instead (the hub closes a
         # client that lets it fill with 1013): it keeps reading under write pressure.
         want_pause = self.ws is None and (
-            self.writing_paused or len(self.exchanges) >= self.ctx.max_pipeline
+            self.writing_paused or len(self.exchanges) >= self.shared.max_pipeline
             or self.closing)
         if want_pause and not self.reading_paused:
             self.reading_paused = True
@@ -302,7 +302,7 @@ class HttpConnection(asyncio.Protocol):
             return
         fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
         self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False, "status": status,
-                          "head": fields, "body": self.ctx.error_body(status)})
+                          "head": fields, "body": self.shared.error_body(status)})
 
     def _advance(self) -> None:
         """The head exchange finished: write the next ones that already have parts."""
@@ -344,24 +344,24 @@ class HttpConnection(asyncio.Protocol):
             return
         if not ex.started:
             ex.started = True
-            head = check_head(self.ctx, ex, part)
+            head = check_head(self.shared, ex, part)
             if head is None:
                 ex.keep_alive = False
-                self._write(http_core.error_response(502, self.ctx.date, version=ex.version))
+                self._write(http_core.error_response(502, self.shared.date, version=ex.version))
                 self._done(ex)
                 return
             out = http_core.frame_start(ex, head[0], head[1], body, more, part.get("length"),
-                                        self.ctx.date)
+                                        self.shared.date)
         else:
             out = http_core.frame_part(ex, body, more)
         if out:
             self._write(out)
-        if more and body and ex.worker is not None and self.ctx.stream_credit is not None:
+        if more and body and ex.worker is not None and self.shared.stream_credit is not None:
             # Credit flows at the client's pace: held while its connection is backed up.
             if self.writing_paused:
                 self._owed.append((ex, len(body)))
             else:
-                self.ctx.stream_credit(ex, len(body))
+                self.shared.stream_credit(ex, len(body))
         if not more:
             self._done(ex)
 
@@ -370,79 +370,79 @@ class HttpConnection(asyncio.Protocol):
         Server-Sent Events, held by the hub like a WebSocket (sse_core.py). Requests
         pipelined behind it will never be answered: their clients are told so."""
         transport = self.transport
-        hub = self.ctx.hub
+        hub = self.shared.hub
         assert transport is not None
         ex.started = True
         spec = sse_core.read_spec(part["events"])
-        head = check_head(self.ctx, ex, part)
+        head = check_head(self.shared, ex, part)
         if spec is None or hub is None or head is None or head[0] != 200:
             log.error("request %d: worker sent an invalid event stream; 502", ex.id)
             ex.status = 502
             ex.keep_alive = False
-            self._write(http_core.error_response(502, self.ctx.date, version=ex.version))
+            self._write(http_core.error_response(502, self.shared.date, version=ex.version))
             self._done(ex)
             return
         if ex.head_only:  # HEAD: the head alone
             self._write(http_core.frame_start(ex, 200, head[1], b"", False, None,
-                                              self.ctx.date))
+                                              self.shared.date))
             self._done(ex)
             return
-        started = http_core.frame_start(ex, 200, head[1], b"", True, None, self.ctx.date)
+        started = http_core.frame_start(ex, 200, head[1], b"", True, None, self.shared.date)
         join, numbered, retry = spec
         core = sse_core.EventStreamCore(ex.chunked, numbered[0] if numbered else None, retry)
         self._done(ex)
         self.exchanges.popleft()
-        if self.ctx.client_gone is not None:
+        if self.shared.client_gone is not None:
             for later in self.exchanges:
                 if later.worker is not None:
-                    self.ctx.client_gone(later)
+                    self.shared.client_gone(later)
         self.exchanges.clear()
         self.ws = hub.open_event_stream(self.conn_id, core, transport, started, join,
                                         numbered)
         self.core.release()
-        self.ctx.connections.discard(self)  # the hub's keepalive and limits from now on
+        self.shared.connections.discard(self)  # the hub's keepalive and limits from now on
         self.closing = False
         self._update_reading()
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
-        self.ctx.bytes_out += len(data)
+        self.shared.bytes_out += len(data)
         self.transport.write(data)
 
     def _done(self, ex: Exchange) -> None:
         ex.done = True
-        self.ctx.finished(ex, self.loop.time())
+        self.shared.finished(ex, self.loop.time())
 
     # -- timers and shutdown ---------------------------------------------------
     def check_timeouts(self, now: float) -> None:
         if self.closed:
             return
-        ctx, core = self.ctx, self.core
+        shared, core = self.shared, self.core
         if self.writing_paused:
-            if now - self.paused_since > ctx.timeouts.send:
+            if now - self.paused_since > shared.timeouts.send:
                 self._cut_unread()
             return  # reading is paused meanwhile: the client's silence is ours
         if self.closing:
             return
         if core.awaiting_headers:
-            if now - self.request_began > ctx.header_timeout:
+            if now - self.request_began > shared.header_timeout:
                 self._time_out("headers", f"headers not complete within "
-                               f"{ctx.header_timeout:.0f}s (--header-timeout)")
+                               f"{shared.header_timeout:.0f}s (--header-timeout)")
         elif core.awaiting_body and not self.reading_paused:
             if self.body_of != core.begun:
                 self.body_of, self.body_began = core.begun, now
-            if now - self.last_activity > ctx.timeouts.body:
-                self._time_out("body", f"no body byte for {ctx.timeouts.body:.0f}s "
+            if now - self.last_activity > shared.timeouts.body:
+                self._time_out("body", f"no body byte for {shared.timeouts.body:.0f}s "
                                "(--body-timeout)")
-            elif now - self.body_began > ctx.timeouts.body_total:
-                self._time_out("body", f"body not whole within {ctx.timeouts.body_total:.0f}s"
+            elif now - self.body_began > shared.timeouts.body_total:
+                self._time_out("body", f"body not whole within {shared.timeouts.body_total:.0f}s"
                                " (--body-total-timeout)")
         elif not self.exchanges and not core.mid_request and \
-                now - self.last_activity > ctx.keepalive_timeout:
+                now - self.last_activity > shared.keepalive_timeout:
             self._close()
 
     def _time_out(self, phase: str, reason: str) -> None:
-        self.ctx.timed_out_in(phase)
+        self.shared.timed_out_in(phase)
         self.core.close()
         self._on_protocol_error(ProtocolError(408, reason))
 
@@ -462,12 +462,12 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
-        self.ctx.connections.discard(self)
+        self.shared.connections.discard(self)
 
     def _cut_unread(self) -> None:
         """Close without flushing: what the client would not read is dropped."""
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.ctx.cut_unread(self.addr, self.transport)
-        self.ctx.connections.discard(self)
+            self.shared.cut_unread(self.addr, self.transport)
+        self.shared.connections.discard(self)
 

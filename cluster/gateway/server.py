@@ -61,10 +61,11 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
 
 class Gateway:
     def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop,
-                 ctx: zmq.Context[zmq.Socket[bytes]], security: Security | None = None) -> None:
+                 zmq_context: zmq.Context[zmq.Socket[bytes]],
+                 security: Security | None = None) -> None:
         self.config = config
         self.loop = loop
-        self.ctx = ctx
+        self.zmq_context = zmq_context
         self.security = security if security is not None else Plaintext()
         self.gatekeeper: Gatekeeper | None = None
         self._last_probe = 0.0  # loop time the workers were last probed
@@ -129,8 +130,8 @@ class Gateway:
     async def start(self) -> dict[str, Any]:
         config = self.config
         # ZAP answers before the first worker can connect.
-        self.gatekeeper = self.security.gatekeeper(self.ctx)
-        sock = self.ctx.socket(zmq.ROUTER)
+        self.gatekeeper = self.security.gatekeeper(self.zmq_context)
+        sock = self.zmq_context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         self.security.server(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sends to a vanished worker fail loudly
@@ -193,7 +194,7 @@ class Gateway:
             # No coordinator to list the metrics endpoints: every gateway does.
             self.metrics_server.pages["/targets"] = lambda: targets_page(self.members)
         else:
-            link = CoordinatorLink(config, self.ctx, self.id, "gateway", info,
+            link = CoordinatorLink(config, self.zmq_context, self.id, "gateway", info,
                                    self._on_members, self._on_coordinator,
                                    security=self.security)
             self.hub.ask_history = partial(self._ask_history, link)
@@ -365,18 +366,18 @@ def serve(config: GatewayConfig) -> None:
     async def main(stop: asyncio.Event) -> None:
         security = for_process(config.keys, config.key_name, config.insecure, "gateway",
                            wait=config.start_timeout)
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        gateway = Gateway(config, asyncio.get_running_loop(), ctx, security)
+        zmq_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        gateway = Gateway(config, asyncio.get_running_loop(), zmq_context, security)
         try:
             info = await unless_stopped(gateway.start(), stop)
         except StoppedWhileStarting:
-            ctx.destroy(linger=0)
+            zmq_context.destroy(linger=0)
             raise
         report_ready(config.ready_fd, info)
         await stop.wait()
         log.info("gateway %s: stopping", gateway.id)
         await gateway.stop()
-        ctx.term()
+        zmq_context.term()
 
     run_until_signalled(main, config.ready_fd, config.heartbeat_interval)
 

@@ -46,13 +46,13 @@ class MemberLink(Protocol):
 
 
 class CoordinatorLink:
-    def __init__(self, config: Common, ctx: zmq.Context[zmq.Socket[bytes]], member_id: str,
+    def __init__(self, config: Common, zmq_context: zmq.Context[zmq.Socket[bytes]], member_id: str,
                  role: str, info: dict[str, Any], on_members: MembersHandler,
                  on_other: MessageHandler | None = None,
                  security: Security | None = None) -> None:
         self.config = config
         self.security = security if security is not None else Plaintext()
-        self.ctx = ctx
+        self.zmq_context = zmq_context
         self.member_id = member_id
         self.role = role
         self.info = info
@@ -67,7 +67,7 @@ class CoordinatorLink:
         self._task: asyncio.Task[None] | None = None
 
     def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
+        sock = self.zmq_context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame)
         # Room for bursts (state writes, published group messages): at 16 frames, a

@@ -110,7 +110,7 @@ class Plaintext:
     def coordinator_client(self, sock: zmq.Socket[Any]) -> None:
         pass
 
-    def gatekeeper(self, ctx: zmq.Context[Any]) -> Gatekeeper | None:
+    def gatekeeper(self, zmq_context: zmq.Context[Any]) -> Gatekeeper | None:
         return None
 
 
@@ -160,8 +160,8 @@ class Curve:
     def coordinator_client(self, sock: zmq.Socket[Any]) -> None:
         self.client(sock, self.coordinator_key)
 
-    def gatekeeper(self, ctx: zmq.Context[Any]) -> Gatekeeper:
-        return Gatekeeper(ctx, self.directory)
+    def gatekeeper(self, zmq_context: zmq.Context[Any]) -> Gatekeeper:
+        return Gatekeeper(zmq_context, self.directory)
 
 
 Security = Curve | Plaintext
@@ -196,7 +196,7 @@ class Gatekeeper:
     pyzmq's authenticator answers ZAP in a thread of its own; the callback below
     decides, reading the allow-list again whenever the directory changed."""
 
-    def __init__(self, ctx: zmq.Context[Any], directory: Path) -> None:
+    def __init__(self, zmq_context: zmq.Context[Any], directory: Path) -> None:
         self.directory = directory
         self.refused = 0  # connections refused for a key not on the list
         self.handshake_failures = 0  # no key, or a wrong server key (socket monitors)
@@ -204,7 +204,7 @@ class Gatekeeper:
         self._stamp: tuple[int, int] | None = None
         self._logged: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
-        self._auth = _Authenticator(ctx)
+        self._auth = _Authenticator(zmq_context)
         self._auth.start()
         self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
 
@@ -271,8 +271,8 @@ class _Authenticator(ThreadAuthenticator):
     """pyzmq's thread authenticator, remembering the address of the request it is
     answering (its callback is given only the domain and the key)."""
 
-    def __init__(self, ctx: zmq.Context[Any]) -> None:
-        super().__init__(ctx, log=logging.getLogger("cluster.security.zap"))
+    def __init__(self, zmq_context: zmq.Context[Any]) -> None:
+        super().__init__(zmq_context, log=logging.getLogger("cluster.security.zap"))
         self.peer_address = "?"
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 An envelope is a map ``{"v": VERSION, "k": KIND, ...fields}``. Several envelopes
 travelling the same way in one event-loop pass are packed into one frame of kind
-``batch`` (``{"v": 1, "k": "batch", "m": [envelope, ...]}``): one ZeroMQ send and
+``batch`` (``{"v": VERSION, "k": "batch", "m": [envelope, ...]}``): one ZeroMQ send and
 one wake-up carry many requests, which is what makes the extra hop cheap.
 
 `decode_frame` is the only door for untrusted bytes. It checks size, version, kind
@@ -21,11 +21,13 @@ import msgpack  # type: ignore[import-untyped]
 
 from cluster.errors import WireError
 
-VERSION = 1
+# 2: kinds became words ("response", not "res"); a process of another version is
+# refused at the first frame (WireError), never misread.
+VERSION = 2
 
 # Coordinator <-> member (gateway, worker)
-REGISTER = "reg"  # member -> coordinator: join, with a description of itself
-HEARTBEAT = "hb"  # both ways; the coordinator's carries the membership sequence
+REGISTER = "register"  # member -> coordinator: join, with a description of itself
+HEARTBEAT = "heartbeat"  # both ways; the coordinator's carries the membership sequence
 WHO = "who"  # "I do not know you": re-register / re-hello
 MEMBERS = "members"  # coordinator -> member: full membership at a sequence number
 SYNC = "sync"  # member -> coordinator: send me MEMBERS, I missed an update
@@ -34,44 +36,47 @@ BYE = "bye"  # orderly leave
 # Worker <-> gateway dispatch link
 HELLO = "hello"  # worker -> gateway: I am here with this much credit
 WELCOME = "welcome"  # gateway -> worker: hello accepted
-REQUEST = "req"  # gateway -> worker: one request to handle
-RESPONSE = "res"  # worker -> gateway: a response, whole or one part of a stream
+REQUEST = "request"  # gateway -> worker: one request to handle
+RESPONSE = "response"  # worker -> gateway: a response, whole or one part of a stream
 GONE = "gone"  # gateway -> worker: the client of this request closed its connection
-STREAM_CREDIT = "scr"  # gateway -> worker: the client took this many more bytes of a stream
+# gateway -> worker: the client took this many more bytes of a stream
+STREAM_CREDIT = "stream_credit"
 
 # Shared state (Clone pattern): requests on the coordinator link, updates on its PUB
-STATE_OP = "sop"  # worker -> coordinator: a batch of operations, applied atomically
-STATE_ACK = "sack"  # coordinator -> worker: results, once the change is in the log
-SNAPSHOT_REQUEST = "snap"  # worker -> coordinator: send me the whole store
+STATE_OP = "state_ops"  # worker -> coordinator: a batch of operations, applied atomically
+STATE_ACK = "state_ack"  # coordinator -> worker: results, once the change is in the log
+SNAPSHOT_REQUEST = "snapshot_request"  # worker -> coordinator: send me the whole store
 SNAPSHOT = "snapshot"  # coordinator -> worker: one part of the store at a sequence
-UPDATE = "upd"  # coordinator PUB: the changes of one sequence number
-STATE_HEARTBEAT = "shb"  # coordinator PUB: the current sequence number
+UPDATE = "update"  # coordinator PUB: the changes of one sequence number
+STATE_HEARTBEAT = "state_heartbeat"  # coordinator PUB: the current sequence number
 # On etcd, STATE_OP and STATE_ACK go between a worker and the elected sequencer gateway
-SEQUENCER = "seqr"  # gateway -> worker: I commit state batches, under this token (-1: no more)
+SEQUENCER = "sequencer"  # gateway -> worker: I commit state batches, under this token (-1: no more)
 
 # WebSocket, gateway <-> worker
-WS_OPEN = "wso"  # gateway -> worker: a client asks to connect (ws.connect)
-WS_MESSAGE = "wsi"  # gateway -> worker: a message from a client (ws.message)
-WS_CLOSED = "wsc"  # gateway -> worker: the connection closed (ws.close)
-WS_ACTIONS = "wsa"  # worker -> gateway: accept/reject, send, close, join, leave, broadcast
-WS_QUERY = "wsq"  # worker -> gateway: who is in this group here?
-WS_QUERY_REPLY = "wsqr"  # gateway -> worker: the connection ids in that group
-WS_ADOPT = "wsad"  # gateway -> worker: handle this accepted connection (its shard is yours)
-WS_RELEASE = "wsrl"  # gateway -> worker: its shard moved; forget this connection
-WS_GROUPS = "wsg"  # gateway -> worker: groups that got their first member here, lost their last
-WS_GROUPS_ACK = "wsga"  # worker -> gateway: that notice (its round `r`) is read
+WS_OPEN = "ws_open"  # gateway -> worker: a client asks to connect (ws.connect)
+WS_MESSAGE = "ws_message"  # gateway -> worker: a message from a client (ws.message)
+WS_CLOSED = "ws_closed"  # gateway -> worker: the connection closed (ws.close)
+WS_ACTIONS = "ws_actions"  # worker -> gateway: accept/reject, send, close, join, leave, broadcast
+WS_QUERY = "ws_query"  # worker -> gateway: who is in this group here?
+WS_QUERY_REPLY = "ws_query_reply"  # gateway -> worker: the connection ids in that group
+WS_ADOPT = "ws_adopt"  # gateway -> worker: handle this accepted connection (its shard is yours)
+WS_RELEASE = "ws_release"  # gateway -> worker: its shard moved; forget this connection
+# gateway -> worker: groups that got their first member here, lost their last
+WS_GROUPS = "ws_groups"
+WS_GROUPS_ACK = "ws_groups_ack"  # worker -> gateway: that notice (its round `r`) is read
 
 # Group history (publish with offsets; recovery after a reconnect), via the coordinator
-HISTORY_PUBLISH = "hpub"  # worker -> coordinator: number and keep this group message
-HISTORY_MESSAGE = "hmsg"  # coordinator -> gateway: a numbered group message, to deliver
-HISTORY_QUERY = "hq"  # gateway -> coordinator: this group's messages after (epoch, offset)
-HISTORY_ANSWER = "hans"  # coordinator -> gateway: them, and whether that is all of them
-GROUPS_HELD = "gh"  # gateway -> coordinator: groups held here (WS_GROUPS_ACK answers)
-GROUPS_ASK = "gask"  # coordinator -> gateway: send me every group you hold (you registered)
+HISTORY_PUBLISH = "history_publish"  # worker -> coordinator: number and keep this group message
+HISTORY_MESSAGE = "history_message"  # coordinator -> gateway: a numbered group message, to deliver
+# gateway -> coordinator: this group's messages after (epoch, offset)
+HISTORY_QUERY = "history_query"
+HISTORY_ANSWER = "history_answer"  # coordinator -> gateway: them, and whether that is all of them
+GROUPS_HELD = "groups_held"  # gateway -> coordinator: groups held here (WS_GROUPS_ACK answers)
+GROUPS_ASK = "groups_ask"  # coordinator -> gateway: send me every group you hold (you registered)
 
 # Deferred replies (seed Homor's suspended requests)
-DEFERRED = "dfr"  # worker -> gateway: this request is answered later; my credit is free
-DEFERRED_REPLY = "drep"  # any worker -> gateway: the answer to a deferred request
+DEFERRED = "deferred"  # worker -> gateway: this request is answered later; my credit is free
+DEFERRED_REPLY = "deferred_reply"  # any worker -> gateway: the answer to a deferred request
 
 BATCH = "batch"
 

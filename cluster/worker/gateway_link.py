@@ -40,7 +40,7 @@ class GatewayLink:
         self.orphaned = False  # gone from membership; closed once it is silent too
         self.last_heard = time.monotonic()
         self.actions_sent = 0  # WS_ACTIONS messages, numbered (`n`) for group notices
-        sock = worker.ctx.socket(zmq.DEALER)
+        sock = worker.zmq_context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         # The identity names the gateway instance too: a gateway restarted at the same
         # endpoint (a new id) refuses what this socket still holds for the old one,

@@ -68,12 +68,12 @@ log = logging.getLogger("cluster.worker")
 
 class Worker:
     def __init__(self, config: WorkerConfig, loop: asyncio.AbstractEventLoop,
-                 ctx: zmq.Context[zmq.Socket[bytes]], handler: App | Callable[..., Any],
+                 zmq_context: zmq.Context[zmq.Socket[bytes]], handler: App | Callable[..., Any],
                  worker_id: str, security: Security | None = None) -> None:
         self.config = config
         self.security = security if security is not None else Plaintext()
         self.loop = loop
-        self.ctx = ctx
+        self.zmq_context = zmq_context
         self.id = worker_id
         # Framework keys of the state (upper case, read-only), kept from membership.
         self.framework: dict[str, Any] = {"WORKER": worker_id, "GATEWAYS": [], "WORKERS": []}
@@ -92,10 +92,10 @@ class Worker:
             self.state.links = self.links  # to reach the sequencer gateway
             self.state.worker_id = self.id
         else:
-            link = CoordinatorLink(config, ctx, self.id, "worker", info, self.on_members,
+            link = CoordinatorLink(config, zmq_context, self.id, "worker", info, self.on_members,
                                    security=self.security)
             self.coordinator = link
-            self.state = StateClient(loop, ctx, link, config.state_timeout, self.framework)
+            self.state = StateClient(loop, zmq_context, link, config.state_timeout, self.framework)
             link.on_other = self.state.on_coordinator  # state acks, snapshots, MEMBERS
         self.adapter = make_adapter(handler, self.state)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -252,13 +252,14 @@ def serve(config: WorkerConfig) -> None:
     worker_id = f"wk-{uuid.uuid4().hex[:12]}"
 
     async def main(stop: asyncio.Event) -> None:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        worker = Worker(config, asyncio.get_running_loop(), ctx, handler, worker_id, security)
+        zmq_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        worker = Worker(config, asyncio.get_running_loop(), zmq_context, handler, worker_id,
+                        security)
         if isinstance(worker.adapter, ASGIHandler):
             try:  # before any request can come: startup is the app's to finish first
                 await worker.adapter.lifespan.startup(config.lifespan_timeout)
             except LifespanError as exc:
-                ctx.destroy(linger=0)
+                zmq_context.destroy(linger=0)
                 raise HandlerLoadError(str(exc)) from None
         metrics = await worker.start_metrics()
         if metrics:
@@ -267,7 +268,7 @@ def serve(config: WorkerConfig) -> None:
         try:
             await unless_stopped(worker.coordinator.wait_registered(), stop)
         except StoppedWhileStarting:
-            ctx.destroy(linger=0)
+            zmq_context.destroy(linger=0)
             raise
         realtime.install(worker.push)
         if not await worker.connected(config.start_timeout, stop):
@@ -279,6 +280,6 @@ def serve(config: WorkerConfig) -> None:
                  worker.adapter.kind, compiled.MODE)
         await stop.wait()
         await worker.stop()
-        ctx.term()
+        zmq_context.term()
 
     run_until_signalled(main, config.ready_fd, config.heartbeat_interval)

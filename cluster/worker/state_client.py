@@ -33,10 +33,10 @@ Waiter = asyncio.Future[list[Any]]
 
 
 class StateClient(ReplicaReads):
-    def __init__(self, loop: asyncio.AbstractEventLoop, ctx: zmq.Context[zmq.Socket[bytes]],
+    def __init__(self, loop: asyncio.AbstractEventLoop, zmq_context: zmq.Context[zmq.Socket[bytes]],
                  link: CoordinatorLink, timeout: float, framework: dict[str, Any]) -> None:
         self.loop = loop
-        self.ctx = ctx
+        self.zmq_context = zmq_context
         self.link = link
         self.timeout = timeout
         self.framework_keys = framework
@@ -129,7 +129,7 @@ class StateClient(ReplicaReads):
             return
         if self.sub is not None:
             self.sub.close()
-        sock = self.ctx.socket(zmq.SUB)
+        sock = self.zmq_context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, b"")

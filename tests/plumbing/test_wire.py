@@ -31,7 +31,7 @@ def test_batch_round_trip_keeps_order() -> None:
 
 def test_encode_one() -> None:
     [back] = wire.decode_frame(wire.encode_one(wire.HEARTBEAT, id="w"))
-    assert back == {"k": wire.HEARTBEAT, "v": 1, "id": "w"}
+    assert back == {"k": wire.HEARTBEAT, "v": wire.VERSION, "id": "w"}
 
 
 def bad(obj: Any) -> bytes:
@@ -43,16 +43,16 @@ def bad(obj: Any) -> bytes:
     b"\xc1",  # never used in msgpack
     b"\x92\x01",  # truncated array
     bad([1, 2]),
-    bad({"v": 2, "k": "hb", "id": "x"}),
-    bad({"k": "hb", "id": "x"}),
-    bad({"v": 1, "k": "nope"}),
-    bad({"v": 1, "k": 5}),
-    bad({"v": 1, "k": "hb"}),
-    bad({"v": 1, "k": "hb", "id": 7}),
-    bad({"v": 1, "k": "res", "id": True, "more": False}),
-    bad({"v": 1, "k": "res", "id": 1, "more": 0}),
-    bad({"v": 1, "k": "batch", "m": "x"}),
-    bad({"v": 1, "k": "batch", "m": [{"k": "hb", "id": "a"}, 3]}),
+    bad({"v": wire.VERSION + 1, "k": "heartbeat", "id": "x"}),
+    bad({"k": "heartbeat", "id": "x"}),
+    bad({"v": wire.VERSION, "k": "nope"}),
+    bad({"v": wire.VERSION, "k": 5}),
+    bad({"v": wire.VERSION, "k": "heartbeat"}),
+    bad({"v": wire.VERSION, "k": "heartbeat", "id": 7}),
+    bad({"v": wire.VERSION, "k": "response", "id": True, "more": False}),
+    bad({"v": wire.VERSION, "k": "response", "id": 1, "more": 0}),
+    bad({"v": wire.VERSION, "k": "batch", "m": "x"}),
+    bad({"v": wire.VERSION, "k": "batch", "m": [{"k": "heartbeat", "id": "a"}, 3]}),
     bad({1: 2}),
 ], ids=["empty", "reserved-byte", "truncated", "array", "version", "no-version",
         "unknown-kind", "kind-not-str", "missing-field", "field-type", "bool-as-int",
