@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from cluster.errors import BadResponseHead
 from cluster.gateway import bundled, http_core, static
 from cluster.gateway.body_budget import UNLIMITED, BodyBudget
-from cluster.gateway.exchange import Exchange
+from cluster.gateway.exchange import Exchange, Upstream
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.static import Mount
@@ -72,21 +72,19 @@ class ClientTimeouts:
 class ConnectionContext:
     """What all connections of one gateway share, and what they count."""
 
-    def __init__(self, limits: HttpLimits, submit: Callable[[Exchange], None],
+    def __init__(self, limits: HttpLimits, upstream: Upstream,
                  header_timeout: float, keepalive_timeout: float, max_pipeline: int,
                  ws_options: WsOptions, hub: WebSocketHub | None = None, *,
                  gateway_id: str = "", access_log: bool = False,
-                 client_gone: Callable[[Exchange], None] | None = None,
                  scheme: str = "http",
                  static: list[Mount] | None = None,
-                 stream_credit: Callable[[Exchange, int], None] | None = None,
                  h2: H2Limits | None = None, h2_stall_timeout: float = 30.0,
                  timeouts: ClientTimeouts | None = None,
                  budget: BodyBudget | None = None) -> None:
         self.limits = limits
         self.ws_options = ws_options
         self.hub = hub
-        self.submit = submit
+        self.upstream = upstream  # the dispatcher: requests in, what became of them
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_pipeline = max_pipeline
@@ -97,11 +95,8 @@ class ConnectionContext:
         self.errors_by_status: dict[int, int] = {}
         self.gateway_id = gateway_id
         self.access_log = access_log
-        self.client_gone = client_gone  # a request's client left before its answer
         self.tls = scheme == "https"
         self.static = static or []
-        # Bytes of a worker's stream handed to its client: the worker may send more.
-        self.stream_credit = stream_credit
         # End-to-end seconds of each finished response, by (method, status); every
         # connection runs on the loop's thread, so one shard of rows serves them all.
         self.latency = ShardedHistogram(DURATION_BUCKETS)
@@ -159,7 +154,7 @@ class ConnectionContext:
                 return None
         answer = static.plan(self.static, method, target, headers) if self.static else None
         if answer is None:
-            self.submit(ex)
+            self.upstream.submit(ex)
         elif isinstance(answer, static.Refusal):
             if answer.status == 304:
                 ex.sink.deliver(ex, {"more": False, "status": 304,

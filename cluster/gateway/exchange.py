@@ -18,6 +18,20 @@ class ResponseSink(Protocol):
                       headers: list[tuple[str, str]] | None = None) -> None: ...
 
 
+class Upstream(Protocol):
+    """Where a gateway's client connections send their requests, and tell what became
+    of them: the dispatcher (dispatch.py), which hands each to a worker."""
+
+    def submit(self, exchange: Exchange) -> None:
+        """A request is complete: answer it (through `exchange.sink`)."""
+
+    def client_gone(self, exchange: Exchange) -> None:
+        """Its client left before the whole answer came."""
+
+    def stream_credit(self, exchange: Exchange, nbytes: int) -> None:
+        """The client took `nbytes` more of a streamed answer."""
+
+
 class Exchange:
     __slots__ = (
         "began",

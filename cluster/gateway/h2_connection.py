@@ -215,10 +215,8 @@ class H2Connection(asyncio.Protocol):
 
     def _on_sent(self, event: Sent) -> None:
         sink = self.streams.get(event.stream_id)
-        credit = self.shared.stream_credit
-        if sink is not None and not sink.final and sink.ex.worker is not None and \
-                credit is not None:
-            credit(sink.ex, event.nbytes)
+        if sink is not None and not sink.final and sink.ex.worker is not None:
+            self.shared.upstream.stream_credit(sink.ex, event.nbytes)
 
     def _on_refused(self, event: StreamRefused) -> None:
         log.info("client %s:%s stream %d: %d %s", self.addr[0], self.addr[1],
@@ -257,8 +255,8 @@ class H2Connection(asyncio.Protocol):
             # Never sent (a static file, or still waiting for credit: the dispatcher
             # skips closed sinks), so no worker answer will count it off.
             self._worker_done(sink)
-        elif not sink.final and self.shared.client_gone is not None:
-            self.shared.client_gone(ex)
+        elif not sink.final:
+            self.shared.upstream.client_gone(ex)
 
     def _worker_done(self, sink: StreamSink) -> None:
         if not sink.worker_done:

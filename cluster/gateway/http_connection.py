@@ -97,10 +97,10 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True
         self._wake()
         self.shared.connections.discard(self)
-        if self.shared.client_gone is not None:
-            for ex in self.exchanges:
-                if not ex.done and ex.worker is not None:
-                    self.shared.client_gone(ex)
+        upstream = self.shared.upstream
+        for ex in self.exchanges:
+            if not ex.done and ex.worker is not None:
+                upstream.client_gone(ex)
         self.exchanges.clear()
 
     def pause_writing(self) -> None:
@@ -113,10 +113,9 @@ class HttpConnection(asyncio.Protocol):
         self._update_reading()
         self._wake()
         owed, self._owed = self._owed, []
-        credit = self.shared.stream_credit
-        if credit is not None:
-            for ex, nbytes in owed:
-                credit(ex, nbytes)
+        upstream = self.shared.upstream
+        for ex, nbytes in owed:
+            upstream.stream_credit(ex, nbytes)
 
     async def _my_turn(self, ex: Exchange) -> bool:
         """A file sender's wait: until this response is the one being written and the
@@ -206,7 +205,7 @@ class HttpConnection(asyncio.Protocol):
         if len(exchanges) >= self.shared.max_pipeline or self.closing:
             self._update_reading()
         if not self.shared.static and not request.target.startswith("/_cluster/"):
-            self.shared.submit(ex)
+            self.shared.upstream.submit(ex)
             return
         plan = self.shared.static_or_submit(ex, request.method, request.target, request.headers)
         if plan is not None:
@@ -356,12 +355,12 @@ class HttpConnection(asyncio.Protocol):
             out = http_core.frame_part(ex, body, more)
         if out:
             self._write(out)
-        if more and body and ex.worker is not None and self.shared.stream_credit is not None:
+        if more and body and ex.worker is not None:
             # Credit flows at the client's pace: held while its connection is backed up.
             if self.writing_paused:
                 self._owed.append((ex, len(body)))
             else:
-                self.shared.stream_credit(ex, len(body))
+                self.shared.upstream.stream_credit(ex, len(body))
         if not more:
             self._done(ex)
 
@@ -392,10 +391,9 @@ class HttpConnection(asyncio.Protocol):
         core = sse_core.EventStreamCore(ex.chunked, numbered[0] if numbered else None, retry)
         self._done(ex)
         self.exchanges.popleft()
-        if self.shared.client_gone is not None:
-            for later in self.exchanges:
-                if later.worker is not None:
-                    self.shared.client_gone(later)
+        for later in self.exchanges:
+            if later.worker is not None:
+                self.shared.upstream.client_gone(later)
         self.exchanges.clear()
         self.ws = hub.open_event_stream(self.conn_id, core, transport, started, join,
                                         numbered)

@@ -21,7 +21,7 @@ from cluster.gateway.admission import Admission
 from cluster.gateway.body_budget import BodyBudget
 from cluster.gateway.client_context import ClientConnection, ClientTimeouts, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
-from cluster.gateway.exchange import Exchange
+from cluster.gateway.exchange import Exchange, Upstream
 from cluster.gateway.group_notices import DIRECTORY, CoordinatorDirectory, GroupNotices
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_connection import HttpConnection
@@ -59,6 +59,26 @@ PROBE_INTERVAL = 0.1  # at most one probe of every worker per this many seconds
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
 
 
+class LocalAnswers:
+    """--local-reply: every request answered here with the same text, no worker asked
+    (the benchmark's floor: the gateway's cost without the hop)."""
+
+    def __init__(self, text: str, gateway_id: str) -> None:
+        self.body = text.encode()
+        self.head = encode_fields([("content-type", "text/plain; charset=utf-8"),
+                                   ("x-worker", gateway_id)])[0]
+
+    def submit(self, exchange: Exchange) -> None:
+        exchange.sink.deliver(exchange, {"more": False, "status": 200, "body": self.body,
+                                         "head": self.head})
+
+    def client_gone(self, exchange: Exchange) -> None:
+        pass  # answered at once: nothing is pending
+
+    def stream_credit(self, exchange: Exchange, nbytes: int) -> None:
+        pass  # nothing is streamed
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop,
                  zmq_context: zmq.Context[zmq.Socket[bytes]],
@@ -80,7 +100,9 @@ class Gateway:
                                      defer_timeout=config.defer_timeout)
         limits = HttpLimits(config.max_request_line, config.max_header_bytes,
                             config.max_header_count, config.max_body)
-        submit = self.dispatcher.submit if not config.local_reply else self._answer_locally
+        # Requests go to the workers; with --local-reply, nowhere (a benchmark's floor).
+        upstream: Upstream = self.dispatcher if not config.local_reply else LocalAnswers(
+            config.local_reply, self.id)
         self.hub = WebSocketHub(loop, self.id, self.dispatcher.post_to,
                                 self.dispatcher.live_workers, lambda: self.http.date,
                                 max_queue=config.ws_max_queue,
@@ -94,15 +116,13 @@ class Gateway:
                                origins=tuple(o.strip() for o in config.ws_origins.split(",")
                                              if o.strip()))
         self.metrics = GatewayMetrics(self)
-        self.http = ConnectionContext(limits, submit, config.header_timeout,
+        self.http = ConnectionContext(limits, upstream, config.header_timeout,
                                       config.keepalive_timeout, config.max_pipeline,
                                       ws_options, self.hub, gateway_id=self.id,
                                       access_log=config.access_log,
-                                      client_gone=self.dispatcher.client_gone,
                                       scheme="https" if config.certfile else "http",
                                       static=parse_mounts(config.static,
                                                           config.static_dotfiles),
-                                      stream_credit=self.dispatcher.stream_credit,
                                       h2=H2Limits(
                                           max_streams=config.h2_max_streams,
                                           max_header_bytes=config.max_header_bytes,
@@ -118,10 +138,6 @@ class Gateway:
         self.admission = Admission(config.max_connections, tls=bool(config.certfile))
         self.stopping = False
         self._update_date()
-        # --local-reply: the benchmark's no-hop answer, made once like a worker's.
-        self._local_body = config.local_reply.encode()
-        self._local_head = encode_fields([("content-type", "text/plain; charset=utf-8"),
-                                          ("x-worker", self.id)])[0]
         self.server: asyncio.AbstractServer | None = None
         self.coordinator: MemberLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -287,10 +303,6 @@ class Gateway:
 
         self._monitor = Monitor(self.loop, sock, zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED,
                                 on_event)
-
-    def _answer_locally(self, ex: Exchange) -> None:
-        ex.sink.deliver(ex, {"more": False, "status": 200, "body": self._local_body,
-                             "head": self._local_head})
 
     def _update_date(self) -> None:
         self.http.date = email.utils.formatdate(usegmt=True).encode()

@@ -100,10 +100,9 @@ def gateway_run(requests: int) -> float:
     dispatcher.on_messages(peer, [{"k": wire.HELLO, "id": "wk-bench", "credit": BATCH}])
     pump.frames.clear()
     pump.outbox.clear()
-    ctx = ConnectionContext(HttpLimits(), dispatcher.submit, 10.0, 10.0, 16,
+    ctx = ConnectionContext(HttpLimits(), dispatcher, 10.0, 10.0, 16,
                             WsOptions(max_size=1 << 20, deflate=False, origins=()),
-                            gateway_id="gw-bench", client_gone=dispatcher.client_gone,
-                            stream_credit=dispatcher.stream_credit)
+                            gateway_id="gw-bench")
     ctx.date = b"Sun, 22 Nov 2026 04:00:00 GMT"
     conns = []
     for _ in range(BATCH):

@@ -14,8 +14,21 @@ from cluster.gateway.ws_core import WsOptions
 
 
 def context() -> ConnectionContext:
-    return ConnectionContext(HttpLimits(), lambda ex: None, 10, 5, 32, WsOptions(),
+    return ConnectionContext(HttpLimits(), Nowhere(), 10, 5, 32, WsOptions(),
                              gateway_id="gw")
+
+
+class Nowhere:
+    """An upstream that takes requests and answers none (these tests answer by hand)."""
+
+    def submit(self, exchange: Exchange) -> None:
+        pass
+
+    def client_gone(self, exchange: Exchange) -> None:
+        pass
+
+    def stream_credit(self, exchange: Exchange, nbytes: int) -> None:
+        pass
 
 
 def exchange(method: str = "GET") -> Exchange:
