@@ -118,3 +118,13 @@ async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     publish("room:asgi", {"n": 1})
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"published"})
+
+
+def events_fun(req: dict[str, Any], state: Any) -> dict[str, Any]:
+    """A plain dict function (no App) answering every request with an event stream of
+    the room in ?group=, or publishing to it on POST."""
+    group = req["query"].get("group", "room:fun")
+    if req["method"] == "POST":
+        publish(group, {"n": int(req["query"].get("n", "1"))})
+        return {"status": 200, "body": "published"}
+    return {"events": {"subscribe": group}, "headers": {"x-conn": req["conn"]}}

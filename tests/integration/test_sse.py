@@ -216,3 +216,64 @@ def test_an_asgi_app_answers_with_a_stream() -> None:
             stream.read_until(lambda s: any(e.id.endswith(":1") for e in s.events))
         finally:
             stream.close()
+
+
+def test_two_streams_on_one_http2_connection_are_two_members(
+        two_gateways: tuple[Cluster, list[int]]) -> None:
+    """With the h2 library, two event streams multiplexed on one connection: each has
+    its own id, a push reaches one, a published message reaches both."""
+    from h2.events import DataReceived, ResponseReceived
+
+    from tests.integration.test_http2 import RawClient
+
+    _, ports = two_gateways
+    with RawClient(ports[0]) as client:
+        sids = []
+        for _ in range(2):
+            sid = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(sid, [
+                (b":method", b"GET"), (b":path", b"/events?group=room:mux"),
+                (b":scheme", b"http"), (b":authority", b"x"),
+                (b"accept", b"text/event-stream")], end_stream=True)
+            sids.append(sid)
+        client.flush()
+        seen = client.events_until(lambda s: sum(isinstance(e, ResponseReceived)
+                                                 for e in s) == 2)
+        conns = {e.stream_id: dict(e.headers)[b"x-conn"].decode()
+                 for e in seen if isinstance(e, ResponseReceived)}
+        assert len(set(conns.values())) == 2, conns
+        post(ports[0], f"/push?conn={conns[sids[1]]}&text=second+only")
+        post(ports[1], "/publish?group=room:mux&first=1&count=1")
+        body: dict[int, bytes] = {sid: b"" for sid in sids}
+        for e in seen:
+            if isinstance(e, DataReceived):
+                body[e.stream_id] += e.data
+        read = [0]  # events of this call already added to the bodies
+
+        def received(events: list[Any]) -> bool:
+            for e in events[read[0]:]:
+                if isinstance(e, DataReceived):
+                    body[e.stream_id] += e.data
+                    client.h2.acknowledge_received_data(len(e.data), e.stream_id)
+            read[0] = len(events)
+            return all(b'"offset":1' in b for b in body.values()) and \
+                b"second only" in body[sids[1]]
+
+        client.events_until(received)
+        assert b"second only" not in body[sids[0]]
+
+
+def test_a_dict_function_answers_with_a_stream() -> None:
+    with cluster() as c:
+        port = int(c.gateway().ready["port"])
+        c.worker("tests.apps.clients_app:events_fun")
+        stream = open_stream(port, "/?group=room:fun")
+        try:
+            assert stream.status == 200 and stream.header("x-conn")
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/?group=room:fun&n=7", method="POST", data=b""),
+                timeout=10).read()
+            stream.read_until(lambda s: any(e.id.endswith(":1") for e in s.events))
+            assert json.loads(stream.events[-1].data)["data"] == {"n": 7}
+        finally:
+            stream.close()
