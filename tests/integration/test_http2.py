@@ -151,8 +151,12 @@ def test_chromium_loads_a_page_over_http2(tls: int, request: pytest.FixtureReque
 class RawClient:
     """An h2 client on a real socket, driven by hand (closed by the test's `with`)."""
 
-    def __init__(self, port: int, **settings: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, rcvbuf: int = 0, **settings: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # before connecting: the window TCP offers is set then
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         self.h2.initiate_connection()
         if settings:
@@ -345,14 +349,16 @@ def test_sigterm_answers_streams_under_way_and_refuses_new_ones(
 def test_a_client_that_reads_nothing_is_cut_after_the_send_timeout(
         h2c: tuple[Cluster, int]) -> None:
     c, port = h2c
-    with RawClient(port) as client:
+    # A small receive buffer: the gateway's writes back up after kilobytes, not after
+    # the megabytes loopback TCP would take, which a busy machine is slow to fill.
+    with RawClient(port, rcvbuf=8192) as client:
         # Windows wide open, then nothing read: only TCP's buffers hold the gateway back.
         client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
         client.h2.increment_flow_control_window(2**31 - 1 - 65535)
         client.get("/big/30000000")
         client.flush()
         gateway = next(p for p in c.procs if p.role == "gateway")
-        line = gateway.wait_log("read nothing of what we sent for 1s", timeout=15)
+        line = gateway.wait_log("read nothing of what we sent for 1s", timeout=30)
         assert "(--send-timeout); closing" in line
         assert sample(scrape(metrics_port(gateway.ready)),
                       "cluster_gateway_client_timeouts_total", phase="send") == 1
