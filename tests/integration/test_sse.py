@@ -202,18 +202,24 @@ def test_bad_answers_and_head(two_gateways: tuple[Cluster, list[int]]) -> None:
     assert head.endswith(b"\r\n\r\n")  # the head alone, and the connection closed
 
 
-def test_an_asgi_app_answers_with_a_stream() -> None:
+@pytest.mark.parametrize(("handler", "stream_path", "publish_path"), [
+    ("tests.apps.clients_app:asgi", "/events", "/publish"),  # the cluster extension
+    ("tests.apps.clients_app:events_fun", "/?group=room:fun", "/?group=room:fun&n=1"),
+], ids=["asgi", "dict-function"])
+def test_every_layer_answers_with_a_stream(handler: str, stream_path: str,
+                                           publish_path: str) -> None:
     with cluster() as c:
         port = int(c.gateway().ready["port"])
-        c.worker("tests.apps.clients_app:asgi")
-        stream = open_stream(port, "/events")
+        c.worker(handler)
+        stream = open_stream(port, stream_path)
         try:
             assert stream.status == 200 and stream.header("x-conn")
-            in_place_asgi = urllib.request.urlopen(
-                urllib.request.Request(f"http://127.0.0.1:{port}/publish", method="POST",
-                                       data=b""), timeout=10).read()
-            assert in_place_asgi == b"published"
+            answer = urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}{publish_path}", method="POST", data=b""),
+                timeout=10).read()
+            assert answer == b"published"
             stream.read_until(lambda s: any(e.id.endswith(":1") for e in s.events))
+            assert json.loads(stream.events[-1].data)["data"] == {"n": 1}
         finally:
             stream.close()
 
@@ -261,19 +267,3 @@ def test_two_streams_on_one_http2_connection_are_two_members(
 
         client.events_until(received)
         assert b"second only" not in body[sids[0]]
-
-
-def test_a_dict_function_answers_with_a_stream() -> None:
-    with cluster() as c:
-        port = int(c.gateway().ready["port"])
-        c.worker("tests.apps.clients_app:events_fun")
-        stream = open_stream(port, "/?group=room:fun")
-        try:
-            assert stream.status == 200 and stream.header("x-conn")
-            urllib.request.urlopen(urllib.request.Request(
-                f"http://127.0.0.1:{port}/?group=room:fun&n=7", method="POST", data=b""),
-                timeout=10).read()
-            stream.read_until(lambda s: any(e.id.endswith(":1") for e in s.events))
-            assert json.loads(stream.events[-1].data)["data"] == {"n": 7}
-        finally:
-            stream.close()
