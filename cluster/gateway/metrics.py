@@ -30,8 +30,14 @@ class GatewayMetrics:
                                   "Open client connections by protocol",
                                   labels=["protocol"])
         conns.add_metric(["http"], len(http.connections))  # HTTP/2 ones included
-        conns.add_metric(["websocket"], len(hub.sessions))
+        streams = sum(1 for session in hub.sessions.values() if not session.worker)
+        conns.add_metric(["websocket"], len(hub.sessions) - streams)
+        conns.add_metric(["event_stream"], streams)  # Server-Sent Events responses
         yield conns
+        opened = CounterMetricFamily("cluster_gateway_event_streams",
+                                     "Responses that became streams of Server-Sent Events")
+        opened.add_metric([], hub.event_streams)
+        yield opened
 
         rows = http.latency.rows()
         requests = CounterMetricFamily("cluster_gateway_requests",

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Cluster, cluster, wait_for
+from tests.integration.test_observability import metrics_port, sample, scrape
 from tests.sse_client import EventStream, open_stream
 
 APP = "tests.apps.clients_app:app"
@@ -54,7 +55,7 @@ def in_place(port: int, stream: EventStream, group: str = "everyone") -> None:
 
 def test_published_broadcast_and_pushed_events_over_http11(
         two_gateways: tuple[Cluster, list[int]]) -> None:
-    _, ports = two_gateways
+    c, ports = two_gateways
     stream = open_stream(ports[0], "/events?group=room:a&retry=1500")
     try:
         assert stream.status == 200
@@ -74,6 +75,10 @@ def test_published_broadcast_and_pushed_events_over_http11(
         assert all(not e.id for e in stream.events[-2:])  # only published ones have ids
         # Keepalive comments (--ws-ping-interval 0.3 here; 20 s by default).
         stream.read_until(lambda s: s.comments >= 2, timeout=10)
+        metrics = scrape(metrics_port(c.procs[1].ready))
+        assert sample(metrics, "cluster_gateway_connections", protocol="event_stream") == 1
+        assert sample(metrics, "cluster_gateway_connections", protocol="websocket") == 0
+        assert sample(metrics, "cluster_gateway_event_streams_total") == 1
     finally:
         stream.close()
 
