@@ -121,6 +121,10 @@ class H2Connection(asyncio.Protocol):
         self.paused_since = 0.0
         self.last_progress = 0.0
         self._drained: asyncio.Event | None = None  # for file senders waiting on windows
+        # Stream credit for bytes h2 has framed but the socket has not taken yet: given
+        # to the worker once they are written, and held while the client reads nothing
+        # (given at once, a busy loop pass could frame a whole body into memory).
+        self._owed: list[tuple[Exchange, int]] = []
         self._write_scheduled = False
 
     def take_over(self, transport: asyncio.Transport, conn_id: int, addr: list[Any],
@@ -216,7 +220,8 @@ class H2Connection(asyncio.Protocol):
     def _on_sent(self, event: Sent) -> None:
         sink = self.streams.get(event.stream_id)
         if sink is not None and not sink.final and sink.ex.worker is not None:
-            self.shared.upstream.stream_credit(sink.ex, event.nbytes)
+            self._owed.append((sink.ex, event.nbytes))
+            self._write_soon()
 
     def _on_refused(self, event: StreamRefused) -> None:
         log.info("client %s:%s stream %d: %d %s", self.addr[0], self.addr[1],
@@ -402,14 +407,23 @@ class H2Connection(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.shared.bytes_out += len(data)
             self.transport.write(data)
+        if self._owed and not self.writing_paused and not self.closed:
+            owed, self._owed = self._owed, []
+            upstream = self.shared.upstream
+            for ex, nbytes in owed:
+                upstream.stream_credit(ex, nbytes)
         if self._drained is not None and not self.writing_paused:
             self._wake()
 
     # -- timers and shutdown ---------------------------------------------------------------
     def check_timeouts(self, now: float) -> None:
-        if self.closed:
-            return
         timeouts = self.shared.timeouts
+        if self.closed:
+            # Closed while the client had not read what we sent: the send timeout still
+            # holds, or its unread bytes would wait in memory as long as it idles.
+            if self.writing_paused and now - self.paused_since > timeouts.send:
+                self._cut_unread()
+            return
         if self.writing_paused and now - self.paused_since > timeouts.send:
             self._cut_unread()
             return
@@ -449,12 +463,14 @@ class H2Connection(asyncio.Protocol):
     def close_now(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
-        self.shared.connections.discard(self)
+            self.transport.close()  # flushes first: a client that reads nothing is cut
+        if not self.writing_paused:
+            self.shared.connections.discard(self)
 
     def _cut_unread(self) -> None:
         """Close without flushing: what the client would not read is dropped."""
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and (not self.closed or self.writing_paused):
             self.closed = True
+            self.writing_paused = False
             self.shared.cut_unread(self.addr, self.transport)
         self.shared.connections.discard(self)

@@ -413,9 +413,13 @@ class HttpConnection(asyncio.Protocol):
 
     # -- timers and shutdown ---------------------------------------------------
     def check_timeouts(self, now: float) -> None:
-        if self.closed:
-            return
         shared, core = self.shared, self.core
+        if self.closed:
+            # Closed while the client had not read what we sent: the send timeout still
+            # holds, or its unread bytes would wait in memory as long as it idles.
+            if self.writing_paused and now - self.paused_since > shared.timeouts.send:
+                self._cut_unread()
+            return
         if self.writing_paused:
             if now - self.paused_since > shared.timeouts.send:
                 self._cut_unread()
@@ -459,13 +463,15 @@ class HttpConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
-        self.shared.connections.discard(self)
+            self.transport.close()  # flushes first: a client that reads nothing is cut
+        if not self.writing_paused:
+            self.shared.connections.discard(self)
 
     def _cut_unread(self) -> None:
         """Close without flushing: what the client would not read is dropped."""
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and (not self.closed or self.writing_paused):
             self.closed = True
+            self.writing_paused = False
             self.shared.cut_unread(self.addr, self.transport)
         self.shared.connections.discard(self)
 

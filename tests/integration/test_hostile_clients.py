@@ -147,6 +147,22 @@ def test_a_client_that_reads_nothing_is_cut(tmp_path: Path) -> None:
         assert get(int(gw.ready["port"]), "/").status == 200
 
 
+def test_a_client_that_reads_nothing_of_a_last_response_is_cut() -> None:
+    """`Connection: close` and a whole 16 MB answer, never read: the gateway closes
+    after writing it, the bytes wait in memory, and the send timeout still cuts it."""
+    with cluster() as c:
+        gw = c.gateway("--send-timeout", "1")
+        c.worker(APP)
+        sock = socket.create_connection(("127.0.0.1", int(gw.ready["port"])), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with sock:
+            sock.sendall(b"GET /big/16000000 HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+            line = gw.wait_log("read nothing of what we sent for 1s", timeout=30)
+            assert "(--send-timeout); closing" in line
+            assert timeouts(gw, "send") == 1
+
+
 @pytest.fixture(scope="module")
 def static_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path]]:
     root = tmp_path_factory.mktemp("site")
