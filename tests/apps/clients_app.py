@@ -81,13 +81,15 @@ PAGE = """<!doctype html>
 // An EventSource, as docs/clients.md shows it: the browser reconnects by itself and
 // sends the last id it saw, from which the stream resumes.
 const source = new EventSource("/events?group=room:page");
-const seen = [];
+const seen = [];  // payloads, and offsets (two workers may number batches in either order)
+const offsets = [];
 source.onopen = () => { document.getElementById("state").textContent = "open"; };
 source.onerror = () => { document.getElementById("state").textContent = "reconnecting"; };
 source.onmessage = (e) => {
   const m = JSON.parse(e.data);
   if ("offset" in m) {
     seen.push(m.data.n);
+    offsets.push(m.offset);
     const li = document.createElement("li");
     li.textContent = m.data.n;
     document.getElementById("log").appendChild(li);
@@ -96,6 +98,7 @@ source.onmessage = (e) => {
   }
 };
 window.seen = seen;
+window.offsets = offsets;
 </script>
 """
 

@@ -99,13 +99,14 @@ test("every message once and in order across a gateway killed and restarted",
      { skip: !live || !process.env.CLUSTER_VICTIM_PID }, async () => {
   const total = 600;
   const states = [];
-  const got = [];
+  const got = []; // the payloads, and their offsets: publish() from two workers may
+  const offsets = []; // number two batches in either order, so the offsets say "in order"
   const gaps = [];
   const client = connect(`ws://127.0.0.1:${first}/rpc`, { WebSocket });
   client.on("state", (change) => states.push(change.state));
   try {
     client.subscribe("room:js-r", {
-      onMessage: (m) => got.push(m.data.n),
+      onMessage: (m) => { got.push(m.data.n); offsets.push(m.offset); },
       onGap: (gap) => gaps.push(gap),
     });
     await opened(client);
@@ -116,7 +117,9 @@ test("every message once and in order across a gateway killed and restarted",
     }
     await until(() => got.length >= total, `${total} messages (have ${got.length})`, 45000);
     assert.deepEqual(gaps, []);
-    assert.deepEqual(got, Array.from({ length: total }, (_, i) => i + 1));
+    const all = Array.from({ length: total }, (_, i) => i + 1);
+    assert.deepEqual(offsets, all); // each once, in order, none missing
+    assert.deepEqual([...got].sort((x, y) => x - y), all); // and every one published
     assert.ok(states.includes("reconnecting"), states.join());
   } finally {
     client.close();
