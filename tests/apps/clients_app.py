@@ -31,7 +31,7 @@ def echo(req: dict[str, Any], **data: Any) -> dict[str, Any]:
 
 @app.rpc("echo.slow")
 async def slow(req: dict[str, Any], seconds: float) -> str:
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # the duration is the point: a call that outlasts a timeout
     return "done"
 
 

@@ -21,7 +21,7 @@ from cluster.client import (
     QueueFull,
     connect,
 )
-from tests.harness import Cluster, cluster, wait_for
+from tests.harness import Cluster, cluster, wait_until
 
 APP = "tests.apps.clients_app:app"
 
@@ -103,18 +103,18 @@ def test_subscription_presence_and_messages(two_gateways: tuple[Cluster, list[in
             b.on("message", pushed.append)
             conn = await b.call("echo", "whoami")
             await asyncio.to_thread(post, ports[0], f"/push?conn={conn}&text=psst")
-            await wait_async(lambda: pushed == ["psst"], "the push")
+            await until(lambda: pushed == ["psst"], "the push")
             await b.unsubscribe("room:p")
             assert (await a.presence("room:p"))["count"] == 0
 
     run(main())
 
 
-async def wait_async(predicate: Any, what: str, timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+async def until(predicate: Any, what: str) -> None:
+    """The harness's async wait, for a plain predicate on this loop's state."""
+    async def check() -> Any:
+        return predicate()
+    await wait_until(check, 10, what, every=0.02)
 
 
 def test_recovery_across_a_gateway_killed_and_restarted(
@@ -170,13 +170,12 @@ def test_calls_wait_in_a_bounded_queue_while_disconnected(
         async with connect(f"ws://127.0.0.1:{ports[0]}/rpc", queue_size=3,
                            call_timeout=30) as client:
             victim.kill()
-            await wait_async(lambda: client.state == "reconnecting", "the drop")
+            await until(lambda: client.state == "reconnecting", "the drop")
             queued = [asyncio.create_task(client.call("echo", "echo", n=n)) for n in range(3)]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop turn: the three calls run up to their queueing
             with pytest.raises(QueueFull):
                 await client.call("echo", "echo", n=3)
             c.procs.append(c.gateway("--port", str(ports[0])))
             assert [await t for t in queued] == [{"n": 0}, {"n": 1}, {"n": 2}]
 
     run(main())
-    wait_for(lambda: True, 1, "")
