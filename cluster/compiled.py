@@ -53,6 +53,7 @@ HOT_MODULES: tuple[str, ...] = (
     "cluster.gateway.ws_hub",
     # the worker's request path: envelope in, handler, envelope out
     "cluster.worker.messages",
+    "cluster.worker.runner",
     "cluster.worker.requests",
     "cluster.worker.adapters",
     "cluster.worker.threadpool",

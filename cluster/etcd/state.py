@@ -28,7 +28,8 @@ import concurrent.futures
 import heapq
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import aetcd
 
@@ -39,12 +40,19 @@ from cluster.plumbing import wire
 from cluster.plumbing.config import WorkerConfig
 from cluster.worker.replica import ReplicaReads
 
-if TYPE_CHECKING:
-    from cluster.worker.gateway_link import GatewayLink
-
 log = logging.getLogger("cluster.etcd.state")
 
 WATCH_LAG = 0.5  # seconds a committed revision may take to come through the watch
+
+
+class GatewayRoute(Protocol):
+    """What a batch needs of the worker's link to the sequencer gateway (a
+    `GatewayLink` is one): whether it is up, and the way there."""
+
+    welcomed: bool
+    gone: bool
+
+    def post(self, msg: dict[str, Any]) -> None: ...
 
 
 class EtcdState(ReplicaReads):
@@ -73,7 +81,7 @@ class EtcdState(ReplicaReads):
         # The elected sequencer, as its claims say (gateway id, fencing token), and the
         # links to the gateways (the worker's own dict): set by the worker.
         self.sequencer: tuple[str, int] | None = None
-        self.links: dict[str, GatewayLink] = {}
+        self.links: Mapping[str, GatewayRoute] = {}
         self.sequenced = 0  # batches committed by the sequencer
         self._asked: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._rid = 0

@@ -1,17 +1,20 @@
-"""A worker's runs of an ASGI app: one task per HTTP request, one per WebSocket
+"""The runner of an ASGI app: one task per HTTP request, one per WebSocket
 connection, fed by the worker's gateway links. The ASGI protocol itself (scopes,
-message order) is cluster/worker/asgi.py; this module is the glue to the worker."""
+message order) is cluster/worker/asgi.py; this module is the glue to the worker.
+Admission under --concurrency is the runner's (runner.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cluster.errors import StateError
 from cluster.plumbing import wire
-from cluster.state import SharedState
+from cluster.plumbing.config import WorkerConfig
+from cluster.state import Backend, SharedState
 from cluster.worker.asgi import (
     ASGIHandler,
     HttpExchange,
@@ -20,30 +23,32 @@ from cluster.worker.asgi import (
     run_http,
 )
 from cluster.worker.messages import ReplyLink, server_error
+from cluster.worker.outcomes import HandlerOutcomes
+from cluster.worker.runner import Runner
 from cluster.worker.ws import build_ws_request
 from cluster.worker.ws import connect_info as connect_ws_info
-
-if TYPE_CHECKING:
-    from cluster.worker.server import Worker
+from cluster.worker.ws_events import HANDOVER, KINDS
 
 log = logging.getLogger("cluster.worker.asgi")
 
 ROUTE = "*"  # an ASGI app routes by itself: the worker sees no route patterns
 
 
-class AsgiRunner:
-    def __init__(self, worker: Worker, adapter: ASGIHandler) -> None:
-        self.worker = worker
+class AsgiRunner(Runner):
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: WorkerConfig,
+                 outcomes: HandlerOutcomes, state: Backend, adapter: ASGIHandler) -> None:
+        super().__init__(loop, config, outcomes)
+        self.state = state
         self.adapter = adapter
         self.http: dict[tuple[str, int], HttpExchange] = {}  # running requests
         self.ws: dict[str, WebSocketSession] = {}  # running connections
 
     # -- HTTP ------------------------------------------------------------------------
-    def request(self, link: ReplyLink, env: dict[str, Any]) -> None:
-        self.worker.loop.create_task(self._run_http(link, env))
+    def start(self, link: ReplyLink, env: dict[str, Any]) -> None:
+        self.loop.create_task(self._run_http(link, env))
 
     async def _run_http(self, link: ReplyLink, env: dict[str, Any]) -> None:
-        worker = self.worker
+        config = self.config
         began = time.perf_counter()
         rid: int = env["id"]
         label = f"{link.gateway_id}/{rid}"
@@ -53,38 +58,42 @@ class AsgiRunner:
                                                   f"{link.gateway_id}/{env['conn']}")
         except (TypeError, ValueError):  # only a broken frame: the gateway sends pairs
             log.exception("request %s could not be prepared", label)
-            worker.requests.send(link, server_error(rid, label))
+            self.send(link, server_error(rid, label))
             return
-        exchange = HttpExchange(rid, label, env["body"], partial(worker.requests.send, link),
-                                partial(worker.requests.streams.open, link.gateway_id, rid),
-                                stall_timeout=worker.config.stream_stall_timeout,
+        exchange = HttpExchange(rid, label, env["body"], partial(self.send, link),
+                                partial(self.streams.open, link.gateway_id, rid),
+                                stall_timeout=config.stream_stall_timeout,
                                 request_headers=env["headers"],
-                                gzip_min_size=worker.config.gzip_min_size)
+                                gzip_min_size=config.gzip_min_size)
         key = (link.gateway_id, rid)
         self.http[key] = exchange
         status = 500
         try:
             status = await run_http(self.adapter.app, scope, exchange)
-            await commit_view(view, worker.state.acall)
+            await commit_view(view, self.state.acall)
         except StateError as exc:  # StateUnavailable too: the answer is already out
             log.error("request %s: the app's state writes were not committed: %s",
                       label, exc, extra={"request_id": label})
         finally:
             self.http.pop(key, None)
-            worker.requests.streams.close(link.gateway_id, rid)
-        worker.metrics.record((ROUTE, status), time.perf_counter() - began)
+            self.streams.close(link.gateway_id, rid)
+        self.outcomes.record((ROUTE, status), time.perf_counter() - began)
 
-    def client_gone(self, link: ReplyLink, rid: int) -> bool:
-        """The client of a running request left; False if it is not ours."""
+    def client_gone(self, link: ReplyLink, rid: int) -> None:
         exchange = self.http.get((link.gateway_id, rid))
-        if exchange is None:
-            return False
-        exchange.client_gone()
-        return True
+        if exchange is not None:
+            exchange.client_gone()
+        else:
+            super().client_gone(link, rid)
 
     # -- WebSocket -------------------------------------------------------------------
-    def ws_event(self, link: ReplyLink, kind: str, env: dict[str, Any]) -> None:
+    def ws_event(self, link: ReplyLink, env: dict[str, Any]) -> None:
         """The app runs once per connection; its events feed that run, in order."""
+        if env["k"] in HANDOVER:
+            log.warning("an ASGI app cannot shard; %s ignored", env["k"])
+            return
+        kind = KINDS[env["k"]]
+        self.ws_counts[kind] = self.ws_counts.get(kind, 0) + 1
         number: int = env["conn"]
         key = f"{link.gateway_id}/{number}"
         if kind == "ws.connect":
@@ -95,7 +104,7 @@ class AsgiRunner:
                 link.post(wire.envelope(wire.WS_ACTIONS, actions=[action]))
             started = WebSocketSession(number, key, act)
             self.ws[key] = started
-            self.worker.loop.create_task(self._run_ws(key, started, scope, view))
+            self.loop.create_task(self._run_ws(key, started, scope, view))
             return
         session = self.ws.get(key)
         if session is None:
@@ -111,7 +120,7 @@ class AsgiRunner:
                       view: SharedState) -> None:
         try:
             await session.run(self.adapter.app, scope)
-            await commit_view(view, self.worker.state.acall)
+            await commit_view(view, self.state.acall)
         except StateError as exc:
             log.error("WebSocket %s: the app's state writes were not committed: %s", key, exc)
         finally:

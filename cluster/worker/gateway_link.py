@@ -9,26 +9,39 @@ on its way (`drained`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
 from cluster.etcd.state import EtcdState
 from cluster.plumbing import wire
+from cluster.plumbing.config import WorkerConfig
+from cluster.plumbing.security import Security
 from cluster.plumbing.zmqio import Pump
+from cluster.worker.push import Push
+from cluster.worker.runner import Runner
 from cluster.worker.ws_events import HANDOVER, KINDS
-
-if TYPE_CHECKING:
-    from cluster.worker.server import Worker
 
 log = logging.getLogger("cluster.worker")
 
 
 class GatewayLink:
-    def __init__(self, worker: Worker, gateway_id: str, endpoint: str, key: bytes) -> None:
-        self.worker = worker
+    """What comes in goes to the worker's parts it names: requests and WebSocket
+    events to the runner, group notices and members() answers to the push runtime,
+    the sequencer's claims and answers to the etcd state (if that is the backend)."""
+
+    def __init__(self, gateway_id: str, endpoint: str, key: bytes, *, worker_id: str,
+                 config: WorkerConfig, loop: asyncio.AbstractEventLoop,
+                 zmq_context: zmq.Context[zmq.Socket[bytes]], security: Security,
+                 runner: Runner, push: Push, etcd_state: EtcdState | None) -> None:
+        self.worker_id = worker_id
+        self.config = config
+        self.runner = runner
+        self.push = push
+        self.etcd_state = etcd_state
         self.gateway_id = gateway_id
         self.endpoint = endpoint
         self.closed = False
@@ -40,30 +53,35 @@ class GatewayLink:
         self.orphaned = False  # gone from membership; closed once it is silent too
         self.last_heard = time.monotonic()
         self.actions_sent = 0  # WS_ACTIONS messages, numbered (`n`) for group notices
-        sock = worker.zmq_context.socket(zmq.DEALER)
+        self.draining = False  # said credit 0: the worker stops
+        sock = zmq_context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         # The identity names the gateway instance too: a gateway restarted at the same
         # endpoint (a new id) refuses what this socket still holds for the old one,
         # which ZeroMQ would otherwise deliver there on reconnecting (stale pushes to
         # connection numbers that are other clients' now).
-        sock.setsockopt_string(zmq.IDENTITY, f"{worker.id}@{gateway_id}")
-        sock.setsockopt(zmq.MAXMSGSIZE, worker.config.max_frame)
+        sock.setsockopt_string(zmq.IDENTITY, f"{worker_id}@{gateway_id}")
+        sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
-        worker.security.client(sock, key)  # the gateway's key, from its membership entry
+        security.client(sock, key)  # the gateway's key, from its membership entry
         sock.connect(endpoint)
-        self.pump = Pump(worker.loop, sock, self.on_messages, routed=False,
-                         max_frame=worker.config.max_frame)
+        self.pump = Pump(loop, sock, self.on_messages, routed=False,
+                         max_frame=config.max_frame)
         self.hello()
 
+    @property
+    def credit(self) -> int:
+        """Requests the gateway may send us at once."""
+        return 0 if self.draining else self.config.concurrency + self.config.prefetch
+
     def hello(self) -> None:
-        config = self.worker.config
-        credit = 0 if self.worker.stopping else config.concurrency + config.prefetch
         self.hellos += 1
-        self.post(wire.envelope(wire.HELLO, id=self.worker.id, credit=credit))
+        self.post(wire.envelope(wire.HELLO, id=self.worker_id, credit=self.credit))
 
     def drain(self) -> None:
         """Credit 0: the gateway sends nothing more after it has read this."""
+        self.draining = True
         self.hello()
         # A gateway that never welcomed us (or forgot us) has sent us nothing.
         self.drain_mark = self.hellos if self.welcomed else 0
@@ -80,7 +98,7 @@ class GatewayLink:
             if msg["k"] == wire.WS_ACTIONS:
                 self.actions_sent += 1
                 msg["n"] = self.actions_sent
-                self.worker.push.view.sending(self.gateway_id, self.actions_sent,
+                self.push.view.sending(self.gateway_id, self.actions_sent,
                                               msg["actions"])
             self.pump.post(msg)
 
@@ -89,22 +107,21 @@ class GatewayLink:
         for msg in messages:
             kind = msg["k"]
             if kind == wire.REQUEST:
-                self.worker.requests.accept(self, msg)
+                self.runner.request(self, msg)
             elif kind in KINDS or kind in HANDOVER:
-                self.worker.ws_events.event(self, msg)
+                self.runner.ws_event(self, msg)
             elif kind == wire.GONE:
-                self.worker.requests.client_gone(self, msg["id"])
+                self.runner.client_gone(self, msg["id"])
             elif kind == wire.STREAM_CREDIT:
-                self.worker.requests.streams.credit(self.gateway_id, msg["id"], msg["bytes"])
+                self.runner.stream_credit(self, msg["id"], msg["bytes"])
             elif kind == wire.WS_QUERY_REPLY:
-                self.worker.push.on_query_reply(self.gateway_id, msg)
+                self.push.on_query_reply(self.gateway_id, msg)
             elif kind == wire.WS_GROUPS:
-                self.worker.push.view.on_notice(self.gateway_id, msg)
+                self.push.view.on_notice(self.gateway_id, msg)
                 if msg["r"]:
                     self.post(wire.envelope(wire.WS_GROUPS_ACK, r=msg["r"]))
-            elif kind in (wire.STATE_ACK, wire.SEQUENCER) and \
-                    isinstance(self.worker.state, EtcdState):
-                self.worker.state.on_sequencer(self.gateway_id, msg)
+            elif kind in (wire.STATE_ACK, wire.SEQUENCER) and self.etcd_state is not None:
+                self.etcd_state.on_sequencer(self.gateway_id, msg)
             elif kind == wire.WELCOME:
                 self.welcomes += 1
                 if not self.welcomed:
@@ -116,15 +133,15 @@ class GatewayLink:
             elif kind == wire.BYE:
                 self.gone = True  # it stops; a restarted one says WHO to our heartbeat
                 self.welcomed = False
-                self.worker.push.view.gateway_gone(self.gateway_id)
-                if isinstance(self.worker.state, EtcdState):
-                    self.worker.state.on_gateway_gone(self.gateway_id)
+                self.push.view.gateway_gone(self.gateway_id)
+                if self.etcd_state is not None:
+                    self.etcd_state.on_gateway_gone(self.gateway_id)
             elif kind != wire.HEARTBEAT:
                 log.warning("unexpected %s from gateway; ignored", kind)
 
     @property
     def silent(self) -> bool:
-        return time.monotonic() - self.last_heard > self.worker.config.peer_expiry
+        return time.monotonic() - self.last_heard > self.config.peer_expiry
 
     def heartbeat(self) -> None:
         if self.silent:
@@ -132,7 +149,7 @@ class GatewayLink:
                 log.warning("gateway %s silent; saying hello until it answers", self.gateway_id)
             self.welcomed = False
         if self.welcomed:
-            self.post(wire.envelope(wire.HEARTBEAT, id=self.worker.id))
+            self.post(wire.envelope(wire.HEARTBEAT, id=self.worker_id))
         else:
             self.hello()
 

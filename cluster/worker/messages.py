@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
-from cluster.errors import BadResponse
+from cluster.errors import BadField, BadResponse, StateError
 from cluster.plumbing import wire
 from cluster.plumbing.http_fields import encode_fields
 from cluster.responses import parse_cookies, set_cookie_headers
 from cluster.worker.compression import accepts_gzip, gzip_response
+
+log = logging.getLogger("cluster.worker")
 
 
 class ReplyLink(Protocol):
@@ -246,3 +249,15 @@ def server_error(req_id: int, req_label: str) -> dict[str, Any]:
 
 
 _TEXT_HEAD = encode_fields([("content-type", _TEXT)])[0]
+
+
+def log_failure(req: dict[str, Any], exc: Exception) -> None:
+    """The one log line of a handler that failed, naming its request."""
+    extra = {"request_id": req["id"]}
+    if isinstance(exc, (BadResponse, BadField)):
+        log.error("request %s: handler returned a bad response: %s", req["id"], exc,
+                  extra=extra)
+    elif isinstance(exc, StateError):
+        log.error("request %s: state operation refused: %s", req["id"], exc, extra=extra)
+    else:
+        log.error("request %s: handler raised", req["id"], exc_info=exc, extra=extra)

@@ -1,80 +1,79 @@
 """The worker's Prometheus metrics.
 
-Handler outcomes are recorded from the handler's own thread (sync handlers run in
-a pool) into a ShardedHistogram: per-thread rows, no lock. Everything else is
-read from the worker's parts when Prometheus scrapes.
+Handler outcomes are recorded from the handler's own thread into `HandlerOutcomes`
+(outcomes.py), which the runners hold. Everything else is read, when Prometheus
+scrapes, from the parts `WorkerMetrics` is given: each is the object whose numbers
+it reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from cluster.etcd.publisher import EtcdPublisher
 from cluster.etcd.state import EtcdState
-from cluster.plumbing.histogram import ShardedHistogram, merge_rows
-from cluster.plumbing.metrics import ReadAtScrape, new_registry, pump_metrics
-
-if TYPE_CHECKING:
-    from cluster.worker.server import Worker
-
-HANDLER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+from cluster.plumbing.coordinator_link import MemberLink
+from cluster.plumbing.histogram import merge_rows
+from cluster.plumbing.metrics import ReadAtScrape, pump_metrics
+from cluster.worker.gateway_link import GatewayLink
+from cluster.worker.outcomes import HandlerOutcomes
+from cluster.worker.push import Push
+from cluster.worker.runner import Runner
+from cluster.worker.state_client import StateClient
 
 
 class WorkerMetrics:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.registry = new_registry()
-        # Outcomes by (route, status): the request counter and, summed over status,
-        # the handler latency histogram.
-        self.latency = ShardedHistogram(HANDLER_BUCKETS)
-        self.exceptions = Counter("cluster_worker_exceptions",
-                                  "Exceptions raised by handlers, by route and type",
-                                  ["route", "type"], registry=self.registry)
+    def __init__(self, outcomes: HandlerOutcomes, runner: Runner,
+                 links: Mapping[str, GatewayLink], state: StateClient | EtcdState,
+                 push: Push, publisher: EtcdPublisher | None, coordinator: MemberLink
+                 ) -> None:
+        self.outcomes = outcomes
+        self.runner = runner
+        self.links = links  # the worker's own dict: links come and go
+        self.state = state
+        self.push = push
+        self.publisher = publisher
+        self.coordinator = coordinator
+        self.registry: CollectorRegistry = outcomes.registry
         self.registry.register(ReadAtScrape(self.read))
-        # record((route, status), seconds): the histogram's own method, no wrapper.
-        self.record = self.latency.observe
-
-    def failed(self, route: str, exc: BaseException) -> None:
-        self.exceptions.labels(route, type(exc).__name__).inc()
 
     def read(self) -> Iterable[Any]:
-        worker = self.worker
-        rows = self.latency.rows()
+        outcomes, runner, links = self.outcomes, self.runner, self.links
+        rows = outcomes.latency.rows()
         handled = CounterMetricFamily("cluster_worker_requests",
                                       "Requests handled, by route and status",
                                       labels=["route", "status"])
         for (route, status), row in sorted(rows.items(), key=str):
             handled.add_metric([route, str(status)], sum(row[:-1]))
         yield handled
-        yield self.latency.family("cluster_worker_handler_duration_seconds",
+        yield outcomes.latency.family("cluster_worker_handler_duration_seconds",
                                   "Time in the handler, by route (state writes included)",
                                   ["route"], merge_rows(rows, lambda key: key[:1]))
         yield GaugeMetricFamily("cluster_worker_running",
-                                "Requests being handled now", value=worker.requests.running)
+                                "Requests being handled now", value=runner.running)
         yield GaugeMetricFamily("cluster_worker_backlog",
                                 "Requests received beyond --concurrency, waiting here",
-                                value=len(worker.requests.backlog))
+                                value=len(runner.backlog))
         credit = GaugeMetricFamily("cluster_worker_credit",
                                    "Credit granted to each gateway (requests it may send)",
                                    labels=["gateway"])
-        for gateway_id, link in sorted(worker.links.items()):
+        for gateway_id, link in sorted(links.items()):
             if link.welcomed:
-                credit.add_metric([gateway_id], 0 if worker.stopping
-                                  else worker.config.concurrency + worker.config.prefetch)
+                credit.add_metric([gateway_id], link.credit)
         yield credit
         yield GaugeMetricFamily("cluster_worker_gateways", "Gateways this worker serves",
-                                value=sum(1 for link in worker.links.values()
+                                value=sum(1 for link in links.values()
                                           if link.welcomed))
         events = CounterMetricFamily("cluster_worker_websocket_events",
                                      "WebSocket events handled, by type", labels=["type"])
-        for kind, count in sorted(worker.ws_events.counts.items()):
+        for kind, count in sorted(runner.ws_counts.items()):
             events.add_metric([kind], count)
         yield events
-        state = worker.state
+        state = self.state
         ops = CounterMetricFamily("cluster_worker_state_operations",
                                   "Shared-state operations sent to the coordinator, by kind",
                                   labels=["op"])
@@ -99,8 +98,8 @@ class WorkerMetrics:
                                       value=state.conflicts)
         yield CounterMetricFamily("cluster_worker_broadcast_sends",
                                   "Broadcast messages sent: one per gateway holding "
-                                  "members of the group", value=worker.push.broadcast_sends)
-        publisher = worker.etcd_publisher
+                                  "members of the group", value=self.push.broadcast_sends)
+        publisher = self.publisher
         if publisher is not None:
             yield CounterMetricFamily("cluster_worker_history_published",
                                       "Group messages put to etcd (cluster.publish)",
@@ -108,8 +107,8 @@ class WorkerMetrics:
             yield CounterMetricFamily("cluster_worker_history_dropped",
                                       "Group messages dropped: no etcd quorum in time, "
                                       "or too many waiting", value=publisher.dropped)
-        pumps = {gateway_id: link.pump for gateway_id, link in worker.links.items()
+        pumps = {gateway_id: link.pump for gateway_id, link in links.items()
                  if link.pump is not None}
-        if worker.coordinator.pump is not None:
-            pumps["coordinator"] = worker.coordinator.pump
+        if self.coordinator.pump is not None:
+            pumps["coordinator"] = self.coordinator.pump
         yield from pump_metrics(pumps)

@@ -10,25 +10,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from cluster.errors import BadField, BadResponse
+from cluster.etcd.publisher import EtcdPublisher
 from cluster.plumbing import wire
 from cluster.plumbing.coordinator_link import CoordinatorLink
 from cluster.plumbing.http_fields import encode_fields
 from cluster.worker.group_view import GroupView
-from cluster.worker.messages import normalize
-
-if TYPE_CHECKING:
-    from cluster.worker.server import Worker
+from cluster.worker.messages import ReplyLink, normalize
 
 log = logging.getLogger("cluster.worker")
 
 
 class Push:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.loop = worker.loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, worker_id: str,
+                 links: Mapping[str, ReplyLink], history: CoordinatorLink | EtcdPublisher,
+                 answer_timeout: float) -> None:
+        self.loop = loop
+        self.worker_id = worker_id
+        self.links = links  # the worker's own dict of gateway links: they come and go
+        # Where cluster.publish goes: the coordinator, which numbers, keeps and fans
+        # out; or etcd, which numbers (cluster/etcd/publisher.py).
+        self.history = history
+        self.answer_timeout = answer_timeout  # --state-timeout: members() waits this long
         self.loop_thread = threading.get_ident()
         self._queries: dict[int, tuple[asyncio.Future[list[str]], set[str], list[str]]] = {}
         self._query_rid = 0
@@ -39,7 +45,7 @@ class Push:
         """Send one WebSocket action (a `wire` action) to a gateway."""
         if threading.get_ident() != self.loop_thread:
             self.loop.call_soon_threadsafe(self._act, gateway_id, action)
-            return gateway_id in self.worker.links
+            return gateway_id in self.links
         return self._act(gateway_id, action)
 
     def broadcast(self, group: str, data: str | bytes,
@@ -49,7 +55,7 @@ class Push:
         if threading.get_ident() != self.loop_thread:
             self.loop.call_soon_threadsafe(self.broadcast, group, data, exclude)
             return
-        links = self.worker.links
+        links = self.links
         for gid in list(self.view.gateways(group)):
             link = links.get(gid)
             if link is None:
@@ -60,7 +66,7 @@ class Push:
                                     actions=[wire.broadcast(group, data, skip)]))
 
     def _act(self, gateway_id: str, action: list[Any]) -> bool:
-        target = self.worker.links.get(gateway_id)
+        target = self.links.get(gateway_id)
         if target is None:
             log.info("push to a connection of gateway %s, which this worker does not know",
                      gateway_id)
@@ -81,28 +87,27 @@ class Push:
                             body=body)
         if threading.get_ident() != self.loop_thread:
             self.loop.call_soon_threadsafe(self._post_to_gateway, gateway_id, env)
-            return gateway_id in self.worker.links
+            return gateway_id in self.links
         return self._post_to_gateway(gateway_id, env)
 
     def publish(self, group: str, data: Any) -> None:
         """cluster.publish: to the coordinator, which numbers, keeps and fans out; on
         etcd, a put to the group's key, which etcd numbers (cluster/etcd/publisher.py)."""
-        publisher = self.worker.etcd_publisher
-        if publisher is not None:
+        history = self.history
+        if isinstance(history, EtcdPublisher):
             if threading.get_ident() != self.loop_thread:
-                self.loop.call_soon_threadsafe(publisher.publish, group, data)
+                self.loop.call_soon_threadsafe(history.publish, group, data)
             else:
-                publisher.publish(group, data)
+                history.publish(group, data)
             return
-        assert isinstance(self.worker.coordinator, CoordinatorLink)
-        env = wire.envelope(wire.HISTORY_PUBLISH, id=self.worker.id, group=group, data=data)
+        env = wire.envelope(wire.HISTORY_PUBLISH, id=self.worker_id, group=group, data=data)
         if threading.get_ident() != self.loop_thread:
-            self.loop.call_soon_threadsafe(self.worker.coordinator.post, env)
+            self.loop.call_soon_threadsafe(history.post, env)
         else:
-            self.worker.coordinator.post(env)
+            history.post(env)
 
     def _post_to_gateway(self, gateway_id: str, env: dict[str, Any]) -> bool:
-        link = self.worker.links.get(gateway_id)
+        link = self.links.get(gateway_id)
         if link is None:
             log.info("reply for gateway %s, which this worker does not know", gateway_id)
             return False
@@ -115,21 +120,21 @@ class Push:
     def members_blocking(self, group: str) -> list[str]:
         """From a handler thread: ask on the loop, wait here."""
         future = asyncio.run_coroutine_threadsafe(self.members(group), self.loop)
-        return future.result(self.worker.config.state_timeout + 1.0)
+        return future.result(self.answer_timeout + 1.0)
 
     async def members(self, group: str) -> list[str]:
         self._query_rid += 1
         rid = self._query_rid
         fut: asyncio.Future[list[str]] = self.loop.create_future()
         # Only the gateways that hold members of it are asked.
-        waiting = {gid for gid in self.view.gateways(group) if gid in self.worker.links}
+        waiting = {gid for gid in self.view.gateways(group) if gid in self.links}
         self._queries[rid] = (fut, waiting, [])
         for gid in waiting:
-            self.worker.links[gid].post(wire.envelope(wire.WS_QUERY, rid=rid, group=group))
+            self.links[gid].post(wire.envelope(wire.WS_QUERY, rid=rid, group=group))
         if not waiting:
             fut.set_result([])
         try:
-            return await asyncio.wait_for(fut, self.worker.config.state_timeout)
+            return await asyncio.wait_for(fut, self.answer_timeout)
         except TimeoutError:
             # A gateway that does not answer: report who did answer.
             return sorted(self._queries[rid][2])

@@ -1,10 +1,7 @@
-"""A worker's HTTP requests: run the handler (on the loop, on a pool thread, or
-inline), send its answer, whole or streamed under the gateway's flow control.
-
-At most `--concurrency` requests run at once; any excess (the prefetched ones, or
-several gateways each using their full credit) waits in a local queue, which the
-credit keeps bounded. A final response (or DEFERRED) ends a request and starts the
-next one waiting.
+"""The runner of native handlers (an App, or a function): an HTTP request's handler
+runs on the loop, on a pool thread, or inline, and its answer goes back whole or
+streamed under the gateway's flow control; WebSocket events go to `WsEvents`.
+Admission under --concurrency is the runner's (runner.py).
 """
 
 from __future__ import annotations
@@ -12,30 +9,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cluster.deferred import DEFER
-from cluster.errors import BadField, BadResponse, StateError, StateUnavailable
+from cluster.errors import StateUnavailable
 from cluster.plumbing import wire
+from cluster.plumbing.config import WorkerConfig
+from cluster.state import Backend
 from cluster.worker import event_streams
-from cluster.worker.adapters import Invocation, settle
-from cluster.worker.asgi import ASGIHandler
-from cluster.worker.flow import Streams
+from cluster.worker.adapters import Adapter, Invocation, settle
 from cluster.worker.messages import (
     ReplyLink,
     StreamEnvelopes,
     build_request,
+    log_failure,
     normalize,
     response,
     server_error,
 )
+from cluster.worker.outcomes import HandlerOutcomes
+from cluster.worker.runner import Runner
 from cluster.worker.threadpool import Emit, ThreadPool
-
-if TYPE_CHECKING:
-    from cluster.worker.asgi_runner import AsgiRunner
-    from cluster.worker.server import Worker
+from cluster.worker.ws_events import WsEvents
 
 log = logging.getLogger("cluster.worker")
 
@@ -77,39 +73,25 @@ class SyncChunks:
             raise StopAsyncIteration from None
 
 
-class Requests:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.config = worker.config
-        self.loop = worker.loop
-        self.state = worker.state
-        self.adapter = worker.adapter
-        self.asgi: AsgiRunner | None = None  # set by the worker for an ASGI app
-        self.running = 0
-        self.backlog: deque[tuple[ReplyLink, dict[str, Any]]] = deque()
-        self.pool: ThreadPool[Outgoing] = ThreadPool(self.loop, self.config.threads,
-                                                     self._emitted)
-        self.streams = Streams(self.loop)  # flow control of the responses being streamed
+class NativeRunner(Runner):
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: WorkerConfig,
+                 outcomes: HandlerOutcomes, state: Backend, adapter: Adapter) -> None:
+        super().__init__(loop, config, outcomes)
+        self.state = state
+        self.adapter = adapter
+        self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self._emitted)
+        self.ws = WsEvents(loop, state, adapter, self.ws_counts)
 
-    @property
-    def idle(self) -> bool:
-        return not self.running and not self.backlog
+    def ws_event(self, link: ReplyLink, env: dict[str, Any]) -> None:
+        self.ws.event(link, env)
 
-    def accept(self, link: ReplyLink, env: dict[str, Any]) -> None:
-        if self.running >= self.config.concurrency:
-            self.backlog.append((link, env))
-            return
-        self._start(link, env)
+    def close(self, timeout: float) -> None:
+        self.pool.shutdown(timeout=timeout)
 
-    def _start(self, link: ReplyLink, env: dict[str, Any]) -> None:
-        self.running += 1
+    def start(self, link: ReplyLink, env: dict[str, Any]) -> None:
         rid: int = env["id"]
-        if self.asgi is not None:
-            self.asgi.request(link, env)  # builds its scope from the envelope itself
-            return
         try:
             req = build_request(env, link.gateway_id)
-            assert not isinstance(self.adapter, ASGIHandler)  # then self.asgi runs it
             inv = self.adapter.prepare(req)
         except Exception:
             log.exception("request %s/%s could not be prepared", link.gateway_id, rid)
@@ -188,16 +170,16 @@ class Requests:
         an envelope to send (DEFERRED, or a whole response), or a stream's envelopes
         with the body to draw them from. Records the route's time."""
         if msg is DEFER:
-            self.worker.metrics.record((route, "deferred"), time.perf_counter() - began)
+            self.outcomes.record((route, "deferred"), time.perf_counter() - began)
             return wire.envelope(wire.DEFERRED, id=rid), None
         if type(msg) is dict and "events" in msg:  # a stream of Server-Sent Events
-            self.worker.metrics.record((route, 200), time.perf_counter() - began)
+            self.outcomes.record((route, 200), time.perf_counter() - began)
             return event_streams.envelope(rid, req, msg), None
         status, headers, body = normalize(msg)
         out: dict[str, Any] | StreamEnvelopes = \
             self._whole(rid, req, status, headers, body) if isinstance(body, bytes) \
             else StreamEnvelopes(rid, status, headers)
-        self.worker.metrics.record((route, status), time.perf_counter() - began)
+        self.outcomes.record((route, status), time.perf_counter() - began)
         return out, body
 
     def _whole(self, rid: int, req: dict[str, Any], status: int, headers: list[list[str]],
@@ -245,24 +227,20 @@ class Requests:
                     req["id"], self.config.stream_stall_timeout,
                     extra={"request_id": req["id"]})
 
-    def client_gone(self, link: ReplyLink, rid: int) -> None:
-        if self.asgi is None or not self.asgi.client_gone(link, rid):
-            self.streams.client_gone(link.gateway_id, rid)
-
     def _failure(self, rid: int, req: dict[str, Any], exc: Exception, route: str,
                  began: float) -> dict[str, Any]:
         """The response for a handler that failed: 503 when the shared state is out
         of reach (the client may retry), 500 for everything else."""
-        self.worker.metrics.failed(route, exc)
+        self.outcomes.failed(route, exc)
         if isinstance(exc, StateUnavailable):
             log.warning("request %s: shared state unavailable: %s; 503", req["id"], exc,
                         extra={"request_id": req["id"]})
-            self.worker.metrics.record((route, 503), time.perf_counter() - began)
+            self.outcomes.record((route, 503), time.perf_counter() - began)
             return response(rid, 503, [["content-type", "text/plain; charset=utf-8"],
                                        ["retry-after", "1"]],
                             b"Service Unavailable: shared state unreachable\n")
         log_failure(req, exc)
-        self.worker.metrics.record((route, 500), time.perf_counter() - began)
+        self.outcomes.record((route, 500), time.perf_counter() - began)
         return server_error(rid, req["id"])
 
     def _emitted(self, batch: list[Outgoing]) -> None:
@@ -278,21 +256,3 @@ class Requests:
     def _send_now(self, item: Outgoing) -> None:
         """An inline answer's emit: on the loop already."""
         self._emitted([item])
-
-    def send(self, link: ReplyLink, env: dict[str, Any]) -> None:
-        link.post(env)
-        if not env.get("more"):  # a final response, or DEFERRED: the call is over
-            self.running -= 1
-            if self.backlog and self.running < self.config.concurrency:
-                self._start(*self.backlog.popleft())
-
-
-def log_failure(req: dict[str, Any], exc: Exception) -> None:
-    extra = {"request_id": req["id"]}
-    if isinstance(exc, (BadResponse, BadField)):
-        log.error("request %s: handler returned a bad response: %s", req["id"], exc,
-                  extra=extra)
-    elif isinstance(exc, StateError):
-        log.error("request %s: state operation refused: %s", req["id"], exc, extra=extra)
-    else:
-        log.error("request %s: handler raised", req["id"], exc_info=exc, extra=extra)

@@ -1,6 +1,8 @@
 """The worker process: membership, a link to every gateway, readiness and the drain.
-Its jobs live beside it: `requests.py` (HTTP), `ws_events.py` (WebSocket events),
-`push.py` (the push runtime), `gateway_link.py` (one gateway's link).
+Its parts live beside it, each given only what it uses: a runner, chosen once by
+what the handler is (`requests.py` for native handlers, with `ws_events.py`;
+`asgi_runner.py` for an ASGI app; what both share is `runner.py`), `push.py` (the
+push runtime), `gateway_link.py` (one gateway's link) and `metrics.py`.
 
 Theory of operation
 -------------------
@@ -58,10 +60,11 @@ from cluster.worker.asgi_runner import AsgiRunner
 from cluster.worker.gateway_link import GatewayLink
 from cluster.worker.loader import load_handler, make_adapter
 from cluster.worker.metrics import WorkerMetrics
+from cluster.worker.outcomes import HandlerOutcomes
 from cluster.worker.push import Push
-from cluster.worker.requests import Requests
+from cluster.worker.requests import NativeRunner
+from cluster.worker.runner import Runner
 from cluster.worker.state_client import StateClient
-from cluster.worker.ws_events import WsEvents
 
 log = logging.getLogger("cluster.worker")
 
@@ -84,28 +87,34 @@ class Worker:
         self.state: StateClient | EtcdState
         # cluster.publish on etcd: puts numbered by etcd (on the coordinator, it numbers)
         self.etcd_publisher: EtcdPublisher | None = None
+        history: CoordinatorLink | EtcdPublisher
         if config.state_backend:
             self.coordinator = EtcdMembership(config, self.id, "worker", info, self.on_members,
                                               security=self.security)
             self.state = EtcdState(loop, config, self.framework)
-            self.etcd_publisher = EtcdPublisher(loop, self.state.target, config.state_timeout)
+            self.etcd_publisher = history = EtcdPublisher(loop, self.state.target,
+                                                          config.state_timeout)
             self.state.links = self.links  # to reach the sequencer gateway
             self.state.worker_id = self.id
         else:
             link = CoordinatorLink(config, zmq_context, self.id, "worker", info, self.on_members,
                                    security=self.security)
-            self.coordinator = link
+            self.coordinator = history = link
             self.state = StateClient(loop, zmq_context, link, config.state_timeout, self.framework)
             link.on_other = self.state.on_coordinator  # state acks, snapshots, MEMBERS
         self.adapter = make_adapter(handler, self.state)
         self._tasks: list[asyncio.Task[Any]] = []
-        # The worker's three jobs, each in a module of its own.
-        self.requests = Requests(self)  # HTTP requests: run, answer, stream
-        self.ws_events = WsEvents(self)  # WebSocket events, in order per connection or shard
-        self.push = Push(self)  # cluster.push, broadcast, publish, reply, members
-        if isinstance(self.adapter, ASGIHandler):  # an ASGI app runs both kinds itself
-            self.requests.asgi = AsgiRunner(self, self.adapter)
-        self.metrics = WorkerMetrics(self)
+        self.outcomes = HandlerOutcomes()
+        # How requests and WebSocket events run, chosen once: an ASGI app runs both
+        # kinds itself; native handlers run here, sync ones on a thread pool.
+        self.runner: Runner = \
+            AsgiRunner(loop, config, self.outcomes, self.state, self.adapter) \
+            if isinstance(self.adapter, ASGIHandler) else \
+            NativeRunner(loop, config, self.outcomes, self.state, self.adapter)
+        # cluster.push, broadcast, publish, reply, members
+        self.push = Push(loop, self.id, self.links, history, config.state_timeout)
+        self.metrics = WorkerMetrics(self.outcomes, self.runner, self.links, self.state,
+                                     self.push, self.etcd_publisher, self.coordinator)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)},
                                             ready=self.readiness)
         self.gateways: dict[str, tuple[str, str]] = {}  # from membership: endpoint, key
@@ -177,7 +186,11 @@ class Worker:
         for gid, (endpoint, key) in self.gateways.items():
             if gid not in self.links and endpoint:
                 try:
-                    self.links[gid] = GatewayLink(self, gid, endpoint, str(key).encode())
+                    self.links[gid] = GatewayLink(
+                        gid, endpoint, str(key).encode(), worker_id=self.id,
+                        config=self.config, loop=self.loop, zmq_context=self.zmq_context,
+                        security=self.security, runner=self.runner, push=self.push,
+                        etcd_state=self.state if isinstance(self.state, EtcdState) else None)
                 except ConfigError as exc:  # a gateway with no key, met by a secure worker
                     log.warning("gateway %s at %s: %s; not connecting", gid, endpoint, exc)
 
@@ -204,10 +217,10 @@ class Worker:
             link.drain()
         deadline = self.loop.time() + self.config.shutdown_grace
         while not (all(link.drained for link in self.links.values()) and
-                   self.requests.idle):
+                   self.runner.idle):
             if self.loop.time() >= deadline:
                 log.warning("stopping with %d requests unfinished (--shutdown-grace %gs)",
-                            self.requests.running + len(self.requests.backlog),
+                            self.runner.running + len(self.runner.backlog),
                             self.config.shutdown_grace)
                 break
             await asyncio.sleep(0.02)  # poll: bounded by the grace period
@@ -228,7 +241,7 @@ class Worker:
         await self.coordinator.wait_closed()
         self.metrics_server.close()
         # Threads still in a handler past the grace are not waited for: we exit.
-        self.requests.pool.shutdown(timeout=max(0.0, deadline - self.loop.time()))
+        self.runner.close(timeout=max(0.0, deadline - self.loop.time()))
 
 
 def pin(cpu: int) -> None:

@@ -4,25 +4,23 @@ arrival order, through the handler, answered with `wire` actions.
 The gateway hashes a connection to this worker; a handler that accepts with a shard
 key has the gateway hand the connection to that key's worker (WS_ADOPT), where its
 events queue with the key's other connections. What a handler's answer means is in
-`worker/ws.py`; ASGI apps' WebSockets run in `asgi_runner.py` instead.
+`worker/ws.py`. The native runner (requests.py) owns this; ASGI apps' WebSockets run
+in `asgi_runner.py` instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cluster.plumbing import wire
-from cluster.worker.adapters import settle
-from cluster.worker.asgi import ASGIHandler
-from cluster.worker.messages import ReplyLink
-from cluster.worker.requests import log_failure
+from cluster.state import Backend
+from cluster.worker.adapters import Adapter, settle
+from cluster.worker.messages import ReplyLink, log_failure
 from cluster.worker.ws import ConnectionQueues, build_ws_request, reply_actions
 from cluster.worker.ws import connect_info as connect_ws_info
-
-if TYPE_CHECKING:
-    from cluster.worker.server import Worker
 
 log = logging.getLogger("cluster.worker.ws")
 
@@ -33,27 +31,19 @@ HANDOVER = (wire.WS_ADOPT, wire.WS_RELEASE)
 
 
 class WsEvents:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.loop = worker.loop
-        self.state = worker.state
-        self.adapter = worker.adapter
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: Backend, adapter: Adapter,
+                 counts: dict[str, int]) -> None:
+        self.loop = loop
+        self.state = state
+        self.adapter = adapter
         self.info: dict[str, dict[str, Any]] = {}  # per open connection, from its connect
         # connection -> its shard's event queue, for those adopted (a NUL first: a
         # shard key never names a connection's own queue)
         self.shard_queue: dict[str, str] = {}
         self.queues = ConnectionQueues(self._run_ws, self.loop.create_task)
-        self.counts: dict[str, int] = {}  # events by kind, counted on the loop thread
+        self.counts = counts  # events by kind, counted on the loop thread (the runner's)
 
     def event(self, link: ReplyLink, env: dict[str, Any]) -> None:
-        if self.worker.requests.asgi is not None:
-            if env["k"] in HANDOVER:
-                log.warning("an ASGI app cannot shard; %s ignored", env["k"])
-                return
-            kind = KINDS[env["k"]]
-            self.counts[kind] = self.counts.get(kind, 0) + 1
-            self.worker.requests.asgi.ws_event(link, kind, env)
-            return
         key = f"{link.gateway_id}/{env['conn']}"
         # A sharded connection's events queue with its shard's, so a room's messages
         # run one at a time in arrival order; the queue is known from the adoption on.
@@ -82,7 +72,6 @@ class WsEvents:
         if info is None:
             return  # an event after the close of a connection we never accepted
         req = build_ws_request(kind, key, info, env)
-        assert not isinstance(self.adapter, ASGIHandler)  # `event` sent those elsewhere
         try:
             inv = self.adapter.prepare_ws(req)
             if inv.is_async:

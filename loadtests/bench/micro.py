@@ -175,13 +175,13 @@ def worker_run(requests: int, handler: str) -> float:
             link.expect += BATCH
             link.done.clear()
             for env in wire.decode_frame(frame):  # as GatewayLink.on_messages does
-                worker.requests.accept(link, env)
+                worker.runner.request(link, env)
             await link.done.wait()
             link.pump.flush()
         return time.process_time() - began
 
     spent = loop.run_until_complete(drive())
-    worker.requests.pool.shutdown(timeout=1.0)
+    worker.runner.close(timeout=1.0)
     loop.close()
     ctx.term()
     return spent * 1e6 / (len(frames) * BATCH)

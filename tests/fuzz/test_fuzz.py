@@ -209,10 +209,12 @@ def worker() -> Iterator[tuple[Feed, Loop]]:
                load_handler(handler), "wk-fuzz")
     # A real link whose socket connects to a port where nothing listens: what the
     # worker answers queues in ZeroMQ, unsent.
-    link = GatewayLink(w, "gw-fuzz", "tcp://127.0.0.1:1", b"")
+    link = GatewayLink("gw-fuzz", "tcp://127.0.0.1:1", b"", worker_id=w.id, config=w.config,
+                       loop=loop.loop, zmq_context=ctx, security=w.security, runner=w.runner,
+                       push=w.push, etcd_state=None)
     yield (lambda envs: link.on_messages(None, envs)), loop
     link.close()
-    w.requests.pool.shutdown(timeout=1.0)
+    w.runner.close(timeout=1.0)
     loop.loop.close()
     ctx.destroy(linger=0)
 
