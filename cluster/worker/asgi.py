@@ -209,13 +209,10 @@ class HttpExchange:
             window = self.window
             if more and window is not None:
                 window.sent(len(body))
-                if window.blocked():
-                    try:
-                        await asyncio.wait_for(window.wait(), self.stall_timeout)
-                    except TimeoutError:
-                        log.warning("request %s: the client took nothing of the stream "
-                                    "for %.0fs; cut", self.label, self.stall_timeout)
-                        self.client_gone()
+                if not await window.pace(self.stall_timeout):
+                    log.warning("request %s: the client took nothing of the stream "
+                                "for %.0fs; cut", self.label, self.stall_timeout)
+                    self.client_gone()
                 if window.gone:
                     self.gone = True
                     raise ClientDisconnected("the client has gone")

@@ -9,14 +9,15 @@ gateway's memory. GONE (the client left) ends the wait at once; the producer is
 stopped and the stream ended with an abort, which returns the request's dispatch
 credit to the gateway.
 
-A window is waited on from the loop (async producers) or from a pool thread
-(sync generators), so it has both an asyncio.Event and a threading.Condition.
+Every stream is sent from the loop, so a window is the loop's alone: a sync
+generator's parts are drawn on a pool thread one at a time and sent from the loop
+(cluster/worker/requests.py), like an async one's. `pace` is the one wait under the
+window, for native handlers and ASGI apps alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 
 WINDOW = 512 * 1024  # bytes in flight per stream before its producer waits
 
@@ -26,40 +27,41 @@ class StreamWindow:
         self.loop = loop
         self.unacked = 0
         self.gone = False
-        self._cond = threading.Condition()
-        self._event = asyncio.Event()  # set on the loop thread only
+        self._event = asyncio.Event()
 
-    # -- the gateway's side (loop thread) ----------------------------------------------
+    # -- the gateway's side ------------------------------------------------------------
     def credit(self, nbytes: int) -> None:
-        with self._cond:
-            self.unacked -= nbytes
-            self._cond.notify_all()
+        self.unacked -= nbytes
         self._event.set()
 
     def client_gone(self) -> None:
-        with self._cond:
-            self.gone = True
-            self._cond.notify_all()
+        self.gone = True
         self._event.set()
 
     # -- the producer's side ------------------------------------------------------------
     def sent(self, nbytes: int) -> None:
-        with self._cond:
-            self.unacked += nbytes
+        self.unacked += nbytes
 
     def blocked(self) -> bool:
         return self.unacked > WINDOW and not self.gone
 
     async def wait(self) -> None:
-        """On the loop: until the stream may go on (or its client is gone)."""
+        """Until the stream may go on (or its client is gone)."""
         while self.blocked():
             self._event.clear()
             await self._event.wait()
 
-    def wait_sync(self, timeout: float) -> bool:
-        """In a pool thread: the same; False if `timeout` passed still blocked."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self.blocked(), timeout)
+    async def pace(self, stall_timeout: float) -> bool:
+        """After a part is sent: wait while the window is full. False if the client
+        took nothing for `stall_timeout` seconds; the stream is then cut (gone)."""
+        if not self.blocked():
+            return True
+        try:
+            await asyncio.wait_for(self.wait(), stall_timeout)
+        except TimeoutError:
+            self.client_gone()
+            return False
+        return True
 
 
 class Streams:
@@ -71,7 +73,7 @@ class Streams:
 
     def open(self, gateway_id: str, rid: int) -> StreamWindow:
         window = StreamWindow(self.loop)
-        self.windows[(gateway_id, rid)] = window  # one dict store: pool threads call this
+        self.windows[(gateway_id, rid)] = window
         return window
 
     def close(self, gateway_id: str, rid: int) -> None:

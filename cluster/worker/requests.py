@@ -37,8 +37,8 @@ log = logging.getLogger("cluster.worker")
 
 
 class AsyncStream:
-    """An async generator a sync handler returned: a pool thread hands it to the
-    loop, which alone can run it."""
+    """A streamed body a sync handler returned: a pool thread hands it to the loop,
+    which sends every stream (`_stream`)."""
 
     __slots__ = ("body", "link", "req", "rid", "stream")
 
@@ -51,26 +51,56 @@ class AsyncStream:
         self.body = body
 
 
-Outgoing = tuple["ReplyLink", dict[str, Any]] | AsyncStream
+class Drawn:
+    """A part a pool thread drew from a sync generator (or what it raised; `item` is
+    END after the last part), for the loop that waits for it."""
+
+    __slots__ = ("error", "future", "item")
+
+    def __init__(self, future: asyncio.Future[Any], item: Any,
+                 error: Exception | None) -> None:
+        self.future = future
+        self.item = item
+        self.error = error
 
 
-class SyncChunks:
-    """A sync iterable as an async iterator (the loop runs it between sends). A class,
-    not an async generator: mypyc compiles this module, and it has no async generators."""
+END = object()  # what `Drawn.item` is once a generator has no more parts
 
-    __slots__ = ("items",)
+Outgoing = tuple["ReplyLink", dict[str, Any]] | AsyncStream | Drawn
 
-    def __init__(self, items: Any) -> None:
+
+class DrawnChunks:
+    """A sync generator as an async iterator: each part is drawn on a pool thread (its
+    code may block between parts) while the loop waits, so the loop sends a sync
+    stream as it sends an async one. A class, not an async generator: mypyc compiles
+    this module, and it has no async generators."""
+
+    __slots__ = ("items", "loop", "pool")
+
+    def __init__(self, items: Any, pool: ThreadPool[Outgoing],
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.items = iter(items)
+        self.pool = pool
+        self.loop = loop
 
-    def __aiter__(self) -> SyncChunks:
+    def __aiter__(self) -> DrawnChunks:
         return self
 
     async def __anext__(self) -> Any:
-        try:
-            return next(self.items)
-        except StopIteration:
-            raise StopAsyncIteration from None
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.pool.submit(partial(_draw, self.items, future))
+        item = await future
+        if item is END:
+            raise StopAsyncIteration
+        return item
+
+
+def _draw(items: Any, future: asyncio.Future[Any], emit: Emit[Outgoing]) -> None:
+    """On a pool thread: the generator's next part, handed to the loop."""
+    try:
+        emit(Drawn(future, next(items, END), None))
+    except Exception as exc:
+        emit(Drawn(future, None, exc))
 
 
 class NativeRunner(Runner):
@@ -116,37 +146,10 @@ class NativeRunner(Runner):
         except Exception as exc:
             emit((link, self._failure(rid, req, exc, inv.route, began)))
             return
-        if not isinstance(out, StreamEnvelopes):
-            emit((link, out))
-            return
-        stream = out
-        if hasattr(body, "__anext__"):
-            # An async generator from a sync handler: it can only run on the loop.
-            emit(AsyncStream(link, rid, req, stream, body))
+        if isinstance(out, StreamEnvelopes):
+            emit(AsyncStream(link, rid, req, out, body))  # the loop sends every stream
         else:
-            window = self.streams.open(link.gateway_id, rid)
-            try:
-                for chunk in body:
-                    env = stream.chunk(chunk)
-                    window.sent(len(env["body"]))
-                    emit((link, env))
-                    if window.blocked() and not window.wait_sync(
-                            self.config.stream_stall_timeout):
-                        self._stalled(req)
-                        window.client_gone()
-                    if window.gone:
-                        break
-            except Exception as exc:
-                log_failure(req, exc)
-                emit((link, stream.failed(req["id"])))
-                return
-            finally:
-                self.streams.close(link.gateway_id, rid)
-            if window.gone:
-                getattr(body, "close", lambda: None)()  # run the generator's finally
-                emit((link, stream.failed(req["id"])))
-                return
-            emit((link, stream.end()))
+            emit((link, out))
 
     async def _run_async(self, link: ReplyLink, rid: int, req: dict[str, Any],
                          inv: Invocation) -> None:
@@ -160,7 +163,7 @@ class NativeRunner(Runner):
             self.send(link, self._failure(rid, req, exc, inv.route, began))
             return
         if isinstance(out, StreamEnvelopes):
-            await self._stream_async(link, rid, req, out, body)
+            await self._stream(link, rid, req, out, body)
         else:
             self.send(link, out)
 
@@ -188,22 +191,20 @@ class NativeRunner(Runner):
         return response(rid, status, headers, body, request_headers=req["raw_headers"],
                         gzip_min_size=self.config.gzip_min_size)
 
-    async def _stream_async(self, link: ReplyLink, rid: int, req: dict[str, Any],
-                            stream: StreamEnvelopes, body: Any) -> None:
+    async def _stream(self, link: ReplyLink, rid: int, req: dict[str, Any],
+                      stream: StreamEnvelopes, body: Any) -> None:
+        """The one loop that sends a streamed body, under the gateway's flow window:
+        an async generator's parts as it yields them, a sync one's as a pool thread
+        draws them (DrawnChunks)."""
         window = self.streams.open(link.gateway_id, rid)
-        chunks = body if hasattr(body, "__anext__") else SyncChunks(body)
+        chunks = body if hasattr(body, "__anext__") else DrawnChunks(body, self.pool, self.loop)
         try:
             async for chunk in chunks:
                 env = stream.chunk(chunk)
                 window.sent(len(env["body"]))
                 self.send(link, env)
-                if window.blocked():
-                    try:
-                        await asyncio.wait_for(window.wait(),
-                                               self.config.stream_stall_timeout)
-                    except TimeoutError:
-                        self._stalled(req)
-                        window.client_gone()
+                if not await window.pace(self.config.stream_stall_timeout):
+                    self._stalled(req)
                 if window.gone:
                     break
         except Exception as exc:
@@ -244,11 +245,17 @@ class NativeRunner(Runner):
         return server_error(rid, req["id"])
 
     def _emitted(self, batch: list[Outgoing]) -> None:
-        """What pool threads produced, on the loop: envelopes to send, and async
-        generators a sync handler returned (only the loop can run those)."""
+        """What pool threads produced, on the loop: envelopes to send, streams a sync
+        handler returned (the loop sends them), and parts drawn for those streams."""
         for item in batch:
-            if isinstance(item, AsyncStream):
-                self.loop.create_task(self._stream_async(
+            if isinstance(item, Drawn):
+                if not item.future.done():
+                    if item.error is not None:
+                        item.future.set_exception(item.error)
+                    else:
+                        item.future.set_result(item.item)
+            elif isinstance(item, AsyncStream):
+                self.loop.create_task(self._stream(
                     item.link, item.rid, item.req, item.stream, item.body))
             else:
                 self.send(item[0], item[1])

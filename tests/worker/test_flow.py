@@ -1,10 +1,9 @@
 """Stream flow control in a worker: a producer waits once WINDOW bytes are unacknowledged,
-from the loop or from a pool thread, and goes on with credit or when the client is gone."""
+and goes on with credit or when the client is gone; `pace` gives up after a stall."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -46,16 +45,20 @@ def test_an_async_producer_waits_for_credit() -> None:
     asyncio.run(go())
 
 
-def test_a_thread_producer_waits_and_times_out(loop: asyncio.AbstractEventLoop) -> None:
-    window = StreamWindow(loop)
-    window.sent(WINDOW + 1)
-    assert window.wait_sync(0.01) is False  # the timeout is what this line tests
-    result: list[bool] = []
-    waiter = threading.Thread(target=lambda: result.append(window.wait_sync(5)))
-    waiter.start()
-    window.credit(1)
-    waiter.join(5)
-    assert result == [True]
+def test_pace_waits_for_credit_and_cuts_a_stalled_stream() -> None:
+    async def go() -> None:
+        window = StreamWindow(asyncio.get_running_loop())
+        window.sent(WINDOW + 1)
+        waiter = asyncio.create_task(window.pace(5))
+        await asyncio.sleep(0)  # one loop pass: the waiter runs up to its wait
+        window.credit(1)
+        assert await asyncio.wait_for(waiter, 5) is True and not window.gone
+        window.sent(2)
+        # The timeout is what this line tests: nothing credits the window.
+        assert await window.pace(0.01) is False
+        assert window.gone
+
+    asyncio.run(go())
 
 
 def test_a_gone_client_releases_every_waiter() -> None:
@@ -66,7 +69,7 @@ def test_a_gone_client_releases_every_waiter() -> None:
         await asyncio.sleep(0)  # one loop pass: the waiter runs up to its wait
         window.client_gone()
         await asyncio.wait_for(waiter, 1)
-        assert window.wait_sync(0) is True and window.gone
+        assert await window.pace(0) is True and window.gone
 
     asyncio.run(go())
 
