@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aetcd
 
@@ -46,16 +46,24 @@ from cluster.plumbing import wire
 
 if TYPE_CHECKING:
     from cluster.etcd.membership import EtcdMembership
-    from cluster.gateway.dispatch import Dispatcher
 
 log = logging.getLogger("cluster.etcd.sequencer")
 
 MAX_KNOWN = 100_000  # keys whose values the sequencer keeps; older ones are read again
 
 
+class WorkerPosts(Protocol):
+    """What the sequencer needs of the gateway's way to its workers (the gateway's
+    `Dispatcher` is it): the linked ones, and a message to one."""
+
+    def live_workers(self) -> list[tuple[bytes, str]]: ...
+
+    def post_to(self, ident: bytes, msg: dict[str, Any]) -> None: ...
+
+
 class Sequencer:
     def __init__(self, loop: asyncio.AbstractEventLoop, gateway_id: str,
-                 membership: EtcdMembership, dispatcher: Dispatcher, timeout: float) -> None:
+                 membership: EtcdMembership, dispatcher: WorkerPosts, timeout: float) -> None:
         self.loop = loop
         self.gateway_id = gateway_id
         self.membership = membership

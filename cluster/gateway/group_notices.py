@@ -33,7 +33,7 @@ it delivers that group here, before a new member is released.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cluster.plumbing import wire
@@ -41,7 +41,6 @@ from cluster.plumbing import wire
 if TYPE_CHECKING:
     import asyncio
 
-    from cluster.gateway.dispatch import Dispatcher
     from cluster.plumbing.coordinator_link import CoordinatorLink
 
 log = logging.getLogger("cluster.gateway.ws")
@@ -79,8 +78,18 @@ class CoordinatorDirectory:
                                      dropped=[], full=True, r=0))
 
 
+class WorkerPosts(Protocol):
+    """What notices need of the gateway's way to its workers (the `Dispatcher` is
+    it): who they are, and a message to one."""
+
+    @property
+    def workers(self) -> Mapping[bytes, Any]: ...
+
+    def post_to(self, ident: bytes, msg: dict[str, Any]) -> None: ...
+
+
 class GroupNotices:
-    def __init__(self, loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, dispatcher: WorkerPosts) -> None:
         self.loop = loop
         self.dispatcher = dispatcher
         self.directory: Directory | None = None
