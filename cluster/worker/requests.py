@@ -36,7 +36,7 @@ from cluster.worker.ws_events import WsEvents
 log = logging.getLogger("cluster.worker")
 
 
-class AsyncStream:
+class StreamHandOff:
     """A streamed body a sync handler returned: a pool thread hands it to the loop,
     which sends every stream (`_stream`)."""
 
@@ -66,7 +66,7 @@ class Drawn:
 
 END = object()  # what `Drawn.item` is once a generator has no more parts
 
-Outgoing = tuple["ReplyLink", dict[str, Any]] | AsyncStream | Drawn
+Outgoing = tuple["ReplyLink", dict[str, Any]] | StreamHandOff | Drawn
 
 
 class DrawnChunks:
@@ -147,7 +147,7 @@ class NativeRunner(Runner):
             emit((link, self._failure(rid, req, exc, inv.route, began)))
             return
         if isinstance(out, StreamEnvelopes):
-            emit(AsyncStream(link, rid, req, out, body))  # the loop sends every stream
+            emit(StreamHandOff(link, rid, req, out, body))  # the loop sends every stream
         else:
             emit((link, out))
 
@@ -254,7 +254,7 @@ class NativeRunner(Runner):
                         item.future.set_exception(item.error)
                     else:
                         item.future.set_result(item.item)
-            elif isinstance(item, AsyncStream):
+            elif isinstance(item, StreamHandOff):
                 self.loop.create_task(self._stream(
                     item.link, item.rid, item.req, item.stream, item.body))
             else:
