@@ -8,24 +8,41 @@ started later are scraped without editing any file.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from cluster.coordinator.history_log import HistoryLog
+from cluster.coordinator.membership import Membership
+from cluster.coordinator.state_service import StateService
 from cluster.plumbing.metrics import ReadAtScrape, new_registry, pump_metrics, targets_page
-
-if TYPE_CHECKING:
-    from cluster.coordinator.server import Coordinator
+from cluster.plumbing.security import Gatekeeper
+from cluster.plumbing.zmqio import Pump
 
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                  0.25, 0.5, 1.0)
 ROLES = ("gateway", "worker")
 
 
+class FanOut(Protocol):
+    """The count the coordinator keeps as it hands published messages to gateways."""
+
+    history_skipped: int  # not sent to a gateway that holds no member of the group
+
+
 class CoordinatorMetrics:
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
+    """Reads, when Prometheus scrapes, the parts it is given; those the coordinator
+    makes in `start` (the state service, its pump) are given then (`watch`)."""
+
+    def __init__(self, membership: Membership, fan_out: FanOut, history_log: HistoryLog | None,
+                 gatekeeper: Gatekeeper | None) -> None:
+        self.membership = membership
+        self.fan_out = fan_out
+        self.history_log = history_log
+        self.gatekeeper = gatekeeper
+        self.state: StateService | None = None
+        self.pump: Pump | None = None
         self.target = ""  # our own metrics endpoint, once bound
         self.registry = new_registry()
         self.fsync = Histogram("cluster_state_fsync_duration_seconds",
@@ -33,30 +50,33 @@ class CoordinatorMetrics:
                                buckets=FSYNC_BUCKETS, registry=self.registry)
         self.registry.register(ReadAtScrape(self.read))
 
+    def watch(self, state: StateService, pump: Pump) -> None:
+        self.state = state
+        self.pump = pump
+
     def read(self) -> Iterable[Any]:
-        coordinator = self.coordinator
         # Not "role": discovery gives every target a `role` label already.
         members = GaugeMetricFamily("cluster_coordinator_members",
                                     "Live members of the cluster, by role",
                                     labels=["member_role"])
         counts = dict.fromkeys(ROLES, 0)
-        for member in coordinator.membership.members.values():
+        for member in self.membership.members.values():
             counts[member.role] = counts.get(member.role, 0) + 1
         for role, count in sorted(counts.items()):
             members.add_metric([role], count)
         yield members
         yield CounterMetricFamily("cluster_coordinator_history_skipped",
                                   "Published messages not sent to a gateway, which holds "
-                                  "no member of their group", value=coordinator.history_skipped)
-        if coordinator.history_log is not None:
+                                  "no member of their group", value=self.fan_out.history_skipped)
+        if self.history_log is not None:
             yield CounterMetricFamily("cluster_coordinator_history_refused",
                                       "Published messages dropped: not writable to "
                                       "history.log (disk full)",
-                                      value=coordinator.history_log.refused)
+                                      value=self.history_log.refused)
         yield GaugeMetricFamily("cluster_coordinator_membership_sequence",
                                 "Changes to the membership since start",
-                                value=coordinator.membership.seq)
-        state = coordinator.state
+                                value=self.membership.seq)
+        state = self.state
         if state is not None:
             yield GaugeMetricFamily("cluster_state_keys", "Keys in the shared state",
                                     value=len(state.store.data))
@@ -74,14 +94,14 @@ class CoordinatorMetrics:
             yield CounterMetricFamily("cluster_state_refused_unwritable",
                                       "State writes refused because the log could not be "
                                       "written", value=state.refused_unwritable)
-        if coordinator.pump is not None:
-            yield from pump_metrics({"members": coordinator.pump})
-        if coordinator.gatekeeper is not None:
-            yield coordinator.gatekeeper.metric()
+        if self.pump is not None:
+            yield from pump_metrics({"members": self.pump})
+        if self.gatekeeper is not None:
+            yield self.gatekeeper.metric()
 
     def targets(self) -> tuple[bytes, str]:
         """Prometheus HTTP service discovery: one target group per metrics endpoint."""
         own = {"targets": [self.target], "labels": {"role": "coordinator",
                                                     "member": "coordinator"}}
-        return targets_page(self.coordinator.membership.snapshot(),
+        return targets_page(self.membership.snapshot(),
                             own if self.target else None)

@@ -69,7 +69,9 @@ class Coordinator:
         self.monitors: list[Monitor] = []
         self.zmq_context = zmq_context
         self.state: StateService | None = None
-        self.metrics = CoordinatorMetrics(self)
+        # The fan-out count is the coordinator's own (publish_history keeps it).
+        self.metrics = CoordinatorMetrics(self.membership, self, self.history_log,
+                                          self.gatekeeper)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry),
                                              "/targets": self.metrics.targets},
                                             ready=self.readiness)
@@ -85,6 +87,7 @@ class Coordinator:
             self.state.wal.observe_fsync = self.metrics.fsync.observe
         self.pump = Pump(loop, self.sock, self.on_messages, routed=True,
                          max_frame=self.config.max_frame)
+        self.metrics.watch(self.state, self.pump)
         loop.create_task(self.expire_loop())
         log.info("coordinator listening on %s", self.endpoint)
 

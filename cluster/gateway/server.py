@@ -115,7 +115,6 @@ class Gateway:
         ws_options = WsOptions(max_size=config.ws_max_size, deflate=config.ws_deflate,
                                origins=tuple(o.strip() for o in config.ws_origins.split(",")
                                              if o.strip()))
-        self.metrics = GatewayMetrics(self)
         self.http = ConnectionContext(limits, upstream, config.header_timeout,
                                       config.keepalive_timeout, config.max_pipeline,
                                       ws_options, self.hub, gateway_id=self.id,
@@ -133,9 +132,11 @@ class Gateway:
                                                               config.body_total_timeout,
                                                               config.send_timeout),
                                       budget=BodyBudget(config.max_body_buffer))
+        self.admission = Admission(config.max_connections, tls=bool(config.certfile))
+        self.metrics = GatewayMetrics(self.http, self.hub, self.dispatcher, self.admission,
+                                      self.tls)
         self.metrics_server = MetricsServer({"/metrics": metrics_page(self.metrics.registry)},
                                             ready=self.readiness)
-        self.admission = Admission(config.max_connections, tls=bool(config.certfile))
         self.stopping = False
         self._update_date()
         self.server: asyncio.AbstractServer | None = None
@@ -219,7 +220,11 @@ class Gateway:
                 self.hub.notices.directory = self.directory
             coordinator = link
         self.coordinator = coordinator
-        coordinator.start(self.loop)
+        coordinator.start(self.loop)  # its pump, if it has one, is made here
+        pumps = {"workers": self.pump}
+        if coordinator.pump is not None:
+            pumps["coordinator"] = coordinator.pump
+        self.metrics.watch(pumps, self.gatekeeper, self.sequencer, self.etcd_history)
         if not config.local_reply:  # the benchmark's no-hop mode needs no cluster
             await coordinator.wait_registered()
         self._tasks = [self.loop.create_task(self._sweep()),
