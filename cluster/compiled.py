@@ -42,6 +42,7 @@ HOT_MODULES: tuple[str, ...] = (
     "cluster.gateway.http_connection",
     "cluster.gateway.http_rules",
     "cluster.gateway.client_context",
+    "cluster.gateway.framing",
     "cluster.gateway.exchange",
     "cluster.gateway.body_budget",
     "cluster.gateway.dispatch",

@@ -17,6 +17,7 @@ from cluster.errors import BadResponseHead
 from cluster.gateway import bundled, http_core, static
 from cluster.gateway.body_budget import UNLIMITED, BodyBudget
 from cluster.gateway.exchange import Exchange, Upstream
+from cluster.gateway.framing import NO_BODY, body_framing
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_core import HttpLimits
 from cluster.gateway.static import Mount
@@ -178,8 +179,8 @@ class ConnectionContext:
 def check_head(shared: ConnectionContext, ex: Exchange,
                part: dict[str, Any]) -> tuple[int, bytes] | None:
     """A worker's status and header block, checked; sets the exchange's status and
-    whether its response has a body. None for a broken one: logged, and the
-    exchange's status is 502, which the caller answers."""
+    how its body goes out (framing.py: for HTTP/1.1 and HTTP/2 alike). None for a
+    broken one: logged, and the exchange's status is 502, which the caller answers."""
     status = part.get("status", 200)
     fields = part.get("head", b"")
     try:
@@ -193,10 +194,13 @@ def check_head(shared: ConnectionContext, ex: Exchange,
         log.error("request %d: worker sent an invalid response (%s); 502", ex.id, exc,
                   extra={"request_id": f"{shared.gateway_id}/{ex.id}"})
         ex.status = 502
-        ex.head_only = True
+        ex.frame(NO_BODY)
         return None
     ex.status = status
-    ex.head_only = status in (204, 304) or status < 200 or ex.method == "HEAD"
+    body = part.get("body", b"")
+    ex.frame(body_framing(ex.version, ex.method, status,
+                          len(body) if isinstance(body, bytes) else 0, bool(part.get("more")),
+                          part.get("length")))
     return status, fields
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from cluster.gateway.framing import UNDECIDED, Framing
+
 IDEMPOTENT_RETRY = frozenset({"GET", "HEAD"})
 
 
@@ -35,11 +37,10 @@ class Upstream(Protocol):
 class Exchange:
     __slots__ = (
         "began",
-        "chunked",
         "deadline",
         "done",
         "envelope",
-        "head_only",
+        "framing",
         "id",
         "keep_alive",
         "method",
@@ -66,10 +67,25 @@ class Exchange:
         self.started = False  # response head written (or buffered) to the client
         self.done = False
         self.parts: list[dict[str, Any]] | None = None  # waiting behind earlier responses
-        self.chunked = False
-        self.head_only = False
+        self.framing = UNDECIDED  # how the body goes out, once the head is known
         self.began = 0.0  # loop time the request was complete
         self.status = 0  # of the response head, once written
+
+    def frame(self, framing: Framing) -> None:
+        """The response's framing, decided (framing.py): a body that ends with the
+        connection means this connection cannot be kept."""
+        self.framing = framing
+        if framing.until_close:
+            self.keep_alive = False
+
+    @property
+    def chunked(self) -> bool:
+        return self.framing.chunked
+
+    @property
+    def head_only(self) -> bool:
+        """No body goes out: HEAD, 1xx, 204, 304, or the gateway answered instead."""
+        return self.framing.no_body
 
     @property
     def retryable(self) -> bool:

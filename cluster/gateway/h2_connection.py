@@ -295,13 +295,9 @@ class H2Connection(asyncio.Protocol):
                 self._finish(sink, now)
             else:
                 status, fields = head
-                declared = part.get("length")
-                length = None if status in (204, 304) or status < 200 else \
-                    len(body) if not more else \
-                    declared if type(declared) is int and declared >= 0 else None
                 end = ex.head_only or (not more and not body)
-                self.core.respond(sid, status, fields, self.shared.date, content_length=length,
-                                  end=end)
+                self.core.respond(sid, status, fields, self.shared.date,
+                                  content_length=ex.framing.content_length, end=end)
                 if end:
                     self._finish(sink, now)
                 else:

@@ -28,6 +28,7 @@ from cluster.gateway.client_context import (
     send_file,
 )
 from cluster.gateway.exchange import Exchange
+from cluster.gateway.framing import body_framing
 from cluster.gateway.h2_connection import H2Connection
 from cluster.gateway.h2_core import PREFACE
 from cluster.gateway.http_core import (
@@ -349,10 +350,10 @@ class HttpConnection(asyncio.Protocol):
                 self._write(http_core.error_response(502, self.shared.date, version=ex.version))
                 self._done(ex)
                 return
-            out = http_core.frame_start(ex, head[0], head[1], body, more, part.get("length"),
-                                        self.shared.date)
+            out = http_core.frame_start(ex.version, ex.keep_alive, ex.framing, head[0],
+                                        head[1], body, more, self.shared.date)
         else:
-            out = http_core.frame_part(ex, body, more)
+            out = http_core.frame_part(ex.framing, body, more)
         if out:
             self._write(out)
         if more and body and ex.worker is not None:
@@ -381,12 +382,15 @@ class HttpConnection(asyncio.Protocol):
             self._write(http_core.error_response(502, self.shared.date, version=ex.version))
             self._done(ex)
             return
-        if ex.head_only:  # HEAD: the head alone
-            self._write(http_core.frame_start(ex, 200, head[1], b"", False, None,
-                                              self.shared.date))
+        if ex.head_only:  # HEAD: the head alone, with the length of no body
+            ex.frame(body_framing(ex.version, ex.method, 200, 0, False, None))
+            self._write(http_core.frame_start(ex.version, ex.keep_alive, ex.framing, 200,
+                                              head[1], b"", False, self.shared.date))
             self._done(ex)
             return
-        started = http_core.frame_start(ex, 200, head[1], b"", True, None, self.shared.date)
+        ex.frame(body_framing(ex.version, ex.method, 200, 0, True, None))  # of unknown length
+        started = http_core.frame_start(ex.version, ex.keep_alive, ex.framing, 200, head[1],
+                                        b"", True, self.shared.date)
         join, numbered, retry = spec
         core = sse_core.EventStreamCore(ex.chunked, numbered[0] if numbered else None, retry)
         self._done(ex)

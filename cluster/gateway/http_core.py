@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol
 
 import httptools
 
 from cluster.errors import ClusterError
 from cluster.gateway.body_budget import UNLIMITED, BodyBudget
+from cluster.gateway.framing import Framing
 from cluster.gateway.http_rules import VALID_HOSTS, origin_form, refusal, transfer_codings
 from cluster.plumbing.http_fields import encode_fields
 
@@ -317,10 +317,6 @@ def status_line(version: str, status: int) -> bytes:
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def body_forbidden(status: int, method: str) -> bool:
-    return method == "HEAD" or status in (204, 304) or 100 <= status < 200
-
-
 def encode_head(version: str, status: int, fields: bytes, *, content_length: int | None,
                 chunked: bool, keep_alive: bool, date: bytes) -> bytes:
     """Status line and header block around `fields` (a block of `encode_fields`' shape,
@@ -340,50 +336,26 @@ def encode_head(version: str, status: int, fields: bytes, *, content_length: int
         status_line(version, status), date, fields, framing)
 
 
-class Framed(Protocol):
-    """A response being written, as framing sees it (the gateway's Exchange)."""
-
-    version: str  # the request's: "1.1" or "1.0"
-    method: str
-    keep_alive: bool
-    chunked: bool
-    head_only: bool  # no body goes out: HEAD, 1xx, 204, 304
-
-
-def frame_start(r: Framed, status: int, fields: bytes, body: bytes, more: bool,
-                declared: object, date: bytes) -> bytes:
-    """The head and the first part of the body, framed. The framing: Content-Length
-    when the size is known (a whole response, or a stream that declared its length),
-    chunked for an HTTP/1.1 stream that did not, and for HTTP/1.0 the body ends when
-    the connection closes. Sets `r.chunked` and, for that last case, `r.keep_alive`."""
-    content_length: int | None = None
-    if status in (204, 304) or status < 200:
-        pass
-    elif not more:
-        content_length = len(body)
-    elif type(declared) is int and declared >= 0:
-        content_length = declared
-    elif r.version == "1.1":
-        r.chunked = True
-    else:
-        r.keep_alive = False
-    if r.head_only and r.method == "HEAD" and more and content_length is None:
-        r.chunked = False  # HEAD of a stream of unknown length: no framing header at all
-    out = encode_head(r.version, status, fields, content_length=content_length,
-                      chunked=r.chunked, keep_alive=r.keep_alive, date=date)
-    if body and not r.head_only:
-        out += encode_chunk(body) if r.chunked else body
-    if not more and r.chunked and not r.head_only:
+def frame_start(version: str, keep_alive: bool, framing: Framing, status: int,
+                fields: bytes, body: bytes, more: bool, date: bytes) -> bytes:
+    """The head and the first part of the body, framed as `framing` (framing.py)
+    says. No side effects: the exchange keeps the framing for the parts that follow."""
+    out = encode_head(version, status, fields, content_length=framing.content_length,
+                      chunked=framing.chunked,
+                      keep_alive=keep_alive and not framing.until_close, date=date)
+    if body and not framing.no_body:
+        out += encode_chunk(body) if framing.chunked else body
+    if not more and framing.chunked and not framing.no_body:
         out += LAST_CHUNK
     return out
 
 
-def frame_part(r: Framed, body: bytes, more: bool) -> bytes:
-    """A later part of the body, framed as `frame_start` decided."""
+def frame_part(framing: Framing, body: bytes, more: bool) -> bytes:
+    """A later part of the body, framed as the first was."""
     out = b""
-    if body and not r.head_only:
-        out = encode_chunk(body) if r.chunked else body
-    if not more and r.chunked and not r.head_only:
+    if body and not framing.no_body:
+        out = encode_chunk(body) if framing.chunked else body
+    if not more and framing.chunked and not framing.no_body:
         out += LAST_CHUNK
     return out
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from http import HTTPStatus
 
 import pytest
 
 from cluster.gateway.body_budget import BodyBudget
+from cluster.gateway.framing import Framing, body_framing
 from cluster.gateway.http_core import (
     FRAMING_PER_CHUNK,
     FRAMING_SLACK,
@@ -287,15 +287,6 @@ def test_error_response_is_generic() -> None:
 
 # -- response framing, byte for byte -------------------------------------------------------
 
-@dataclass
-class Resp:
-    version: str = "1.1"
-    method: str = "GET"
-    keep_alive: bool = True
-    chunked: bool = False
-    head_only: bool = False
-
-
 DAY = b"Sun, 22 Nov 2026 09:00:00 GMT"
 CT = b"content-type: text/plain\r\n"
 
@@ -305,15 +296,22 @@ def head(status: bytes, *lines: bytes, version: bytes = b"1.1") -> bytes:
         b"\r\n" + CT + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
 
 
+def start(status: int, body: bytes, more: bool, declared: int | None = None, *,
+          version: str = "1.1", method: str = "GET", keep_alive: bool = True
+          ) -> tuple[bytes, Framing]:
+    """A response's first bytes, as a connection writes them: the framing decided
+    (framing.py), then the head and first part framed by it."""
+    framing = body_framing(version, method, status, len(body), more, declared)
+    return frame_start(version, keep_alive, framing, status, CT, body, more, DAY), framing
+
+
 def test_a_whole_response_gets_its_length() -> None:
-    assert frame_start(Resp(), 200, CT, b"hello", False, None, DAY) == \
-        head(b"200 OK", b"content-length: 5") + b"hello"
+    assert start(200, b"hello", False)[0] == head(b"200 OK", b"content-length: 5") + b"hello"
 
 
 def test_a_stream_of_unknown_length_is_chunked_and_ends_with_the_last_chunk() -> None:
-    r = Resp()
-    assert frame_start(r, 200, CT, b"ab", True, None, DAY) == \
-        head(b"200 OK", b"transfer-encoding: chunked") + b"2\r\nab\r\n"
+    out, r = start(200, b"ab", True)
+    assert out == head(b"200 OK", b"transfer-encoding: chunked") + b"2\r\nab\r\n"
     assert r.chunked
     assert frame_part(r, b"c" * 17, True) == b"11\r\n" + b"c" * 17 + b"\r\n"
     assert frame_part(r, b"", True) == b""  # an empty chunk would end the body
@@ -321,40 +319,48 @@ def test_a_stream_of_unknown_length_is_chunked_and_ends_with_the_last_chunk() ->
 
 
 def test_a_stream_that_declared_its_length_is_not_chunked() -> None:
-    r = Resp()
-    assert frame_start(r, 200, CT, b"", True, 10, DAY) == head(b"200 OK", b"content-length: 10")
+    out, r = start(200, b"", True, 10)
+    assert out == head(b"200 OK", b"content-length: 10")
     assert frame_part(r, b"0123456789", False) == b"0123456789" and not r.chunked
 
 
 def test_an_http10_stream_ends_with_the_connection() -> None:
-    r = Resp(version="1.0")
-    assert frame_start(r, 200, CT, b"ab", True, None, DAY) == \
-        head(b"200 OK", b"connection: close", version=b"1.0") + b"ab"
-    assert not r.keep_alive and not r.chunked
+    out, r = start(200, b"ab", True, version="1.0")
+    assert out == head(b"200 OK", b"connection: close", version=b"1.0") + b"ab"
+    assert r.until_close and not r.chunked  # the connection is not kept
     assert frame_part(r, b"cd", False) == b"cd"
 
 
 def test_an_http10_whole_response_keeps_alive_when_asked() -> None:
-    assert frame_start(Resp(version="1.0"), 200, CT, b"x", False, None, DAY) == \
+    assert start(200, b"x", False, version="1.0")[0] == \
         head(b"200 OK", b"content-length: 1", b"connection: keep-alive", version=b"1.0") + b"x"
 
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses_have_no_length_and_no_body(status: int) -> None:
-    r = Resp(head_only=True)
     phrase = b"204 No Content" if status == 204 else b"304 Not Modified"
-    assert frame_start(r, status, CT, b"ignored", False, None, DAY) == head(phrase)
+    out, r = start(status, b"ignored", False)
+    assert out == head(phrase) and r.no_body
 
 
 def test_head_gets_the_length_of_the_body_it_does_not_get() -> None:
-    r = Resp(method="HEAD", head_only=True)
-    assert frame_start(r, 200, CT, b"hello", False, None, DAY) == \
+    assert start(200, b"hello", False, method="HEAD")[0] == \
         head(b"200 OK", b"content-length: 5")
-    stream = Resp(method="HEAD", head_only=True)
-    assert frame_start(stream, 200, CT, b"ab", True, None, DAY) == head(b"200 OK")
+    out, stream = start(200, b"ab", True, method="HEAD")
+    assert out == head(b"200 OK")
     assert frame_part(stream, b"more", False) == b""
 
 
+def test_http2_frames_its_own_streams() -> None:
+    """The same rules for HTTP/2 (version "2"), but never chunked or until close."""
+    assert body_framing("2", "GET", 200, 5, False, None).content_length == 5
+    assert body_framing("2", "GET", 200, 0, True, 10).content_length == 10
+    stream = body_framing("2", "GET", 200, 2, True, None)
+    assert stream.content_length is None and not stream.chunked and not stream.until_close
+    assert body_framing("2", "GET", 304, 0, False, None).no_body
+    assert body_framing("2", "HEAD", 200, 5, False, None).no_body
+
+
 def test_a_closing_response_says_so() -> None:
-    assert frame_start(Resp(keep_alive=False), 404, CT, b"", False, None, DAY) == \
+    assert start(404, b"", False, keep_alive=False)[0] == \
         head(b"404 Not Found", b"content-length: 0", b"connection: close")
