@@ -142,7 +142,7 @@ class Dispatcher:
     def _send(self, ex: Exchange, link: WorkerLink) -> None:
         self._next_id += 1
         ex.id = self._next_id
-        ex.worker = link.ident
+        ex.sent_to(link.ident)
         ex.deadline = self.loop.time() + self.request_timeout
         link.credit -= 1
         link.inflight += 1
@@ -341,7 +341,7 @@ class Dispatcher:
             if ex.sink.closed:
                 continue
             if ex.retryable and self.workers:
-                ex.retried = True
+                ex.retry()
                 log.info("request %d: retrying %s on another worker", ex.id, ex.method)
                 self.submit(ex)
             else:

@@ -1,10 +1,32 @@
-"""One request/response exchange as the gateway tracks it, from parse to last byte."""
+"""One request/response exchange as the gateway tracks it, from parse to last byte.
+
+Its state is explicit and changes only through its own methods, by the table below:
+queued (complete, not yet sent to a worker: waiting for credit, or answered here),
+at a worker, started (the response head is out, or buffered behind an earlier
+response), done (its last byte handled). "Must close" (the connection ends after
+it) stands beside them: any of them can come to need it.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from cluster.gateway.framing import UNDECIDED, Framing
+
+log = logging.getLogger("cluster.gateway")
+
+QUEUED, AT_WORKER, STARTED, DONE = 0, 1, 2, 3
+STATES = ("queued", "at a worker", "started", "done")
+SENT, HEAD, END = 0, 1, 2  # the events
+EVENTS = ("sent to a worker", "the response head", "the end")
+IMPOSSIBLE = -1
+# The state each event leads to, from each state (QUEUED, AT_WORKER, STARTED, DONE).
+NEXT = (
+    (AT_WORKER, AT_WORKER, IMPOSSIBLE, IMPOSSIBLE),  # SENT (again: a retry elsewhere)
+    (STARTED, STARTED, IMPOSSIBLE, IMPOSSIBLE),  # HEAD (from a queue: answered here)
+    (DONE, DONE, DONE, DONE),  # END (again: nothing changes)
+)
 
 IDEMPOTENT_RETRY = frozenset({"GET", "HEAD"})
 
@@ -38,7 +60,6 @@ class Exchange:
     __slots__ = (
         "began",
         "deadline",
-        "done",
         "envelope",
         "framing",
         "id",
@@ -47,7 +68,7 @@ class Exchange:
         "parts",
         "retried",
         "sink",
-        "started",
+        "state",
         "status",
         "version",
         "worker",
@@ -61,22 +82,59 @@ class Exchange:
         self.keep_alive = keep_alive
         self.sink = sink
         self.id = 0
-        self.worker: bytes | None = None
+        self.state = QUEUED
+        self.worker: bytes | None = None  # the last one it was sent to
         self.retried = False
         self.deadline = 0.0
-        self.started = False  # response head written (or buffered) to the client
-        self.done = False
         self.parts: list[dict[str, Any]] | None = None  # waiting behind earlier responses
         self.framing = UNDECIDED  # how the body goes out, once the head is known
         self.began = 0.0  # loop time the request was complete
         self.status = 0  # of the response head, once written
+
+    # -- the state -------------------------------------------------------------------
+    def _move(self, event: int) -> bool:
+        state = NEXT[event][self.state]
+        if state == IMPOSSIBLE:  # a bug of ours: said once, and nothing changes
+            log.error("request %d: %s cannot come when it is %s; ignored", self.id,
+                      EVENTS[event], STATES[self.state])
+            return False
+        self.state = state
+        return True
+
+    def sent_to(self, worker: bytes) -> None:
+        if self._move(SENT):
+            self.worker = worker
+
+    def start(self) -> None:
+        """The response head goes out now (or is buffered behind an earlier one)."""
+        self._move(HEAD)
+
+    def finish(self) -> None:
+        """Its last byte is handled."""
+        self._move(END)
+
+    def must_close(self) -> None:
+        """The connection ends after this response."""
+        self.keep_alive = False
+
+    def retry(self) -> None:
+        """Its worker is gone before it answered: it goes to another, once."""
+        self.retried = True
+
+    @property
+    def started(self) -> bool:
+        return self.state >= STARTED
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
 
     def frame(self, framing: Framing) -> None:
         """The response's framing, decided (framing.py): a body that ends with the
         connection means this connection cannot be kept."""
         self.framing = framing
         if framing.until_close:
-            self.keep_alive = False
+            self.must_close()
 
     @property
     def chunked(self) -> bool:

@@ -288,7 +288,7 @@ class H2Connection(asyncio.Protocol):
         elif not ex.started and "events" in part:
             self._become_event_stream(sink, part, now)
         elif not ex.started:
-            ex.started = True
+            ex.start()
             head = check_head(self.shared, ex, part)
             if head is None:
                 self._respond_whole(sid, 502, http_core.TEXT_PLAIN, http_core.status_body(502))
@@ -314,7 +314,7 @@ class H2Connection(asyncio.Protocol):
         """The worker answered with `events`: the stream stays open as a stream of
         Server-Sent Events, held by the hub like a WebSocket (sse_core.py)."""
         ex = sink.ex
-        ex.started = True
+        ex.start()
         spec = sse_core.read_spec(part["events"])
         head = check_head(self.shared, ex, part)
         hub = self.shared.hub
@@ -356,6 +356,7 @@ class H2Connection(asyncio.Protocol):
 
     def _finish(self, sink: StreamSink, now: float) -> None:
         sink.final = True
+        sink.ex.finish()
         if not self.core.sending(sink.sid):
             self.streams.pop(sink.sid, None)
         self.shared.finished(sink.ex, now)

@@ -171,7 +171,7 @@ class HttpConnection(asyncio.Protocol):
             # No protocol switch here: answer the request, then close.
             self.closing = True
             if self.exchanges:
-                self.exchanges[-1].keep_alive = False
+                self.exchanges[-1].must_close()
             else:
                 self._close()
 
@@ -296,7 +296,7 @@ class HttpConnection(asyncio.Protocol):
         if ex.started:
             # Part of the response is already on the wire; the status cannot change.
             # Closing tells the client the body is incomplete.
-            ex.keep_alive = False
+            ex.must_close()
             self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
                               "abort": True})
             return
@@ -336,17 +336,17 @@ class HttpConnection(asyncio.Protocol):
         if not isinstance(body, bytes):
             body = b""
         if part.get("abort"):
-            ex.keep_alive = False
+            ex.must_close()
             self._done(ex)
             return
         if not ex.started and "events" in part:
             self._become_event_stream(ex, part)
             return
         if not ex.started:
-            ex.started = True
+            ex.start()
             head = check_head(self.shared, ex, part)
             if head is None:
-                ex.keep_alive = False
+                ex.must_close()
                 self._write(http_core.error_response(502, self.shared.date, version=ex.version))
                 self._done(ex)
                 return
@@ -372,13 +372,13 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         hub = self.shared.hub
         assert transport is not None
-        ex.started = True
+        ex.start()
         spec = sse_core.read_spec(part["events"])
         head = check_head(self.shared, ex, part)
         if spec is None or hub is None or head is None or head[0] != 200:
             log.error("request %d: worker sent an invalid event stream; 502", ex.id)
             ex.status = 502
-            ex.keep_alive = False
+            ex.must_close()
             self._write(http_core.error_response(502, self.shared.date, version=ex.version))
             self._done(ex)
             return
@@ -412,7 +412,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def _done(self, ex: Exchange) -> None:
-        ex.done = True
+        ex.finish()
         self.shared.finished(ex, self.loop.time())
 
     # -- timers and shutdown ---------------------------------------------------
@@ -456,7 +456,7 @@ class HttpConnection(asyncio.Protocol):
         """Stop taking requests; close once what is in flight is answered."""
         self.closing = True
         if self.exchanges:
-            self.exchanges[-1].keep_alive = False
+            self.exchanges[-1].must_close()
             self._update_reading()
         else:
             self._close()
