@@ -10,19 +10,26 @@ it) stands beside them: any of them can come to need it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from cluster.gateway.framing import UNDECIDED, Framing
 
 log = logging.getLogger("cluster.gateway")
 
-QUEUED, AT_WORKER, STARTED, DONE = 0, 1, 2, 3
+# Final: mypyc compiles these in as constants. Not the table: a Final tuple would be
+# built anew wherever it is read.
+QUEUED: Final = 0
+AT_WORKER: Final = 1
+STARTED: Final = 2
+DONE: Final = 3
 STATES = ("queued", "at a worker", "started", "done")
-SENT, HEAD, END = 0, 1, 2  # the events
+SENT: Final = 0  # the events
+HEAD: Final = 1
+END: Final = 2
 EVENTS = ("sent to a worker", "the response head", "the end")
-IMPOSSIBLE = -1
+IMPOSSIBLE: Final = -1
 # The state each event leads to, from each state (QUEUED, AT_WORKER, STARTED, DONE).
-NEXT = (
+NEXT: tuple[tuple[int, ...], ...] = (
     (AT_WORKER, AT_WORKER, IMPOSSIBLE, IMPOSSIBLE),  # SENT (again: a retry elsewhere)
     (STARTED, STARTED, IMPOSSIBLE, IMPOSSIBLE),  # HEAD (from a queue: answered here)
     (DONE, DONE, DONE, DONE),  # END (again: nothing changes)
