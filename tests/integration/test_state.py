@@ -177,10 +177,15 @@ def test_a_flipped_byte_mid_log_stops_the_coordinator_until_repaired(tmp_path: P
         assert f"at byte {offset}" in repaired.stdout
         assert "100 records kept, 100 dropped" in repaired.stdout
         c.start("coordinator", "--coordinator-bind", c.endpoint, "--data-dir", str(data_dir))
-        def at_101() -> bool:
-            resp = get(port, "/incr", method="POST")
-            return resp.status == 200 and body(resp)["n"] == 101
-        wait_for(at_101, 10, "the repaired state to serve the increments it kept")
+        # Read until the worker's replica holds the repaired store. Not by incrementing:
+        # an increment tried while the worker re-syncs is applied and still answered
+        # 503 (it may not read its write in time), and the next would then say 102.
+        def kept() -> bool:
+            resp = get(port, "/kv/hits")
+            return resp.status == 200 and body(resp)["value"] == 100
+        wait_for(kept, 10, "the repaired state to serve the increments it kept")
+        resp = get(port, "/incr", method="POST")
+        assert resp.status == 200 and body(resp)["n"] == 101
         assert (data_dir / "state.log").stat().st_mode & 0o777 == 0o600
         assert data_dir.stat().st_mode & 0o777 == 0o700
 
