@@ -382,15 +382,15 @@ class HttpConnection(asyncio.Protocol):
             self._write(http_core.error_response(502, self.shared.date, version=ex.version))
             self._done(ex)
             return
-        if ex.head_only:  # HEAD: the head alone, with the length of no body
-            ex.frame(body_framing(ex.version, ex.method, 200, 0, False, None))
-            self._write(http_core.frame_start(ex.version, ex.keep_alive, ex.framing, 200,
-                                              head[1], b"", False, self.shared.date))
+        # A stream of unknown length; for HEAD, the head alone, with the length of no body.
+        more = not ex.head_only
+        ex.frame(body_framing(ex.version, ex.method, 200, 0, more, None))
+        started = http_core.frame_start(ex.version, ex.keep_alive, ex.framing, 200, head[1],
+                                        b"", more, self.shared.date)
+        if not more:
+            self._write(started)
             self._done(ex)
             return
-        ex.frame(body_framing(ex.version, ex.method, 200, 0, True, None))  # of unknown length
-        started = http_core.frame_start(ex.version, ex.keep_alive, ex.framing, 200, head[1],
-                                        b"", True, self.shared.date)
         join, numbered, retry = spec
         core = sse_core.EventStreamCore(ex.chunked, numbered[0] if numbered else None, retry)
         self._done(ex)
