@@ -43,6 +43,9 @@ class AsgiRunner(Runner):
         self.http: dict[tuple[str, int], HttpExchange] = {}  # running requests
         self.ws: dict[str, WebSocketSession] = {}  # running connections
 
+    def close(self, timeout: float) -> None:
+        """Nothing to stop: the app's runs are tasks on the loop, which ends with us."""
+
     # -- HTTP ------------------------------------------------------------------------
     def start(self, link: ReplyLink, env: dict[str, Any]) -> None:
         self.loop.create_task(self._run_http(link, env))

@@ -12,6 +12,7 @@ flow control (flow.py).
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
 
@@ -21,7 +22,7 @@ from cluster.worker.messages import ReplyLink
 from cluster.worker.outcomes import HandlerOutcomes
 
 
-class Runner:
+class Runner(ABC):
     def __init__(self, loop: asyncio.AbstractEventLoop, config: WorkerConfig,
                  outcomes: HandlerOutcomes) -> None:
         self.loop = loop
@@ -57,17 +58,18 @@ class Runner:
         self.streams.credit(link.gateway_id, rid, nbytes)
 
     # -- what each runner does its own way -----------------------------------------------
+    @abstractmethod
     def start(self, link: ReplyLink, env: dict[str, Any]) -> None:
         """Run an admitted request; its answer goes back through `send`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ws_event(self, link: ReplyLink, env: dict[str, Any]) -> None:
         """A WebSocket event (open, message, closed) or a shard hand-over."""
-        raise NotImplementedError
 
     def client_gone(self, link: ReplyLink, rid: int) -> None:
         """The client of a running request left (GONE)."""
         self.streams.client_gone(link.gateway_id, rid)
 
+    @abstractmethod
     def close(self, timeout: float) -> None:
         """At the worker's end: what is still running gets `timeout` seconds."""
