@@ -23,8 +23,7 @@ WINDOW = 512 * 1024  # bytes in flight per stream before its producer waits
 
 
 class StreamWindow:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.unacked = 0
         self.gone = False
         self._event = asyncio.Event()
@@ -67,12 +66,11 @@ class StreamWindow:
 class Streams:
     """A worker's streams being sent, by (gateway id, request id): their windows."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.windows: dict[tuple[str, int], StreamWindow] = {}
 
     def open(self, gateway_id: str, rid: int) -> StreamWindow:
-        window = StreamWindow(self.loop)
+        window = StreamWindow()
         self.windows[(gateway_id, rid)] = window
         return window
 

@@ -30,7 +30,7 @@ class Runner(ABC):
         self.outcomes = outcomes
         self.running = 0
         self.backlog: deque[tuple[ReplyLink, dict[str, Any]]] = deque()
-        self.streams = Streams(loop)  # flow control of the responses being streamed
+        self.streams = Streams()  # flow control of the responses being streamed
         self.ws_counts: dict[str, int] = {}  # WebSocket events by kind, on the loop thread
 
     @property

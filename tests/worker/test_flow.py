@@ -4,23 +4,12 @@ and goes on with credit or when the client is gone; `pace` gives up after a stal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from cluster.worker.flow import WINDOW, Streams, StreamWindow
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-def test_a_window_blocks_past_its_size_and_credit_opens_it(
-        loop: asyncio.AbstractEventLoop) -> None:
-    window = StreamWindow(loop)
+def test_a_window_blocks_past_its_size_and_credit_opens_it() -> None:
+    window = StreamWindow()
     window.sent(WINDOW)
     assert not window.blocked()
     window.sent(1)
@@ -31,7 +20,7 @@ def test_a_window_blocks_past_its_size_and_credit_opens_it(
 
 def test_an_async_producer_waits_for_credit() -> None:
     async def go() -> None:
-        window = StreamWindow(asyncio.get_running_loop())
+        window = StreamWindow()
         window.sent(WINDOW + 10)
         waiter = asyncio.create_task(window.wait())
         await asyncio.sleep(0)  # one loop pass: the waiter runs up to its wait
@@ -47,7 +36,7 @@ def test_an_async_producer_waits_for_credit() -> None:
 
 def test_pace_waits_for_credit_and_cuts_a_stalled_stream() -> None:
     async def go() -> None:
-        window = StreamWindow(asyncio.get_running_loop())
+        window = StreamWindow()
         window.sent(WINDOW + 1)
         waiter = asyncio.create_task(window.pace(5))
         await asyncio.sleep(0)  # one loop pass: the waiter runs up to its wait
@@ -63,7 +52,7 @@ def test_pace_waits_for_credit_and_cuts_a_stalled_stream() -> None:
 
 def test_a_gone_client_releases_every_waiter() -> None:
     async def go() -> None:
-        window = StreamWindow(asyncio.get_running_loop())
+        window = StreamWindow()
         window.sent(WINDOW * 3)
         waiter = asyncio.create_task(window.wait())
         await asyncio.sleep(0)  # one loop pass: the waiter runs up to its wait
@@ -74,9 +63,8 @@ def test_a_gone_client_releases_every_waiter() -> None:
     asyncio.run(go())
 
 
-def test_streams_route_credit_and_gone_by_gateway_and_request(
-        loop: asyncio.AbstractEventLoop) -> None:
-    streams = Streams(loop)
+def test_streams_route_credit_and_gone_by_gateway_and_request() -> None:
+    streams = Streams()
     a, b = streams.open("gw-1", 7), streams.open("gw-2", 7)
     a.sent(WINDOW + 1)
     b.sent(WINDOW + 1)
