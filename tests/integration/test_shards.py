@@ -32,17 +32,24 @@ def open_room(port: int, room: str) -> ClientConnection:
     return ws_connect(f"ws://127.0.0.1:{port}/shard/{room}", legacy=True)
 
 
-def reopen(port: int, room: str) -> ClientConnection:
-    """Connect again as a client does after a 1012: a gateway that has not yet seen
-    the worker go may still hand the handshake to it and answer 502; try again."""
-    def attempt() -> ClientConnection | None:
+def reopen(port: int, room: str) -> tuple[ClientConnection, int]:
+    """Connect again as a client does after a 1012, until a worker answers (its pid).
+    A gateway that has not yet seen the worker go may still hand the handshake to it
+    and answer 502, or place the room on it and close with 1012 once it sees it gone:
+    either way, try again."""
+    def attempt() -> tuple[ClientConnection, int] | None:
         try:
-            return open_room(port, room)
+            ws = open_room(port, room)
         except InvalidStatus as exc:
             assert exc.response.status_code in (502, 503), exc
             return None
-    connection: ClientConnection = wait_for(attempt, 20, f"{room} reconnected")
-    return connection
+        try:
+            return ws, whoami(ws)
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None and exc.rcvd.code == 1012, exc
+            return None
+    served: tuple[ClientConnection, int] = wait_for(attempt, 20, f"{room} reconnected")
+    return served
 
 
 def whoami(ws: ClientConnection) -> int:
@@ -129,8 +136,8 @@ def test_a_worker_that_leaves_moves_only_its_rooms(
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
-            rooms[room] = reopen(ports[0], room)  # back, on the worker that stays
-            assert whoami(rooms[room]) == second.pid
+            rooms[room], pid = reopen(ports[0], room)  # back, on the worker that stays
+            assert pid == second.pid
         else:  # untouched: the same connection goes on
             assert whoami(ws) == second.pid
     for ws in rooms.values():
