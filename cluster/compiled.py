@@ -34,6 +34,7 @@ PURE_PYTHON_ENV = "CLUSTER_PURE_PYTHON"
 HOT_MODULES: tuple[str, ...] = (
     # the wire and the ZeroMQ pumps: every message, every process
     "cluster.plumbing.wire",
+    "cluster.plumbing.response_parts",
     "cluster.plumbing.http_fields",
     "cluster.plumbing.zmqio",
     "cluster.plumbing.histogram",  # every response's latency, in both processes
@@ -51,6 +52,9 @@ HOT_MODULES: tuple[str, ...] = (
     "cluster.gateway.client_stream",
     "cluster.gateway.ws_core",
     "cluster.gateway.sse_core",
+    "cluster.gateway.ws_session",
+    "cluster.gateway.ws_groups",
+    "cluster.gateway.ws_shards",
     "cluster.gateway.ws_hub",
     # the worker's request path: envelope in, handler, envelope out
     "cluster.worker.messages",

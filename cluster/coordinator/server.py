@@ -85,7 +85,7 @@ class Coordinator:
                              for sock in (self.sock, self.state.pub)]
         if self.state.wal is not None:
             self.state.wal.observe_fsync = self.metrics.fsync.observe
-        self.pump = Pump(loop, self.sock, self.on_messages, routed=True,
+        self.pump = Pump(loop, self.sock, self, routed=True,
                          max_frame=self.config.max_frame)
         self.metrics.watch(self.state, self.pump)
         loop.create_task(self.expire_loop())
@@ -109,6 +109,12 @@ class Coordinator:
             self.history_log.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
+
+    def on_send_error(self, _peer: bytes | None, _messages: list[dict[str, Any]]) -> None:
+        # Our ROUTER drops a frame for a peer it cannot reach without an error (no
+        # ROUTER_MANDATORY): a member that stops taking messages is judged by its
+        # heartbeats (expire_loop), not by a send.
+        pass
 
     def on_messages(self, peer: bytes | None, messages: list[dict[str, Any]]) -> None:
         assert peer is not None  # a routed Pump always names the peer

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -45,7 +44,8 @@ from aetcd import rpc
 
 from cluster.errors import EtcdUnavailable
 from cluster.etcd.session import EtcdSession, EtcdTarget, stop_watch
-from cluster.gateway.group_notices import DIRECTORY
+from cluster.gateway.group_notices import DIRECTORY, GroupNotices
+from cluster.gateway.ws_history import GroupFeed
 
 log = logging.getLogger("cluster.etcd.history")
 
@@ -54,8 +54,6 @@ log = logging.getLogger("cluster.etcd.history")
 # a member that does not answer in a third of --peer-expiry has the watch moved.
 PROBE_INTERVAL = 0.5
 
-OnMessage = Callable[[str, str, int, Any], None]  # group, epoch, offset, data
-OnAnswer = Callable[[int, str, list[Any], bool], None]  # rid, epoch, messages, complete
 
 
 def history_prefix(target: EtcdTarget) -> bytes:
@@ -82,13 +80,13 @@ class EtcdHistory:
     """A gateway's feed of numbered group messages from etcd, and its recoveries."""
 
     def __init__(self, target: EtcdTarget, timeout: float, size: int, ttl: float,
-                 on_message: OnMessage, on_answer: OnAnswer) -> None:
+                 feed: GroupFeed, notices: GroupNotices) -> None:
         self.prefix = history_prefix(target)
         self.timeout = timeout  # a recovery's whole deadline
         self.size = size
         self.ttl = ttl
-        self.on_message = on_message
-        self.on_answer = on_answer
+        self.feed = feed  # the gateway's: published messages and recovery answers go there
+        self.notices = notices  # answered once the groups they hold are delivered
         # The watch and the recoveries each have a channel: a recovery's rotation
         # must not close the watch under it.
         self.watch_session = EtcdSession(target, timeout)
@@ -98,7 +96,6 @@ class EtcdHistory:
         self.positions: dict[str, int] = {}
         self.watches: dict[str, int] = {}
         self.cluster_id = 0
-        self.answered: Callable[[bytes, dict[str, Any]], None] = lambda *_: None
         self._client: aetcd.Client | None = None  # the running watch's, to add groups to
         self._events: asyncio.Queue[Any] | None = None
         self._lock = asyncio.Lock()  # adding a group's watch, or starting them all
@@ -162,7 +159,7 @@ class EtcdHistory:
                 self._position_set.set()
                 if self._client is not None and self._events is not None:
                     await self._add_watch(self._client, self._events, group)
-        self.answered(DIRECTORY, {"r": round_})
+        self.notices.answered(DIRECTORY, {"r": round_})
 
     # -- delivery ---------------------------------------------------------------------
     async def _follow(self) -> None:
@@ -253,7 +250,7 @@ class EtcdHistory:
             self.undecodable += 1
             return
         self.delivered += 1
-        self.on_message(group, epoch_of(self.cluster_id, int(kv.create_revision)),
+        self.feed.on_message(group, epoch_of(self.cluster_id, int(kv.create_revision)),
                         int(kv.version), found[1])
 
     async def _probe(self) -> None:
@@ -290,7 +287,7 @@ class EtcdHistory:
             log.warning("history recovery of %r after %s:%d failed: %r", group, epoch,
                         offset, exc)
             messages, ours, complete = [], "", False
-        self.on_answer(rid, ours, messages, complete)
+        self.feed.on_answer(rid, ours, messages, complete)
 
     async def _since(self, key: bytes, epoch: str, offset: int, deadline: float
                      ) -> tuple[list[list[Any]], str, bool]:

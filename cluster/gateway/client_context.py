@@ -25,6 +25,7 @@ from cluster.gateway.ws_core import WsOptions
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.plumbing.histogram import ShardedHistogram
 from cluster.plumbing.http_fields import encode_fields, well_formed
+from cluster.plumbing.response_parts import ABORT, BodyPart, End, ResponseHead, ResponsePart
 
 log = logging.getLogger("cluster.gateway.http")
 
@@ -150,16 +151,15 @@ class ConnectionContext:
             own = bundled.answer(method, target, headers)
             if own is not None:
                 status, fields, body = own
-                ex.sink.deliver(ex, {"more": False, "status": status,
-                                     "head": encode_fields(fields)[0], "body": body})
+                ex.sink.deliver(ex, ResponseHead(status, encode_fields(fields)[0], body, False))
                 return None
         answer = static.plan(self.static, method, target, headers) if self.static else None
         if answer is None:
             self.upstream.submit(ex)
         elif isinstance(answer, static.Refusal):
             if answer.status == 304:
-                ex.sink.deliver(ex, {"more": False, "status": 304,
-                                     "head": encode_fields(answer.headers)[0]})
+                ex.sink.deliver(ex, ResponseHead(304, encode_fields(answer.headers)[0], b"",
+                                                 False))
             else:
                 ex.sink.deliver_error(ex, answer.status, answer.headers)
         else:
@@ -177,15 +177,20 @@ class ConnectionContext:
 
 
 def check_head(shared: ConnectionContext, ex: Exchange,
-               part: dict[str, Any]) -> tuple[int, bytes] | None:
-    """A worker's status and header block, checked; sets the exchange's status and
-    how its body goes out (framing.py: for HTTP/1.1 and HTTP/2 alike). None for a
-    broken one: logged, and the exchange's status is 502, which the caller answers."""
-    status = part.get("status", 200)
-    fields = part.get("head", b"")
+               part: ResponsePart) -> tuple[int, bytes] | None:
+    """The response's first part, which must be a head: its status and header block
+    checked; sets the exchange's status and how its body goes out (framing.py: for
+    HTTP/1.1 and HTTP/2 alike). None for a broken one: logged, and the exchange's
+    status is 502, which the caller answers."""
     try:
+        if not isinstance(part, ResponseHead):
+            raise BadResponseHead("a body part before the head")
+        status = part.status
+        fields = part.fields
         if type(status) is not int or not 100 <= status <= 999:
             raise BadResponseHead(f"status {status!r}")
+        if type(fields) is not bytes:
+            raise BadResponseHead("a malformed header block (not bytes)")
         if fields not in shared.good_heads:
             if not well_formed(fields):
                 raise BadResponseHead("a malformed header block")
@@ -197,10 +202,8 @@ def check_head(shared: ConnectionContext, ex: Exchange,
         ex.frame(NO_BODY)
         return None
     ex.status = status
-    body = part.get("body", b"")
-    ex.frame(body_framing(ex.version, ex.method, status,
-                          len(body) if isinstance(body, bytes) else 0, bool(part.get("more")),
-                          part.get("length")))
+    ex.frame(body_framing(ex.version, ex.method, status, len(part.body), part.more,
+                          part.length))
     return status, fields
 
 
@@ -225,18 +228,18 @@ async def send_file(ex: Exchange, plan: static.FilePlan,
         with open(plan.path, "rb") as f:
             f.seek(plan.offset)
             left = 0 if ex.method == "HEAD" else plan.length
-            sink.deliver(ex, {"more": True, "status": plan.status, "length": plan.length,
-                              "head": encode_fields(plan.headers)[0], "body": b""})
+            sink.deliver(ex, ResponseHead(plan.status, encode_fields(plan.headers)[0], b"",
+                                          True, plan.length))
             while left > 0:
                 if not await my_turn():
                     return
                 chunk = f.read(min(FILE_CHUNK, left))
                 if not chunk:  # the file shrank under us: the length is a lie now
-                    sink.deliver(ex, {"more": False, "abort": True})
+                    sink.deliver(ex, ABORT)
                     return
                 left -= len(chunk)
-                sink.deliver(ex, {"more": True, "body": chunk})
-            sink.deliver(ex, {"more": False, "body": b""})
+                sink.deliver(ex, BodyPart(chunk))
+            sink.deliver(ex, End(b""))
     except OSError as exc:
         # Between plan and open the file can go or lose its permissions: an answer still.
         status = static.status_for(exc)

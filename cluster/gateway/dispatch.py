@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.gateway.exchange import Exchange
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.plumbing import wire
+from cluster.plumbing.response_parts import ResponseHead, read_part
 from cluster.plumbing.zmqio import Outbox
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ class Dispatcher:
                     del self.pending[ex.id]
                     if link is not None:
                         returned = _give_back(link)
-                ex.sink.deliver(ex, msg)
+                ex.sink.deliver(ex, read_part(msg))
             elif kind == wire.HEARTBEAT:
                 if link is None:
                     self._post(peer, wire.envelope(wire.WHO))
@@ -232,19 +233,17 @@ class Dispatcher:
                         continue
                     self.replied_early.add(ex.id)
                 if ex is not None:
-                    ex.sink.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
-                                         "status": msg["status"], "head": msg["head"],
-                                         "body": msg["body"]})
+                    ex.sink.deliver(ex, ResponseHead(msg["status"], msg["head"], msg["body"],
+                                                     False))
             elif kind == wire.WS_ACTIONS and self.hub is not None:
                 self.hub.on_actions(peer, msg)
-            elif kind == wire.WS_GROUPS_ACK and self.hub is not None and \
-                    self.hub.notices is not None:
+            elif kind == wire.WS_GROUPS_ACK and self.hub is not None:
                 self.hub.notices.answered(peer, msg)
             elif kind == wire.STATE_OP and self.sequencer is not None:
                 self.sequencer.on_op(peer, msg)
             elif kind == wire.WS_QUERY and self.hub is not None:
                 self._post(peer, wire.envelope(wire.WS_QUERY_REPLY, rid=msg["rid"],
-                                               conns=self.hub.members(msg["group"])))
+                                               conns=self.hub.groups.listed(msg["group"])))
             else:
                 log.warning("unexpected %s from worker; ignored", kind)
         if returned and self.waiting:
@@ -271,12 +270,12 @@ class Dispatcher:
         if not draining:
             self.linked.set()
             if not was_live and self.hub is not None:
-                self.hub.rebalance()  # it may now own shard keys held elsewhere
+                self.hub.shards.rebalance()  # it may now own shard keys held elsewhere
         self._post(peer, wire.envelope(wire.WELCOME, id=self.gateway_id))
         if fresh and self.sequencer is not None:
             self.sequencer.greet(peer)
-        if fresh and self.hub is not None and self.hub.notices is not None:
-            self.hub.notices.greet(peer, sorted(self.hub.groups))
+        if fresh and self.hub is not None:
+            self.hub.notices.greet(peer, self.hub.groups.names())
 
     def _post(self, peer: bytes, msg: dict[str, Any]) -> None:
         assert self.pump is not None

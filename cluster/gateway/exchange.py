@@ -13,6 +13,7 @@ import logging
 from typing import Any, Final, Protocol
 
 from cluster.gateway.framing import UNDECIDED, Framing
+from cluster.plumbing.response_parts import ResponsePart
 
 log = logging.getLogger("cluster.gateway")
 
@@ -43,7 +44,7 @@ class ResponseSink(Protocol):
 
     closed: bool
 
-    def deliver(self, exchange: Exchange, part: dict[str, Any]) -> None: ...
+    def deliver(self, exchange: Exchange, part: ResponsePart) -> None: ...
 
     def deliver_error(self, exchange: Exchange, status: int,
                       headers: list[tuple[str, str]] | None = None) -> None: ...
@@ -93,7 +94,7 @@ class Exchange:
         self.worker: bytes | None = None  # the last one it was sent to
         self.retried = False
         self.deadline = 0.0
-        self.parts: list[dict[str, Any]] | None = None  # waiting behind earlier responses
+        self.parts: list[ResponsePart] | None = None  # waiting behind earlier responses
         self.framing = UNDECIDED  # how the body goes out, once the head is known
         self.began = 0.0  # loop time the request was complete
         self.status = 0  # of the response head, once written

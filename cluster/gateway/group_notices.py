@@ -33,9 +33,9 @@ it delivers that group here, before a new member is released.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cluster.gateway.ws_session import WorkerPosts
 from cluster.plumbing import wire
 
 if TYPE_CHECKING:
@@ -78,20 +78,19 @@ class CoordinatorDirectory:
                                      dropped=[], full=True, r=0))
 
 
-class WorkerPosts(Protocol):
-    """What notices need of the gateway's way to its workers (the `Dispatcher` is
-    it): who they are, and a message to one."""
+class HeldOutput(Protocol):
+    """Who holds output back until notices are read (the `WebSocketHub`)."""
 
-    @property
-    def workers(self) -> Mapping[bytes, Any]: ...
-
-    def post_to(self, ident: bytes, msg: dict[str, Any]) -> None: ...
+    def release(self, acked: int) -> None:
+        """Every notice up to `acked` is answered: write what waited for them."""
 
 
 class GroupNotices:
-    def __init__(self, loop: asyncio.AbstractEventLoop, dispatcher: WorkerPosts) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, posts: WorkerPosts,
+                 held: HeldOutput) -> None:
         self.loop = loop
-        self.dispatcher = dispatcher
+        self.posts = posts
+        self.held = held
         self.directory: Directory | None = None
         self.seen: dict[bytes, int] = {}  # worker -> the `n` of its last action message read
         self._changed: dict[str, bool] = {}  # group -> held now, since the last notice
@@ -101,8 +100,6 @@ class GroupNotices:
         self.acked = 0  # every notice up to this one is answered by every worker
         self.unanswered: dict[int, set[bytes]] = {}  # round -> workers yet to answer
         self.late = 0  # rounds released without every answer
-        # Called with `acked` when it moves: the hub releases what it held.
-        self.on_acked: Callable[[int], None] = lambda _r: None
 
     def saw(self, worker: bytes, msg: dict[str, Any]) -> None:
         n = msg.get("n")
@@ -131,7 +128,7 @@ class GroupNotices:
     def greet(self, worker: bytes, groups: list[str]) -> None:
         """A worker that linked: every group held here."""
         self.sent += 1
-        self.dispatcher.post_to(worker, wire.envelope(
+        self.posts.post_to(worker, wire.envelope(
             wire.WS_GROUPS, held=groups, dropped=[], seen=self.seen.get(worker, 0), full=True,
             r=0))
 
@@ -141,14 +138,14 @@ class GroupNotices:
         held = sorted(g for g, now_held in changed.items() if now_held)
         dropped = sorted(g for g, now_held in changed.items() if not now_held)
         self.rounds += 1
-        workers = list(self.dispatcher.workers)
+        workers = list(self.posts.workers)
         self.unanswered[self.rounds] = set(workers)
         if self.directory is not None and \
                 self.directory.groups_changed(held, dropped, self.rounds):
             self.unanswered[self.rounds].add(DIRECTORY)
         for worker in workers:
             self.sent += 1
-            self.dispatcher.post_to(worker, wire.envelope(
+            self.posts.post_to(worker, wire.envelope(
                 wire.WS_GROUPS, held=held, dropped=dropped, seen=self.seen.get(worker, 0),
                 full=False, r=self.rounds))
         self.loop.call_later(RELEASE_AFTER, self._release, self.rounds)
@@ -170,4 +167,4 @@ class GroupNotices:
             self.acked += 1
             moved = True
         if moved:
-            self.on_acked(self.acked)
+            self.held.release(self.acked)

@@ -42,9 +42,16 @@ from cluster.gateway.h2_core import (
     StreamRefused,
     StreamRequest,
 )
-from cluster.gateway.ws_hub import Session
+from cluster.gateway.ws_session import Session
 from cluster.plumbing import wire
 from cluster.plumbing.http_fields import encode_fields
+from cluster.plumbing.response_parts import (
+    ABORT,
+    Abort,
+    BodyPart,
+    ResponseHead,
+    ResponsePart,
+)
 
 log = logging.getLogger("cluster.gateway.h2")
 
@@ -63,7 +70,7 @@ class StreamSink:
         self.worker_done = False  # counted off the connection's requests at workers
         self.events: Session | None = None  # its response became an event stream
 
-    def deliver(self, ex: Exchange, part: dict[str, Any]) -> None:
+    def deliver(self, ex: Exchange, part: ResponsePart) -> None:
         self.conn.deliver(self, part)
 
     def deliver_error(self, ex: Exchange, status: int,
@@ -269,23 +276,24 @@ class H2Connection(asyncio.Protocol):
             self.core.finish_request()
 
     # -- responses -------------------------------------------------------------------
-    def deliver(self, sink: StreamSink, part: dict[str, Any]) -> None:
+    def deliver(self, sink: StreamSink, part: ResponsePart) -> None:
         ex = sink.ex
-        more = part.get("more", False)
+        more = isinstance(part, BodyPart) or (isinstance(part, ResponseHead) and part.more)
         if not more:
             self._worker_done(sink)
         if sink.closed or sink.final or self.closed:
             self._close_if_drained()
             return
         now = self.loop.time()
-        body = part.get("body", b"")
-        if not isinstance(body, bytes):
-            body = b""
         sid = sink.sid
-        if part.get("abort"):
+        if isinstance(part, Abort):
             self._finish(sink, now)
             self.core.reset(sid, ErrorCodes.INTERNAL_ERROR)
-        elif not ex.started and "events" in part:
+            self._write_soon()
+            self._close_if_drained()
+            return
+        body = part.body
+        if not ex.started and isinstance(part, ResponseHead) and part.events is not None:
             self._become_event_stream(sink, part, now)
         elif not ex.started:
             ex.start()
@@ -309,13 +317,13 @@ class H2Connection(asyncio.Protocol):
         self._write_soon()
         self._close_if_drained()
 
-    def _become_event_stream(self, sink: StreamSink, part: dict[str, Any], now: float
+    def _become_event_stream(self, sink: StreamSink, part: ResponseHead, now: float
                              ) -> None:
         """The worker answered with `events`: the stream stays open as a stream of
         Server-Sent Events, held by the hub like a WebSocket (sse_core.py)."""
         ex = sink.ex
         ex.start()
-        spec = sse_core.read_spec(part["events"])
+        spec = sse_core.read_spec(part.events)
         head = check_head(self.shared, ex, part)
         hub = self.shared.hub
         if spec is None or hub is None or head is None or head[0] != 200:
@@ -364,11 +372,10 @@ class H2Connection(asyncio.Protocol):
     def deliver_error(self, sink: StreamSink, status: int,
                       headers: list[tuple[str, str]] | None = None) -> None:
         if sink.ex.started:
-            self.deliver(sink, {"more": False, "abort": True})
+            self.deliver(sink, ABORT)
             return
         fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
-        self.deliver(sink, {"more": False, "status": status, "head": fields,
-                            "body": self.shared.error_body(status)})
+        self.deliver(sink, ResponseHead(status, fields, self.shared.error_body(status), False))
 
     def _respond_whole(self, sid: int, status: int, fields: bytes, body: bytes) -> None:
         self.core.respond(sid, status, fields, self.shared.date, content_length=len(body),

@@ -39,9 +39,16 @@ from cluster.gateway.http_core import (
     Request,
 )
 from cluster.gateway.ws_core import WebSocketCore, is_websocket_upgrade
-from cluster.gateway.ws_hub import Session
+from cluster.gateway.ws_session import Session
 from cluster.plumbing import wire
 from cluster.plumbing.http_fields import encode_fields
+from cluster.plumbing.response_parts import (
+    ABORT,
+    Abort,
+    BodyPart,
+    ResponseHead,
+    ResponsePart,
+)
 
 log = logging.getLogger("cluster.gateway.http")
 
@@ -279,7 +286,7 @@ class HttpConnection(asyncio.Protocol):
             transport.resume_reading()
 
     # -- responses -----------------------------------------------------------
-    def deliver(self, ex: Exchange, part: dict[str, Any]) -> None:
+    def deliver(self, ex: Exchange, part: ResponsePart) -> None:
         if self.closed or ex.done:
             return
         if self.exchanges and self.exchanges[0] is ex:
@@ -297,12 +304,10 @@ class HttpConnection(asyncio.Protocol):
             # Part of the response is already on the wire; the status cannot change.
             # Closing tells the client the body is incomplete.
             ex.must_close()
-            self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False,
-                              "abort": True})
+            self.deliver(ex, ABORT)
             return
         fields = http_core.TEXT_PLAIN + (encode_fields(headers)[0] if headers else b"")
-        self.deliver(ex, {"k": wire.RESPONSE, "id": ex.id, "more": False, "status": status,
-                          "head": fields, "body": self.shared.error_body(status)})
+        self.deliver(ex, ResponseHead(status, fields, self.shared.error_body(status), False))
 
     def _advance(self) -> None:
         """The head exchange finished: write the next ones that already have parts."""
@@ -328,21 +333,19 @@ class HttpConnection(asyncio.Protocol):
             self._update_reading()
         self._wake()
 
-    def _write_part(self, ex: Exchange, part: dict[str, Any]) -> None:
+    def _write_part(self, ex: Exchange, part: ResponsePart) -> None:
         transport = self.transport
         assert transport is not None
-        more = part["more"]
-        body = part.get("body", b"")
-        if not isinstance(body, bytes):
-            body = b""
-        if part.get("abort"):
+        if isinstance(part, Abort):
             ex.must_close()
             self._done(ex)
             return
-        if not ex.started and "events" in part:
-            self._become_event_stream(ex, part)
-            return
+        body = part.body
+        more = isinstance(part, BodyPart) or (isinstance(part, ResponseHead) and part.more)
         if not ex.started:
+            if isinstance(part, ResponseHead) and part.events is not None:
+                self._become_event_stream(ex, part)
+                return
             ex.start()
             head = check_head(self.shared, ex, part)
             if head is None:
@@ -365,7 +368,7 @@ class HttpConnection(asyncio.Protocol):
         if not more:
             self._done(ex)
 
-    def _become_event_stream(self, ex: Exchange, part: dict[str, Any]) -> None:
+    def _become_event_stream(self, ex: Exchange, part: ResponseHead) -> None:
         """The worker answered with `events`: this response becomes a stream of
         Server-Sent Events, held by the hub like a WebSocket (sse_core.py). Requests
         pipelined behind it will never be answered: their clients are told so."""
@@ -373,7 +376,7 @@ class HttpConnection(asyncio.Protocol):
         hub = self.shared.hub
         assert transport is not None
         ex.start()
-        spec = sse_core.read_spec(part["events"])
+        spec = sse_core.read_spec(part.events)
         head = check_head(self.shared, ex, part)
         if spec is None or hub is None or head is None or head[0] != 200:
             log.error("request %d: worker sent an invalid event stream; 502", ex.id)

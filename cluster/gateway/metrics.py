@@ -157,7 +157,7 @@ def _websocket(hub: WebSocketHub) -> Iterable[Any]:
     yield _counter("cluster_gateway_push_missing",
                    "Pushes to connections that were already gone", hub.push_missing)
     yield _counter("cluster_gateway_websocket_shard_moves",
-                   "Shard keys moved to a worker that joined", hub.shard_moves)
+                   "Shard keys moved to a worker that joined", hub.shards.moves)
 
 
 def _limits(http: ConnectionContext) -> Iterable[Any]:

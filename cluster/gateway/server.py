@@ -10,7 +10,6 @@ import socket
 import ssl
 import uuid
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
@@ -22,7 +21,7 @@ from cluster.gateway.body_budget import BodyBudget
 from cluster.gateway.client_context import ClientConnection, ClientTimeouts, ConnectionContext
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange, Upstream
-from cluster.gateway.group_notices import DIRECTORY, CoordinatorDirectory, GroupNotices
+from cluster.gateway.group_notices import DIRECTORY, CoordinatorDirectory
 from cluster.gateway.h2_core import H2Limits
 from cluster.gateway.http_connection import HttpConnection
 from cluster.gateway.http_core import HttpLimits
@@ -30,6 +29,7 @@ from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.static import parse_mounts
 from cluster.gateway.tls import TlsAcceptor, TlsCounters
 from cluster.gateway.ws_core import WsOptions
+from cluster.gateway.ws_history import CoordinatorHistory
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.plumbing import wire
 from cluster.plumbing.config import GatewayConfig
@@ -37,6 +37,7 @@ from cluster.plumbing.coordinator_link import CoordinatorLink, MemberLink
 from cluster.plumbing.http_fields import encode_fields
 from cluster.plumbing.lifecycle import report_ready, run_until_signalled, unless_stopped
 from cluster.plumbing.metrics import MetricsServer, metrics_page, target, targets_page
+from cluster.plumbing.response_parts import ResponseHead
 from cluster.plumbing.security import HANDSHAKE_FAILED, Gatekeeper, Plaintext, Security, for_process
 from cluster.plumbing.zmqio import Monitor, Pump, advertised, bind
 
@@ -69,8 +70,7 @@ class LocalAnswers:
                                    ("x-worker", gateway_id)])[0]
 
     def submit(self, exchange: Exchange) -> None:
-        exchange.sink.deliver(exchange, {"more": False, "status": 200, "body": self.body,
-                                         "head": self.head})
+        exchange.sink.deliver(exchange, ResponseHead(200, self.head, self.body, False))
 
     def client_gone(self, exchange: Exchange) -> None:
         pass  # answered at once: nothing is pending
@@ -103,15 +103,11 @@ class Gateway:
         # Requests go to the workers; with --local-reply, nowhere (a benchmark's floor).
         upstream: Upstream = self.dispatcher if not config.local_reply else LocalAnswers(
             config.local_reply, self.id)
-        self.hub = WebSocketHub(loop, self.id, self.dispatcher.post_to,
-                                self.dispatcher.live_workers, lambda: self.http.date,
-                                max_queue=config.ws_max_queue,
+        self.hub = WebSocketHub(loop, self.id, self.dispatcher, max_queue=config.ws_max_queue,
                                 ping_interval=config.ws_ping_interval,
                                 ping_timeout=config.ws_ping_timeout,
                                 open_timeout=config.request_timeout)
         self.dispatcher.hub = self.hub
-        self.hub.notices = GroupNotices(loop, self.dispatcher)
-        self.hub.notices.on_acked = self.hub.release
         ws_options = WsOptions(max_size=config.ws_max_size, deflate=config.ws_deflate,
                                origins=tuple(o.strip() for o in config.ws_origins.split(",")
                                              if o.strip()))
@@ -158,8 +154,7 @@ class Gateway:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         bind(sock, config.dispatch_bind, "--dispatch-bind")
         endpoint = advertised(sock.getsockopt_string(zmq.LAST_ENDPOINT), config.advertise_host)
-        self.pump = Pump(self.loop, sock, self.dispatcher.on_messages, routed=True,
-                         max_frame=config.max_frame, on_send_error=self.dispatcher.on_send_error)
+        self.pump = Pump(self.loop, sock, self.dispatcher, routed=True, max_frame=config.max_frame)
         self.dispatcher.pump = self.pump
         self._watch_disconnects(sock)
 
@@ -195,11 +190,9 @@ class Gateway:
             # Numbered group messages come from etcd itself (cluster/etcd/history.py).
             history = EtcdHistory(coordinator.target, config.request_timeout,
                                   config.history_size, config.history_ttl,
-                                  self.hub.feed.on_message, self.hub.feed.on_answer)
-            self.hub.ask_history = history.ask
-            if self.hub.notices is not None:
-                self.hub.notices.directory = history
-                history.answered = self.hub.notices.answered
+                                  self.hub.feed, self.hub.notices)
+            self.hub.feed.history = history
+            self.hub.notices.directory = history
             history.start(self.loop)
             self.etcd_history = history
             if config.state_sequencer:
@@ -214,10 +207,9 @@ class Gateway:
             link = CoordinatorLink(config, self.zmq_context, self.id, "gateway", info,
                                    self._on_members, self._on_coordinator,
                                    security=self.security)
-            self.hub.ask_history = partial(self._ask_history, link)
+            self.hub.feed.history = CoordinatorHistory(self.loop, link, self.id)
             self.directory = CoordinatorDirectory(link, self.id)
-            if self.hub.notices is not None:
-                self.hub.notices.directory = self.directory
+            self.hub.notices.directory = self.directory
             coordinator = link
         self.coordinator = coordinator
         coordinator.start(self.loop)  # its pump, if it has one, is made here
@@ -252,22 +244,10 @@ class Gateway:
         kind = msg["k"]
         if kind in (wire.HISTORY_MESSAGE, wire.HISTORY_ANSWER):
             self.hub.on_history(msg)
-        elif kind == wire.WS_GROUPS_ACK and self.hub.notices is not None:
+        elif kind == wire.WS_GROUPS_ACK:
             self.hub.notices.answered(DIRECTORY, msg)
         elif kind == wire.GROUPS_ASK and self.directory is not None:
-            self.directory.tell_all(sorted(self.hub.groups))
-
-    def _ask_history(self, link: CoordinatorLink, rid: int, group: str, epoch: str,
-                     offset: int) -> bool:
-        """A recovery's question to the coordinator (see gateway/ws_history.py)."""
-        if not link.connected:
-            return False
-        # After this pass's group notice (call_soon keeps the order): the coordinator
-        # must know this gateway holds the group before it answers, or what it numbers
-        # in between would be neither in the answer nor sent here.
-        self.loop.call_soon(link.post, wire.envelope(
-            wire.HISTORY_QUERY, id=self.id, rid=rid, group=group, epoch=epoch, offset=offset))
-        return True
+            self.directory.tell_all(self.hub.groups.names())
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: listening, not stopping, and some worker takes requests."""

@@ -18,11 +18,16 @@ timeout counts as `recovered: false`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cluster.plumbing import wire
+
+if TYPE_CHECKING:
+    from cluster.plumbing.coordinator_link import CoordinatorLink
 
 log = logging.getLogger("cluster.gateway.ws")
 
@@ -36,15 +41,57 @@ class Recovery:
     held: list[tuple[int, str, Any]] = field(default_factory=list)  # offset, epoch, data
 
 
+class FeedOutput(Protocol):
+    """What the feed needs of the gateway's hub (`WebSocketHub` is it)."""
+
+    def members_of(self, group: str) -> set[int]:
+        """The group's connections here."""
+
+    def queue_numbered(self, conn: int, text: str, group: str, event_id: str) -> None:
+        """Queue a text frame for a connection; `event_id` is "epoch:offset" (an event
+        stream's event id), or "" for a recovery's announcement."""
+
+
+class HistorySource(Protocol):
+    """Where a recovery's question goes: the coordinator (`CoordinatorHistory`) or
+    etcd (cluster/etcd/history.py `EtcdHistory`). The answer comes to `on_answer`."""
+
+    def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
+        """False: it cannot be asked now (the recovery fails at once)."""
+
+
+class NoHistory:
+    """Until the gateway has a coordinator link or etcd: nothing can be recovered."""
+
+    def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
+        return False
+
+
+class CoordinatorHistory:
+    """The embedded coordinator, asked over the gateway's link to it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, link: CoordinatorLink,
+                 gateway_id: str) -> None:
+        self.loop = loop
+        self.link = link
+        self.gateway_id = gateway_id
+
+    def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
+        if not self.link.connected:
+            return False
+        # After this pass's group notice (call_soon keeps the order): the coordinator
+        # must know this gateway holds the group before it answers, or what it numbers
+        # in between would be neither in the answer nor sent here.
+        self.loop.call_soon(self.link.post, wire.envelope(
+            wire.HISTORY_QUERY, id=self.gateway_id, rid=rid, group=group, epoch=epoch,
+            offset=offset))
+        return True
+
+
 class GroupFeed:
-    def __init__(self, send: Callable[[int, str, str, str], None],
-                 members: Callable[[str], set[int]],
-                 ask: Callable[[int, str, str, int], bool], timeout: float) -> None:
-        # (conn, text, group, "epoch:offset" or "" for an announcement): queue a text
-        # frame for a connection (an event stream's event id is its epoch:offset)
-        self.send = send
-        self.members = members  # group -> connections here
-        self.ask = ask  # (rid, group, epoch, offset) -> asked the coordinator?
+    def __init__(self, output: FeedOutput, history: HistorySource, timeout: float) -> None:
+        self.output = output
+        self.history = history  # the gateway sets its own once it has one (start)
         self.timeout = timeout
         # Per connection (so a connection's end costs only its own entries): the newest
         # offset sent to it per group, and its recoveries under way.
@@ -65,13 +112,13 @@ class GroupFeed:
         self._rid += 1
         self.recovering.setdefault(conn, {})[group] = Recovery(offset, now)
         self.queries[self._rid] = key
-        if not self.ask(self._rid, group, epoch, offset):
+        if not self.history.ask(self._rid, group, epoch, offset):
             self.queries.pop(self._rid, None)
             self._finish(key, "", [], False)
 
     def on_message(self, group: str, epoch: str, offset: int, data: Any) -> None:
         frame = None
-        for conn in list(self.members(group)):
+        for conn in list(self.output.members_of(group)):
             recovery = self.recovering.get(conn, {}).get(group)
             if recovery is not None:
                 recovery.held.append((offset, epoch, data))
@@ -80,7 +127,7 @@ class GroupFeed:
             if offset > sent.get(group, 0):
                 frame = frame or _frame(group, epoch, offset, data)
                 sent[group] = offset
-                self.send(conn, frame, group, f"{epoch}:{offset}")
+                self.output.queue_numbered(conn, frame, group, f"{epoch}:{offset}")
 
     def on_answer(self, rid: int, epoch: str, messages: list[Any], complete: bool) -> None:
         key = self.queries.pop(rid, None)
@@ -113,13 +160,13 @@ class GroupFeed:
                 if isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) \
                         and item[0] > last:
                     last = item[0]
-                    self.send(conn, _frame(group, epoch, item[0], item[1]), group,
-                              f"{epoch}:{item[0]}")
+                    self.output.queue_numbered(conn, _frame(group, epoch, item[0], item[1]),
+                                               group, f"{epoch}:{item[0]}")
         for offset, held_epoch, data in recovery.held:
             if offset > last:
                 last = offset
-                self.send(conn, _frame(group, held_epoch, offset, data), group,
-                          f"{held_epoch}:{offset}")
+                self.output.queue_numbered(conn, _frame(group, held_epoch, offset, data),
+                                           group, f"{held_epoch}:{offset}")
         self.last.setdefault(conn, {})[group] = last
 
     def _announce(self, key: Key, epoch: str, complete: bool) -> None:
@@ -127,9 +174,9 @@ class GroupFeed:
             self.recovered += 1
         else:
             self.unrecoverable += 1
-        self.send(key[0], json.dumps({"group": key[1], "epoch": epoch,
-                                      "recovered": complete}, separators=(",", ":")),
-                  key[1], "")
+        announcement = json.dumps({"group": key[1], "epoch": epoch, "recovered": complete},
+                                  separators=(",", ":"))
+        self.output.queue_numbered(key[0], announcement, key[1], "")
 
 
 def _frame(group: str, epoch: str, offset: int, data: Any) -> str:

@@ -1,4 +1,4 @@
-"""WebSocket sessions at one gateway: their workers, their groups, their output.
+"""WebSocket sessions at one gateway: their workers, their actions, their output.
 
 Theory of operation
 -------------------
@@ -6,19 +6,16 @@ Every event of one connection goes to one worker, chosen when it opens by
 rendezvous hashing of the connection id over the live workers (so a worker that
 leaves moves only its own connections), and handled there in order. Workers answer
 with actions: accept or reject a connection, send to one, close one, join or leave a
-group, broadcast to a group. Group membership lives here, with the connections; a
-broadcast from any worker is one message to each gateway, fanned out here. A
-worker that dies takes its connections with it: they are closed with 1012 (service
-restart) so clients reconnect and land on a live worker.
+group, broadcast to a group. A worker that dies takes its connections with it: they
+are closed with 1012 (service restart) so clients reconnect and land on a live
+worker.
 
-A handler may name a shard key when it accepts (a room, a user id): the connection
-is then handed (WS_ADOPT) to the worker that rendezvous hashing picks for the key,
-the same one on every gateway, so a room's events run on one worker, in order
-there. A worker that leaves moves only its own keys (its connections close with
-1012 and land on the key's next owner). A worker that joins takes over the keys it
-now wins: their connections here stop being read until the old owner has answered
-everything they sent, then move to it (WS_RELEASE to the old owner, WS_ADOPT to
-the new), with no message lost or reordered.
+The hub's parts, one job each:
+- `Groups` (ws_groups.py): groups and presence, and the group notices that hold a
+  new member's output until every worker knows the group is held here;
+- `GroupFeed` (ws_history.py): numbered group messages and recovery at a reconnect;
+- `ShardMoves` (ws_shards.py): connections sharded by a key, and their moves;
+- this module: the sessions, the workers' actions on them, and their output.
 
 Output per connection is bounded: a client that still has more than `--ws-max-queue`
 unsent bytes when more output comes is closed with 1013 and counted, so a slow
@@ -28,16 +25,19 @@ reader costs at most that queue plus one batch of output.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
-import zlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from cluster.gateway.client_stream import ClientStream
 from cluster.gateway.group_notices import GroupNotices
 from cluster.gateway.http_core import error_response
 from cluster.gateway.ws_core import Binary, Closed, Event, Text, WebSocketCore
-from cluster.gateway.ws_history import GroupFeed
+from cluster.gateway.ws_groups import Groups
+from cluster.gateway.ws_history import GroupFeed, NoHistory
+from cluster.gateway.ws_session import Session, Transport, WorkerPosts, rendezvous
+from cluster.gateway.ws_shards import ShardMoves
 from cluster.plumbing import wire
 
 log = logging.getLogger("cluster.gateway.ws")
@@ -56,102 +56,22 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_GOING_AWAY = 1001
 
 
-class Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    def get_write_buffer_size(self) -> int: ...
-
-    def close(self) -> None: ...
-
-    def is_closing(self) -> bool: ...
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-
-class Session:
-    """One accepted (or accepting) WebSocket connection, or an event stream (a
-    response of Server-Sent Events, which belongs to no worker: `worker` is b"")."""
-
-    __slots__ = (
-        "accepted",
-        "closed",
-        "conn",
-        "core",
-        "fields",
-        "groups",
-        "handshake",
-        "held",
-        "inflight",
-        "next_ping",
-        "opened_at",
-        "ping_sent",
-        "pongs_seen",
-        "quiet_until",
-        "reading_paused",
-        "shard",
-        "transport",
-        "worker",
-    )
-
-    def __init__(self, conn: int, core: ClientStream, transport: Transport,
-                 worker: bytes, now: float, fields: dict[str, Any] | None) -> None:
-        self.conn = conn
-        self.core = core
-        self.transport = transport
-        self.worker = worker
-        self.groups: set[str] = set()
-        self.accepted = False
-        self.opened_at = now
-        self.ping_sent = 0.0  # when our unanswered ping went out; 0: none pending
-        self.next_ping = 0.0  # set on accept
-        self.pongs_seen = 0
-        self.closed = False
-        self.inflight = 0  # messages at the worker, not yet acknowledged
-        self.reading_paused = False  # too many messages in flight
-        self.held = False  # not read while its shard moves to another worker
-        # Nothing written to it until every worker has read this group notice (its
-        # first join of a group new here: group_notices.py); 0: none.
-        self.quiet_until = 0
-        self.handshake = b""  # the 101 response, written at the next flush
-        self.shard: str | None = None
-        # The handshake's request fields, until accepted; kept for a sharded
-        # connection, whose adoption by another worker needs them.
-        self.fields: dict[str, Any] | None = fields
-
-
-def rendezvous(conn_key: str, workers: list[tuple[bytes, str]]) -> bytes | None:
-    """Highest-random-weight choice: stable while the worker set is."""
-    best: bytes | None = None
-    best_weight = -1
-    for ident, name in workers:
-        weight = zlib.crc32(f"{conn_key}|{name}".encode())
-        if weight > best_weight:
-            best, best_weight = ident, weight
-    return best
-
-
 class WebSocketHub:
     def __init__(self, loop: asyncio.AbstractEventLoop, gateway_id: str,
-                 post: Callable[[bytes, dict[str, Any]], None],
-                 workers: Callable[[], list[tuple[bytes, str]]],
-                 date: Callable[[], bytes], *, max_queue: int, ping_interval: float,
+                 posts: WorkerPosts, *, max_queue: int, ping_interval: float,
                  ping_timeout: float, open_timeout: float) -> None:
         self.loop = loop
         self.gateway_id = gateway_id
-        self.post = post
-        self.workers = workers
-        self.date = date
+        self.posts = posts
         self.max_queue = max_queue
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
         self.sessions: dict[int, Session] = {}
-        self.groups: dict[str, set[int]] = {}
-        self.shards: dict[str, set[int]] = {}  # shard key -> its connections here
-        self.moving: dict[str, bytes] = {}  # shard key -> the worker it moves to
-        self.shard_moves = 0
+        # Tells the workers which groups are held here; it calls `release`.
+        self.notices = GroupNotices(loop, posts, self)
+        self.groups = Groups(self.notices)
+        self.shards = ShardMoves(self.sessions, posts)
         self.slow_closes = 0
         self.push_missing = 0
         self.messages_in = 0
@@ -159,21 +79,15 @@ class WebSocketHub:
         self.messages_out = 0
         self.broadcasts = 0
         self.broadcasts_unheld = 0  # for a group with no member here: the workers' view lagged
-        # Tells the workers which groups are held here (the gateway sets it).
-        self.notices: GroupNotices | None = None
-        self.group_round: dict[str, int] = {}  # group -> the notice of its first member
-        self.quiet: dict[int, set[int]] = {}  # notice -> connections held until it is read
         self.bytes_out = 0
         # Connections with output from workers, written once at the end of the loop
         # pass: a pass that carries several broadcasts makes one write per client, not
         # one per message (the write syscall is most of a broadcast's cost).
         self._unflushed: set[int] = set()
         self._flush_scheduled = False
-        # Numbered group messages and recovery (cluster.publish); the gateway sets
-        # `ask_history` once its coordinator link exists.
-        self.ask_history: Callable[[int, str, str, int], bool] = self._no_history
-        self.feed = GroupFeed(self._queue_numbered, self._members_of, self._ask_history,
-                              open_timeout)
+        # Numbered group messages and recovery (cluster.publish); the gateway gives
+        # it where to ask for history once it has a coordinator link or etcd.
+        self.feed = GroupFeed(self, NoHistory(), open_timeout)
         self.event_streams = 0  # opened so far
         # What each action on a connection does; broadcasts, to a group, apart.
         self._run: dict[str, Callable[[Session, list[Any], set[int]], None]] = {
@@ -182,27 +96,20 @@ class WebSocketHub:
             wire.JOIN: self._act_join, wire.LEAVE: self._act_leave,
             wire.SUBSCRIBE: self._act_subscribe}
 
-    @staticmethod
-    def _no_history(rid: int, group: str, epoch: str, offset: int) -> bool:
-        return False  # until the gateway has a coordinator link
-
-    def _ask_history(self, rid: int, group: str, epoch: str, offset: int) -> bool:
-        return self.ask_history(rid, group, epoch, offset)
-
-    def _members_of(self, group: str) -> set[int]:
-        return self.groups.get(group, set())
+    def members_of(self, group: str) -> set[int]:
+        return self.groups.of(group)
 
     # -- from client connections ------------------------------------------------
 
     def open(self, conn: int, core: WebSocketCore, transport: Transport,
              request_fields: dict[str, Any]) -> bool:
         """Ask the connection's worker whether to accept; False: no worker at all."""
-        worker = rendezvous(f"{self.gateway_id}/{conn}", self.workers())
+        worker = rendezvous(f"{self.gateway_id}/{conn}", self.posts.live_workers())
         if worker is None:
             return False
         session = Session(conn, core, transport, worker, self.loop.time(), request_fields)
         self.sessions[conn] = session
-        self.post(worker, wire.envelope(wire.WS_OPEN, conn=conn, **request_fields))
+        self.posts.post_to(worker, wire.envelope(wire.WS_OPEN, conn=conn, **request_fields))
         return True
 
     def open_event_stream(self, conn: int, core: ClientStream, transport: Transport,
@@ -220,7 +127,7 @@ class WebSocketHub:
         self.event_streams += 1
         touched = self._unflushed
         for group in join:
-            self._act_join(session, [wire.JOIN, conn, group], touched)
+            self.groups.join(session, group)
         if subscribe is not None:
             self._act_subscribe(session, [wire.SUBSCRIBE, conn, *subscribe], touched)
         self.flush(session)
@@ -232,10 +139,10 @@ class WebSocketHub:
                 self.messages_in += 1
                 session.inflight += 1
             if isinstance(event, Text):
-                self.post(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
+                self.posts.post_to(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
                                                         text=event.data))
             elif isinstance(event, Binary):
-                self.post(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
+                self.posts.post_to(session.worker, wire.envelope(wire.WS_MESSAGE, conn=session.conn,
                                                         bytes=event.data))
             elif isinstance(event, Closed):
                 if event.code in PROTOCOL_ERRORS:
@@ -256,8 +163,7 @@ class WebSocketHub:
 
     # -- from workers -------------------------------------------------------------
     def on_actions(self, peer: bytes, msg: dict[str, Any]) -> None:
-        if self.notices is not None:
-            self.notices.saw(peer, msg)
+        self.notices.saw(peer, msg)
         touched = self._unflushed
         run = self._run
         for action in msg["actions"]:
@@ -283,7 +189,7 @@ class WebSocketHub:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_unflushed)
 
-    def _queue_numbered(self, conn: int, text: str, group: str, event_id: str) -> None:
+    def queue_numbered(self, conn: int, text: str, group: str, event_id: str) -> None:
         """A published message of `group` (or a recovery's announcement: no id)."""
         session = self.sessions.get(conn)
         if session is None or not session.accepted or not session.core.is_open():
@@ -317,7 +223,7 @@ class WebSocketHub:
     def _broadcast(self, action: list[Any], touched: set[int]) -> None:
         self.broadcasts += 1
         _, group, data, exclude = action
-        members = self.groups.get(group)
+        members = self.groups.members.get(group)
         if members is None:
             self.broadcasts_unheld += 1
             return
@@ -345,40 +251,25 @@ class WebSocketHub:
             session.reading_paused = False
             if not session.held:
                 session.transport.resume_reading()
-        if session.inflight == 0 and session.shard in self.moving:
-            self._try_move(session.shard)
+        self.shards.answered(session)
 
     def _act_join(self, session: Session, action: list[Any], _touched: set[int]) -> None:
-        group = action[2]
-        members = self.groups.get(group)
-        notices = self.notices
-        if members is None:
-            members = self.groups[group] = set()
-            if notices is not None:
-                self.group_round[group] = notices.changed(group, True)
-        members.add(session.conn)
-        session.groups.add(group)
-        round_ = self.group_round.get(group, 0)
-        if notices is not None and round_ > notices.acked and round_ > session.quiet_until:
-            session.quiet_until = round_
-            self.quiet.setdefault(round_, set()).add(session.conn)
+        self.groups.join(session, action[2])
 
     def release(self, acked: int) -> None:
         """Group notices up to `acked` are read by every worker: write what was held."""
-        for round_ in [r for r in self.quiet if r <= acked]:
-            for conn in self.quiet.pop(round_):
-                session = self.sessions.get(conn)
-                if session is not None and session.quiet_until <= acked:
-                    session.quiet_until = 0
-                    self.flush(session)
+        for conn in self.groups.released(acked):
+            session = self.sessions.get(conn)
+            if session is not None and session.quiet_until <= acked:
+                session.quiet_until = 0
+                self.flush(session)
 
     def _act_leave(self, session: Session, action: list[Any], _touched: set[int]) -> None:
-        session.groups.discard(action[2])
-        self._remove_member(action[2], session.conn)
+        self.groups.leave(session, action[2])
 
     def _act_subscribe(self, session: Session, action: list[Any], touched: set[int]) -> None:
         """Join, and recover what was missed since (epoch, offset)."""
-        self._act_join(session, action, touched)
+        self.groups.join(session, action[2])
         if action[3] is not None and action[4] is not None:
             self.feed.subscribe(session.conn, action[2], action[3], action[4],
                                 self.loop.time())
@@ -405,76 +296,17 @@ class WebSocketHub:
         session.accepted = True
         session.next_ping = self.loop.time() + self.ping_interval
         if shard:
-            self._place(session, shard)
+            self.shards.place(session, shard)
         else:
             session.fields = None
-
-    # -- shard keys ------------------------------------------------------------------
-    def _place(self, session: Session, shard: str) -> None:
-        """Hand a connection just accepted with `shard` to the key's worker (the worker
-        that accepted it forgot it when it named the key)."""
-        session.shard = shard
-        self.shards.setdefault(shard, set()).add(session.conn)
-        owner = self.moving.get(shard) or rendezvous(shard, self.workers())
-        if owner is not None:
-            session.worker = owner
-        self._adopt(session)
-
-    def _adopt(self, session: Session) -> None:
-        assert session.fields is not None and session.shard is not None
-        self.post(session.worker, wire.envelope(wire.WS_ADOPT, conn=session.conn,
-                                                shard=session.shard, **session.fields))
-
-    def rebalance(self) -> None:
-        """The live workers changed: every shard key here whose owner is now another
-        worker starts moving there (its connections are held until the old owner has
-        answered what they sent). Moves toward a worker that left are re-aimed."""
-        workers = self.workers()
-        for shard, conns in self.shards.items():
-            owner = rendezvous(shard, workers)
-            if owner is None:
-                continue
-            sessions = [self.sessions[c] for c in conns]
-            if all(s.worker == owner for s in sessions):
-                if self.moving.pop(shard, None) is not None:
-                    for session in sessions:
-                        self._release_hold(session)
-                continue
-            self.moving[shard] = owner
-            for session in sessions:
-                if not session.held:
-                    session.held = True
-                    if not session.reading_paused:
-                        session.transport.pause_reading()
-        for shard in list(self.moving):
-            self._try_move(shard)
-
-    def _try_move(self, shard: str) -> None:
-        """Move the shard once nothing its connections sent is still at a worker."""
-        owner = self.moving[shard]
-        sessions = [self.sessions[c] for c in self.shards.get(shard, ())]
-        if any(s.inflight for s in sessions):
-            return
-        del self.moving[shard]
-        self.shard_moves += 1
-        for session in sessions:
-            if session.worker != owner:
-                self.post(session.worker, wire.envelope(wire.WS_RELEASE, conn=session.conn))
-                session.worker = owner
-                self._adopt(session)
-            self._release_hold(session)
-
-    def _release_hold(self, session: Session) -> None:
-        if session.held:
-            session.held = False
-            if not session.reading_paused:
-                session.transport.resume_reading()
 
     def _reject(self, session: Session, status: int, body: Any) -> None:
         text = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) \
             else None
+        # The date is made here: a refusal is rare, and the hub keeps no clock.
+        date = email.utils.formatdate(usegmt=True).encode()
         session.transport.write(error_response(status if 400 <= status <= 599 else 403,
-                                               self.date(), body=text))
+                                               date, body=text))
         self._drop(session)
         session.transport.close()
 
@@ -520,36 +352,15 @@ class WebSocketHub:
         was_accepted = session.accepted
         self._drop(session)
         if was_accepted and session.worker:  # an event stream has no worker to tell
-            self.post(session.worker, wire.envelope(wire.WS_CLOSED, conn=session.conn,
+            self.posts.post_to(session.worker, wire.envelope(wire.WS_CLOSED, conn=session.conn,
                                                     code=code, reason=reason))
 
     def _drop(self, session: Session) -> None:
         self.feed.forget(session.conn)
         session.closed = True
         self.sessions.pop(session.conn, None)
-        for group in session.groups:
-            self._remove_member(group, session.conn)
-        session.groups.clear()
-        shard = session.shard
-        if shard is not None:
-            conns = self.shards[shard]
-            conns.discard(session.conn)
-            if not conns:
-                del self.shards[shard]
-                self.moving.pop(shard, None)
-            elif shard in self.moving:
-                self._try_move(shard)  # it may have been the one still waited for
-
-    def _remove_member(self, group: str, conn: int) -> None:
-        """Take `conn` out of `group`; a group left empty is forgotten."""
-        members = self.groups.get(group)
-        if members is not None:
-            members.discard(conn)
-            if not members:
-                del self.groups[group]
-                self.group_round.pop(group, None)
-                if self.notices is not None:
-                    self.notices.changed(group, False)
+        self.groups.leave_all(session)
+        self.shards.forget(session)
 
     def worker_draining(self, ident: bytes) -> None:
         """It is leaving in order (a rolling restart): its accepted connections close
@@ -560,12 +371,11 @@ class WebSocketHub:
                 session.core.close(CLOSE_SERVICE_RESTART, "worker restarting")
                 self.flush(session)
                 self._finish(session, CLOSE_SERVICE_RESTART, "worker restarting")
-        self.rebalance()  # moves toward it go elsewhere
+        self.shards.rebalance()  # moves toward it go elsewhere
 
     def worker_gone(self, ident: bytes) -> None:
         """Its connections cannot go on in order elsewhere: 1012, the client reconnects."""
-        if self.notices is not None:
-            self.notices.worker_gone(ident)
+        self.notices.worker_gone(ident)
         for session in [s for s in self.sessions.values() if s.worker == ident]:
             if session.accepted:
                 session.core.close(CLOSE_SERVICE_RESTART, "worker restarting")
@@ -574,10 +384,7 @@ class WebSocketHub:
                 self._reject(session, 502, None)
                 continue
             self._drop(session)
-        self.rebalance()
-
-    def members(self, group: str) -> list[int]:
-        return sorted(self.groups.get(group, ()))
+        self.shards.rebalance()
 
     def check(self, session: Session, now: float) -> None:
         """One session's keepalive ping, or its close if the pong is late; a handshake

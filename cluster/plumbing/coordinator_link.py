@@ -63,7 +63,7 @@ class CoordinatorLink:
         self.last_heard = 0.0
         self.registered = asyncio.Event()
         self.pump: Pump | None = None
-        self.dropped = 0  # messages the socket refused (see _send_failed)
+        self.dropped = 0  # messages the socket refused (see on_send_error)
         self._task: asyncio.Task[None] | None = None
 
     def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -76,10 +76,9 @@ class CoordinatorLink:
         sock.setsockopt(zmq.SNDHWM, 10_000)
         self.security.coordinator_client(sock)
         sock.connect(self.config.coordinator)
-        self.pump = Pump(loop, sock, self._on_messages, routed=False,
-                         max_frame=self.config.max_frame, on_send_error=self._send_failed)
+        self.pump = Pump(loop, sock, self, routed=False, max_frame=self.config.max_frame)
 
-    def _send_failed(self, _peer: bytes | None, msgs: list[dict[str, Any]]) -> None:
+    def on_send_error(self, _peer: bytes | None, msgs: list[dict[str, Any]]) -> None:
         """A frame the socket would not take (the coordinator is far behind or gone)."""
         self.dropped += len(msgs)
         log.warning("%d messages to the coordinator dropped (%d so far): it is not "
@@ -108,7 +107,7 @@ class CoordinatorLink:
         self.pump.post(wire.envelope(wire.REGISTER, id=self.member_id, role=self.role,
                                      info=self.info))
 
-    def _on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+    def on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
         self.last_heard = time.monotonic()
         assert self.pump is not None
         for msg in messages:

@@ -42,8 +42,19 @@ MAX_FRAME_BYTES = 1 << 20
 # Longest a read pass runs before timers and other sockets get their turn.
 PASS_BUDGET = 0.02
 
-FrameHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
-SendErrorHandler = Callable[[bytes | None, list[dict[str, Any]]], None]
+
+
+class Receiver(Protocol):
+    """Whoever a pump hands its socket's messages to: the gateway's `Dispatcher`, the
+    worker's `GatewayLink`, the `Coordinator`, a `CoordinatorLink`, a worker's
+    `StateClient` (for the coordinator's published updates)."""
+
+    def on_messages(self, peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        """One frame's envelopes; `peer` is the sender's identity on a ROUTER, else None."""
+
+    def on_send_error(self, peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        """A frame for `peer` could not be sent (gone, or not keeping up): what that
+        means is the receiver's to say."""
 
 
 def bind(sock: zmq.Socket[Any], endpoint: str, flag: str) -> None:
@@ -123,21 +134,17 @@ class Pump:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: zmq.Socket[bytes],
-        on_messages: FrameHandler,
+        receiver: Receiver,
         *,
         routed: bool,
         max_frame: int = wire.DEFAULT_MAX_FRAME,
-        on_send_error: SendErrorHandler | None = None,
-        on_bad_frame: Callable[[], None] | None = None,
         max_batch: int = 1024,
     ) -> None:
         self.loop = loop
         self.sock = sock
-        self.on_messages = on_messages
+        self.receiver = receiver
         self.routed = routed
         self.max_frame = max_frame
-        self.on_send_error = on_send_error
-        self.on_bad_frame = on_bad_frame
         self.max_batch = max_batch
         self.bad_frames = 0
         self.failed_frames = 0  # decoded, but a handler raised on them
@@ -201,7 +208,7 @@ class Pump:
         self.frames_in += 1
         self.messages_in += len(messages)
         try:
-            self.on_messages(peer, messages)
+            self.receiver.on_messages(peer, messages)
         except Exception:
             # The one guard for every process's message dispatch: an envelope valid
             # on the wire that a handler still could not take costs one log line,
@@ -213,8 +220,6 @@ class Pump:
     def _bad(self, why: str) -> None:
         self.bad_frames += 1
         log.warning("dropped a malformed frame: %s", why)
-        if self.on_bad_frame is not None:
-            self.on_bad_frame()
 
     # -- sending -----------------------------------------------------------
     def post(self, msg: dict[str, Any], to: bytes | None = None) -> None:
@@ -251,8 +256,7 @@ class Pump:
                 # EHOSTUNREACH (ROUTER_MANDATORY, peer gone) or EAGAIN (peer not
                 # keeping up): the caller decides what failing these means.
                 log.debug("send to %r failed: %s", to, exc)
-                if self.on_send_error is not None:
-                    self.on_send_error(to, msgs)
+                self.receiver.on_send_error(to, msgs)
         # Sending may have consumed the read edge; look again.
         try:
             if has_input(self.sock):

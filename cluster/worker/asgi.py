@@ -43,15 +43,16 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from cluster.errors import ASGIError, BadField, BadResponse, ClientDisconnected, LifespanError
 from cluster.plumbing import wire
 from cluster.state import Backend, SharedState
 from cluster.worker import event_streams
-from cluster.worker.flow import StreamWindow
+from cluster.worker.flow import Streams, StreamWindow
 from cluster.worker.messages import (
+    ReplyLink,
     StreamEnvelopes,
     aborted,
     response,
@@ -62,8 +63,16 @@ log = logging.getLogger("cluster.worker.asgi")
 
 ASGI = {"version": "3.0", "spec_version": "2.4"}
 Message = dict[str, Any]
-Emit = Callable[[dict[str, Any]], None]  # an envelope to the gateway
 Act = Callable[[list[Any]], None]  # a WebSocket action to the gateway
+
+
+class Replies(Protocol):
+    """What an exchange needs of the worker's runner (`AsgiRunner` is one): the way
+    back for its envelopes, and the flow windows of streamed responses."""
+
+    streams: Streams
+
+    def send(self, link: ReplyLink, env: dict[str, Any]) -> None: ...
 
 
 
@@ -146,21 +155,20 @@ class ASGIHandler:
 class HttpExchange:
     """One request's receive/send channel; turns ASGI messages into envelopes."""
 
-    def __init__(self, rid: int, label: str, body: bytes, emit: Emit,
-                 open_window: Callable[[], StreamWindow] | None = None, *,
-                 stall_timeout: float,
+    def __init__(self, rid: int, label: str, body: bytes, link: ReplyLink, replies: Replies,
+                 *, stall_timeout: float,
                  request_headers: list[list[str]] | None = None,
                  gzip_min_size: int = 0) -> None:
         self.rid = rid
         # A whole response of gzip_min_size or more is gzipped if the client takes it.
         self.request_headers = request_headers or []
         self.gzip_min_size = gzip_min_size
-        self.open_window = open_window  # flow control, once the body is streamed
+        self.link = link  # the gateway the request came from
+        self.replies = replies
         self.window: StreamWindow | None = None
         self.stall_timeout = stall_timeout
         self.label = label
         self.body = body
-        self.emit = emit
         self.body_given = False
         self.status: int | None = None
         self.headers: list[list[str]] = []
@@ -204,8 +212,8 @@ class HttpExchange:
                 raise ASGIError("http.response.body needs bytes in 'body'")
             more = bool(message.get("more_body", False))
             self._body(bytes(body), more)
-            if more and self.window is None and self.open_window is not None:
-                self.window = self.open_window()
+            if more and self.window is None:  # flow control, once the body is streamed
+                self.window = self.replies.streams.open(self.link.gateway_id, self.rid)
             window = self.window
             if more and window is not None:
                 window.sent(len(body))
@@ -237,14 +245,14 @@ class HttpExchange:
         except (BadResponse, BadField) as exc:
             raise ASGIError(f"cluster.event_stream: {exc}") from None
         self.status = 200
-        self.emit(env)
+        self._emit(env)
         self._finish()
 
     def _body(self, body: bytes, more: bool) -> None:
         assert self.status is not None
         try:
             if self.stream is None and not more:
-                self.emit(response(self.rid, self.status, self.headers, body,
+                self._emit(response(self.rid, self.status, self.headers, body,
                                    request_headers=self.request_headers,
                                    gzip_min_size=self.gzip_min_size))
                 self._finish()
@@ -254,10 +262,13 @@ class HttpExchange:
         except BadField as exc:
             raise ASGIError(f"http.response.start with {exc}") from None
         if body:
-            self.emit(self.stream.chunk(body))
+            self._emit(self.stream.chunk(body))
         if not more:
-            self.emit(self.stream.end())
+            self._emit(self.stream.end())
             self._finish()
+
+    def _emit(self, env: dict[str, Any]) -> None:
+        self.replies.send(self.link, env)
 
     def _finish(self) -> None:
         self.finished = True
@@ -268,9 +279,9 @@ class HttpExchange:
         if self.finished:
             return
         if self.stream is not None and self.stream.started:
-            self.emit(aborted(self.rid))
+            self._emit(aborted(self.rid))
         else:
-            self.emit(server_error(self.rid, self.label))
+            self._emit(server_error(self.rid, self.label))
         self._finish()
 
 

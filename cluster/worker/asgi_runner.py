@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
 from typing import Any
 
 from cluster.errors import StateError
@@ -63,8 +62,7 @@ class AsgiRunner(Runner):
             log.exception("request %s could not be prepared", label)
             self.send(link, server_error(rid, label))
             return
-        exchange = HttpExchange(rid, label, env["body"], partial(self.send, link),
-                                partial(self.streams.open, link.gateway_id, rid),
+        exchange = HttpExchange(rid, label, env["body"], link, self,
                                 stall_timeout=config.stream_stall_timeout,
                                 request_headers=env["headers"],
                                 gzip_min_size=config.gzip_min_size)

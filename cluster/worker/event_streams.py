@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.errors import BadResponse
-from cluster.plumbing import wire
 from cluster.plumbing.http_fields import encode_fields
+from cluster.plumbing.response_parts import events_envelope
 from cluster.worker.messages import header_value
 
 BASE_HEADERS = [["content-type", "text/event-stream; charset=utf-8"],
@@ -81,6 +81,4 @@ def envelope(rid: int, req: dict[str, Any], msg: dict[str, Any]) -> dict[str, An
         if str(name).lower() in named:
             headers = [h for h in headers if h[0] != str(name).lower()]
         headers.append([str(name), str(value)])
-    return {"k": wire.RESPONSE, "id": rid, "status": 200, "more": False,
-            "head": encode_fields(headers)[0], "body": b"",
-            "events": [join, numbered, retry]}
+    return events_envelope(rid, encode_fields(headers)[0], [join, numbered, retry])

@@ -52,6 +52,7 @@ class GatewayLink:
         self.gone = False  # the gateway said BYE: it is stopping
         self.orphaned = False  # gone from membership; closed once it is silent too
         self.last_heard = time.monotonic()
+        self.lost_sends = 0  # messages the socket refused (on_send_error)
         self.actions_sent = 0  # WS_ACTIONS messages, numbered (`n`) for group notices
         self.draining = False  # said credit 0: the worker stops
         sock = zmq_context.socket(zmq.DEALER)
@@ -66,8 +67,7 @@ class GatewayLink:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         security.client(sock, key)  # the gateway's key, from its membership entry
         sock.connect(endpoint)
-        self.pump = Pump(loop, sock, self.on_messages, routed=False,
-                         max_frame=config.max_frame)
+        self.pump = Pump(loop, sock, self, routed=False, max_frame=config.max_frame)
         self.hello()
 
     @property
@@ -101,6 +101,14 @@ class GatewayLink:
                 self.push.view.sending(self.gateway_id, self.actions_sent,
                                               msg["actions"])
             self.pump.post(msg)
+
+    def on_send_error(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+        # The gateway is not reading (its queue for us is full) or gone. Its own clock
+        # answers what we held (504), and the link ends when its heartbeats stop;
+        # nothing here would make the lost frame arrive.
+        self.lost_sends += len(messages)
+        log.warning("%d messages to gateway %s dropped (%d so far): it is not reading, "
+                    "or gone", len(messages), self.gateway_id, self.lost_sends)
 
     def on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
         self.last_heard = time.monotonic()

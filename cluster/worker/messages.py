@@ -4,7 +4,8 @@
 `normalize` turns whatever a handler returned into (status, headers, body), where
 body is bytes or an iterator of chunks for a streamed response; anything it cannot
 turn into a valid response raises `BadResponse`, which the worker answers with 500.
-`response` and `StreamEnvelopes` make the RESPONSE envelopes: the headers checked
+`response` and `StreamEnvelopes` make the RESPONSE envelopes (with the makers of
+cluster/plumbing/response_parts.py, where the parts are declared): the headers checked
 and encoded here, once (`cluster.plumbing.http_fields`), and a whole response gzipped here
 when the client accepts it, so neither costs the gateway anything.
 """
@@ -20,8 +21,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
 from cluster.errors import BadField, BadResponse, StateError
-from cluster.plumbing import wire
 from cluster.plumbing.http_fields import encode_fields
+from cluster.plumbing.response_parts import abort_envelope, head_envelope, part_envelope
 from cluster.responses import parse_cookies, set_cookie_headers
 from cluster.worker.compression import accepts_gzip, gzip_response
 
@@ -193,17 +194,12 @@ def response(req_id: int, status: int, headers: list[list[str]], body: bytes, *,
         packed = gzip_response(status, headers, body, gzip_min_size)
         if packed is not None:
             headers, body = packed
-    return {"k": wire.RESPONSE, "id": req_id, "status": status,
-            "head": encode_fields(headers)[0], "body": body, "more": False}
-
-
-def part(req_id: int, body: bytes, more: bool) -> dict[str, Any]:
-    return {"k": wire.RESPONSE, "id": req_id, "body": body, "more": more}
+    return head_envelope(req_id, status, encode_fields(headers)[0], body, False)
 
 
 def aborted(req_id: int) -> dict[str, Any]:
     """A stream failed after its head was sent: the gateway cuts the connection."""
-    return {"k": wire.RESPONSE, "id": req_id, "more": False, "abort": True}
+    return abort_envelope(req_id)
 
 
 class StreamEnvelopes:
@@ -219,24 +215,17 @@ class StreamEnvelopes:
         self.head, self.length = encode_fields(headers)
         self.started = False
 
-    def _first(self, data: bytes, more: bool) -> dict[str, Any]:
-        env = {"k": wire.RESPONSE, "id": self.req_id, "status": self.status,
-               "head": self.head, "body": data, "more": more}
-        if more and self.length is not None:
-            env["length"] = self.length
-        return env
-
     def chunk(self, chunk: Any) -> dict[str, Any]:
         data = chunk_bytes(chunk)
         if self.started:
-            return part(self.req_id, data, True)
+            return part_envelope(self.req_id, data, True)
         self.started = True
-        return self._first(data, True)
+        return head_envelope(self.req_id, self.status, self.head, data, True, self.length)
 
     def end(self) -> dict[str, Any]:
         if self.started:
-            return part(self.req_id, b"", False)
-        return self._first(b"", False)
+            return part_envelope(self.req_id, b"", False)
+        return head_envelope(self.req_id, self.status, self.head, b"", False)
 
     def failed(self, req_label: str) -> dict[str, Any]:
         return aborted(self.req_id) if self.started else server_error(self.req_id, req_label)
@@ -244,8 +233,8 @@ class StreamEnvelopes:
 
 def server_error(req_id: int, req_label: str) -> dict[str, Any]:
     """500 naming the request id, so a user can find the traceback in the worker log."""
-    return {"k": wire.RESPONSE, "id": req_id, "status": 500, "head": _TEXT_HEAD,
-            "body": f"Internal Server Error (request {req_label})\n".encode(), "more": False}
+    return head_envelope(req_id, 500, _TEXT_HEAD,
+                         f"Internal Server Error (request {req_label})\n".encode(), False)
 
 
 _TEXT_HEAD = encode_fields([("content-type", _TEXT)])[0]

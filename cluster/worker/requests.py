@@ -30,7 +30,7 @@ from cluster.worker.messages import (
 )
 from cluster.worker.outcomes import HandlerOutcomes
 from cluster.worker.runner import Runner
-from cluster.worker.threadpool import Emit, ThreadPool
+from cluster.worker.threadpool import Emitter, ThreadPool
 from cluster.worker.ws_events import WsEvents
 
 log = logging.getLogger("cluster.worker")
@@ -95,12 +95,12 @@ class DrawnChunks:
         return item
 
 
-def _draw(items: Any, future: asyncio.Future[Any], emit: Emit[Outgoing]) -> None:
+def _draw(items: Any, future: asyncio.Future[Any], out: Emitter[Outgoing]) -> None:
     """On a pool thread: the generator's next part, handed to the loop."""
     try:
-        emit(Drawn(future, next(items, END), None))
+        out.emit(Drawn(future, next(items, END), None))
     except Exception as exc:
-        emit(Drawn(future, None, exc))
+        out.emit(Drawn(future, None, exc))
 
 
 class NativeRunner(Runner):
@@ -109,7 +109,7 @@ class NativeRunner(Runner):
         super().__init__(loop, config, outcomes)
         self.state = state
         self.adapter = adapter
-        self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self._emitted)
+        self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self)
         self.ws = WsEvents(loop, state, adapter, self.ws_counts)
 
     def ws_event(self, link: ReplyLink, env: dict[str, Any]) -> None:
@@ -128,28 +128,29 @@ class NativeRunner(Runner):
             self.send(link, server_error(rid, f"{link.gateway_id}/{rid}"))
             return
         if inv.inline:
-            self._run_sync(link, rid, req, inv, self._send_now)
+            self._run_sync(link, rid, req, inv, self)
         elif inv.is_async:
             self.loop.create_task(self._run_async(link, rid, req, inv))
         else:
             self.pool.submit(partial(self._run_sync, link, rid, req, inv))
 
     def _run_sync(self, link: ReplyLink, rid: int, req: dict[str, Any], inv: Invocation,
-                  emit: Emit[Outgoing]) -> None:
-        """Runs in a pool thread (or inline for ready answers)."""
+                  out: Emitter[Outgoing]) -> None:
+        """Runs in a pool thread, its results to the pool (or inline for ready answers,
+        to this runner's own `emit`)."""
         began = time.perf_counter()
         try:
             msg, ops = settle(inv, inv.fn(*inv.args, **inv.kwargs))
             if ops:
                 self.state.call(ops)  # the answer waits until the writes are durable
-            out, body = self._answer(rid, req, msg, inv.route, began)
+            answer, body = self._answer(rid, req, msg, inv.route, began)
         except Exception as exc:
-            emit((link, self._failure(rid, req, exc, inv.route, began)))
+            out.emit((link, self._failure(rid, req, exc, inv.route, began)))
             return
-        if isinstance(out, StreamEnvelopes):
-            emit(StreamHandOff(link, rid, req, out, body))  # the loop sends every stream
+        if isinstance(answer, StreamEnvelopes):
+            out.emit(StreamHandOff(link, rid, req, answer, body))  # the loop sends streams
         else:
-            emit((link, out))
+            out.emit((link, answer))
 
     async def _run_async(self, link: ReplyLink, rid: int, req: dict[str, Any],
                          inv: Invocation) -> None:
@@ -244,7 +245,7 @@ class NativeRunner(Runner):
         self.outcomes.record((route, 500), time.perf_counter() - began)
         return server_error(rid, req["id"])
 
-    def _emitted(self, batch: list[Outgoing]) -> None:
+    def on_results(self, batch: list[Outgoing]) -> None:
         """What pool threads produced, on the loop: envelopes to send, streams a sync
         handler returned (the loop sends them), and parts drawn for those streams."""
         for item in batch:
@@ -260,6 +261,6 @@ class NativeRunner(Runner):
             else:
                 self.send(item[0], item[1])
 
-    def _send_now(self, item: Outgoing) -> None:
-        """An inline answer's emit: on the loop already."""
-        self._emitted([item])
+    def emit(self, item: Outgoing) -> None:
+        """An inline answer's result (an `Emitter`, as the pool is): on the loop already."""
+        self.on_results([item])

@@ -136,7 +136,7 @@ class StateClient(ReplicaReads):
         self.link.security.coordinator_client(sock)  # the PUB is the coordinator's
         sock.connect(endpoint)
         self.pub_endpoint = endpoint
-        self.sub = Pump(self.loop, sock, self._on_published, routed=False)
+        self.sub = Pump(self.loop, sock, self, routed=False)
 
     def resync(self) -> None:
         if not self.link.connected and self.replica.synced:
@@ -169,7 +169,8 @@ class StateClient(ReplicaReads):
             log.info("state snapshot: %d keys at seq %d", len(entries), msg["seq"])
             self.synced.set()
 
-    def _on_published(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
+    # -- from the coordinator's PUB (this client is its SUB pump's receiver) -----------
+    def on_messages(self, _peer: bytes | None, messages: list[dict[str, Any]]) -> None:
         for msg in messages:
             if msg["k"] == wire.UPDATE:
                 self._offer(msg["epoch"], msg["seq"], msg["changes"])
@@ -178,6 +179,9 @@ class StateClient(ReplicaReads):
                 log.warning("state replica at seq %d missed updates (coordinator at "
                             "%d); taking a snapshot", self.replica.seq, msg["seq"])
                 self.resync()
+
+    def on_send_error(self, _peer: bytes | None, _messages: list[dict[str, Any]]) -> None:
+        pass  # a SUB socket sends nothing
 
     def _offer(self, epoch: str, seq: int, changes: list[Any]) -> None:
         if not self.replica.synced:

@@ -15,20 +15,35 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
-Emit = Callable[[T], None]
-Job = Callable[[Emit[T]], None]
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Emitter(Protocol[T_contra]):
+    """Where a job hands its results: the pool (from its threads, to the loop), or the
+    pool's taker itself for a job run on the loop."""
+
+    def emit(self, result: T_contra) -> None: ...
+
+
+Job = Callable[[Emitter[T]], None]  # a job runs with the emitter its results go to
 
 log = logging.getLogger("cluster.worker.pool")
 
 
+class ResultTaker(Protocol[T]):
+    """Who takes the pool's results on the loop (the worker's `NativeRunner`)."""
+
+    def on_results(self, batch: list[T]) -> None: ...
+
+
 class ThreadPool(Generic[T]):
     def __init__(self, loop: asyncio.AbstractEventLoop, threads: int,
-                 on_results: Callable[[list[T]], None]) -> None:
+                 taker: ResultTaker[T]) -> None:
         self.loop = loop
-        self.on_results = on_results
+        self.taker = taker
         self._jobs: queue.SimpleQueue[Job[T] | None] = queue.SimpleQueue()
         self._results: deque[T] = deque()
         self._wake_pending = False
@@ -56,7 +71,7 @@ class ThreadPool(Generic[T]):
         while results:
             batch.append(results.popleft())
         if batch:
-            self.on_results(batch)
+            self.taker.on_results(batch)
 
     def _work(self) -> None:
         while True:
@@ -64,7 +79,7 @@ class ThreadPool(Generic[T]):
             if job is None:
                 return
             try:
-                job(self.emit)
+                job(self)
             except Exception:  # a job reports its own errors; this is the last guard
                 log.exception("handler job failed outside its own error handling")
 

@@ -187,10 +187,8 @@ def gateway() -> Iterator[tuple[Feed, Loop]]:
     dispatcher = Dispatcher(loop.loop, "gw-fuzz", request_timeout=30.0, peer_expiry=10.0,
                             max_queue=64)
     dispatcher.pump = FramePump()
-    dispatcher.hub = WebSocketHub(loop.loop, "gw-fuzz", dispatcher.post_to,
-                                  dispatcher.live_workers, lambda: b"date",
-                                  max_queue=1 << 16, ping_interval=20.0, ping_timeout=20.0,
-                                  open_timeout=30.0)
+    dispatcher.hub = WebSocketHub(loop.loop, "gw-fuzz", dispatcher, max_queue=1 << 16,
+                                  ping_interval=20.0, ping_timeout=20.0, open_timeout=30.0)
     yield (lambda envs: dispatcher.on_messages(b"peer@gw-fuzz", envs)), loop
     loop.loop.close()
 

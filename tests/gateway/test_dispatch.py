@@ -10,6 +10,7 @@ import pytest
 from cluster.gateway.dispatch import Dispatcher
 from cluster.gateway.exchange import Exchange
 from cluster.plumbing import wire
+from cluster.plumbing.response_parts import Abort, ResponseHead, ResponsePart
 
 
 class Clock:
@@ -38,15 +39,25 @@ class Pump:
 class Sink:
     def __init__(self) -> None:
         self.closed = False
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[ResponsePart] = []
         self.errors: list[int] = []
 
-    def deliver(self, ex: Exchange, part: dict[str, Any]) -> None:
+    def deliver(self, ex: Exchange, part: ResponsePart) -> None:
         self.parts.append(part)
 
     def deliver_error(self, ex: Exchange, status: int,
                       headers: list[tuple[str, str]] | None = None) -> None:
         self.errors.append(status)
+
+
+def body_of(part: ResponsePart) -> bytes:
+    assert not isinstance(part, Abort)
+    return part.body
+
+
+def status_of(part: ResponsePart) -> object:
+    assert isinstance(part, ResponseHead)
+    return part.status
 
 
 class Setup:
@@ -55,7 +66,7 @@ class Setup:
         self.pump = Pump()
         self.d = Dispatcher(self.clock, "gw", request_timeout=5, peer_expiry=3,  # type: ignore[arg-type]
                             max_queue=max_queue, defer_timeout=60)
-        self.d.pump = self.pump  # type: ignore[assignment]
+        self.d.pump = self.pump
 
     def hello(self, worker: bytes, credit: int) -> None:
         self.d.on_messages(worker, [wire.envelope(wire.HELLO, id=worker.decode().split("@")[0],
@@ -97,7 +108,7 @@ def test_without_credit_requests_wait_and_go_when_credit_returns(s: Setup) -> No
     second, _ = s.request()
     assert s.pump.requests_to(b"a@gw") == [first.id] and list(s.d.waiting) == [second]
     s.answer(b"a@gw", first.id)
-    assert sink.parts[0]["body"] == b"ok"
+    assert body_of(sink.parts[0]) == b"ok"
     assert s.pump.requests_to(b"a@gw") == [first.id, second.id] and not s.d.waiting
 
 
@@ -176,7 +187,7 @@ def test_a_deferred_request_frees_credit_and_takes_any_workers_reply(s: Setup) -
     s.hello(b"b@gw", 1)
     s.d.on_messages(b"b@gw", [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=201,
                                          head=b"", body=b"later")])
-    assert sink.parts[0]["status"] == 201 and not s.d.deferred
+    assert status_of(sink.parts[0]) == 201 and not s.d.deferred
 
 
 def test_a_reply_that_overtakes_the_deferral_answers_and_the_credit_still_returns(
@@ -190,7 +201,7 @@ def test_a_reply_that_overtakes_the_deferral_answers_and_the_credit_still_return
     other = b"b@gw" if worker == b"a@gw" else b"a@gw"
     s.d.on_messages(other, [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=201,
                                           head=b"", body=b"early")])
-    assert sink.parts[0]["status"] == 201
+    assert status_of(sink.parts[0]) == 201
     s.d.on_messages(other, [wire.envelope(wire.DEFERRED_REPLY, id=ex.id, status=202,
                                           head=b"", body=b"twice")])
     assert len(sink.parts) == 1  # one answer only

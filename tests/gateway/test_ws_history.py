@@ -13,11 +13,16 @@ class Feed:
         self.out: list[tuple[int, dict[str, Any]]] = []
         self.asked: list[tuple[int, str, str, int]] = []
         self.group = {1, 2}
-        self.feed = GroupFeed(
-            lambda conn, text, _group, _id: self.out.append((conn, json.loads(text))),
-            lambda _g: self.group, self._ask, timeout=5.0)
+        self.feed = GroupFeed(self, self, timeout=5.0)
 
-    def _ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
+    # -- the feed's output (a `FeedOutput`) and its history (a `HistorySource`) --
+    def members_of(self, _group: str) -> set[int]:
+        return self.group
+
+    def queue_numbered(self, conn: int, text: str, _group: str, _event_id: str) -> None:
+        self.out.append((conn, json.loads(text)))
+
+    def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
         self.asked.append((rid, group, epoch, offset))
         return True
 

@@ -12,7 +12,8 @@ import pytest
 
 from cluster.gateway.http_core import Request
 from cluster.gateway.ws_core import WebSocketCore, WsOptions
-from cluster.gateway.ws_hub import WebSocketHub, rendezvous
+from cluster.gateway.ws_hub import WebSocketHub
+from cluster.gateway.ws_session import rendezvous
 from cluster.plumbing import wire
 
 
@@ -53,9 +54,19 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.live: list[tuple[bytes, str]] = [(b"A", "worker-a")]
         self.posts: list[tuple[bytes, dict[str, Any]]] = []
-        self.hub = WebSocketHub(loop, "gw", lambda w, m: self.posts.append((w, m)),
-                                lambda: self.live, lambda: b"date", max_queue=1 << 20,
-                                ping_interval=20, ping_timeout=20, open_timeout=10)
+        self.hub = WebSocketHub(loop, "gw", self, max_queue=1 << 20, ping_interval=20,
+                                ping_timeout=20, open_timeout=10)
+
+    # -- the hub's way to its workers (a `WorkerPosts`) --
+    @property
+    def workers(self) -> dict[bytes, str]:
+        return dict(self.live)
+
+    def live_workers(self) -> list[tuple[bytes, str]]:
+        return self.live
+
+    def post_to(self, ident: bytes, msg: dict[str, Any]) -> None:
+        self.posts.append((ident, msg))
 
     def connect(self, conn: int, shard: str | None) -> FakeTransport:
         core = WebSocketCore(WsOptions())
@@ -86,7 +97,7 @@ def test_a_sharded_connection_is_adopted_by_the_keys_worker(hub: Hub) -> None:
     assert hub.sent(wire.WS_ADOPT) == [(owner, 1)]
     adopt = next(m for _, m in hub.posts if m["k"] == wire.WS_ADOPT)
     assert adopt["shard"] == "room:1" and adopt["target"] == "/room"
-    assert hub.hub.sessions[1].worker == owner and hub.hub.shards == {"room:1": {1}}
+    assert hub.hub.sessions[1].worker == owner and hub.hub.shards.shards == {"room:1": {1}}
 
 
 def test_an_unsharded_connection_keeps_no_request_fields(hub: Hub) -> None:
@@ -102,15 +113,15 @@ def test_a_joining_worker_gets_the_room_after_the_old_one_answered(hub: Hub) -> 
     session = hub.hub.sessions[1]
     session.inflight = 2  # two of its messages still at A
     hub.live = both
-    hub.hub.rebalance()
-    assert transport.paused and hub.hub.moving == {key: b"B"}
+    hub.hub.shards.rebalance()
+    assert transport.paused and hub.hub.shards.moving == {key: b"B"}
     assert hub.sent(wire.WS_RELEASE) == []
     hub.act(wire.ack(1))
     assert hub.sent(wire.WS_RELEASE) == [] and transport.paused
     hub.act(wire.ack(1))  # A has answered all: the move happens, reading resumes
     assert hub.sent(wire.WS_RELEASE) == [(b"A", 1)]
     assert hub.sent(wire.WS_ADOPT)[-1] == (b"B", 1)
-    assert session.worker == b"B" and not transport.paused and not hub.hub.moving
+    assert session.worker == b"B" and not transport.paused and not hub.hub.shards.moving
 
 
 def test_a_move_toward_a_worker_that_leaves_is_called_off(hub: Hub) -> None:
@@ -119,11 +130,11 @@ def test_a_move_toward_a_worker_that_leaves_is_called_off(hub: Hub) -> None:
     transport = hub.connect(1, key)
     hub.hub.sessions[1].inflight = 1
     hub.live = both
-    hub.hub.rebalance()
+    hub.hub.shards.rebalance()
     assert transport.paused
     hub.live = [(b"A", "worker-a")]
     hub.hub.worker_gone(b"B")
-    assert not transport.paused and not hub.hub.moving
+    assert not transport.paused and not hub.hub.shards.moving
     assert hub.hub.sessions[1].worker == b"A" and hub.sent(wire.WS_RELEASE) == []
 
 
@@ -134,17 +145,17 @@ def test_a_closing_connection_no_longer_holds_its_room_back(hub: Hub) -> None:
     quiet = hub.connect(2, key)
     hub.hub.sessions[1].inflight = 3
     hub.live = both
-    hub.hub.rebalance()
+    hub.hub.shards.rebalance()
     hub.hub.connection_lost(hub.hub.sessions[1])  # the busy one goes away
     assert hub.sent(wire.WS_RELEASE) == [(b"A", 2)] and not quiet.paused
-    assert hub.hub.shards == {key: {2}}
+    assert hub.hub.shards.shards == {key: {2}}
 
 
 def test_a_malformed_action_is_logged_once_and_the_next_one_runs(
         hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
     hub.connect(1, None)
     hub.act(["join", 1], ["join", 1, 5], ["launch", 1], wire.join(1, "g"))
-    assert hub.hub.groups == {"g": {1}}
+    assert hub.hub.groups.members == {"g": {1}}
     faults = [r.getMessage() for r in caplog.records if "bad WebSocket action" in r.message]
     assert len(faults) == 3 and "join: 1 fields, not 2" in faults[0]
 
@@ -153,5 +164,5 @@ def test_an_action_refused_below_the_hub_costs_only_itself(
         hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
     hub.connect(1, None)
     hub.act(wire.close(1, 99999, "no such code"), wire.join(1, "g"))
-    assert hub.hub.groups == {"g": {1}}
+    assert hub.hub.groups.members == {"g": {1}}
     assert "'close' from a worker failed" in caplog.text

@@ -23,6 +23,16 @@ def pair(ctx: zmq.Context[Any], name: str) -> tuple[zmq.Socket[Any], zmq.Socket[
     return a, b
 
 
+class Quiet:
+    """A pump's receiver that takes nothing."""
+
+    def on_messages(self, _peer: bytes | None, _msgs: list[dict[str, Any]]) -> None:
+        pass
+
+    def on_send_error(self, _peer: bytes | None, _msgs: list[dict[str, Any]]) -> None:
+        pass
+
+
 def test_a_handler_that_raises_costs_one_frame_not_the_loop(
         caplog: pytest.LogCaptureFixture) -> None:
     async def go() -> None:
@@ -31,13 +41,14 @@ def test_a_handler_that_raises_costs_one_frame_not_the_loop(
         got: list[list[dict[str, Any]]] = []
         done = asyncio.Event()
 
-        def on_messages(_peer: bytes | None, msgs: list[dict[str, Any]]) -> None:
-            if msgs[0]["k"] == wire.WHO:
-                raise KeyError("id")  # a handler's bug on a valid envelope
-            got.append(msgs)
-            done.set()
+        class Receiver(Quiet):
+            def on_messages(self, _peer: bytes | None, msgs: list[dict[str, Any]]) -> None:
+                if msgs[0]["k"] == wire.WHO:
+                    raise KeyError("id")  # a handler's bug on a valid envelope
+                got.append(msgs)
+                done.set()
 
-        pump = Pump(asyncio.get_running_loop(), ours, on_messages, routed=False)
+        pump = Pump(asyncio.get_running_loop(), ours, Receiver(), routed=False)
         theirs.send(wire.encode_one(wire.WHO))
         theirs.send(b"\xc1 not msgpack")
         theirs.send(wire.encode_one(wire.HEARTBEAT, id="x"))
@@ -56,7 +67,7 @@ def test_posts_in_one_pass_go_as_one_batch_frame() -> None:
     async def go() -> None:
         ctx: zmq.Context[Any] = zmq.Context()
         ours, theirs = pair(ctx, "batch")
-        pump = Pump(asyncio.get_running_loop(), ours, lambda *_: None, routed=False)
+        pump = Pump(asyncio.get_running_loop(), ours, Quiet(), routed=False)
         for i in range(3):
             pump.post(wire.envelope(wire.HEARTBEAT, id=str(i)))
         await asyncio.sleep(0)  # one loop pass: the flush is scheduled for its end
