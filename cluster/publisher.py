@@ -7,13 +7,20 @@ another service.
         pub.broadcast("room:lobby", {"notice": "maintenance at 18:00"})
         pub.push("gw-3f2a.../17", "just for you")
 
-The publisher asks the coordinator for its membership table (SYNC; it never joins,
-so it costs the members nothing), learns every gateway from it, and sends its
-actions straight to them, as a worker would: a broadcast is one message per
-gateway. It asks the coordinator again when its view is older than `refresh`
-seconds (1 s), so a stream of broadcasts costs no round trip each, and a gateway
-that joins is reached within a second. It is synchronous and thread-safe per call; it
-has no event loop of its own.
+The publisher talks only to the coordinator, which hands its broadcasts and pushes
+on to the gateways over its one ordered link to each:
+- a broadcast goes only to the gateways that hold members of the group (the
+  coordinator knows them, as it does for published messages), so a gateway pays
+  nothing for a group it does not hold. A gateway lets a new member hear of its join
+  only once the coordinator knows it holds the group, so a broadcast sent after a
+  member saw its join reaches it;
+- a push goes to its connection's gateway, after this publisher's earlier
+  broadcasts and pushes: one client gets them in the order they were sent.
+It never joins the cluster, so it costs the members nothing. It asks the coordinator
+for the membership table (SYNC) when its view is older than `refresh` seconds (1 s)
+or a push names a gateway it does not know, so `push` can say False for a gateway
+that is not in the cluster and a stream of broadcasts costs no round trip each.
+It is synchronous and thread-safe per call; it has no event loop of its own.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class Publisher:
         self._coord.setsockopt(zmq.LINGER, 0)
         self._security.coordinator_client(self._coord)
         self._coord.connect(coordinator)
-        self._gateways: dict[str, zmq.Socket[bytes]] = {}
+        self._gateways: set[str] = set()  # the gateways in the cluster, as last asked
         try:
             self._refresh()
         except PublisherError:
@@ -66,7 +73,7 @@ class Publisher:
             self._refresh()
 
     def _refresh(self) -> None:
-        """Ask the coordinator for the membership; connect to new gateways."""
+        """Ask the coordinator for the membership: which gateways there are."""
         while self._coord.poll(0):  # a late answer to an earlier ask that timed out
             self._coord.recv()
         self._coord.send(wire.encode_one(wire.SYNC, id=self.id))
@@ -77,42 +84,22 @@ class Publisher:
                 raise PublisherError("no answer from the coordinator")
             for msg in wire.decode_frame(self._coord.recv()):
                 if msg["k"] == wire.MEMBERS:
-                    self._connect({m["id"]: (m["endpoint"], m["key"]) for m in msg["members"]
-                                   if isinstance(m, dict) and m.get("role") == "gateway"
-                                   and isinstance(m.get("endpoint"), str)
-                                   and isinstance(m.get("key"), str)})
+                    self._gateways = {m["id"] for m in msg["members"]
+                                      if isinstance(m, dict) and m.get("role") == "gateway"
+                                      and isinstance(m.get("id"), str)}
                     self._refreshed_at = time.monotonic()
                     return
 
-    def _connect(self, gateways: dict[str, tuple[str, str]]) -> None:
-        for gid in list(self._gateways):
-            if gid not in gateways:
-                self._gateways.pop(gid).close(linger=0)
-        for gid, (endpoint, key) in gateways.items():
-            if gid not in self._gateways:
-                sock = self._ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 1000)  # let queued actions go out on close
-                # As a worker's: named for this gateway instance (gateway/dispatch.py).
-                sock.setsockopt_string(zmq.IDENTITY, f"{self.id}@{gid}")
-                try:
-                    self._security.client(sock, key.encode())
-                except ConfigError as exc:
-                    sock.close(linger=0)
-                    raise PublisherError(f"gateway {gid}: {exc}") from None
-                sock.connect(endpoint)
-                self._gateways[gid] = sock
-
-    def _send(self, sock: zmq.Socket[bytes], action: list[Any]) -> None:
-        sock.send(wire.encode_one(wire.WS_ACTIONS, actions=[action]))
-
     def broadcast(self, group: str, data: Any) -> int:
-        """Send to every member of `group` on every gateway; returns gateways reached."""
+        """Send to every member of `group`, on whichever gateways they are; returns how
+        many gateways the cluster had when last asked (the coordinator sends it to
+        those of them that hold members of the group)."""
         with self._lock:
             self._refresh_if_stale()
             if not self._gateways:
                 raise PublisherError("the cluster has no gateway")
-            for sock in self._gateways.values():
-                self._send(sock, wire.broadcast(group, frame_data(data)))
+            self._coord.send(wire.encode_one(wire.RELAY_BROADCAST, id=self.id, group=group,
+                                             data=frame_data(data)))
             return len(self._gateways)
 
     def publish(self, group: str, data: Any) -> None:
@@ -128,18 +115,17 @@ class Publisher:
         with self._lock:
             if gateway not in self._gateways:
                 self._refresh()
-            sock = self._gateways.get(gateway)
-            if sock is None:
-                return False
-            self._send(sock, wire.send(number, frame_data(data)))
+                if gateway not in self._gateways:
+                    return False
+            self._coord.send(wire.encode_one(wire.RELAY_PUSH, id=self.id, gateway=gateway,
+                                             conn=number, data=frame_data(data)))
             return True
 
     def close(self) -> None:
         with self._lock:
-            for sock in self._gateways.values():
-                sock.close()
             self._gateways.clear()
-            self._coord.close(linger=0)
+            # What is queued for the coordinator still goes, for up to a second.
+            self._coord.close(linger=1000)
             self._ctx.term()
 
     def __enter__(self) -> Publisher:

@@ -28,13 +28,17 @@ from cluster.plumbing.security import ROLE_KEYS, Curve, keygen
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--heartbeat-interval", "0.25"]
+# Every process's stderr, read by the test while it runs (and shown when one fails);
+# the directory goes at the end of the session (conftest.py), so a run leaves no
+# file behind in /tmp.
+LOG_DIR = Path(tempfile.mkdtemp(prefix="cluster-test-logs-"))
 
 
 class Proc:
     def __init__(self, role: str, argv: list[str], env: dict[str, str] | None,
                  wait_ready: bool, timeout: float) -> None:
         self.role = role
-        log_fd, log_name = tempfile.mkstemp(prefix=f"cluster-{role}-", suffix=".log")
+        log_fd, log_name = tempfile.mkstemp(prefix=f"{role}-", suffix=".log", dir=LOG_DIR)
         self.log_path = Path(log_name)
         read_fd, write_fd = os.pipe()
         full_env = {**os.environ, **(env or {})}

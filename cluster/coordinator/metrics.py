@@ -26,9 +26,13 @@ ROLES = ("gateway", "worker")
 
 
 class FanOut(Protocol):
-    """The count the coordinator keeps as it hands published messages to gateways."""
+    """The counts the coordinator keeps as it hands published messages, and an
+    outside publisher's broadcasts and pushes, to gateways."""
 
     history_skipped: int  # not sent to a gateway that holds no member of the group
+    relayed: int  # an outside publisher's broadcasts and pushes handed on
+    relay_skipped: int  # its broadcasts not sent to a gateway that holds no member
+    relay_refused: int  # with data that is not text or bytes, or for no gateway
 
 
 class CoordinatorMetrics:
@@ -68,6 +72,17 @@ class CoordinatorMetrics:
         yield CounterMetricFamily("cluster_coordinator_history_skipped",
                                   "Published messages not sent to a gateway, which holds "
                                   "no member of their group", value=self.fan_out.history_skipped)
+        yield CounterMetricFamily("cluster_coordinator_relayed",
+                                  "An outside publisher's broadcasts and pushes handed on to "
+                                  "gateways", value=self.fan_out.relayed)
+        yield CounterMetricFamily("cluster_coordinator_relay_skipped",
+                                  "An outside publisher's broadcasts not sent to a gateway, "
+                                  "which holds no member of their group",
+                                  value=self.fan_out.relay_skipped)
+        yield CounterMetricFamily("cluster_coordinator_relay_refused",
+                                  "An outside publisher's broadcasts and pushes refused: data "
+                                  "not text or bytes, or no such gateway",
+                                  value=self.fan_out.relay_refused)
         if self.history_log is not None:
             yield CounterMetricFamily("cluster_coordinator_history_refused",
                                       "Published messages dropped: not writable to "

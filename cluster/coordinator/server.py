@@ -33,7 +33,8 @@ log = logging.getLogger("cluster.coordinator")
 # What members send the coordinator; the wire schema gives each of them an "id".
 MEMBER_KINDS = frozenset({wire.HEARTBEAT, wire.REGISTER, wire.STATE_OP,
                           wire.SNAPSHOT_REQUEST, wire.SYNC, wire.BYE,
-                          wire.HISTORY_PUBLISH, wire.HISTORY_QUERY, wire.GROUPS_HELD})
+                          wire.HISTORY_PUBLISH, wire.HISTORY_QUERY, wire.GROUPS_HELD,
+                          wire.RELAY_BROADCAST, wire.RELAY_PUSH})
 
 
 class Coordinator:
@@ -49,6 +50,9 @@ class Coordinator:
         # Gateway id -> the groups it holds (None: not said yet, so it gets everything).
         self.gateway_groups: dict[str, set[str] | None] = {}
         self.history_skipped = 0  # messages not sent to a gateway holding no member
+        self.relayed = 0  # an outside publisher's broadcasts and pushes, handed on
+        self.relay_skipped = 0  # its broadcasts not sent to a gateway holding no member
+        self.relay_refused = 0  # ones with data that is not text or bytes, or no gateway
         if config.data_dir:
             self.history_log = HistoryLog(Path(config.data_dir), config.fsync,
                                           compact_after=config.snapshot_every)
@@ -166,6 +170,10 @@ class Coordinator:
                                               complete=complete))
             elif kind == wire.GROUPS_HELD:
                 self.on_groups_held(peer, member_id, msg)
+            elif kind == wire.RELAY_BROADCAST:
+                self.relay_broadcast(msg["group"], msg.get("data"))
+            elif kind == wire.RELAY_PUSH:
+                self.relay_push(msg["gateway"], msg["conn"], msg.get("data"))
             elif kind == wire.BYE and self.membership.leave(member_id):
                 log.info("%s left", member_id)
                 self.routes.pop(member_id, None)
@@ -208,6 +216,41 @@ class Coordinator:
                 return
         env = wire.envelope(wire.HISTORY_MESSAGE, group=group, epoch=self.history.epoch,
                             offset=offset, data=data)
+        self.history_skipped += self._to_holders(group, env)
+
+    def relay_broadcast(self, group: str, data: object) -> None:
+        """An outside publisher's broadcast: to each gateway holding the group, as a
+        published message goes; a gateway that joins the group is released to its new
+        member only once we know (on_groups_held answers it), so no broadcast sent
+        after a member saw its join misses it."""
+        if not isinstance(data, (str, bytes)):
+            self._refuse_relay(f"a broadcast to {group!r} with {type(data).__name__} data")
+            return
+        env = wire.envelope(wire.WS_ACTIONS, actions=[wire.broadcast(group, data)])
+        self.relayed += 1
+        self.relay_skipped += self._to_holders(group, env)
+
+    def relay_push(self, gateway_id: str, conn: int, data: object) -> None:
+        """An outside publisher's push to one connection, on the same link to its
+        gateway as that publisher's broadcasts: the two arrive in the order sent."""
+        peer = self.routes.get(gateway_id)
+        member = self.membership.members.get(gateway_id)
+        if not isinstance(data, (str, bytes)) or peer is None or member is None or \
+                member.role != "gateway":
+            self._refuse_relay(f"a push to {gateway_id}/{conn}")
+            return
+        self.relayed += 1
+        self.send(peer, wire.envelope(wire.WS_ACTIONS, actions=[wire.send(conn, data)]))
+
+    def _refuse_relay(self, what: str) -> None:
+        self.relay_refused += 1
+        log.warning("relay refused (%d so far): %s (data must be text or bytes, to a "
+                    "gateway in the cluster)", self.relay_refused, what)
+
+    def _to_holders(self, group: str, env: dict[str, Any]) -> int:
+        """Send `env` to every gateway that holds `group` (or has not said what it
+        holds yet); how many others were skipped."""
+        skipped = 0
         for member in self.membership.members.values():
             peer = self.routes.get(member.id)
             if member.role == "gateway" and peer is not None:
@@ -215,7 +258,8 @@ class Coordinator:
                 if groups is None or group in groups:
                     self.send(peer, env)
                 else:
-                    self.history_skipped += 1
+                    skipped += 1
+        return skipped
 
     def send(self, peer: bytes, msg: dict[str, Any]) -> None:
         assert self.pump is not None

@@ -246,6 +246,8 @@ class Gateway:
             self.hub.on_history(msg)
         elif kind == wire.WS_GROUPS_ACK:
             self.hub.notices.answered(DIRECTORY, msg)
+        elif kind == wire.WS_ACTIONS:  # an outside publisher's, handed on (publisher.py)
+            self.hub.on_actions(DIRECTORY, msg)
         elif kind == wire.GROUPS_ASK and self.directory is not None:
             self.directory.tell_all(self.hub.groups.names())
 

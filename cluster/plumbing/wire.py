@@ -23,7 +23,8 @@ from cluster.errors import WireError
 
 # 2: kinds became words ("response", not "res"); a process of another version is
 # refused at the first frame (WireError), never misread.
-VERSION = 2
+# 3: an outside publisher's broadcasts and pushes go by the coordinator (relay_*).
+VERSION = 3
 
 # Coordinator <-> member (gateway, worker)
 REGISTER = "register"  # member -> coordinator: join, with a description of itself
@@ -73,6 +74,10 @@ HISTORY_QUERY = "history_query"
 HISTORY_ANSWER = "history_answer"  # coordinator -> gateway: them, and whether that is all of them
 GROUPS_HELD = "groups_held"  # gateway -> coordinator: groups held here (WS_GROUPS_ACK answers)
 GROUPS_ASK = "groups_ask"  # coordinator -> gateway: send me every group you hold (you registered)
+# An outside publisher (cluster/publisher.py) -> coordinator: data for the coordinator
+# to hand on as WS_ACTIONS, over its one ordered link to each gateway
+RELAY_BROADCAST = "relay_broadcast"  # to every gateway that holds the group
+RELAY_PUSH = "relay_push"  # to the gateway of the connection
 
 # Deferred replies (seed Homor's suspended requests)
 DEFERRED = "deferred"  # worker -> gateway: this request is answered later; my credit is free
@@ -138,6 +143,8 @@ SCHEMA: dict[str, dict[str, type]] = {
     HISTORY_ANSWER: {"rid": _INT, "epoch": _STR, "messages": _LIST, "complete": _BOOL},
     GROUPS_HELD: {"id": _STR, "held": _LIST, "dropped": _LIST, "full": _BOOL, "r": _INT},
     GROUPS_ASK: {},
+    RELAY_BROADCAST: {"id": _STR, "group": _STR},  # and "data": str or bytes
+    RELAY_PUSH: {"id": _STR, "gateway": _STR, "conn": _INT},  # and "data"
     WS_QUERY_REPLY: {"rid": _INT, "conns": _LIST},
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, wait_for
+from tests.harness import LOG_DIR, ROOT, wait_for
 from tests.httpclient import get
 
 APP = "tests.apps.handlers:app"
@@ -43,7 +43,7 @@ class Running:
 @contextmanager
 def cluster_run(*args: str, env: dict[str, str] | None = None,
                 handler: str = APP) -> Iterator[Running]:
-    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log")
+    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log", dir=LOG_DIR)
     popen = subprocess.Popen(
         [sys.executable, "-m", "cluster", "run", "--handler", handler, "--port", "0",
          "--heartbeat-interval", "0.25", *args],

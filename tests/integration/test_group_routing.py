@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.harness import Cluster, Proc, cluster
+from cluster.plumbing import wire
+from tests.harness import Cluster, Proc, cluster, wait_for
 from tests.integration.test_observability import metrics_port, sample, scrape
 
 WS_APP = "tests.apps.ws_app:app"
@@ -145,3 +146,81 @@ def test_a_gateway_restarted_on_the_same_endpoint_gets_nothing_meant_for_the_old
 
         run(then())
         new.wait_log("meant for another gateway at this endpoint")
+
+
+def test_an_outside_publishers_broadcast_reaches_only_the_holding_gateway(
+        four_gateways: Fixture) -> None:
+    """`Publisher` (a script, outside the cluster) broadcasts through the coordinator,
+    which knows the holders: the three gateways without a member get nothing."""
+    from cluster.publisher import Publisher
+    c, gateways, _workers = four_gateways
+    home = gateways[1]
+    before = [metric(g, "cluster_gateway_broadcasts_total") for g in gateways]
+
+    async def go() -> None:
+        async with connect(url(home, "/room/outside")) as member:
+            with Publisher(c.endpoint, keys=c.keys) as pub:
+                for i in range(100):
+                    pub.broadcast("room:outside", f"news {i}")
+                got = [await asyncio.wait_for(member.recv(), 10) for _ in range(100)]
+            assert got == [f"news {i}" for i in range(100)]
+    run(go())
+    after = [metric(g, "cluster_gateway_broadcasts_total") for g in gateways]
+    assert after[1] - before[1] == 100
+    others = [0, 2, 3]
+    assert [after[i] for i in others] == [before[i] for i in others], (before, after)
+
+
+def test_an_outside_publishers_push_and_broadcast_keep_their_order(
+        four_gateways: Fixture) -> None:
+    """A push and a broadcast from one Publisher to one client arrive as sent (both
+    go by the coordinator's one link to that gateway)."""
+    from cluster.publisher import Publisher
+    c, gateways, _workers = four_gateways
+
+    async def go() -> None:
+        async with connect(url(gateways[2], "/room/ordered")) as member:
+            await member.send("who")
+            conn = json.loads(await member.recv())["conns"][0]
+            with Publisher(c.endpoint, keys=c.keys) as pub:
+                for i in range(50):
+                    assert pub.push(conn, f"push {i}")
+                    pub.broadcast("room:ordered", f"all {i}")
+                got = [await asyncio.wait_for(member.recv(), 10) for _ in range(100)]
+            assert got == [m for i in range(50) for m in (f"push {i}", f"all {i}")]
+    run(go())
+
+
+def test_a_member_that_joined_gets_the_next_outside_broadcast(
+        four_gateways: Fixture) -> None:
+    """A room new to the gateway a member joins it through: once the member's
+    connection is open, the coordinator knows that gateway holds the room."""
+    from cluster.publisher import Publisher
+    c, gateways, _workers = four_gateways
+
+    async def go() -> None:
+        with Publisher(c.endpoint, keys=c.keys) as pub:
+            for n in range(30):
+                async with connect(url(gateways[n % 4], f"/room/outfresh{n}")) as joiner:
+                    pub.broadcast(f"room:outfresh{n}", f"hello {n}")
+                    assert await asyncio.wait_for(joiner.recv(), 10) == f"hello {n}"
+    run(go())
+
+
+def test_a_relay_the_coordinator_cannot_hand_on_costs_one_line(four_gateways: Fixture) -> None:
+    """Data that is not text or bytes, or a push to a gateway not in the cluster: the
+    coordinator refuses each with one log line and goes on."""
+    c, _gateways, _workers = four_gateways
+    probe = c.probe()
+    try:
+        probe.sock.send(wire.encode_one(wire.RELAY_BROADCAST, id=probe.id, group="room:odd",
+                                        data={"not": "text"}))
+        probe.sock.send(wire.encode_one(wire.RELAY_PUSH, id=probe.id, gateway="gw-nowhere",
+                                        conn=1, data="x"))
+        log = wait_for(lambda: (text := c.coordinator.log()).count("relay refused") >= 2
+                       and text, 10, "two refusals in the coordinator's log")
+        assert "a broadcast to 'room:odd' with dict data" in log
+        assert "a push to gw-nowhere/1" in log
+    finally:
+        probe.close()
+    test_an_outside_publishers_push_and_broadcast_keep_their_order(four_gateways)
