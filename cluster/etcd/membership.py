@@ -28,7 +28,7 @@ import aetcd
 from cluster.errors import CoordinatorUnreachable, EtcdUnavailable
 from cluster.etcd.session import FAILURES, EtcdSession, parse_backend, stop_watch
 from cluster.plumbing.config import Common
-from cluster.plumbing.coordinator_link import MembersHandler
+from cluster.plumbing.coordinator_link import MembershipWatcher
 from cluster.plumbing.security import Plaintext, Security
 from cluster.plumbing.zmqio import Pump
 
@@ -42,7 +42,7 @@ RELIST = 2
 
 class EtcdMembership:
     def __init__(self, config: Common, member_id: str, role: str, info: dict[str, Any],
-                 on_members: MembersHandler, security: Security | None = None) -> None:
+                 watcher: MembershipWatcher, security: Security | None = None) -> None:
         self.config = config
         self.security = security if security is not None else Plaintext()
         self.target = parse_backend(config.state_backend)
@@ -53,7 +53,7 @@ class EtcdMembership:
         self.member_id = member_id
         self.role = role
         self.info = info
-        self.on_members = on_members
+        self.watcher = watcher
         self.members: list[dict[str, Any]] = []
         self.table: dict[str, dict[str, Any]] = {}
         self.registered = asyncio.Event()
@@ -176,7 +176,7 @@ class EtcdMembership:
         members = list(self.table.values())
         if members != self.members:
             self.members = members
-            self.on_members(members)
+            self.watcher.on_members(members)
 
     def post(self, _msg: dict[str, Any]) -> None:
         """Nothing travels to a coordinator: there is none."""

@@ -185,8 +185,8 @@ class Gateway:
         if config.state_backend:
             from cluster.etcd.history import EtcdHistory
             from cluster.etcd.membership import EtcdMembership
-            coordinator = EtcdMembership(config, self.id, "gateway", info,
-                                              self._on_members, security=self.security)
+            coordinator = EtcdMembership(config, self.id, "gateway", info, self,
+                                         security=self.security)
             # Numbered group messages come from etcd itself (cluster/etcd/history.py).
             history = EtcdHistory(coordinator.target, config.request_timeout,
                                   config.history_size, config.history_ttl,
@@ -204,8 +204,7 @@ class Gateway:
             # No coordinator to list the metrics endpoints: every gateway does.
             self.metrics_server.pages["/targets"] = lambda: targets_page(self.members)
         else:
-            link = CoordinatorLink(config, self.zmq_context, self.id, "gateway", info,
-                                   self._on_members, self._on_coordinator,
+            link = CoordinatorLink(config, self.zmq_context, self.id, "gateway", info, self,
                                    security=self.security)
             self.hub.feed.history = CoordinatorHistory(self.loop, link, self.id)
             self.directory = CoordinatorDirectory(link, self.id)
@@ -237,10 +236,11 @@ class Gateway:
         return {"role": "gateway", "id": self.id, "port": port, "endpoint": endpoint,
                 "metrics": info.get("metrics", ""), "build": compiled.MODE}
 
-    def _on_members(self, members: list[dict[str, Any]]) -> None:
+    # -- membership (this gateway is its link's MembershipWatcher) --------------
+    def on_members(self, members: list[dict[str, Any]]) -> None:
         self.members = members
 
-    def _on_coordinator(self, msg: dict[str, Any]) -> None:
+    def on_coordinator(self, msg: dict[str, Any]) -> None:
         kind = msg["k"]
         if kind in (wire.HISTORY_MESSAGE, wire.HISTORY_ANSWER):
             self.hub.on_history(msg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
@@ -23,8 +22,17 @@ from cluster.plumbing.zmqio import Pump
 
 log = logging.getLogger("cluster.registry")
 
-MembersHandler = Callable[[list[dict[str, Any]]], None]
-MessageHandler = Callable[[dict[str, Any]], None]
+
+
+class MembershipWatcher(Protocol):
+    """Who a membership link reports to: the gateway or the worker it belongs to."""
+
+    def on_members(self, members: list[dict[str, Any]]) -> None:
+        """The membership table changed (each member a dict: id, role, and its info)."""
+
+    def on_coordinator(self, msg: dict[str, Any]) -> None:
+        """Any other message from the coordinator, and MEMBERS too, after on_members
+        (on etcd there is no coordinator: never called)."""
 
 
 class MemberLink(Protocol):
@@ -47,8 +55,7 @@ class MemberLink(Protocol):
 
 class CoordinatorLink:
     def __init__(self, config: Common, zmq_context: zmq.Context[zmq.Socket[bytes]], member_id: str,
-                 role: str, info: dict[str, Any], on_members: MembersHandler,
-                 on_other: MessageHandler | None = None,
+                 role: str, info: dict[str, Any], watcher: MembershipWatcher,
                  security: Security | None = None) -> None:
         self.config = config
         self.security = security if security is not None else Plaintext()
@@ -56,8 +63,7 @@ class CoordinatorLink:
         self.member_id = member_id
         self.role = role
         self.info = info
-        self.on_members = on_members
-        self.on_other = on_other  # MEMBERS too, after on_members, and every other kind
+        self.watcher = watcher
         self.seq = -1
         self.members: list[dict[str, Any]] = []
         self.last_heard = 0.0
@@ -116,18 +122,17 @@ class CoordinatorLink:
                 if msg["seq"] != self.seq:
                     self.seq = msg["seq"]
                     self.members = [m for m in msg["members"] if isinstance(m, dict)]
-                    self.on_members(self.members)
+                    self.watcher.on_members(self.members)
                 self.registered.set()
-                if self.on_other is not None:
-                    self.on_other(msg)
+                self.watcher.on_coordinator(msg)
             elif kind == wire.HEARTBEAT:
                 if msg.get("seq") != self.seq:
                     self.pump.post(wire.envelope(wire.SYNC, id=self.member_id))
             elif kind == wire.WHO:
                 log.info("coordinator does not know us (it restarted?); registering again")
                 self._register()
-            elif self.on_other is not None:
-                self.on_other(msg)
+            else:
+                self.watcher.on_coordinator(msg)
 
     async def _heartbeat_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -482,9 +482,8 @@ class Lifespan:
                 from None
 
 
-async def commit_view(view: SharedState, call: Callable[[list[list[Any]]],
-                                                        Awaitable[Any]]) -> None:
+async def commit_view(view: SharedState, backend: Backend) -> None:
     """Plain writes an app made through the shared state, committed as one batch."""
     ops = view.take_batch()
     if ops:
-        await call(ops)
+        await backend.acall(ops)

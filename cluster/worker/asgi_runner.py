@@ -71,7 +71,7 @@ class AsgiRunner(Runner):
         status = 500
         try:
             status = await run_http(self.adapter.app, scope, exchange)
-            await commit_view(view, self.state.acall)
+            await commit_view(view, self.state)
         except StateError as exc:  # StateUnavailable too: the answer is already out
             log.error("request %s: the app's state writes were not committed: %s",
                       label, exc, extra={"request_id": label})
@@ -121,7 +121,7 @@ class AsgiRunner(Runner):
                       view: SharedState) -> None:
         try:
             await session.run(self.adapter.app, scope)
-            await commit_view(view, self.state.acall)
+            await commit_view(view, self.state)
         except StateError as exc:
             log.error("WebSocket %s: the app's state writes were not committed: %s", key, exc)
         finally:

@@ -89,7 +89,7 @@ class Worker:
         self.etcd_publisher: EtcdPublisher | None = None
         history: CoordinatorLink | EtcdPublisher
         if config.state_backend:
-            self.coordinator = EtcdMembership(config, self.id, "worker", info, self.on_members,
+            self.coordinator = EtcdMembership(config, self.id, "worker", info, self,
                                               security=self.security)
             self.state = EtcdState(loop, config, self.framework)
             self.etcd_publisher = history = EtcdPublisher(loop, self.state.target,
@@ -97,11 +97,10 @@ class Worker:
             self.state.links = self.links  # to reach the sequencer gateway
             self.state.worker_id = self.id
         else:
-            link = CoordinatorLink(config, zmq_context, self.id, "worker", info, self.on_members,
+            link = CoordinatorLink(config, zmq_context, self.id, "worker", info, self,
                                    security=self.security)
             self.coordinator = history = link
             self.state = StateClient(loop, zmq_context, link, config.state_timeout, self.framework)
-            link.on_other = self.state.on_coordinator  # state acks, snapshots, MEMBERS
         self.adapter = make_adapter(handler, self.state)
         self._tasks: list[asyncio.Task[Any]] = []
         self.outcomes = HandlerOutcomes()
@@ -163,7 +162,12 @@ class Worker:
             await asyncio.sleep(0.02)  # poll: bounded by the deadline
         return True
 
-    # -- membership ------------------------------------------------------------
+    # -- membership (this worker is its link's MembershipWatcher) ---------------
+    def on_coordinator(self, msg: dict[str, Any]) -> None:
+        """State acks, snapshots and MEMBERS (its state info) are the state client's."""
+        if isinstance(self.state, StateClient):
+            self.state.on_coordinator(msg)
+
     def on_members(self, members: list[dict[str, Any]]) -> None:
         gateways = {m["id"]: (m["endpoint"], m["key"]) for m in members
                     if m.get("role") == "gateway" and isinstance(m.get("endpoint"), str)

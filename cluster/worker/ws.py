@@ -19,10 +19,10 @@ dict; `reply_actions` turns that into gateway actions:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from cluster.plumbing import wire
 from cluster.realtime import frame_data
@@ -102,13 +102,18 @@ def reply_actions(kind: str, number: int, msg: Any) -> list[list[Any]]:
     return actions
 
 
+class EventRunner(Protocol):
+    """Who runs one queued event (the worker's `WsEvents`)."""
+
+    async def run_event(self, item: Any) -> None: ...
+
+
 class ConnectionQueues:
     """Runs each connection's events one at a time, in arrival order."""
 
-    def __init__(self, run: Callable[[Any], Awaitable[None]],
-                 spawn: Callable[[Coroutine[Any, Any, None]], Any]) -> None:
-        self.run = run
-        self.spawn = spawn
+    def __init__(self, loop: asyncio.AbstractEventLoop, runner: EventRunner) -> None:
+        self.loop = loop
+        self.runner = runner
         self.queues: dict[str, deque[Any]] = {}
 
     def submit(self, key: str, item: Any) -> None:
@@ -117,14 +122,14 @@ class ConnectionQueues:
             queue.append(item)
             return
         self.queues[key] = deque([item])
-        self.spawn(self._drain(key))
+        self.loop.create_task(self._drain(key))
 
     async def _drain(self, key: str) -> None:
         queue = self.queues[key]
         try:
             while queue:
                 try:
-                    await self.run(queue[0])
+                    await self.runner.run_event(queue[0])
                 except Exception:  # one event's failure must not stop the next
                     log.exception("WebSocket event for %s failed", key)
                 queue.popleft()

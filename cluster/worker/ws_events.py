@@ -40,7 +40,7 @@ class WsEvents:
         # connection -> its shard's event queue, for those adopted (a NUL first: a
         # shard key never names a connection's own queue)
         self.shard_queue: dict[str, str] = {}
-        self.queues = ConnectionQueues(self._run_ws, self.loop.create_task)
+        self.queues = ConnectionQueues(self.loop, self)
         self.counts = counts  # events by kind, counted on the loop thread (the runner's)
 
     def event(self, link: ReplyLink, env: dict[str, Any]) -> None:
@@ -54,7 +54,8 @@ class WsEvents:
             else self.shard_queue.get(key, key)
         self.queues.submit(queue, (link, env))
 
-    async def _run_ws(self, item: tuple[ReplyLink, dict[str, Any]]) -> None:
+    async def run_event(self, item: tuple[ReplyLink, dict[str, Any]]) -> None:
+        """One event of a connection (or shard), its turn come (ConnectionQueues)."""
         link, env = item
         number: int = env["conn"]
         key = f"{link.gateway_id}/{number}"
