@@ -3,6 +3,7 @@ on etcd (3 members on 127.0.0.1), in one run, in turns.
 
     .venv/bin/python -m loadtests.bench.hot_key [--rounds 3] [--seconds 10]
         [--connections 64] [--workers 2] [--async] [--handler-threads N]
+        [--etcd-unsafe-no-fsync]
 
 Each server is `cluster run` with one gateway and `--workers` workers running
 loadtests/bench/hot_key_app.py (each request: `state.incr("hits")`, acknowledged once
@@ -22,11 +23,12 @@ from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wr
 APP = "loadtests.bench.hot_key_app:"
 
 
-def servers(workers: int, app: str, threads: int) -> dict[str, Server]:
+def servers(workers: int, app: str, threads: int, fsync: bool) -> dict[str, Server]:
     py = str(BIN / "python")
     run = [py, "-m", "cluster", "run", "--handler", app, "--workers", str(workers),
            "--threads", str(threads), "--log-level", "warning"]
-    etcd = [py, "-m", "loadtests.bench.on_etcd", "--", *run, "--state-backend", "{etcd}"]
+    etcd = [py, "-m", "loadtests.bench.on_etcd", *([] if fsync else ["--unsafe-no-fsync"]),
+            "--", *run, "--state-backend", "{etcd}"]
     a, b, c = (free_port() for _ in range(3))
     return {
         "a: coordinator": Server("coordinator", [*run, "--port", str(a)], a),
@@ -44,12 +46,16 @@ def main() -> int:
     parser.add_argument("--async", dest="coroutine", action="store_true",
                         help="the handler as a coroutine (await state.aincr): "
                              "--concurrency increments in flight per worker, not --threads")
+    parser.add_argument("--etcd-unsafe-no-fsync", action="store_true",
+                        help="etcd's members acknowledge without fsync, as the embedded "
+                             "coordinator without --data-dir does: what fsync costs")
     parser.add_argument("--handler-threads", type=int, default=8,
                         help="each worker's --threads: a sync handler holds its thread "
                              "while its increment is made durable")
     args = parser.parse_args()
     app = APP + ("async_app" if args.coroutine else "app")
-    med = compare_in_turns(servers(args.workers, app, args.handler_threads), args)
+    med = compare_in_turns(servers(args.workers, app, args.handler_threads,
+                                   not args.etcd_unsafe_no_fsync), args)
     a, b, c = med.values()
     print("\n| ratio | value | target |\n|---|---:|---:|")
     print(f"| increments/s, etcd with the sequencer / coordinator | {b.rps / a.rps:.2f} "

@@ -133,7 +133,7 @@ def run_clients(target: Any, arg: Any, clients: int, seconds: float) -> float:
     total = sum(out.get(timeout=seconds + 60) for _ in procs)
     for p in procs:
         p.join(30)
-    return total / seconds
+    return float(total) / seconds
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -185,8 +185,9 @@ def start_redis(redis_server: str, data_dir: Path, appendfsync: str
             time.sleep(0.05)  # poll: waiting for redis to listen
 
 
-def start_etcd(data_dir: Path) -> tuple[list[subprocess.Popen[bytes]], str]:
-    """Three etcd members on 127.0.0.1, one cluster; the --state-backend URL."""
+def start_etcd(data_dir: Path, fsync: bool = True) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """Three etcd members on 127.0.0.1, one cluster; the --state-backend URL. Without
+    `fsync`, with etcd's --unsafe-no-fsync (a measurement of what fsync costs)."""
     etcd = shutil.which("etcd")
     if etcd is None:
         sys.exit("etcd is needed: apt-get install etcd-server etcd-client")
@@ -200,7 +201,8 @@ def start_etcd(data_dir: Path) -> tuple[list[subprocess.Popen[bytes]], str]:
              "--advertise-client-urls", f"http://127.0.0.1:{client}",
              "--listen-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-cluster", peers, "--initial-cluster-state", "new", "--pre-vote"],
+             "--initial-cluster", peers, "--initial-cluster-state", "new", "--pre-vote",
+             *([] if fsync else ["--unsafe-no-fsync"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     endpoints = ",".join(f"127.0.0.1:{client}" for client, _ in ports)
     deadline = time.monotonic() + 30
@@ -236,9 +238,10 @@ def etcd_propagation(url: str, samples: int) -> tuple[list[float], list[float]]:
             t0 = time.perf_counter()
             await writer.acall([["set", "probe", rid, 0]])
             acks.append((time.perf_counter() - t0) * 1000)
-            while reader.replica.data.get("probe", (None, 0))[0] != rid:
-                reader._advanced.clear()
-                await asyncio.wait_for(reader._advanced.wait(), 5)
+            # The writer's replica holds its write (read-your-writes): the reader's
+            # watch must bring it to the same revision.
+            await reader._applied(writer.replica.seq, loop.time() + 5)
+            assert reader.replica.data.get("probe", (None, 0))[0] == rid
             seen.append((time.perf_counter() - t0) * 1000)
         writer.close()
         reader.close()
