@@ -3,7 +3,7 @@ on etcd (3 members on 127.0.0.1), in one run, in turns.
 
     .venv/bin/python -m loadtests.bench.hot_key [--rounds 3] [--seconds 10]
         [--connections 64] [--workers 2] [--async] [--handler-threads N]
-        [--etcd-unsafe-no-fsync]
+        [--etcd-unsafe-no-fsync] [--coordinator-fsync always|batch]
 
 Each server is `cluster run` with one gateway and `--workers` workers running
 loadtests/bench/hot_key_app.py (each request: `state.incr("hits")`, acknowledged once
@@ -16,14 +16,17 @@ request counts every process of the server, etcd's members included.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 
 from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wrk_arguments
 
 APP = "loadtests.bench.hot_key_app:"
 
 
-def servers(workers: int, app: str, threads: int, fsync: bool) -> dict[str, Server]:
+def servers(workers: int, app: str, threads: int, fsync: bool,
+            coordinator_log: list[str]) -> dict[str, Server]:
     py = str(BIN / "python")
     run = [py, "-m", "cluster", "run", "--handler", app, "--workers", str(workers),
            "--threads", str(threads), "--log-level", "warning"]
@@ -31,7 +34,7 @@ def servers(workers: int, app: str, threads: int, fsync: bool) -> dict[str, Serv
             "--", *run, "--state-backend", "{etcd}"]
     a, b, c = (free_port() for _ in range(3))
     return {
-        "a: coordinator": Server("coordinator", [*run, "--port", str(a)], a),
+        "a: coordinator": Server("coordinator", [*run, *coordinator_log, "--port", str(a)], a),
         "b: etcd, sequencer": Server("etcd-sequencer", [*etcd, "--port", str(b)], b),
         "c: etcd, no sequencer": Server("etcd-cas", [*etcd, "--port", str(c),
                                                       "--no-state-sequencer"], c),
@@ -52,10 +55,20 @@ def main() -> int:
     parser.add_argument("--handler-threads", type=int, default=8,
                         help="each worker's --threads: a sync handler holds its thread "
                              "while its increment is made durable")
+    parser.add_argument("--coordinator-fsync", choices=("always", "batch"),
+                        help="the coordinator keeps its log in a data directory, fsynced "
+                             "so (always: before each acknowledgement, as etcd does)")
     args = parser.parse_args()
     app = APP + ("async_app" if args.coroutine else "app")
-    med = compare_in_turns(servers(args.workers, app, args.handler_threads,
-                                   not args.etcd_unsafe_no_fsync), args)
+    data_dir = tempfile.mkdtemp(prefix="bench-hot-key-") if args.coordinator_fsync else ""
+    coordinator_log = ["--data-dir", data_dir, "--fsync", args.coordinator_fsync] \
+        if args.coordinator_fsync else []
+    try:
+        med = compare_in_turns(servers(args.workers, app, args.handler_threads,
+                                       not args.etcd_unsafe_no_fsync, coordinator_log), args)
+    finally:
+        if data_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
     a, b, c = med.values()
     print("\n| ratio | value | target |\n|---|---:|---:|")
     print(f"| increments/s, etcd with the sequencer / coordinator | {b.rps / a.rps:.2f} "
