@@ -48,9 +48,9 @@ from cluster.plumbing.http_fields import encode_fields
 from cluster.plumbing.response_parts import (
     ABORT,
     Abort,
-    BodyPart,
     ResponseHead,
     ResponsePart,
+    is_final,
 )
 
 log = logging.getLogger("cluster.gateway.h2")
@@ -278,7 +278,7 @@ class H2Connection(asyncio.Protocol):
     # -- responses -------------------------------------------------------------------
     def deliver(self, sink: StreamSink, part: ResponsePart) -> None:
         ex = sink.ex
-        more = isinstance(part, BodyPart) or (isinstance(part, ResponseHead) and part.more)
+        more = not is_final(part)
         if not more:
             self._worker_done(sink)
         if sink.closed or sink.final or self.closed:

@@ -45,9 +45,9 @@ from cluster.plumbing.http_fields import encode_fields
 from cluster.plumbing.response_parts import (
     ABORT,
     Abort,
-    BodyPart,
     ResponseHead,
     ResponsePart,
+    is_final,
 )
 
 log = logging.getLogger("cluster.gateway.http")
@@ -341,7 +341,7 @@ class HttpConnection(asyncio.Protocol):
             self._done(ex)
             return
         body = part.body
-        more = isinstance(part, BodyPart) or (isinstance(part, ResponseHead) and part.more)
+        more = not is_final(part)
         if not ex.started:
             if isinstance(part, ResponseHead) and part.events is not None:
                 self._become_event_stream(ex, part)
