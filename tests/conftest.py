@@ -8,11 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from cluster.plumbing.security import ROLE_KEYS, keygen
-from tests import harness, httpclient
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    shutil.rmtree(harness.LOG_DIR, ignore_errors=True)  # the processes' logs
+from tests import httpclient
 
 
 @pytest.fixture(autouse=True)

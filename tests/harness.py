@@ -9,6 +9,7 @@ probes), as a deployment would.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import signal
@@ -28,17 +29,25 @@ from cluster.plumbing.security import ROLE_KEYS, Curve, keygen
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--heartbeat-interval", "0.25"]
-# Every process's stderr, read by the test while it runs (and shown when one fails);
-# the directory goes at the end of the session (conftest.py), so a run leaves no
-# file behind in /tmp.
-LOG_DIR = Path(tempfile.mkdtemp(prefix="cluster-test-logs-"))
+_log_dir: Path | None = None
+
+
+def log_file(prefix: str) -> tuple[int, str]:
+    """A new file for a process's stderr, read by the test while it runs (and shown
+    when one fails): in one directory, made at the first call and removed when this
+    process exits, so a run leaves nothing behind in /tmp."""
+    global _log_dir
+    if _log_dir is None:
+        _log_dir = Path(tempfile.mkdtemp(prefix="cluster-test-logs-"))
+        atexit.register(shutil.rmtree, _log_dir, True)
+    return tempfile.mkstemp(prefix=prefix, suffix=".log", dir=_log_dir)
 
 
 class Proc:
     def __init__(self, role: str, argv: list[str], env: dict[str, str] | None,
                  wait_ready: bool, timeout: float) -> None:
         self.role = role
-        log_fd, log_name = tempfile.mkstemp(prefix=f"{role}-", suffix=".log", dir=LOG_DIR)
+        log_fd, log_name = log_file(f"{role}-")
         self.log_path = Path(log_name)
         read_fd, write_fd = os.pipe()
         full_env = {**os.environ, **(env or {})}

@@ -7,14 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.harness import LOG_DIR, ROOT, wait_for
+from tests.harness import ROOT, log_file, wait_for
 from tests.httpclient import get
 
 APP = "tests.apps.handlers:app"
@@ -43,7 +42,7 @@ class Running:
 @contextmanager
 def cluster_run(*args: str, env: dict[str, str] | None = None,
                 handler: str = APP) -> Iterator[Running]:
-    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log", dir=LOG_DIR)
+    log_fd, log_name = log_file("cluster-run-")
     popen = subprocess.Popen(
         [sys.executable, "-m", "cluster", "run", "--handler", handler, "--port", "0",
          "--heartbeat-interval", "0.25", *args],

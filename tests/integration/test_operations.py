@@ -21,7 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.harness import LOG_DIR, ROOT, cluster, wait_for
+from tests.harness import ROOT, cluster, log_file, wait_for
 from tests.httpclient import Conn, get
 from tests.integration.test_cli import _status, alive, cluster_run, ports_of
 from tests.integration.test_deploy import free_port
@@ -309,7 +309,7 @@ def test_processes_raise_their_file_descriptor_limit_and_probe_answers() -> None
 def test_children_stop_when_the_supervisor_is_killed_or_stopped_while_starting() -> None:
     """kill -9 of `cluster run` leaves no child serving on unsupervised; SIGTERM while
     it still waits for a child to be ready stops everything too."""
-    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log", dir=LOG_DIR)
+    log_fd, log_name = log_file("cluster-run-")
     popen = subprocess.Popen(
         [sys.executable, "-m", "cluster", "run", "--handler", APP, "--port", "0",
          "--heartbeat-interval", "0.25"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_fd)
@@ -326,7 +326,7 @@ def test_children_stop_when_the_supervisor_is_killed_or_stopped_while_starting()
              "every child gone with its supervisor")
 
     # A gateway that cannot become ready (no worker will link: an etcd nobody runs).
-    log_fd, log_name = tempfile.mkstemp(prefix="cluster-run-", suffix=".log", dir=LOG_DIR)
+    log_fd, log_name = log_file("cluster-run-")
     popen = subprocess.Popen(
         [sys.executable, "-m", "cluster", "run", "--handler", APP, "--port", "0",
          "--state-backend", f"etcd://127.0.0.1:{free_port()}", "--start-timeout", "30"],
