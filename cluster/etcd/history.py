@@ -55,7 +55,6 @@ log = logging.getLogger("cluster.etcd.history")
 PROBE_INTERVAL = 0.5
 
 
-
 def history_prefix(target: EtcdTarget) -> bytes:
     return target.prefix + b"h/"
 
@@ -251,7 +250,7 @@ class EtcdHistory:
             return
         self.delivered += 1
         self.feed.on_message(group, epoch_of(self.cluster_id, int(kv.create_revision)),
-                        int(kv.version), found[1])
+                             int(kv.version), found[1])
 
     async def _probe(self) -> None:
         """Move a watch whose member stopped answering (see PROBE_INTERVAL)."""

@@ -40,7 +40,6 @@ class ClientConnection(Protocol):
     def close_now(self) -> None: ...
 
 
-
 # End to end: from a request's last byte to its response's last byte, so it includes
 # the hop to the worker and the handler. Fine buckets below 10 ms.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -172,8 +171,6 @@ class ConnectionContext:
             log.info("%s %s %d %.1fms", ex.method, ex.envelope.get("target", "-"), ex.status,
                      (now - ex.began) * 1000,
                      extra={"request_id": f"{self.gateway_id}/{ex.id}" if ex.id else None})
-
-
 
 
 def check_head(shared: ConnectionContext, ex: Exchange,

@@ -59,9 +59,13 @@ class Directory(Protocol):
 
 
 class CoordinatorDirectory:
-    """The coordinator, told over the gateway's link to it."""
+    """The coordinator, over the gateway's link to it: told which groups are held here
+    (a `Directory`) and asked for their history at a recovery (a ws_history.py
+    `HistorySource`), as `EtcdHistory` is on etcd."""
 
-    def __init__(self, link: CoordinatorLink, gateway_id: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, link: CoordinatorLink,
+                 gateway_id: str) -> None:
+        self.loop = loop
         self.link = link
         self.gateway_id = gateway_id
 
@@ -76,6 +80,18 @@ class CoordinatorDirectory:
         """It asked (we registered): every group held here."""
         self.link.post(wire.envelope(wire.GROUPS_HELD, id=self.gateway_id, held=groups,
                                      dropped=[], full=True, r=0))
+
+    def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
+        """A recovery's question; answered by HISTORY_ANSWER on the link."""
+        if not self.link.connected:
+            return False
+        # After this pass's group notice (call_soon keeps the order): the coordinator
+        # must know this gateway holds the group before it answers, or what it numbers
+        # in between would be neither in the answer nor sent here.
+        self.loop.call_soon(self.link.post, wire.envelope(
+            wire.HISTORY_QUERY, id=self.gateway_id, rid=rid, group=group, epoch=epoch,
+            offset=offset))
+        return True
 
 
 class HeldOutput(Protocol):

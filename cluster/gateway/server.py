@@ -29,7 +29,6 @@ from cluster.gateway.metrics import GatewayMetrics
 from cluster.gateway.static import parse_mounts
 from cluster.gateway.tls import TlsAcceptor, TlsCounters
 from cluster.gateway.ws_core import WsOptions
-from cluster.gateway.ws_history import CoordinatorHistory
 from cluster.gateway.ws_hub import WebSocketHub
 from cluster.plumbing import wire
 from cluster.plumbing.config import GatewayConfig
@@ -206,8 +205,8 @@ class Gateway:
         else:
             link = CoordinatorLink(config, self.zmq_context, self.id, "gateway", info, self,
                                    security=self.security)
-            self.hub.feed.history = CoordinatorHistory(self.loop, link, self.id)
-            self.directory = CoordinatorDirectory(link, self.id)
+            self.directory = CoordinatorDirectory(self.loop, link, self.id)
+            self.hub.feed.history = self.directory
             self.hub.notices.directory = self.directory
             coordinator = link
         self.coordinator = coordinator

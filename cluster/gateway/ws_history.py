@@ -18,16 +18,10 @@ timeout counts as `recovered: false`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-from cluster.plumbing import wire
-
-if TYPE_CHECKING:
-    from cluster.plumbing.coordinator_link import CoordinatorLink
+from typing import Any, Protocol
 
 log = logging.getLogger("cluster.gateway.ws")
 
@@ -53,8 +47,9 @@ class FeedOutput(Protocol):
 
 
 class HistorySource(Protocol):
-    """Where a recovery's question goes: the coordinator (`CoordinatorHistory`) or
-    etcd (cluster/etcd/history.py `EtcdHistory`). The answer comes to `on_answer`."""
+    """Where a recovery's question goes: the coordinator (group_notices.py
+    `CoordinatorDirectory`) or etcd (cluster/etcd/history.py `EtcdHistory`). The
+    answer comes to `on_answer`."""
 
     def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
         """False: it cannot be asked now (the recovery fails at once)."""
@@ -65,27 +60,6 @@ class NoHistory:
 
     def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
         return False
-
-
-class CoordinatorHistory:
-    """The embedded coordinator, asked over the gateway's link to it."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, link: CoordinatorLink,
-                 gateway_id: str) -> None:
-        self.loop = loop
-        self.link = link
-        self.gateway_id = gateway_id
-
-    def ask(self, rid: int, group: str, epoch: str, offset: int) -> bool:
-        if not self.link.connected:
-            return False
-        # After this pass's group notice (call_soon keeps the order): the coordinator
-        # must know this gateway holds the group before it answers, or what it numbers
-        # in between would be neither in the answer nor sent here.
-        self.loop.call_soon(self.link.post, wire.envelope(
-            wire.HISTORY_QUERY, id=self.gateway_id, rid=rid, group=group, epoch=epoch,
-            offset=offset))
-        return True
 
 
 class GroupFeed:

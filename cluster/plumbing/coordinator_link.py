@@ -23,7 +23,6 @@ from cluster.plumbing.zmqio import Pump
 log = logging.getLogger("cluster.registry")
 
 
-
 class MembershipWatcher(Protocol):
     """Who a membership link reports to: the gateway or the worker it belongs to."""
 

@@ -43,7 +43,6 @@ MAX_FRAME_BYTES = 1 << 20
 PASS_BUDGET = 0.02
 
 
-
 class Receiver(Protocol):
     """Whoever a pump hands its socket's messages to: the gateway's `Dispatcher`, the
     worker's `GatewayLink`, the `Coordinator`, a `CoordinatorLink`, a worker's

@@ -48,13 +48,13 @@ from urllib.parse import unquote
 
 from cluster.errors import ASGIError, BadField, BadResponse, ClientDisconnected, LifespanError
 from cluster.plumbing import wire
+from cluster.plumbing.response_parts import abort_envelope
 from cluster.state import Backend, SharedState
 from cluster.worker import event_streams
 from cluster.worker.flow import Streams, StreamWindow
 from cluster.worker.messages import (
     ReplyLink,
     StreamEnvelopes,
-    aborted,
     response,
     server_error,
 )
@@ -73,8 +73,6 @@ class Replies(Protocol):
     streams: Streams
 
     def send(self, link: ReplyLink, env: dict[str, Any]) -> None: ...
-
-
 
 
 def is_asgi_app(obj: Any, positional: int | None) -> bool:
@@ -253,8 +251,8 @@ class HttpExchange:
         try:
             if self.stream is None and not more:
                 self._emit(response(self.rid, self.status, self.headers, body,
-                                   request_headers=self.request_headers,
-                                   gzip_min_size=self.gzip_min_size))
+                                    request_headers=self.request_headers,
+                                    gzip_min_size=self.gzip_min_size))
                 self._finish()
                 return
             if self.stream is None:
@@ -279,7 +277,7 @@ class HttpExchange:
         if self.finished:
             return
         if self.stream is not None and self.stream.started:
-            self._emit(aborted(self.rid))
+            self._emit(abort_envelope(self.rid))
         else:
             self._emit(server_error(self.rid, self.label))
         self._finish()
@@ -420,7 +418,6 @@ class WebSocketSession:
         else:
             self.act(wire.close(self.number, close, "" if close == 1000 else "internal error"))
         self.stage = "closed"
-
 
 
 class Lifespan:

@@ -197,11 +197,6 @@ def response(req_id: int, status: int, headers: list[list[str]], body: bytes, *,
     return head_envelope(req_id, status, encode_fields(headers)[0], body, False)
 
 
-def aborted(req_id: int) -> dict[str, Any]:
-    """A stream failed after its head was sent: the gateway cuts the connection."""
-    return abort_envelope(req_id)
-
-
 class StreamEnvelopes:
     """The envelopes of one streamed response: the first chunk carries the status and
     headers, later ones are parts; then the end, or a failure (a 500 while nothing
@@ -228,7 +223,9 @@ class StreamEnvelopes:
         return head_envelope(self.req_id, self.status, self.head, b"", False)
 
     def failed(self, req_label: str) -> dict[str, Any]:
-        return aborted(self.req_id) if self.started else server_error(self.req_id, req_label)
+        # After its head was sent the gateway cuts the response; before, a 500.
+        return abort_envelope(self.req_id) if self.started else \
+            server_error(self.req_id, req_label)
 
 
 def server_error(req_id: int, req_label: str) -> dict[str, Any]:
