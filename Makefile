@@ -48,18 +48,20 @@ $(RUN_STAMP): pyproject.toml setup.py $(HOT)
 # Debian packages, installed once when missing.
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
-	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || \
-	    ! command -v docker-compose >/dev/null || ! command -v openssl >/dev/null || \
-	    ! command -v wrk >/dev/null || ! command -v etcd >/dev/null || \
-	    ! command -v etcdctl >/dev/null || ! command -v ip >/dev/null || \
-	    ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || \
-	    ! command -v curl >/dev/null || ! command -v h2load >/dev/null || \
-	    ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
-	  echo "installing prometheus, docker-compose, openssl, wrk, etcd, iproute2," \
-	    "chromium, curl, nghttp2-client, nodejs and npm with apt-get"; \
+	@# Each command's package, only where the command is missing: a machine may have
+	@# a program from elsewhere (Node.js from NodeSource, say, whose nodejs conflicts
+	@# with Debian's npm), and asking apt for its Debian twin would fail the install.
+	@missing=""; \
+	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
+	    openssl:openssl wrk:wrk etcd:etcd-server etcdctl:etcd-client ip:iproute2 \
+	    chromium:chromium chromedriver:chromium-driver curl:curl h2load:nghttp2-client \
+	    node:nodejs npm:npm; do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing with apt-get:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    prometheus docker-compose openssl wrk etcd-server etcd-client iproute2 \
-	    chromium chromium-driver curl nghttp2-client nodejs npm >/dev/null; \
+	    $$missing >/dev/null; \
 	fi
 	touch $(TOOLS)
 
@@ -117,7 +119,8 @@ integration: $(TOOLS) $(COMPILED)
 compose-test: $(TOOLS)
 	@if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then \
 	  echo "installing podman and debootstrap with apt-get"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman debootstrap >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    podman debootstrap >/dev/null; \
 	fi
 	CLUSTER_COMPOSE_TEST=1 $(BIN)/pytest -q -s tests/compose
 
