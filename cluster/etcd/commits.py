@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aetcd
 import msgpack  # type: ignore[import-untyped]
@@ -36,6 +36,7 @@ import msgpack  # type: ignore[import-untyped]
 from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.errors import EtcdUnavailable, SequencerDeposed, StateError
 from cluster.etcd.session import EtcdSession, EtcdTarget
+from cluster.plumbing.config import StateLimits
 from cluster.worker.replica import Replica
 
 log = logging.getLogger("cluster.etcd.state")
@@ -49,12 +50,27 @@ MAX_KEYS = 60
 Fence = tuple[bytes, int]  # a key that must have this create revision
 
 
+def store_limits(config: StateLimits) -> StoreLimits:
+    """--max-value and --max-keys as the store's rules take them."""
+    return StoreLimits(max_value=config.max_value, max_keys=config.max_keys)
+
+
+class KeyCount(Protocol):
+    """Who knows how many keys the store holds, for --max-keys: a worker's replica
+    (every key), or the sequencer (a count it keeps). None: not known yet."""
+
+    def key_count(self) -> int | None: ...
+
+
 class KnownValues(Replica):
     """Values at etcd revisions: each key's mod_revision kept beside it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.revisions: dict[str, int] = {}
+
+    def key_count(self) -> int | None:
+        return len(self.data)  # a replica: every key
 
     def reset(self, revision: int) -> None:
         self.data = {}
@@ -100,22 +116,23 @@ def keys_of(ops: list[list[Any]]) -> set[str]:
 
 class Committer:
     """Group commit of batches onto etcd, computed on `known` (see the module's text).
-    `on_committed(changes, revision)` and `on_seen(key, raw or None, mod_revision)`
-    tell the owner of `known` what was written and read, if it keeps them itself."""
+    `on_committed(changes, revision, keys created less keys deleted)` and
+    `on_seen(key, raw or None, mod_revision)` tell the owner of `known` what was
+    written and read, if it keeps them itself."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, session: EtcdSession,
-                 target: EtcdTarget, known: KnownValues, *,
-                 count_keys: bool = True, fence: Callable[[], Fence | None] = lambda: None,
-                 ) -> None:
+                 target: EtcdTarget, known: KnownValues, limits: StoreLimits, *,
+                 counter: KeyCount | None = None,
+                 fence: Callable[[], Fence | None] = lambda: None) -> None:
         self.loop = loop
         self.session = session
         self.prefix = target.prefix + b"s/"
         self.marker_prefix = target.prefix + f"w/{uuid.uuid4().hex[:12]}/".encode()
         self.known = known
-        self.count_keys = count_keys  # `known` holds every key (a replica): check max_keys
+        self.counter = counter if counter is not None else known  # for max_keys
         self.fence = fence
-        self.limits = StoreLimits()
-        self.on_committed: Callable[[list[list[Any]], int], None] = lambda *_: None
+        self.limits = limits  # --max-value and --max-keys, as the coordinator's
+        self.on_committed: Callable[[list[list[Any]], int, int], None] = lambda *_: None
         self.on_seen: Callable[[str, bytes | None, int], None] = lambda *_: None
         self.conflicts = 0  # groups computed again: another writer was first
         self.groups = 0
@@ -183,8 +200,7 @@ class Committer:
                 before = dict(store.data)  # the group's few keys
                 try:
                     results, _changes = store.apply(batch.ops, now)
-                    if self.count_keys:
-                        self._check_key_count(changes_of(store, known))
+                    self._check_key_count(changes_of(store, known), known)
                     outcomes.append(results)
                 except StateError as exc:
                     store.data = before  # a refused batch changes nothing
@@ -194,14 +210,17 @@ class Committer:
             succeeded, responses, committed = await self._transaction(
                 known, changes, marker, attempt, fence, deadline)
             if succeeded:
-                revision = _revision(responses) or self.known.seq
-                self.on_committed(changes, revision)
+                # A group that changed nothing wrote nothing (no new revision): what it
+                # read is what the worker's replica must have reached.
+                revision = _revision(responses) or \
+                    max((rev for _entry, rev in known.values()), default=0)
+                self.on_committed(changes, revision, _net_keys(changes, known))
                 return outcomes, revision
             if committed is not None:
                 # An earlier attempt of this group did commit, though its answer was
                 # lost (a member that failed mid-call): its outcomes are the true ones.
                 done_attempt, revision = committed
-                self.on_committed(changes, revision)
+                self.on_committed(changes, revision, _net_keys(changes, known))
                 return tried[done_attempt], revision
             found = responses[1:]
             if fence is not None:
@@ -224,9 +243,14 @@ class Committer:
                     raw_seen, revision = raw, int(meta.mod_revision)
                 self.on_seen(key, raw_seen, revision)
 
-    def _check_key_count(self, changes: list[list[Any]]) -> None:
-        new = sum(1 for k, v, _ in changes if v is not None and k not in self.known.data)
-        if new and len(self.known.data) + new > self.limits.max_keys:
+    def _check_key_count(self, changes: list[list[Any]],
+                         known: dict[str, tuple[Any, int]]) -> None:
+        """As the coordinator: a batch that would take the store past max_keys is
+        refused. `known` holds what each key was before the group: the transaction
+        compares every one of them, so this count of new keys is exact."""
+        new = sum(1 for k, v, _ in changes if v is not None and known[k][0] is None)
+        count = self.counter.key_count()
+        if new and count is not None and count + new > self.limits.max_keys:
             raise StateError(f"the store holds at most {self.limits.max_keys} keys")
 
     async def _transaction(self, known: dict[str, tuple[Any, int]], changes: list[list[Any]],
@@ -249,8 +273,11 @@ class Committer:
             if fence is not None:
                 compare.append(tx.create(fence[0]) == fence[1])
             compare += [tx.mod(self._key(k)) == rev for k, (_, rev) in known.items()]
+            # Only a group that changes something needs its marker: one that changes
+            # nothing may run twice, and its revision would be none of the state's
+            # (a worker would wait for its watch to bring it, in vain).
             success = [tx.put(marker, str(attempt).encode(),
-                              lease=await self._marker_lease(client))]
+                              lease=await self._marker_lease(client))] if changes else []
             for key, value, expires in changes:
                 if value is None:
                     success.append(tx.delete(self._key(key)))
@@ -280,6 +307,11 @@ class Committer:
 
     def _key(self, key: str) -> bytes:
         return self.prefix + key.encode()
+
+
+def _net_keys(changes: list[list[Any]], known: dict[str, tuple[Any, int]]) -> int:
+    """Keys a committed group created less those it deleted."""
+    return sum((v is not None) - (known[k][0] is not None) for k, v, _ in changes)
 
 
 def _revision(responses: list[Any]) -> int:

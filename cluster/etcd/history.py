@@ -43,7 +43,7 @@ import msgpack  # type: ignore[import-untyped]
 from aetcd import rpc
 
 from cluster.errors import EtcdUnavailable
-from cluster.etcd.session import EtcdSession, EtcdTarget, stop_watch
+from cluster.etcd.session import EtcdSession, EtcdTarget, prefix_end, stop_watch
 from cluster.gateway.group_notices import DIRECTORY, GroupNotices
 from cluster.gateway.ws_history import GroupFeed
 
@@ -201,7 +201,7 @@ class EtcdHistory:
         return not self._tasks or self._tasks[0].cancelled() or self._tasks[0].done()
 
     async def _head(self, client: aetcd.Client) -> Any:
-        request = rpc.RangeRequest(key=self.prefix, range_end=_end(self.prefix), limit=1,
+        request = rpc.RangeRequest(key=self.prefix, range_end=prefix_end(self.prefix), limit=1,
                                    keys_only=True)
         return await client.kvstub.Range(request, timeout=client._timeout,
                                          metadata=client.metadata)
@@ -392,7 +392,3 @@ async def _replay(client: aetcd.Client, key: bytes, start: int, first: int, last
 
 def _tagged(events: asyncio.Queue[Any], group: str, event: Any) -> None:
     events.put_nowait((group, event))
-
-
-def _end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])

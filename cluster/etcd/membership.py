@@ -26,7 +26,7 @@ from typing import Any
 import aetcd
 
 from cluster.errors import CoordinatorUnreachable, EtcdUnavailable
-from cluster.etcd.session import FAILURES, EtcdSession, parse_backend, stop_watch
+from cluster.etcd.session import FAILURES, EtcdSession, parse_backend, prefix_end, stop_watch
 from cluster.plumbing.config import Common
 from cluster.plumbing.coordinator_link import MembershipWatcher
 from cluster.plumbing.security import Plaintext, Security
@@ -121,7 +121,6 @@ class EtcdMembership:
 
     async def _follow(self) -> None:
         """Read the table, then watch it; start over when the watch breaks."""
-        end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
         while True:
             try:
                 listing = await self.watch_session.call(
@@ -139,7 +138,8 @@ class EtcdMembership:
                 client = await asyncio.wait_for(self.watch_session.client(), self.ttl)
                 events: asyncio.Queue[Any] = asyncio.Queue()
                 watch = await asyncio.wait_for(client._watcher.add_callback(
-                    self.prefix, events.put, range_end=end, start_revision=revision + 1),
+                    self.prefix, events.put, range_end=prefix_end(self.prefix),
+                    start_revision=revision + 1),
                     self.ttl)
                 try:
                     while True:

@@ -38,6 +38,11 @@ FAILURES = (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, asyncio.TimeoutE
 
 
 
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of the key range holding every key that begins with `prefix`."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
 @dataclass(frozen=True)
 class EtcdTarget:
     endpoints: tuple[tuple[str, int], ...]

@@ -34,8 +34,8 @@ from typing import Any, Protocol
 import aetcd
 
 from cluster.errors import EtcdUnavailable, StateError, StateUnavailable
-from cluster.etcd.commits import Committer, KnownValues
-from cluster.etcd.session import EtcdSession, parse_backend, stop_watch
+from cluster.etcd.commits import Committer, KnownValues, store_limits
+from cluster.etcd.session import EtcdSession, parse_backend, prefix_end, stop_watch
 from cluster.plumbing import wire
 from cluster.plumbing.config import WorkerConfig
 from cluster.worker.replica import ReplicaReads
@@ -77,19 +77,25 @@ class EtcdState(ReplicaReads):
         self.resyncs = 0
         self.ops: dict[str, int] = {}
         self.failures = 0
-        self.committer = Committer(loop, self.session, self.target, self.replica)
+        self.committer = Committer(loop, self.session, self.target, self.replica,
+                                   store_limits(config))
         # The elected sequencer, as its claims say (gateway id, fencing token), and the
         # links to the gateways (the worker's own dict): set by the worker.
         self.sequencer: tuple[str, int] | None = None
         self.links: Mapping[str, GatewayRoute] = {}
         self.sequenced = 0  # batches committed by the sequencer
-        self._asked: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        # Batches for the sequencer, gathered through one turn of the loop and sent
+        # together (_send_batches); then the messages sent and not yet answered.
+        self._outbox: list[tuple[list[list[Any]], Outcome]] = []
+        self._outbox_deadline = 0.0
+        self._asked: dict[int, Asked] = {}
         self._rid = 0
         self.worker_id = ""
         # Calls waiting for the replica to reach a revision: (revision, n, future). A
         # future each, woken by the watch or a timer: no task per call.
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waits = 0
+        self.watch_waits = 0  # calls that found the replica behind their revision
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_began = 0.0
         self._closing_now = False
@@ -136,9 +142,7 @@ class EtcdState(ReplicaReads):
     def on_sequencer(self, gateway_id: str, msg: dict[str, Any]) -> None:
         """From a gateway link: a claim (SEQUENCER) or an answer (STATE_ACK)."""
         if msg["k"] == wire.STATE_ACK:
-            fut = self._asked.pop(msg["rid"], None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            self._answered(msg)
             return
         token = msg["token"]
         current = self.sequencer
@@ -154,48 +158,89 @@ class EtcdState(ReplicaReads):
     def on_gateway_gone(self, gateway_id: str) -> None:
         if self.sequencer is not None and self.sequencer[0] == gateway_id:
             self.sequencer = None
-        for rid, fut in list(self._asked.items()):
-            if not fut.done() and getattr(fut, "gateway", None) == gateway_id:
-                fut.set_exception(EtcdUnavailable(f"gateway {gateway_id} left"))
-                self._asked.pop(rid, None)
+        for rid, asked in list(self._asked.items()):
+            if asked.sequencer[0] == gateway_id:
+                del self._asked[rid]
+                asked.settle([wire.UNAVAILABLE, f"gateway {gateway_id} left"])
 
-    async def _via_sequencer(self, ops: list[list[Any]], deadline: float
-                             ) -> tuple[list[Any], int] | None:
-        """The batch committed by the sequencer; None if there is none to ask, or it
-        says it is no longer one (then nothing was applied)."""
+    def _route(self) -> tuple[tuple[str, int], GatewayRoute] | None:
+        """The sequencer and the link to it, if there is one to ask."""
         sequencer = self.sequencer
         link = self.links.get(sequencer[0]) if sequencer is not None else None
         if sequencer is None or link is None or not link.welcomed or link.gone:
             return None
-        self._rid += 1
-        rid = self._rid
-        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-        fut.gateway = sequencer[0]  # type: ignore[attr-defined]
-        self._asked[rid] = fut
-        link.post(wire.envelope(wire.STATE_OP, id=self.worker_id, rid=rid, ops=ops,
-                                t=max(0.0, deadline - self.loop.time())))
-        try:
-            answer = await asyncio.wait_for(fut, max(0.0, deadline - self.loop.time()))
-        except TimeoutError:
-            # Sent, unanswered: it may have been applied. Not tried again.
-            raise EtcdUnavailable("the sequencer did not answer in time") from None
-        finally:
-            self._asked.pop(rid, None)
-        if answer.get("ok"):
-            self.sequenced += 1
-            return answer.get("results", []), int(answer.get("seq", 0))
-        if answer.get("not_leader"):
-            if self.sequencer == sequencer:
-                self.sequencer = None
+        return sequencer, link
+
+    async def _via_sequencer(self, ops: list[list[Any]], deadline: float
+                             ) -> tuple[list[Any], int] | None:
+        """The batch committed by the sequencer; None if there is none to ask, or it
+        says it is no longer one (then nothing was applied). Sent with the other
+        batches of this turn of the loop, as one message."""
+        if self._route() is None:
             return None
-        if answer.get("unavailable"):
-            raise EtcdUnavailable(str(answer.get("error", "the sequencer has no quorum")))
-        raise StateError(str(answer.get("error", "refused")))
+        outcome: Outcome = self.loop.create_future()
+        if not self._outbox:
+            self.loop.call_soon(self._send_batches)
+            self._outbox_deadline = deadline  # the first is the soonest
+        self._outbox.append((ops, outcome))
+        code, detail, revision = await outcome
+        if code == wire.COMMITTED:
+            self.sequenced += 1
+            return detail, revision
+        if code == wire.NOT_SEQUENCER:
+            return None
+        if code == wire.REFUSED:
+            raise StateError(str(detail))
+        raise EtcdUnavailable(str(detail))
+
+    def _send_batches(self) -> None:
+        calls, self._outbox = self._outbox, []
+        route = self._route()
+        if route is None:  # the sequencer left in this turn: nothing was sent
+            for _ops, outcome in calls:
+                _settle(outcome, wire.NOT_SEQUENCER, "", 0)
+            return
+        sequencer, link = route
+        self._rid += 1
+        left = max(0.0, self._outbox_deadline - self.loop.time())
+        asked = Asked(sequencer, [outcome for _ops, outcome in calls])
+        # Sent, unanswered in time: it may have been applied. Not tried again.
+        asked.timer = self.loop.call_later(left, self._unanswered, self._rid)
+        self._asked[self._rid] = asked
+        link.post(wire.envelope(wire.STATE_BATCHES, id=self.worker_id, rid=self._rid,
+                                batches=[ops for ops, _outcome in calls], t=left))
+
+    def _unanswered(self, rid: int) -> None:
+        asked = self._asked.pop(rid, None)
+        if asked is not None:
+            asked.settle([wire.UNAVAILABLE, "the sequencer did not answer in time"])
+
+    def _answered(self, msg: dict[str, Any]) -> None:
+        asked = self._asked.pop(msg["rid"], None)
+        if asked is None:
+            return  # given up on already
+        outcomes = msg.get("outcomes")
+        if msg["ok"] and isinstance(outcomes, list) and \
+                len(outcomes) == len(asked.outcomes) and isinstance(msg.get("seq"), int):
+            asked.settle(*outcomes, revision=msg["seq"])
+        elif msg.get("not_leader"):
+            asked.settle([wire.NOT_SEQUENCER, ""])
+        elif msg.get("unavailable"):
+            asked.settle([wire.UNAVAILABLE, str(msg.get("error", "no quorum"))])
+        elif msg["ok"]:
+            log.warning("an answer from the sequencer without an outcome for each batch")
+            asked.settle([wire.UNAVAILABLE, "the sequencer's answer is malformed"])
+        else:
+            asked.settle([wire.REFUSED, str(msg.get("error", "refused"))])
+        if asked.deposed and self.sequencer == asked.sequencer:
+            self.sequencer = None
 
     async def _applied(self, revision: int, deadline: float) -> None:
         """Wait until the watch has brought the replica to `revision`. A watch that
         lags a committed revision by WATCH_LAG is on a member that stalls without
         saying so (cut off from the others): it is moved to another member."""
+        if self.replica.seq < revision:
+            self.watch_waits += 1
         lag_until = self.loop.time() + WATCH_LAG
         while self.replica.seq < revision:
             now = self.loop.time()
@@ -267,9 +312,9 @@ class EtcdState(ReplicaReads):
         session = self.watch_session
         client = await asyncio.wait_for(session.client(), session.attempt)
         events: asyncio.Queue[Any] = asyncio.Queue()
-        end = self.prefix[:-1] + bytes([self.prefix[-1] + 1])
         watch = await asyncio.wait_for(client._watcher.add_callback(
-            self.prefix, events.put, range_end=end, start_revision=self.replica.seq + 1),
+            self.prefix, events.put, range_end=prefix_end(self.prefix),
+            start_revision=self.replica.seq + 1),
             session.attempt)
         try:
             pending: list[Any] = []
@@ -316,6 +361,39 @@ class EtcdState(ReplicaReads):
     async def _close_sessions(self) -> None:
         await self.session.close()
         await self.watch_session.close()
+
+
+# A batch's outcome from the sequencer: (wire.COMMITTED or another code, the results or
+# why not, the revision to wait for).
+Outcome = asyncio.Future[tuple[int, Any, int]]
+
+
+class Asked:
+    """One STATE_BATCHES sent to the sequencer: the batches' outcomes to settle."""
+
+    def __init__(self, sequencer: tuple[str, int], outcomes: list[Outcome]) -> None:
+        self.sequencer = sequencer  # (gateway id, token) it was sent to
+        self.outcomes = outcomes
+        self.timer: asyncio.TimerHandle | None = None
+        self.deposed = False  # it said it is no longer the sequencer
+
+    def settle(self, *answers: Any, revision: int = 0) -> None:
+        """One answer for all (a single one), or one for each batch, in order."""
+        if self.timer is not None:
+            self.timer.cancel()
+        for i, outcome in enumerate(self.outcomes):
+            answer = answers[i] if len(answers) > 1 else answers[0]
+            if type(answer) is list and len(answer) == 2 and type(answer[0]) is int:
+                code, detail = answer
+            else:
+                code, detail = wire.UNAVAILABLE, "the sequencer's answer is malformed"
+            self.deposed = self.deposed or code == wire.NOT_SEQUENCER
+            _settle(outcome, code, detail, revision)
+
+
+def _settle(outcome: Outcome, code: int, detail: Any, revision: int) -> None:
+    if not outcome.done():
+        outcome.set_result((code, detail, revision))
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -239,8 +239,8 @@ class Dispatcher:
                 self.hub.on_actions(peer, msg)
             elif kind == wire.WS_GROUPS_ACK and self.hub is not None:
                 self.hub.notices.answered(peer, msg)
-            elif kind == wire.STATE_OP and self.sequencer is not None:
-                self.sequencer.on_op(peer, msg)
+            elif kind == wire.STATE_BATCHES and self.sequencer is not None:
+                self.sequencer.on_batches(peer, msg)
             elif kind == wire.WS_QUERY and self.hub is not None:
                 self._post(peer, wire.envelope(wire.WS_QUERY_REPLY, rid=msg["rid"],
                                                conns=self.hub.groups.listed(msg["group"])))

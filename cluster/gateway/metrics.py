@@ -198,6 +198,9 @@ def _sequencer(seq: Sequencer) -> Iterable[Any]:
     yield _counter("cluster_gateway_state_sequencer_batches",
                    "Workers' state batches this gateway committed as sequencer",
                    seq.batches)
+    yield _counter("cluster_gateway_state_sequencer_messages",
+                   "Workers' messages those batches came in (fewer: a worker sends the "
+                   "batches of one turn of its loop together)", seq.messages)
     yield _counter("cluster_gateway_state_sequencer_transactions",
                    "etcd transactions those batches took (fewer: more per one)",
                    seq.committer.groups)

@@ -197,7 +197,7 @@ class Gateway:
             if config.state_sequencer:
                 from cluster.etcd.sequencer import Sequencer
                 self.sequencer = Sequencer(self.loop, self.id, coordinator, self.dispatcher,
-                                           config.peer_expiry)
+                                           config.peer_expiry, config)
                 self.dispatcher.sequencer = self.sequencer
                 self.sequencer.start()
             # No coordinator to list the metrics endpoints: every gateway does.

@@ -95,7 +95,21 @@ class HistoryWindow(Common):
 
 
 @dataclass(frozen=True)
-class CoordinatorConfig(HistoryWindow):
+class StateLimits(Common):
+    """The shared state's limits: checked by the coordinator, or on etcd by whoever
+    commits (the sequencer gateway, or a worker committing its own batches)."""
+
+    max_value: int = opt(1024 * 1024, "largest state value, bytes (msgpack-encoded)")
+    max_keys: int = opt(1_000_000, "most keys in the shared state")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_value < 1 or self.max_keys < 1:
+            raise ConfigError("--max-value and --max-keys must be >= 1")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig(HistoryWindow, StateLimits):
     coordinator_bind: str = opt("tcp://127.0.0.1:5555", "endpoint the coordinator binds")
     state_bind: str = opt("", "endpoint of the state update publisher "
                           "(default: the coordinator's host, any port)")
@@ -104,8 +118,6 @@ class CoordinatorConfig(HistoryWindow):
                      "written before the ack, fsynced every --fsync-interval")
     fsync_interval: float = opt(0.01, "seconds between fsyncs with --fsync batch")
     snapshot_every: int = opt(10_000, "log records between snapshots")
-    max_value: int = opt(1024 * 1024, "largest state value, bytes (msgpack-encoded)")
-    max_keys: int = opt(1_000_000, "most keys in the shared state")
 
     def validate(self) -> None:
         super().validate()
@@ -113,12 +125,12 @@ class CoordinatorConfig(HistoryWindow):
             raise ConfigError("--fsync must be always or batch")
         if self.fsync_interval <= 0:
             raise ConfigError("--fsync-interval must be > 0")
-        if self.snapshot_every < 1 or self.max_value < 1 or self.max_keys < 1:
-            raise ConfigError("--snapshot-every, --max-value and --max-keys must be >= 1")
+        if self.snapshot_every < 1:
+            raise ConfigError("--snapshot-every must be >= 1")
 
 
 @dataclass(frozen=True)
-class GatewayConfig(HistoryWindow):
+class GatewayConfig(HistoryWindow, StateLimits):
     host: str = opt("127.0.0.1", "HTTP listen address")
     port: int = opt(8000, "HTTP listen port (0: any free port)")
     dispatch_bind: str = opt("tcp://127.0.0.1:0",
@@ -199,7 +211,7 @@ class GatewayConfig(HistoryWindow):
 
 
 @dataclass(frozen=True)
-class WorkerConfig(Common):
+class WorkerConfig(StateLimits):
     handler: str = opt("", "the handler to run, as pkg.module:object", required=True)
     app_dir: str = opt(".", "directory the handler's module is imported from (put first "
                        "on the import path)")

@@ -24,7 +24,7 @@ from cluster.errors import WireError
 # 2: kinds became words ("response", not "res"); a process of another version is
 # refused at the first frame (WireError), never misread.
 # 3: an outside publisher's broadcasts and pushes go by the coordinator (relay_*).
-VERSION = 3
+VERSION = 4
 
 # Coordinator <-> member (gateway, worker)
 REGISTER = "register"  # member -> coordinator: join, with a description of itself
@@ -50,8 +50,16 @@ SNAPSHOT_REQUEST = "snapshot_request"  # worker -> coordinator: send me the whol
 SNAPSHOT = "snapshot"  # coordinator -> worker: one part of the store at a sequence
 UPDATE = "update"  # coordinator PUB: the changes of one sequence number
 STATE_HEARTBEAT = "state_heartbeat"  # coordinator PUB: the current sequence number
-# On etcd, STATE_OP and STATE_ACK go between a worker and the elected sequencer gateway
+# On etcd, between a worker and the elected sequencer gateway:
 SEQUENCER = "sequencer"  # gateway -> worker: I commit state batches, under this token (-1: no more)
+# worker -> sequencer: the batches its handlers made in one turn of its loop, each
+# atomic on its own, in order; answered by one STATE_ACK with an outcome per batch
+STATE_BATCHES = "state_batches"
+# What became of each of those batches, in STATE_ACK's "outcomes": [code, detail]
+COMMITTED = 0  # [0, results]
+REFUSED = 1  # [1, why]: the batch itself is wrong (StateError); nothing applied
+UNAVAILABLE = 2  # [2, why]: no quorum in time; it may have been applied
+NOT_SEQUENCER = 3  # [3, why]: not applied: the worker commits it itself
 
 # WebSocket, gateway <-> worker
 WS_OPEN = "ws_open"  # gateway -> worker: a client asks to connect (ws.connect)
@@ -124,6 +132,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     UPDATE: {"epoch": _STR, "seq": _INT, "changes": _LIST},
     STATE_HEARTBEAT: {"epoch": _STR, "seq": _INT},
     SEQUENCER: {"token": _INT},
+    STATE_BATCHES: {"id": _STR, "rid": _INT, "batches": _LIST},
     WS_OPEN: {"conn": _INT, "target": _STR, "headers": _LIST, "subprotocols": _LIST,
               "addr": _LIST},
     WS_ADOPT: {"conn": _INT, "shard": _STR, "target": _STR, "headers": _LIST,

@@ -96,6 +96,10 @@ class WorkerMetrics:
                                       "Batches this worker committed itself that lost to "
                                       "another writer and were computed again",
                                       value=state.conflicts)
+            yield CounterMetricFamily("cluster_worker_state_watch_waits",
+                                      "Writes that, acknowledged, waited for the watch to "
+                                      "bring their revision to the replica",
+                                      value=state.watch_waits)
         yield CounterMetricFamily("cluster_worker_broadcast_sends",
                                   "Broadcast messages sent: one per gateway holding "
                                   "members of the group", value=self.push.broadcast_sends)

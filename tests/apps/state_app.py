@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -65,6 +66,21 @@ async def kv(req: dict[str, Any], key: str) -> dict[str, Any]:
     if key not in state:
         return {"status": 404, "body": {"pid": os.getpid()}}
     return {"status": 200, "body": {"value": state[key], "pid": os.getpid()}}
+
+
+@app.route("/together/<counter>/<other>", methods=["POST"])
+async def together(req: dict[str, Any], counter: str, other: str) -> dict[str, Any]:
+    """Two increments made in one turn of the worker's loop: each stands or fails on
+    its own (`other` may hold something that is not a number)."""
+    state = req["state"]
+    counted, second = await asyncio.gather(state.aincr(counter), state.aincr(other),
+                                           return_exceptions=True)
+    if isinstance(counted, BaseException):
+        raise counted
+    return {"status": 200, "body": {"counted": counted,
+                                    "other": second if isinstance(second, int) else None,
+                                    "refused": str(second) if isinstance(second, StateError)
+                                    else None}}
 
 
 @app.route("/readonly", methods=["PUT"])

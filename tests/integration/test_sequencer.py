@@ -75,12 +75,12 @@ def sequenced(worker: Proc) -> float:
 
 
 @contextmanager
-def on_etcd(tmp_path: Path, *gateway_flags: str) -> Iterator[tuple[Cluster, list[Proc],
-                                                                   list[Proc]]]:
+def on_etcd(tmp_path: Path, *gateway_flags: str, worker_flags: tuple[str, ...] = ()
+            ) -> Iterator[tuple[Cluster, list[Proc], list[Proc]]]:
     with solo_etcd(tmp_path / "etcd") as url, cluster(backend=f"{url}/seq") as c:
         flags = ["--metrics-port", "0", *gateway_flags]
         gateways = [c.gateway(*flags) for _ in range(2)]
-        workers = [c.worker(APP, "--metrics-port", "0") for _ in range(2)]
+        workers = [c.worker(APP, "--metrics-port", "0", *worker_flags) for _ in range(2)]
         yield c, gateways, workers
 
 
@@ -103,6 +103,66 @@ def test_without_a_sequencer_each_worker_commits_its_own(tmp_path: Path) -> None
         assert not any(is_sequencer(g) for g in gateways)
         assert all(sequenced(w) == 0 for w in workers)
         assert load.check(int(gateways[0].ready["port"])) == load.acked
+
+
+def test_the_batches_of_one_turn_go_together_and_each_stands_alone(tmp_path: Path) -> None:
+    """A handler that makes two increments at once: they reach the sequencer in one
+    message. One of them on a key that holds a word is refused (400's reason), and the
+    other is committed all the same."""
+    with on_etcd(tmp_path) as (_c, gateways, _workers):
+        wait_for(lambda: sum(is_sequencer(g) for g in gateways) == 1, 15, "one sequencer")
+        leader = next(g for g in gateways if is_sequencer(g))
+        port = int(leader.ready["port"])
+        status, _ = http(f"http://127.0.0.1:{port}/kv/word", "PUT", b"text")
+        assert status == 200
+        before = scrape(metrics_port(leader.ready))
+        for n in range(1, 6):
+            status, body = http(f"http://127.0.0.1:{port}/together/both/word", "POST")
+            assert status == 200, body
+            answer = json.loads(body)
+            assert answer["counted"] == n and answer["other"] is None, answer
+            assert "incr" in answer["refused"], answer
+        status, body = http(f"http://127.0.0.1:{port}/together/both/twin", "POST")
+        assert status == 200 and json.loads(body) == {"counted": 6, "other": 1,
+                                                      "refused": None}, body
+        after = scrape(metrics_port(leader.ready))
+
+        def grew(name: str) -> float:
+            return sample(after, name) - sample(before, name)
+
+        assert grew("cluster_gateway_state_sequencer_batches_total") == 12
+        assert grew("cluster_gateway_state_sequencer_messages_total") == 6
+
+
+@pytest.mark.parametrize("committer", ["sequencer", "worker"])
+def test_max_keys_holds_on_etcd(tmp_path: Path, committer: str) -> None:
+    """--max-keys, as on the coordinator: a new key past it is refused (nothing
+    written), a changed one is not, and a deleted one makes room. Checked by the
+    sequencer (from its count of etcd's keys) or by a worker (from its replica)."""
+    limit = ("--max-keys", "4")
+    gateway_flags = (*limit, *(() if committer == "sequencer" else ("--no-state-sequencer",)))
+    with on_etcd(tmp_path, *gateway_flags, worker_flags=limit) as (_c, gateways, workers):
+        if committer == "sequencer":
+            wait_for(lambda: all("state writes go through the sequencer" in w.log()
+                                 for w in workers), 15, "the workers told of the sequencer")
+        port = int(gateways[0].ready["port"])
+
+        def put(key: str) -> tuple[int, bytes]:
+            return http(f"http://127.0.0.1:{port}/kv/{key}", "PUT", b"v")
+
+        for n in range(4):
+            assert put(f"k{n}")[0] == 200
+        status, body = put("k4")
+        assert status == 400 and b"at most 4 keys" in body, (status, body)
+        assert put("k0")[0] == 200  # the same value again: no new key, nothing written
+        assert http(f"http://127.0.0.1:{port}/kv/k1", "DELETE")[0] == 200
+        assert put("k4")[0] == 200
+        status, body = put("k5")
+        assert status == 400, (status, body)
+        keys = json.loads(http(f"http://127.0.0.1:{port}/kv-keys")[1])
+        assert keys == ["k0", "k2", "k3", "k4"], keys
+        # The 7 writes that were committed went through the sequencer, or none did.
+        assert sum(sequenced(w) for w in workers) == (7 if committer == "sequencer" else 0)
 
 
 @pytest.mark.parametrize("fault", ["kill", "stop"])
