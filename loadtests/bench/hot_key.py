@@ -3,7 +3,7 @@ on etcd (3 members on 127.0.0.1), in one run, in turns.
 
     .venv/bin/python -m loadtests.bench.hot_key [--rounds 3] [--seconds 10]
         [--connections 64] [--workers 2] [--async] [--handler-threads N]
-        [--etcd-unsafe-no-fsync] [--coordinator-fsync always|batch]
+        [--etcd-unsafe-no-fsync] [--coordinator-fsync always|batch] [--baseline DIR]
 
 Each server is `cluster run` with one gateway and `--workers` workers running
 loadtests/bench/hot_key_app.py (each request: `state.incr("hits")`, acknowledged once
@@ -11,6 +11,10 @@ durable). wrk drives the gateway. On etcd it runs with the state sequencer (a ga
 commits every worker's writes together; the default) and without it
 (`--no-state-sequencer`: each worker commits its own by compare-and-set). The CPU per
 request counts every process of the server, etcd's members included.
+
+With --baseline DIR (another checkout, its compiled modules built in place:
+`python setup.py build_ext --inplace` there), a fourth server runs that checkout on
+etcd with the sequencer, in the same turns: a change's effect beside the noise.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from loadtests.bench.servers import BIN, Server, compare_in_turns, free_port, wrk_arguments
 
@@ -26,19 +31,23 @@ APP = "loadtests.bench.hot_key_app:"
 
 
 def servers(workers: int, app: str, threads: int, fsync: bool,
-            coordinator_log: list[str]) -> dict[str, Server]:
+            coordinator_log: list[str], baseline: str = "") -> dict[str, Server]:
     py = str(BIN / "python")
     run = [py, "-m", "cluster", "run", "--handler", app, "--workers", str(workers),
            "--threads", str(threads), "--log-level", "warning"]
     etcd = [py, "-m", "loadtests.bench.on_etcd", *([] if fsync else ["--unsafe-no-fsync"]),
             "--", *run, "--state-backend", "{etcd}"]
-    a, b, c = (free_port() for _ in range(3))
-    return {
+    a, b, c, d = (free_port() for _ in range(4))
+    chosen = {
         "a: coordinator": Server("coordinator", [*run, *coordinator_log, "--port", str(a)], a),
         "b: etcd, sequencer": Server("etcd-sequencer", [*etcd, "--port", str(b)], b),
         "c: etcd, no sequencer": Server("etcd-cas", [*etcd, "--port", str(c),
                                                       "--no-state-sequencer"], c),
     }
+    if baseline:  # `python -m` runs the checkout it starts in
+        chosen["d: baseline, etcd, sequencer"] = Server(
+            "baseline-etcd-sequencer", [*etcd, "--port", str(d)], d, cwd=Path(baseline))
+    return chosen
 
 
 def main() -> int:
@@ -58,6 +67,9 @@ def main() -> int:
     parser.add_argument("--coordinator-fsync", choices=("always", "batch"),
                         help="the coordinator keeps its log in a data directory, fsynced "
                              "so (always: before each acknowledgement, as etcd does)")
+    parser.add_argument("--baseline", default="",
+                        help="another checkout, run on etcd with the sequencer in the "
+                             "same turns")
     args = parser.parse_args()
     app = APP + ("async_app" if args.coroutine else "app")
     data_dir = tempfile.mkdtemp(prefix="bench-hot-key-") if args.coordinator_fsync else ""
@@ -65,11 +77,12 @@ def main() -> int:
         if args.coordinator_fsync else []
     try:
         med = compare_in_turns(servers(args.workers, app, args.handler_threads,
-                                       not args.etcd_unsafe_no_fsync, coordinator_log), args)
+                                       not args.etcd_unsafe_no_fsync, coordinator_log,
+                                       args.baseline), args)
     finally:
         if data_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
-    a, b, c = med.values()
+    a, b, c, *base = med.values()
     print("\n| ratio | value | target |\n|---|---:|---:|")
     print(f"| increments/s, etcd with the sequencer / coordinator | {b.rps / a.rps:.2f} "
           f"| ≥ 0.5 |")
@@ -77,6 +90,12 @@ def main() -> int:
     print(f"| increments/s, sequencer / without | {b.rps / c.rps:.2f} | |")
     print(f"| CPU per increment, etcd with the sequencer / coordinator | "
           f"{b.cpu_total / a.cpu_total:.2f} | |")
+    if base:
+        print(f"| increments/s, this checkout / baseline (etcd, sequencer) | "
+              f"{b.rps / base[0].rps:.2f} | |")
+        print(f"| increments/s, baseline / coordinator | {base[0].rps / a.rps:.2f} | |")
+        print(f"| CPU per increment, this checkout / baseline | "
+              f"{b.cpu_total / base[0].cpu_total:.2f} | |")
     return 0
 
 
