@@ -24,6 +24,8 @@ from cluster.errors import WireError
 # 2: kinds became words ("response", not "res"); a process of another version is
 # refused at the first frame (WireError), never misread.
 # 3: an outside publisher's broadcasts and pushes go by the coordinator (relay_*).
+# 4: on etcd, a worker sends the sequencer the batches of one loop turn together
+# (state_batches, answered with an outcome per batch), not one state_ops each.
 VERSION = 4
 
 # Coordinator <-> member (gateway, worker)
