@@ -55,8 +55,7 @@ class StateService:
         self.config = config
         self.loop = loop
         self.reply = reply  # (peer, envelope) -> None, through the coordinator's ROUTER
-        self.store = StateStore(StoreLimits(max_value=config.max_value,
-                                            max_keys=config.max_keys))
+        self.store = StateStore(StoreLimits.of(config))
         self.wal: WriteAheadLog | None = None
         self.epoch = uuid.uuid4().hex
         if config.data_dir:

@@ -11,12 +11,15 @@ restart and mean the same on every machine).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack  # type: ignore[import-untyped]
 
 from cluster.errors import StateError
 from cluster.plumbing.state_keys import framework_key
+
+if TYPE_CHECKING:
+    from cluster.plumbing.config import StateLimits
 
 Change = list[Any]  # [key, value or None, expires_at]
 
@@ -27,6 +30,11 @@ class StoreLimits:
     max_keys: int = 1_000_000
     max_key: int = 1024
     max_ops: int = 10_000
+
+    @classmethod
+    def of(cls, config: StateLimits) -> StoreLimits:
+        """--max-value and --max-keys, from whichever process checks them."""
+        return cls(max_value=config.max_value, max_keys=config.max_keys)
 
 
 class StateStore:

@@ -36,7 +36,6 @@ import msgpack  # type: ignore[import-untyped]
 from cluster.coordinator.store import StateStore, StoreLimits
 from cluster.errors import EtcdUnavailable, SequencerDeposed, StateError
 from cluster.etcd.session import EtcdSession, EtcdTarget
-from cluster.plumbing.config import StateLimits
 from cluster.worker.replica import Replica
 
 log = logging.getLogger("cluster.etcd.state")
@@ -48,11 +47,6 @@ MAX_GROUP = 256  # batches in one transaction
 MAX_KEYS = 60
 
 Fence = tuple[bytes, int]  # a key that must have this create revision
-
-
-def store_limits(config: StateLimits) -> StoreLimits:
-    """--max-value and --max-keys as the store's rules take them."""
-    return StoreLimits(max_value=config.max_value, max_keys=config.max_keys)
 
 
 class KeyCount(Protocol):
@@ -249,8 +243,10 @@ class Committer:
         refused. `known` holds what each key was before the group: the transaction
         compares every one of them, so this count of new keys is exact."""
         new = sum(1 for k, v, _ in changes if v is not None and known[k][0] is None)
+        if not new:
+            return
         count = self.counter.key_count()
-        if new and count is not None and count + new > self.limits.max_keys:
+        if count is not None and count + new > self.limits.max_keys:
             raise StateError(f"the store holds at most {self.limits.max_keys} keys")
 
     async def _transaction(self, known: dict[str, tuple[Any, int]], changes: list[list[Any]],

@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aetcd
 from aetcd import rpc
 
+from cluster.coordinator.store import StoreLimits
 from cluster.errors import EtcdUnavailable, SequencerDeposed, StateError
-from cluster.etcd.commits import Committer, Fence, KnownValues, store_limits
+from cluster.etcd.commits import Committer, Fence, KnownValues
 from cluster.etcd.session import EtcdSession, prefix_end
 from cluster.plumbing import wire
 from cluster.plumbing.config import StateLimits
@@ -93,7 +94,7 @@ class Sequencer:
         self.session = EtcdSession(target, timeout)
         self.known = KnownValues()
         self.committer = Committer(loop, self.session, target, self.known,
-                                   store_limits(limits), counter=self, fence=self._fence)
+                                   StoreLimits.of(limits), counter=self, fence=self._fence)
         self.committer.on_committed = self._remember
         self.committer.on_seen = self._seen
         self.token: int | None = None  # our key's create revision, while we lead
@@ -139,6 +140,7 @@ class Sequencer:
         """Count the state keys (etcd counts; nothing is read), as of a revision: our
         commits after it are added to it."""
         prefix = self.committer.prefix
+        # aetcd's get_prefix takes no count_only: its stub is called, as history.py does.
         request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
         try:
             found = await self.session.call(

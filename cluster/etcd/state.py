@@ -33,8 +33,9 @@ from typing import Any, Protocol
 
 import aetcd
 
+from cluster.coordinator.store import StoreLimits
 from cluster.errors import EtcdUnavailable, StateError, StateUnavailable
-from cluster.etcd.commits import Committer, KnownValues, store_limits
+from cluster.etcd.commits import Committer, KnownValues
 from cluster.etcd.session import EtcdSession, parse_backend, prefix_end, stop_watch
 from cluster.plumbing import wire
 from cluster.plumbing.config import WorkerConfig
@@ -78,7 +79,7 @@ class EtcdState(ReplicaReads):
         self.ops: dict[str, int] = {}
         self.failures = 0
         self.committer = Committer(loop, self.session, self.target, self.replica,
-                                   store_limits(config))
+                                   StoreLimits.of(config))
         # The elected sequencer, as its claims say (gateway id, fencing token), and the
         # links to the gateways (the worker's own dict): set by the worker.
         self.sequencer: tuple[str, int] | None = None
@@ -161,7 +162,7 @@ class EtcdState(ReplicaReads):
         for rid, asked in list(self._asked.items()):
             if asked.sequencer[0] == gateway_id:
                 del self._asked[rid]
-                asked.settle([wire.UNAVAILABLE, f"gateway {gateway_id} left"])
+                asked.settle_all(wire.UNAVAILABLE, f"gateway {gateway_id} left")
 
     def _route(self) -> tuple[tuple[str, int], GatewayRoute] | None:
         """The sequencer and the link to it, if there is one to ask."""
@@ -213,7 +214,7 @@ class EtcdState(ReplicaReads):
     def _unanswered(self, rid: int) -> None:
         asked = self._asked.pop(rid, None)
         if asked is not None:
-            asked.settle([wire.UNAVAILABLE, "the sequencer did not answer in time"])
+            asked.settle_all(wire.UNAVAILABLE, "the sequencer did not answer in time")
 
     def _answered(self, msg: dict[str, Any]) -> None:
         asked = self._asked.pop(msg["rid"], None)
@@ -222,16 +223,16 @@ class EtcdState(ReplicaReads):
         outcomes = msg.get("outcomes")
         if msg["ok"] and isinstance(outcomes, list) and \
                 len(outcomes) == len(asked.outcomes) and isinstance(msg.get("seq"), int):
-            asked.settle(*outcomes, revision=msg["seq"])
+            asked.settle(outcomes, msg["seq"])
         elif msg.get("not_leader"):
-            asked.settle([wire.NOT_SEQUENCER, ""])
+            asked.settle_all(wire.NOT_SEQUENCER, "")
         elif msg.get("unavailable"):
-            asked.settle([wire.UNAVAILABLE, str(msg.get("error", "no quorum"))])
+            asked.settle_all(wire.UNAVAILABLE, str(msg.get("error", "no quorum")))
         elif msg["ok"]:
             log.warning("an answer from the sequencer without an outcome for each batch")
-            asked.settle([wire.UNAVAILABLE, "the sequencer's answer is malformed"])
+            asked.settle_all(wire.UNAVAILABLE, "the sequencer's answer is malformed")
         else:
-            asked.settle([wire.REFUSED, str(msg.get("error", "refused"))])
+            asked.settle_all(wire.REFUSED, str(msg.get("error", "refused")))
         if asked.deposed and self.sequencer == asked.sequencer:
             self.sequencer = None
 
@@ -377,18 +378,21 @@ class Asked:
         self.timer: asyncio.TimerHandle | None = None
         self.deposed = False  # it said it is no longer the sequencer
 
-    def settle(self, *answers: Any, revision: int = 0) -> None:
-        """One answer for all (a single one), or one for each batch, in order."""
+    def settle(self, answers: list[Any], revision: int) -> None:
+        """The sequencer's outcome for each batch, in order."""
         if self.timer is not None:
             self.timer.cancel()
-        for i, outcome in enumerate(self.outcomes):
-            answer = answers[i] if len(answers) > 1 else answers[0]
+        for outcome, answer in zip(self.outcomes, answers, strict=True):
             if type(answer) is list and len(answer) == 2 and type(answer[0]) is int:
                 code, detail = answer
             else:
                 code, detail = wire.UNAVAILABLE, "the sequencer's answer is malformed"
             self.deposed = self.deposed or code == wire.NOT_SEQUENCER
             _settle(outcome, code, detail, revision)
+
+    def settle_all(self, code: int, detail: str) -> None:
+        """The same outcome for every batch (the message as a whole was answered)."""
+        self.settle([[code, detail]] * len(self.outcomes), 0)
 
 
 def _settle(outcome: Outcome, code: int, detail: Any, revision: int) -> None:
