@@ -69,7 +69,12 @@ def frames(ws: ClientConnection, until: Any, timeout: float = 10) -> list[dict[s
     got: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while not until(got):
-        got.append(json.loads(ws.recv(max(0.05, deadline - time.monotonic()))))
+        try:
+            got.append(json.loads(ws.recv(max(0.05, deadline - time.monotonic()))))
+        except TimeoutError:
+            # What came, to tell a lost message from a refused recovery.
+            raise AssertionError(f"timed out after {len(got)} frames; the first: "
+                                 f"{got[:3]}, the last: {got[-3:]}") from None
     return got
 
 
