@@ -40,6 +40,7 @@ from cluster.etcd.session import EtcdSession, parse_backend, prefix_end, stop_wa
 from cluster.plumbing import wire
 from cluster.plumbing.config import WorkerConfig
 from cluster.worker.replica import ReplicaReads
+from cluster.worker.threadpool import wait_lent
 
 log = logging.getLogger("cluster.etcd.state")
 
@@ -111,7 +112,7 @@ class EtcdState(ReplicaReads):
         self.refuse_on_loop()
         future = asyncio.run_coroutine_threadsafe(self.acall(ops), self.loop)
         try:
-            return future.result(self.timeout + 1.0)
+            return wait_lent(future, self.timeout + 1.0)
         except concurrent.futures.TimeoutError:
             raise StateUnavailable("no answer from etcd") from None
 

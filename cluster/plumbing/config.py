@@ -220,7 +220,9 @@ class WorkerConfig(StateLimits):
                         "gateway = concurrency + prefetch); they wait here, so a freed slot "
                         "starts the next at once instead of after a round trip to the "
                         "gateway. A waiting one can sit behind a slow request: 0 turns it off")
-    threads: int = opt(8, "threads that run synchronous handlers")
+    threads: int = opt(8, "synchronous handlers that run at once, each on a thread; one "
+                       "that waits for a state write or members() lends its slot, and "
+                       "another thread starts (up to --concurrency + --prefetch)")
     state_timeout: float = opt(3.0, "seconds a state write waits for the coordinator")
     stream_stall_timeout: float = opt(60.0, "seconds a streamed response waits for a "
                                       "client that takes nothing before it is cut")

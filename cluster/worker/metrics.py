@@ -22,6 +22,7 @@ from cluster.plumbing.metrics import ReadAtScrape, pump_metrics
 from cluster.worker.gateway_link import GatewayLink
 from cluster.worker.outcomes import HandlerOutcomes
 from cluster.worker.push import Push
+from cluster.worker.requests import NativeRunner
 from cluster.worker.runner import Runner
 from cluster.worker.state_client import StateClient
 
@@ -68,6 +69,13 @@ class WorkerMetrics:
         yield GaugeMetricFamily("cluster_worker_gateways", "Gateways this worker serves",
                                 value=sum(1 for link in links.values()
                                           if link.welcomed))
+        if isinstance(runner, NativeRunner):
+            yield GaugeMetricFamily("cluster_worker_handler_threads",
+                                    "Threads for sync handlers: --threads, and more while "
+                                    "handlers wait on the cluster", value=runner.pool.alive)
+            yield GaugeMetricFamily("cluster_worker_handler_threads_waiting",
+                                    "Sync handlers waiting on the cluster (a state write, "
+                                    "members()), their slots lent", value=runner.pool.lent)
         events = CounterMetricFamily("cluster_worker_websocket_events",
                                      "WebSocket events handled, by type", labels=["type"])
         for kind, count in sorted(runner.ws_counts.items()):

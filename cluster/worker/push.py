@@ -20,6 +20,7 @@ from cluster.plumbing.coordinator_link import CoordinatorLink
 from cluster.plumbing.http_fields import encode_fields
 from cluster.worker.group_view import GroupView
 from cluster.worker.messages import ReplyLink, normalize
+from cluster.worker.threadpool import wait_lent
 
 log = logging.getLogger("cluster.worker")
 
@@ -120,7 +121,7 @@ class Push:
     def members_blocking(self, group: str) -> list[str]:
         """From a handler thread: ask on the loop, wait here."""
         future = asyncio.run_coroutine_threadsafe(self.members(group), self.loop)
-        return future.result(self.answer_timeout + 1.0)
+        return wait_lent(future, self.answer_timeout + 1.0)
 
     async def members(self, group: str) -> list[str]:
         self._query_rid += 1

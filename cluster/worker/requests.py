@@ -109,7 +109,9 @@ class NativeRunner(Runner):
         super().__init__(loop, config, outcomes)
         self.state = state
         self.adapter = adapter
-        self.pool: ThreadPool[Outgoing] = ThreadPool(loop, config.threads, self)
+        # Up to every request this worker may hold, when handlers wait on the cluster.
+        self.pool: ThreadPool[Outgoing] = ThreadPool(
+            loop, config.threads, self, ceiling=config.concurrency + config.prefetch)
         self.ws = WsEvents(loop, state, adapter, self.ws_counts)
 
     def ws_event(self, link: ReplyLink, env: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from cluster.plumbing import wire
 from cluster.plumbing.coordinator_link import CoordinatorLink
 from cluster.plumbing.zmqio import Pump
 from cluster.worker.replica import MAX_HELD, Offer, Replica, ReplicaReads
+from cluster.worker.threadpool import wait_lent
 
 log = logging.getLogger("cluster.worker.state")
 
@@ -65,7 +66,7 @@ class StateClient(ReplicaReads):
 
         self.loop.call_soon_threadsafe(start)
         try:
-            return result.result(self.timeout + 1.0)
+            return wait_lent(result, self.timeout + 1.0)
         except concurrent.futures.TimeoutError:
             raise StateUnavailable("no answer from the coordinator") from None
 

@@ -4,6 +4,14 @@
 jobs from one queue and put results on a deque; the first result after a drain
 schedules one `call_soon_threadsafe`, and that drain takes every result ready by
 then. A slow handler holds only its own thread.
+
+`--threads` bounds the handlers that run at once, not the threads: a handler that
+blocks on the cluster (a state write waiting for its commit, `members()` waiting for
+the gateways) lends its slot while it waits (`wait_lent`), and the pool starts
+another thread for the next request if none is free, up to `ceiling` (the requests a
+worker may hold). Without that, 8 threads waiting for commits would leave the worker
+idle with requests queued: a sync handler's rate would be set by the commit's round
+trip, not by CPU. A thread started so exits after IDLE_EXIT seconds without work.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 T_contra = TypeVar("T_contra", contravariant=True)
 
 
@@ -32,6 +42,11 @@ Job = Callable[[Emitter[T]], None]  # a job runs with the emitter its results go
 
 log = logging.getLogger("cluster.worker.pool")
 
+IDLE_EXIT = 10.0  # seconds a thread beyond --threads waits for a job before it exits
+
+# The pool whose thread this is (unset on other threads): what `wait_lent` lends from.
+_this_thread = threading.local()
+
 
 class ResultTaker(Protocol[T]):
     """Who takes the pool's results on the loop (the worker's `NativeRunner`)."""
@@ -41,19 +56,68 @@ class ResultTaker(Protocol[T]):
 
 class ThreadPool(Generic[T]):
     def __init__(self, loop: asyncio.AbstractEventLoop, threads: int,
-                 taker: ResultTaker[T]) -> None:
+                 taker: ResultTaker[T], ceiling: int = 0,
+                 idle_exit: float = IDLE_EXIT) -> None:
         self.loop = loop
         self.taker = taker
         self._jobs: queue.SimpleQueue[Job[T] | None] = queue.SimpleQueue()
         self._results: deque[T] = deque()
         self._wake_pending = False
-        self._threads = [threading.Thread(target=self._work, name=f"handler-{i}", daemon=True)
-                         for i in range(threads)]
-        for thread in self._threads:
-            thread.start()
+        self.threads = threads  # handlers running at once
+        self.ceiling = max(threads, ceiling)  # threads alive at once
+        self.idle_exit = idle_exit
+        self._slots = threading.Semaphore(threads)
+        self._lock = threading.Lock()  # guards the counts below and _alive
+        self._idle = 0  # threads waiting for a job
+        self.lent = 0  # slots lent by threads blocked on the cluster
+        self._alive: set[threading.Thread] = set()
+        self._closed = False
+        self._named = 0
+        self.started = 0  # threads started beyond --threads, ever (a metric)
+        with self._lock:
+            for _ in range(threads):
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        """With the lock held."""
+        self._named += 1
+        thread = threading.Thread(target=self._work, name=f"handler-{self._named}",
+                                  daemon=True)
+        self._alive.add(thread)
+        thread.start()
+
+    @property
+    def alive(self) -> int:
+        return len(self._alive)
 
     def submit(self, job: Job[T]) -> None:
         self._jobs.put(job)
+        if self.lent:  # a slot is free while its thread waits: is a thread free to run it?
+            self._grow()
+
+    def _grow(self) -> None:
+        with self._lock:
+            # Threads neither idle nor lent hold a slot or wait for one: start one
+            # only when a slot would otherwise stay free with a job queued.
+            if self._idle == 0 and len(self._alive) - self.lent < self.threads \
+                    and len(self._alive) < self.ceiling and not self._closed \
+                    and not self._jobs.empty():
+                self.started += 1
+                self._start_thread()
+
+    def wait(self, future: Future[R], timeout: float) -> R:
+        """On one of this pool's threads: block on `future`, its slot lent meanwhile."""
+        with self._lock:
+            self.lent += 1
+        self._slots.release()
+        self._grow()
+        try:
+            return future.result(timeout)
+        finally:
+            # Back to running Python: take a slot again (after a handler that holds one).
+            with self._lock:
+                self.lent -= 1
+            self._slots.acquire()
 
     def emit(self, result: T) -> None:
         """From a pool thread: hand a result to the loop."""
@@ -74,17 +138,44 @@ class ThreadPool(Generic[T]):
             self.taker.on_results(batch)
 
     def _work(self) -> None:
+        _this_thread.pool = self
         while True:
-            job = self._jobs.get()
+            with self._lock:
+                self._idle += 1
+                extra = len(self._alive) > self.threads
+            try:
+                job = self._jobs.get(timeout=self.idle_exit) if extra else self._jobs.get()
+            except queue.Empty:
+                job = None
+            with self._lock:
+                self._idle -= 1
+                if job is None and (self._closed or len(self._alive) > self.threads):
+                    self._alive.discard(threading.current_thread())
+                    return
             if job is None:
-                return
+                continue  # idle too long, but one of the --threads that stay
+            self._slots.acquire()
             try:
                 job(self)
             except Exception:  # a job reports its own errors; this is the last guard
                 log.exception("handler job failed outside its own error handling")
+            finally:
+                self._slots.release()
 
     def shutdown(self, timeout: float) -> None:
-        for _ in self._threads:
+        with self._lock:
+            self._closed = True
+            threads = list(self._alive)
+        for _ in threads:
             self._jobs.put(None)
-        for thread in self._threads:
+        for thread in threads:
             thread.join(timeout)
+
+
+def wait_lent(future: Future[R], timeout: float) -> R:
+    """Block on `future` for at most `timeout` seconds. On a handler thread of a pool,
+    its slot is lent meanwhile, so another handler may run (see the module's text)."""
+    pool: ThreadPool[object] | None = getattr(_this_thread, "pool", None)
+    if pool is None:
+        return future.result(timeout)
+    return pool.wait(future, timeout)

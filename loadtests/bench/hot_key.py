@@ -13,8 +13,9 @@ commits every worker's writes together; the default) and without it
 request counts every process of the server, etcd's members included.
 
 With --baseline DIR (another checkout, its compiled modules built in place:
-`python setup.py build_ext --inplace` there), a fourth server runs that checkout on
-etcd with the sequencer, in the same turns: a change's effect beside the noise.
+`python setup.py build_ext --inplace` there), two more servers run that checkout, on
+etcd with the sequencer and on the coordinator, in the same turns: a change's effect
+on both sides of the ratio, beside the noise.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def servers(workers: int, app: str, threads: int, fsync: bool,
            "--threads", str(threads), "--log-level", "warning"]
     etcd = [py, "-m", "loadtests.bench.on_etcd", *([] if fsync else ["--unsafe-no-fsync"]),
             "--", *run, "--state-backend", "{etcd}"]
-    a, b, c, d = (free_port() for _ in range(4))
+    a, b, c, d, e = (free_port() for _ in range(5))
     chosen = {
         "a: coordinator": Server("coordinator", [*run, *coordinator_log, "--port", str(a)], a),
         "b: etcd, sequencer": Server("etcd-sequencer", [*etcd, "--port", str(b)], b),
@@ -47,6 +48,10 @@ def servers(workers: int, app: str, threads: int, fsync: bool,
     if baseline:  # `python -m` runs the checkout it starts in
         chosen["d: baseline, etcd, sequencer"] = Server(
             "baseline-etcd-sequencer", [*etcd, "--port", str(d)], d, cwd=Path(baseline))
+        # A change to the worker moves the coordinator too: its ratio needs both.
+        chosen["e: baseline, coordinator"] = Server(
+            "baseline-coordinator", [*run, *coordinator_log, "--port", str(e)], e,
+            cwd=Path(baseline))
     return chosen
 
 
@@ -93,7 +98,10 @@ def main() -> int:
     if base:
         print(f"| increments/s, this checkout / baseline (etcd, sequencer) | "
               f"{b.rps / base[0].rps:.2f} | |")
-        print(f"| increments/s, baseline / coordinator | {base[0].rps / a.rps:.2f} | |")
+        print(f"| increments/s, coordinator, this checkout / baseline | "
+              f"{a.rps / base[1].rps:.2f} | |")
+        print(f"| increments/s, baseline: etcd with the sequencer / coordinator | "
+              f"{base[0].rps / base[1].rps:.2f} | |")
         print(f"| CPU per increment, this checkout / baseline | "
               f"{b.cpu_total / base[0].cpu_total:.2f} | |")
     return 0

@@ -180,13 +180,21 @@ def test_a_publisher_outside_the_cluster_publishes_with_history(
         reader.close()
 
 
+TALK_LIMIT = 20_000  # at one per 5 ms, 100 s of talk: far more than the test waits
+
+
 def test_history_survives_a_coordinator_killed_mid_publish(tmp_path: Any) -> None:
     """With --data-dir the coordinator writes each message before any gateway has it:
     SIGKILL while a room talks, a restart, and a client that comes back through the
     other gateway gets the exact sequence under the same epoch."""
     with cluster() as c:
         c.coordinator.terminate()
-        coordinator = ["--coordinator-bind", c.endpoint, "--data-dir", str(tmp_path / "d")]
+        # The window holds every message this test can publish (TALK_LIMIT): what a
+        # worker queued while the coordinator was down arrives all at once when it is
+        # back, and on a busy machine that alone once outgrew the default 1,000, so
+        # the recovery said, rightly, `recovered: false`. The window has tests of its own.
+        coordinator = ["--coordinator-bind", c.endpoint, "--data-dir", str(tmp_path / "d"),
+                       "--history-size", str(TALK_LIMIT + 10)]
         c.coordinator = c.start("coordinator", *coordinator)
         first, second = int(c.gateway().ready["port"]), int(c.gateway().ready["port"])
         c.worker(APP)
@@ -197,7 +205,7 @@ def test_history_survives_a_coordinator_killed_mid_publish(tmp_path: Any) -> Non
 
         def keep_talking() -> None:
             i = 0
-            while not stop.is_set():
+            while not stop.is_set() and i < TALK_LIMIT:
                 sent.append(f"k{i}")
                 talker.send(f"k{i}")
                 i += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -268,6 +270,36 @@ def test_seed_style_returned_dict() -> None:
         c.worker("tests.apps.state_app:seed_fun")
         port = int(gw.ready["port"])
         assert [body(get(port, "/"))["visits"] for _ in range(3)] == [1, 2, 3]
+
+
+def test_a_sync_handler_waiting_for_its_write_lends_its_thread_slot() -> None:
+    """--threads 1: while a sync handler waits for its commit (the coordinator is
+    stopped), the next sync request runs on a thread the pool starts for it; the
+    write is acknowledged once the coordinator runs again."""
+    from tests.integration.test_observability import metrics_port, sample, scrape
+
+    # Heartbeats far apart: the stop below must not look like the coordinator's death.
+    with cluster(interval=["--heartbeat-interval", "5"]) as c:
+        gw = c.gateway()
+        worker = c.worker(STATE_APP, "--threads", "1", "--state-timeout", "60")
+        port, metrics = int(gw.ready["port"]), metrics_port(worker.ready)
+        wait_for(lambda: get(port, "/count").status == 200, 10, "serving")
+        answers: list[Response] = []
+        writer = threading.Thread(target=lambda: answers.append(
+            get(port, "/incr", method="POST", timeout=60)))
+        os.kill(c.coordinator.pid, signal.SIGSTOP)
+        try:
+            writer.start()
+            wait_for(lambda: sample(scrape(metrics),
+                                    "cluster_worker_handler_threads_waiting") == 1,
+                     10, "the write to wait for its commit")
+            assert get(port, "/count").status == 200  # a sync handler, on the lent slot
+            assert sample(scrape(metrics), "cluster_worker_handler_threads") == 2
+        finally:
+            os.kill(c.coordinator.pid, signal.SIGCONT)
+        writer.join(60)
+        assert [(r.status, body(r)) for r in answers] == [(200, {"n": 1})]
+        assert sample(scrape(metrics), "cluster_worker_handler_threads_waiting") == 0
 
 
 def test_coordinator_down_reads_work_writes_503_then_recovery() -> None:
