@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HANDLER ?= examples.hello:fun
 PORT    ?= 8000
 
-.PHONY: run test test-pure test-wheel test-stress lint typecheck unit integration conformance compose-test bench \
+.PHONY: run test test-pure test-slow coverage test-wheel test-stress lint typecheck unit integration conformance compose-test bench \
         loadtest chaos clean
 
 $(STAMP): pyproject.toml setup.py
@@ -75,11 +75,19 @@ $(JS_DEPS): clients/js/package-lock.json $(TOOLS)
 run: $(RUN_STAMP)
 	$(BIN)/cluster run --handler $(HANDLER) --port $(PORT)
 
-## make test: lint, type-check, then every test (real processes on 127.0.0.1) on the
-## compiled build, then the pure-Python build's unit tests and smoke test
+## make test: lint, type-check, then every test not marked slow (real processes on
+## 127.0.0.1) on the compiled build, then the pure-Python build's unit tests and smoke
+## test; `make test-slow` runs the rest
+test: lint typecheck $(TOOLS) $(JS_DEPS) $(COMPILED)
+	$(BIN)/pytest -q -m "not slow"
+	$(MAKE) --no-print-directory test-pure
+
+## make coverage: every test, the slow ones too, measuring branch coverage of the tests
+## and of every process they start (coverage's subprocess patch), reported on the
+## terminal and in reports/coverage/. Not in make test: it makes the suite 40% slower.
 ## (Coverage cannot see inside compiled modules: theirs comes from the pure-Python run,
 ## added to the first run's in the report.)
-test: lint typecheck $(TOOLS) $(JS_DEPS) $(COMPILED)
+coverage: lint typecheck $(TOOLS) $(JS_DEPS) $(COMPILED)
 	$(BIN)/pytest -q --cov --cov-report=
 	$(MAKE) --no-print-directory test-pure PURE_COV="--cov --cov-append --cov-report=term \
 	  --cov-report=html:reports/coverage"
@@ -87,9 +95,16 @@ test: lint typecheck $(TOOLS) $(JS_DEPS) $(COMPILED)
 ## make test-pure: the unit tests and a `cluster run` smoke test on pure Python (what
 ## runs where no C compiler was), beside the compiled build
 test-pure: $(TOOLS)
-	CLUSTER_PURE_PYTHON=1 $(BIN)/pytest -q -p no:cacheprovider $(PURE_COV) \
+	CLUSTER_PURE_PYTHON=1 $(BIN)/pytest -q -p no:cacheprovider -m "not slow" $(PURE_COV) \
 	  --ignore=tests/integration --ignore=tests/compose --ignore=tests/packaging tests \
 	  tests/integration/test_builds.py
+
+## make test-slow: the tests marked slow, 5 s or more each here (the fault runs on three
+## namespaced hosts, the supervisor's restarts, the browser's chat, locust, the node
+## client's suite, the dispatch fuzzer...), on the compiled build; CI runs it after
+## make test, so that one stays under 10 minutes on 2 cores
+test-slow: $(TOOLS) $(JS_DEPS) $(COMPILED)
+	$(BIN)/pytest -q -m slow
 
 ## make test-stress: the suite as on a busy machine: two busy loops run beside it (one
 ## per core here), STRESS_RUNS times in a row (default 3), stopping at the first red run

@@ -66,14 +66,18 @@ class ThreadPool(Generic[T]):
         self.threads = threads  # handlers running at once
         self.ceiling = max(threads, ceiling)  # threads alive at once
         self.idle_exit = idle_exit
-        self._slots = threading.Semaphore(threads)
-        self._lock = threading.Lock()  # guards the counts below and _alive
+        # One lock for the counts, taken twice a job; the condition is waited on only
+        # when every slot is taken, which needs a lent slot to happen.
+        self._lock = threading.Lock()
+        self._slot_free = threading.Condition(self._lock)
+        self._running = 0  # threads holding a slot
+        self._wanting = 0  # threads waiting for a slot
         self._idle = 0  # threads waiting for a job
-        self.lent = 0  # slots lent by threads blocked on the cluster
+        self.lent = 0  # threads blocked on the cluster, their slots lent
         self._alive: set[threading.Thread] = set()
         self._closed = False
         self._named = 0
-        self.started = 0  # threads started beyond --threads, ever (a metric)
+        self.started = 0  # threads started beyond --threads, ever
         with self._lock:
             for _ in range(threads):
                 self._start_thread()
@@ -93,31 +97,44 @@ class ThreadPool(Generic[T]):
     def submit(self, job: Job[T]) -> None:
         self._jobs.put(job)
         if self.lent:  # a slot is free while its thread waits: is a thread free to run it?
-            self._grow()
+            with self._lock:
+                self._grow()
 
     def _grow(self) -> None:
-        with self._lock:
-            # Threads neither idle nor lent hold a slot or wait for one: start one
-            # only when a slot would otherwise stay free with a job queued.
-            if self._idle == 0 and len(self._alive) - self.lent < self.threads \
-                    and len(self._alive) < self.ceiling and not self._closed \
-                    and not self._jobs.empty():
-                self.started += 1
-                self._start_thread()
+        """With the lock held. Threads neither idle nor lent hold a slot or want one:
+        start a thread only when a slot would otherwise stay free with a job queued."""
+        if self._idle == 0 and len(self._alive) - self.lent < self.threads \
+                and len(self._alive) < self.ceiling and not self._closed \
+                and not self._jobs.empty():
+            self.started += 1
+            self._start_thread()
+
+    def _take_slot(self) -> None:
+        """With the lock held."""
+        while self._running >= self.threads:
+            self._wanting += 1
+            self._slot_free.wait()
+            self._wanting -= 1
+        self._running += 1
+
+    def _give_slot(self) -> None:
+        """With the lock held."""
+        self._running -= 1
+        if self._wanting:
+            self._slot_free.notify()
 
     def wait(self, future: Future[R], timeout: float) -> R:
         """On one of this pool's threads: block on `future`, its slot lent meanwhile."""
         with self._lock:
             self.lent += 1
-        self._slots.release()
-        self._grow()
+            self._give_slot()
+            self._grow()
         try:
             return future.result(timeout)
         finally:
-            # Back to running Python: take a slot again (after a handler that holds one).
-            with self._lock:
+            with self._lock:  # back to running Python: a slot again
                 self.lent -= 1
-            self._slots.acquire()
+                self._take_slot()
 
     def emit(self, result: T) -> None:
         """From a pool thread: hand a result to the loop."""
@@ -139,28 +156,34 @@ class ThreadPool(Generic[T]):
 
     def _work(self) -> None:
         _this_thread.pool = self
+        lock = self._lock
+        with lock:
+            self._idle += 1
         while True:
-            with self._lock:
-                self._idle += 1
-                extra = len(self._alive) > self.threads
+            # Read unlocked: a thread beyond --threads waits for work only so long.
+            extra = len(self._alive) > self.threads
             try:
                 job = self._jobs.get(timeout=self.idle_exit) if extra else self._jobs.get()
             except queue.Empty:
                 job = None
-            with self._lock:
-                self._idle -= 1
-                if job is None and (self._closed or len(self._alive) > self.threads):
+            with lock:
+                if job is not None:
+                    self._idle -= 1
+                    self._take_slot()
+                elif self._closed or len(self._alive) > self.threads:
+                    self._idle -= 1
                     self._alive.discard(threading.current_thread())
                     return
             if job is None:
                 continue  # idle too long, but one of the --threads that stay
-            self._slots.acquire()
             try:
                 job(self)
             except Exception:  # a job reports its own errors; this is the last guard
                 log.exception("handler job failed outside its own error handling")
             finally:
-                self._slots.release()
+                with lock:
+                    self._give_slot()
+                    self._idle += 1
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:

@@ -235,6 +235,7 @@ def coordinator() -> Iterator[tuple[Feed, Loop]]:
 @pytest.mark.parametrize("process", ["gateway", "worker", "coordinator"])
 @FUZZ
 @given(envs=st.lists(envelopes(), min_size=1, max_size=4))
+@pytest.mark.slow
 def test_dispatch_takes_any_valid_envelope(request: pytest.FixtureRequest, process: str,
                                            envs: list[dict[str, Any]]) -> None:
     feed, loop = request.getfixturevalue(process)

@@ -76,6 +76,7 @@ def say(driver: Any, message: str) -> None:
     driver.find_element(By.CSS_SELECTOR, "#f button").click()
 
 
+@pytest.mark.slow
 def test_chat_across_gateways_and_reconnect_after_a_gateway_restart(
         request: pytest.FixtureRequest) -> None:
     with cluster_run("--gateways", "2", "--workers", "2", handler="examples.chat:app") as run, \

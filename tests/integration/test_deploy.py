@@ -322,6 +322,7 @@ def dashboard_expressions() -> list[str]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_compose_services_run_locally_and_prometheus_graphs_every_panel(
         tmp_path: Path) -> None:
     with local_compose(tmp_path) as compose:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import zmq
 
 from cluster.plumbing import wire
@@ -42,6 +43,7 @@ def test_a_gateway_started_later_is_served_by_running_workers() -> None:
         assert pid_served(port) == worker.pid
 
 
+@pytest.mark.slow
 def test_dead_members_leave_membership_within_3_intervals() -> None:
     # The default heartbeat interval, 1 s, everywhere.
     with cluster(interval=[]) as c:

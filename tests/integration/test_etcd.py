@@ -190,6 +190,7 @@ def check_invariants(load: Load, survivors: list[Site], extra_incr: int = 0) -> 
                                                            load.unknown_incr)
 
 
+@pytest.mark.slow
 def test_state_and_membership_on_etcd_across_three_hosts() -> None:
     """The plain case: writes on one host are read on the others; atomic increments
     from all three add up exactly; discovery lists every process from any gateway."""
@@ -228,6 +229,7 @@ class Listener:
             pass
 
 
+@pytest.mark.slow
 def test_a_host_killed_loses_no_acknowledged_write() -> None:
     with deployment() as d:
         a, b, c = d.sites
@@ -281,6 +283,7 @@ def test_a_host_killed_loses_no_acknowledged_write() -> None:
 
 
 @pytest.mark.parametrize("fault", ["partition", "sigstop"])
+@pytest.mark.slow
 def test_a_host_cut_off_or_stopped_rejoins(fault: str) -> None:
     with deployment() as d:
         a, b, c = d.sites
@@ -336,6 +339,7 @@ def _frames(ws: ClientConnection, until: Callable[[list[dict[str, Any]]], bool],
     return got
 
 
+@pytest.mark.slow
 def test_history_on_etcd_survives_a_host_killed_mid_publish() -> None:
     """Publishes numbered by etcd: a client leaves one host's gateway, a host is killed
     (-9: its etcd member, the one every process used first, its gateway and worker)

@@ -105,6 +105,7 @@ def test_presence_lists_every_gateway_holding_the_group(four_gateways: Fixture) 
     run(go())
 
 
+@pytest.mark.slow
 def test_a_gateway_restarted_on_the_same_endpoint_gets_nothing_meant_for_the_old_one(
         ) -> None:
     """A worker's socket for a gateway that died still holds, and keeps sending, what

@@ -147,6 +147,7 @@ def test_too_old_or_another_epoch_is_said_plainly(
         ws.close()
 
 
+@pytest.mark.slow
 def test_a_burst_of_publishes_loses_none(two_gateways: tuple[Cluster, list[int]]) -> None:
     """2,000 publishes as fast as one client can send: each subscriber gets all, in
     order (the worker's link to the coordinator once dropped 224 of them)."""

@@ -346,6 +346,7 @@ def test_sigterm_answers_streams_under_way_and_refuses_new_ones(
     assert gateway.popen.wait(15) == 0
 
 
+@pytest.mark.slow
 def test_a_client_that_reads_nothing_is_cut_after_the_send_timeout(
         h2c: tuple[Cluster, int]) -> None:
     c, port = h2c

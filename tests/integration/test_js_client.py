@@ -35,6 +35,7 @@ def test_every_gateway_serves_the_client() -> None:
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed (make test installs it)")
+@pytest.mark.slow
 def test_the_node_suite_against_a_real_cluster() -> None:
     assert (JS / "node_modules" / "ws").is_dir(), "make test installs ws (npm ci)"
     with cluster_run("--gateways", "2", "--workers", "2",

@@ -16,6 +16,7 @@ NAMES = {"/hello", "/routes/hello/<name>", "/counter", "chat broadcast round tri
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_locust_smoke_run_has_no_errors(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "loadtests.run_locust", "--seconds", "10",
                           "--users", "10", "--out", str(tmp_path)],

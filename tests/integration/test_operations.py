@@ -99,6 +99,7 @@ def wrk_result(run: subprocess.Popen[str]) -> tuple[int, str]:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test "
                     "installs it)")
+@pytest.mark.slow
 def test_sighup_replaces_every_worker_without_a_failed_request() -> None:
     with cluster_run("--workers", "2") as run:
         port = ports_of(run.banner)[0]
@@ -179,6 +180,7 @@ def test_reload_of_a_lone_module_names_the_file(tmp_path: Path) -> None:
 
 # -- drain on SIGTERM ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_gateway_drains_on_sigterm() -> None:
     with cluster() as c:
         gw = c.gateway("--shutdown-grace", "2")
@@ -240,6 +242,7 @@ def _accepts(port: int) -> bool:
 
 # -- hung children ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_supervisor_restarts_a_hung_worker_gateway_and_coordinator() -> None:
     with cluster_run("--child-timeout", "2", "--workers", "1") as run:
         port = ports_of(run.banner)[0]
@@ -306,6 +309,7 @@ def test_processes_raise_their_file_descriptor_limit_and_probe_answers() -> None
         assert gone.returncode == 1 and "cluster probe:" in gone.stderr
 
 
+@pytest.mark.slow
 def test_children_stop_when_the_supervisor_is_killed_or_stopped_while_starting() -> None:
     """kill -9 of `cluster run` leaves no child serving on unsupervised; SIGTERM while
     it still waits for a child to be ready stops everything too."""

@@ -167,6 +167,7 @@ def test_max_keys_holds_on_etcd(tmp_path: Path, committer: str) -> None:
 
 
 @pytest.mark.parametrize("fault", ["kill", "stop"])
+@pytest.mark.slow
 def test_another_gateway_takes_over_and_a_stale_one_commits_nothing(
         tmp_path: Path, fault: str) -> None:
     """The sequencer is killed (-9), or stopped past its lease and then continued
