@@ -3,7 +3,7 @@ the hub's parts need of the gateway's way to its workers."""
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -88,11 +88,17 @@ class Session:
 
 
 def rendezvous(conn_key: str, workers: list[tuple[bytes, str]]) -> bytes | None:
-    """Highest-random-weight choice: stable while the worker set is."""
+    """Highest-random-weight choice: stable while the worker set is.
+
+    The weight is a cryptographic hash, not a checksum: CRC-32 is linear, so keys
+    that differ in a character or two ("r0", "r1", ... or a gateway's connection
+    numbers) got correlated weights, and 12 rooms all fell to one of two workers
+    (named "wk-" and 12 hex digits) in 3.1% of worker pairs instead of 0.05%."""
     best: bytes | None = None
     best_weight = -1
     for ident, name in workers:
-        weight = zlib.crc32(f"{conn_key}|{name}".encode())
+        weight = int.from_bytes(
+            hashlib.blake2b(f"{conn_key}|{name}".encode(), digest_size=8).digest(), "big")
         if weight > best_weight:
             best, best_weight = ident, weight
     return best

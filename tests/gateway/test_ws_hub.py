@@ -5,6 +5,8 @@ answered everything its connections sent."""
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,3 +168,19 @@ def test_an_action_refused_below_the_hub_costs_only_itself(
     hub.act(wire.close(1, 99999, "no such code"), wire.join(1, "g"))
     assert hub.hub.groups.members == {"g": {1}}
     assert "'close' from a worker failed" in caplog.text
+
+
+def test_rendezvous_spreads_keys_that_differ_in_a_character() -> None:
+    """Rooms named r0..r11 over two workers named as workers are ("wk-" and 12 hex
+    digits): all on one worker should be about 2 in 4,096 pairs of workers. CRC-32
+    weights (linear in the key) put them all on one in 3.1%."""
+    draw = random.Random(22)
+    pairs = [[(b"A", f"wk-{draw.getrandbits(48):012x}"), (b"B", f"wk-{draw.getrandbits(48):012x}")]
+             for _ in range(2000)]
+    on_one = sum(len({rendezvous(f"r{i}", pair) for i in range(12)}) == 1 for pair in pairs)
+    assert on_one <= 5  # expected about 1
+    # A gateway's connection numbers (the hub's key) over four workers: each a quarter.
+    four = [(bytes([65 + i]), f"wk-{draw.getrandbits(48):012x}") for i in range(4)]
+    owners = Counter(rendezvous(f"gw-1/{conn}", four) for conn in range(4000))
+    assert sorted(owners) == [b"A", b"B", b"C", b"D"]
+    assert all(850 <= n <= 1150 for n in owners.values()), owners
