@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from cluster.worker.threadpool import Emitter, ThreadPool, wait_lent
+from tests.harness import wait_for
 
 DEADLINE = 10.0
 
@@ -24,14 +25,6 @@ class Taker:
 
     def on_results(self, batch: list[Any]) -> None:
         self.results.extend(batch)
-
-
-def until(check: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    # Waits for a condition other threads make true; the pool has no event to wait on.
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -75,7 +68,7 @@ def test_a_handler_waiting_on_the_cluster_lends_its_slot(
             with running:
                 pass
             got = wait_lent(answers[i], DEADLINE)  # as a state write waits for its commit
-            with running:
+            with running:  # held a while, so that handlers back from the wait overlap
                 time.sleep(0.01)
             out.emit((i, got))
         return run
@@ -84,14 +77,14 @@ def test_a_handler_waiting_on_the_cluster_lends_its_slot(
         for i in range(6):
             pool.submit(job(i))
         # All six wait at once, on 2 --threads: 4 threads were started for them.
-        until(lambda: pool.lent == 6)
+        wait_for(lambda: pool.lent == 6, DEADLINE, "six handlers waiting")
         assert pool.alive == 6 and pool.started == 4
         for i, answer in enumerate(answers):
             answer.set_result(i * 10)
-        until(lambda: len(taker.results) == 6)
+        wait_for(lambda: len(taker.results) == 6, DEADLINE, "six results")
         assert sorted(taker.results) == [(i, i * 10) for i in range(6)]
         assert running.most <= 2  # back from the wait, each took a slot again
-        until(lambda: pool.alive == 2)  # the extra threads exit when idle
+        wait_for(lambda: pool.alive == 2, DEADLINE, "the extra threads to exit when idle")
     finally:
         pool.shutdown(DEADLINE)
     assert pool.alive == 0
@@ -109,10 +102,10 @@ def test_the_ceiling_bounds_the_threads(loop: asyncio.AbstractEventLoop) -> None
     try:
         for _ in range(5):
             pool.submit(run)
-        until(lambda: pool.lent == 3)
+        wait_for(lambda: pool.lent == 3, DEADLINE, "three handlers waiting")
         assert pool.alive == 3  # the other two jobs wait in the queue
         gate.set_result(None)
-        until(lambda: len(taker.results) == 5)
+        wait_for(lambda: len(taker.results) == 5, DEADLINE, "five results")
     finally:
         pool.shutdown(DEADLINE)
 
@@ -124,14 +117,14 @@ def test_handlers_that_do_not_wait_run_threads_at_a_time(
     running = Gauge()
 
     def run(out: Emitter[Any]) -> None:
-        with running:
+        with running:  # held a while, so that 40 jobs on 3 threads overlap
             time.sleep(0.005)
         out.emit(1)
 
     try:
         for _ in range(40):
             pool.submit(run)
-        until(lambda: len(taker.results) == 40)
+        wait_for(lambda: len(taker.results) == 40, DEADLINE, "forty results")
         assert running.most <= 3 and pool.alive == 3 and pool.started == 0
     finally:
         pool.shutdown(DEADLINE)
